@@ -1,0 +1,101 @@
+"""Write a 10x10 grid of images made by a trained VQ-VAE to generatedImages/NAME.png.
+
+Usage:
+    python generate.py --model models/vqvae/best.pt --input MNIST --filename recon    # + recon_input.png
+    python generate.py --model models/vqvae/best.pt --input random --filename random --seed 1
+
+--input MNIST reconstructs 100 test digits picked by --seed and also writes the originals to NAME_input.png.
+--input random decodes what the model makes of standard-normal noise images, as the reference repository does.
+The architecture comes from the checkpoint; --hidden-size and --k, if given, are only checked against it.
+"""
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+from modules import images_to_inputs, outputs_to_pixels
+from utils import ArgumentParser, UserError, load_mnist, load_model, positive_int, resolve_device, run_cli
+
+GRID_SIDE = 10
+OUTPUT_FOLDER = Path("generatedImages")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Write a 10x10 grid of VQ-VAE reconstructions or random images.")
+    parser.add_argument("--model", default="models/vqvae/best.pt",
+                        help="checkpoint written by vqvae.py (default: models/vqvae/best.pt)")
+    parser.add_argument("--input", choices=["MNIST", "random"], default="MNIST",
+                        help="MNIST: reconstruct test digits; random: decode noise images (default: MNIST)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to run on (default: cpu)")
+    parser.add_argument("--filename", default=None,
+                        help="name of the PNG written to generatedImages/ (default: the --input value)")
+    parser.add_argument("--seed", type=int, default=0, help="picks the test digits or the noise (default: 0)")
+    parser.add_argument("--data-folder", default="data",
+                        help="MNIST folder, for --input MNIST (default: data)")
+    parser.add_argument("--hidden-size", type=positive_int, default=None,
+                        help="optional: fail unless the checkpoint has this hidden size (default: not checked)")
+    parser.add_argument("--k", type=positive_int, default=None,
+                        help="optional: fail unless the checkpoint has this many codes (default: not checked)")
+    return parser
+
+
+def check_architecture(config, args) -> None:
+    for flag, expected, actual in (("--hidden-size", args.hidden_size, config.hidden_size),
+                                   ("--k", args.k, config.num_embeddings)):
+        if expected is not None and expected != actual:
+            raise UserError(f"{args.model} was trained with {flag} {actual}, not {expected}: the architecture "
+                            f"comes from the checkpoint, so drop {flag} or pick another --model")
+
+
+def save_grid(images: torch.Tensor, path: Path) -> None:
+    """Save (100, 1, 28, 28) pixels in [0, 1] as a 10x10 PNG, written to a temporary file and renamed."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        save_image(make_grid(images, nrow=GRID_SIDE), temporary, format="png")
+        temporary.replace(path)
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def output_path(filename: str) -> Path:
+    name = Path(filename)
+    if name.suffix.lower() == ".png":
+        name = name.with_suffix("")
+    if not name.name or name.is_absolute() or ".." in name.parts:
+        raise UserError(f"--filename {filename!r}: give a plain name such as 'recon'; the grid goes to "
+                        f"{OUTPUT_FOLDER}/NAME.png")
+    path = OUTPUT_FOLDER / name.with_suffix(".png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create {path.parent}: {error.strerror}") from None
+    return path
+
+
+@torch.no_grad()
+def main(args) -> None:
+    device = resolve_device(args.device)
+    model, _ = load_model(args.model, device)
+    check_architecture(model.config, args)
+    path = output_path(args.filename or args.input)
+    generator = torch.Generator().manual_seed(args.seed)
+    count = GRID_SIDE * GRID_SIDE
+
+    if args.input == "MNIST":
+        test_images, _ = load_mnist(args.data_folder, train=False)
+        chosen = test_images[torch.randperm(len(test_images), generator=generator)[:count]].to(device)
+        x_recon = model(images_to_inputs(chosen)).x_recon
+        input_path = path.with_name(f"{path.stem}_input.png")
+        save_grid(chosen.unsqueeze(1).float() / 255, input_path)
+        save_grid(outputs_to_pixels(x_recon), path)
+        print(f"wrote {path} (reconstructions) and {input_path} (the test digits they come from)")
+    else:
+        noise = torch.randn(count, model.config.in_channels, 28, 28, generator=generator).to(device)
+        save_grid(outputs_to_pixels(model(noise).x_recon), path)
+        print(f"wrote {path} (noise images passed through the autoencoder)")
+
+
+if __name__ == "__main__":
+    run_cli(main, build_parser().parse_args())

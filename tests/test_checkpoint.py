@@ -1,0 +1,111 @@
+"""Checkpoints: exact round trip, atomic writes, and loud refusal of files that are not checkpoints."""
+import os
+import pickle
+
+import pytest
+import torch
+
+from modules import VQVAE, VQVAEConfig, images_to_inputs
+from utils import UserError, load_checkpoint, load_model, make_checkpoint, save_checkpoint
+
+
+def trained_model_and_optimizer():
+    torch.manual_seed(0)
+    model = VQVAE(VQVAEConfig(hidden_size=8, num_embeddings=16))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = images_to_inputs(torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8))
+    for _ in range(2):
+        x_recon, quantized = model(x)
+        loss = (x_recon - x).pow(2).mean() + quantized.codebook_loss + quantized.commitment_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model, optimizer, x
+
+
+def test_checkpoint_round_trips_exactly(tmp_path):
+    model, optimizer, x = trained_model_and_optimizer()
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, make_checkpoint(model, optimizer, epoch=3, step=42))
+
+    loaded, checkpoint = load_model(path, torch.device("cpu"))
+    assert loaded.config == model.config
+    assert (checkpoint["epoch"], checkpoint["step"]) == (3, 42)
+    original_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert original_state.keys() == loaded_state.keys()
+    for name in original_state:
+        assert torch.equal(original_state[name], loaded_state[name]), name
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x).x_recon, loaded(x).x_recon)
+
+    restored = torch.optim.Adam(loaded.parameters(), lr=1e-3)
+    restored.load_state_dict(checkpoint["optimizer"])
+    for state, original in zip(restored.state_dict()["state"].values(), optimizer.state_dict()["state"].values()):
+        assert torch.equal(state["exp_avg"], original["exp_avg"])
+        assert torch.equal(state["exp_avg_sq"], original["exp_avg_sq"])
+
+
+def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    model, optimizer, _ = trained_model_and_optimizer()
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, make_checkpoint(model, optimizer, epoch=1, step=10))
+    before = path.read_bytes()
+
+    def crash_midway(obj, file):
+        file.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(OSError):
+        save_checkpoint(path, make_checkpoint(model, optimizer, epoch=2, step=20))
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["last.pt"], "the temporary file was left behind"
+
+
+class RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def write_bad_file(kind, path, tmp_path):
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "png":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    elif kind == "truncated":
+        model, optimizer, _ = trained_model_and_optimizer()
+        save_checkpoint(path, make_checkpoint(model, optimizer, epoch=1, step=1))
+        path.write_bytes(path.read_bytes()[:2000])
+    elif kind == "pickle that runs code":
+        with open(path, "wb") as file:
+            pickle.dump({"config": RunsCodeWhenUnpickled(tmp_path / "pwned")}, file, protocol=2)
+    elif kind == "a plain tensor":
+        torch.save(torch.zeros(3), path)
+
+
+@pytest.mark.parametrize("kind", ["empty", "png", "truncated", "pickle that runs code", "a plain tensor"])
+def test_bad_checkpoint_is_refused_with_a_clear_error(kind, tmp_path):
+    path = tmp_path / "model.pt"
+    write_bad_file(kind, path, tmp_path)
+    with pytest.raises(UserError) as error:
+        load_checkpoint(path, torch.device("cpu"))
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "pwned").exists(), "unpickling ran code"
+
+
+def test_missing_checkpoint_says_how_to_make_one(tmp_path):
+    with pytest.raises(UserError, match="python vqvae.py"):
+        load_checkpoint(tmp_path / "nothing.pt", torch.device("cpu"))
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
+    model, optimizer, _ = trained_model_and_optimizer()
+    checkpoint = make_checkpoint(model, optimizer, epoch=1, step=1)
+    checkpoint["config"]["hidden_size"] = 16
+    save_checkpoint(tmp_path / "mismatch.pt", checkpoint)
+    with pytest.raises(UserError, match="do not fit"):
+        load_model(tmp_path / "mismatch.pt", torch.device("cpu"))

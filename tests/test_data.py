@@ -1,0 +1,60 @@
+"""MNIST loading: both folder layouts, MD5 verification, a clear error when the files are nowhere."""
+import gzip
+import shutil
+
+import pytest
+import torch
+
+import utils
+from conftest import NUM_TEST, NUM_TRAIN, blob_images, write_tiny_mnist
+
+
+def test_loads_torchvision_layout_and_decompresses(tiny_mnist):
+    images, labels = utils.load_mnist(tiny_mnist, train=True)
+    assert images.shape == (NUM_TRAIN, 28, 28) and images.dtype == torch.uint8
+    assert torch.equal(images, blob_images(NUM_TRAIN, seed=1))
+    assert torch.equal(labels, torch.arange(NUM_TRAIN) % 10)
+    assert (tiny_mnist / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    test_images, _ = utils.load_mnist(tiny_mnist, train=False)
+    assert test_images.shape == (NUM_TEST, 28, 28)
+
+
+def test_loads_gz_files_placed_directly_in_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(utils, "MNIST_MD5", write_tiny_mnist(tmp_path / "flat"))
+    images, _ = utils.load_mnist(tmp_path / "flat", train=False)
+    assert torch.equal(images, blob_images(NUM_TEST, seed=2))
+
+
+@pytest.mark.parametrize("name", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"])
+def test_altered_file_is_an_error_not_silent_training(tiny_mnist, name):
+    gz = tiny_mnist / "MNIST" / "raw" / f"{name}.gz"
+    content = bytearray(gzip.decompress(gz.read_bytes()))
+    content[-1] ^= 0xFF
+    gz.write_bytes(gzip.compress(bytes(content)))
+    with pytest.raises(UserError, match="corrupt or altered"):
+        utils.load_mnist(tiny_mnist, train=True)
+
+
+def test_truncated_gzip_is_reported(tiny_mnist):
+    gz = tiny_mnist / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:500])
+    with pytest.raises(UserError, match="not a readable gzip file"):
+        utils.load_mnist(tiny_mnist, train=False)
+
+
+def test_missing_files_name_the_four_files(tmp_path, offline):
+    with pytest.raises(UserError) as error:
+        utils.load_mnist(tmp_path / "empty", train=True)
+    for name in utils.MNIST_MD5:
+        assert f"{name}.gz" in str(error.value)
+
+
+def test_validation_split_is_the_last_images():
+    images = torch.arange(100).view(100, 1, 1)
+    train, validation = utils.split_train_validation(images, 10)
+    assert torch.equal(train, images[:90]) and torch.equal(validation, images[90:])
+    with pytest.raises(UserError, match="--val-size"):
+        utils.split_train_validation(images, 100)
+
+
+UserError = utils.UserError

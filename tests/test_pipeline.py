@@ -1,0 +1,116 @@
+"""End to end on tiny MNIST-format files: train one short epoch, generate both grids, evaluate; and the CLI's
+one-line errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import evaluate
+import generate
+import vqvae
+from utils import UserError
+
+TILE, PADDING = 28, 2  # make_grid's default padding
+
+
+def train_tiny(data_folder, *extra):
+    args = vqvae.build_parser().parse_args([
+        "--data-folder", str(data_folder), "--num-epochs", "1", "--val-size", "64", "--batch-size", "64",
+        "--hidden-size", "8", "--k", "16", "--log-interval", "1", "--output-folder", "tiny", *extra])
+    vqvae.main(args)
+
+
+def assert_grid_of_tiles(path):
+    """A 10x10 make_grid of 28x28 tiles: 10 tiles and 11 padding lines each way, the padding lines all black."""
+    pixels = np.asarray(Image.open(path).convert("L"))
+    side = 10 * TILE + 11 * PADDING
+    assert pixels.shape == (side, side)
+    padding_lines = [i * (TILE + PADDING) + offset for i in range(11) for offset in range(PADDING)]
+    assert not pixels[padding_lines, :].any() and not pixels[:, padding_lines].any()
+    tiles = [pixels[r * 30 + 2:r * 30 + 30, c * 30 + 2:c * 30 + 30] for r in range(10) for c in range(10)]
+    assert sum(tile.any() for tile in tiles) >= 90, "most tiles are blank"
+
+
+def test_train_generate_evaluate(tiny_mnist, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    for name in ("best.pt", "last.pt"):
+        assert (tmp_path / "models" / "tiny" / name).is_file()
+    checkpoint = torch.load(tmp_path / "models" / "tiny" / "last.pt", weights_only=True)
+    assert checkpoint["config"]["hidden_size"] == 8 and checkpoint["config"]["num_embeddings"] == 16
+    assert checkpoint["epoch"] == 1 and checkpoint["step"] == 4  # 256 training images in batches of 64
+
+    events = EventAccumulator(str(tmp_path / "logs" / "tiny"), size_guidance={"images": 0, "histograms": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("train/loss", "train/loss_reconstruction", "train/loss_codebook", "train/loss_commitment",
+                "train/perplexity", "val/loss_reconstruction", "val/codebook_usage", "val/perplexity"):
+        assert tag in tags["scalars"], tag
+    assert len(events.Scalars("train/loss")) == 4
+    assert "val/code_usage" in tags["histograms"] and "val/reconstructions" in tags["images"]
+
+    model = str(tmp_path / "models" / "tiny" / "best.pt")
+    generate.main(generate.build_parser().parse_args(
+        ["--model", model, "--input", "MNIST", "--filename", "recon", "--data-folder", str(tiny_mnist)]))
+    generate.main(generate.build_parser().parse_args(["--model", model, "--input", "random", "--filename", "random"]))
+    for name in ("recon.png", "recon_input.png", "random.png"):
+        assert_grid_of_tiles(tmp_path / "generatedImages" / name)
+
+    capsys.readouterr()
+    evaluate.main(evaluate.build_parser().parse_args(["--model", model, "--json", "--data-folder", str(tiny_mnist)]))
+    report = json.loads(capsys.readouterr().out)
+    assert 0 < report["test_mse"] < 1
+    assert report["psnr"] == pytest.approx(10 * np.log10(1 / report["test_mse"]))
+    assert 0 < report["codebook_usage"] <= 1 and 1 <= report["perplexity"] <= 16
+
+
+def test_generate_checks_architecture_flags_against_the_checkpoint(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    model = str(tmp_path / "models" / "tiny" / "best.pt")
+    generate.main(generate.build_parser().parse_args(["--model", model, "--input", "random", "--hidden-size", "8"]))
+    with pytest.raises(UserError, match="--hidden-size 8, not 40"):
+        generate.main(generate.build_parser().parse_args(["--model", model, "--hidden-size", "40"]))
+    with pytest.raises(UserError, match="--k 16, not 512"):
+        generate.main(generate.build_parser().parse_args(["--model", model, "--k", "512"]))
+
+
+def test_training_refuses_to_overwrite_a_run_unless_asked(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    before = (tmp_path / "models" / "tiny" / "best.pt").read_bytes()
+    with pytest.raises(UserError, match="--overwrite"):
+        train_tiny(tiny_mnist, "--seed", "1")
+    assert (tmp_path / "models" / "tiny" / "best.pt").read_bytes() == before
+    train_tiny(tiny_mnist, "--seed", "1", "--overwrite")
+    assert (tmp_path / "models" / "tiny" / "best.pt").read_bytes() != before
+
+
+@pytest.mark.parametrize("script", [vqvae, generate, evaluate])
+def test_unknown_device_is_one_line(script, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script.build_parser().parse_args(["--device", "tpu"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--device" in error and "tpu" in error
+
+
+@pytest.mark.parametrize("flag, value", [("--k", "0"), ("--hidden-size", "-1"), ("--batch-size", "0"),
+                                         ("--lr", "0"), ("--beta", "-1"), ("--num-epochs", "0"),
+                                         ("--num-workers", "-2"), ("--lr", "nan"), ("--k", "many")])
+def test_bad_training_flag_is_one_line(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        vqvae.build_parser().parse_args([flag, value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and flag in error
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="--device cpu"):
+        vqvae.main(vqvae.build_parser().parse_args(["--device", "cuda"]))

@@ -1,0 +1,45 @@
+"""The project's quantizer against the independent checks of testers.py, over several shapes and codebook sizes."""
+import pytest
+import torch
+
+from testers import ALL_CHECKS, random_inputs, random_quantizer
+from vector_quantizer import perplexity_from_counts
+
+# (batch, D, H, W, K): MNIST's 7x7 grid, odd shapes, a single code, more codes than positions.
+SHAPES = [(2, 4, 3, 3, 16), (4, 40, 7, 7, 512), (1, 1, 1, 1, 1), (3, 8, 5, 2, 64)]
+
+
+@pytest.mark.parametrize("check", ALL_CHECKS)
+@pytest.mark.parametrize("batch, dim, height, width, num_embeddings", SHAPES)
+def test_quantizer_passes_check(check, batch, dim, height, width, num_embeddings):
+    check(random_quantizer(num_embeddings, dim), random_inputs(batch, dim, height, width))
+
+
+@pytest.mark.parametrize("num_embeddings", [1, 7, 512])
+def test_perplexity_of_counts(num_embeddings):
+    assert perplexity_from_counts(torch.full((num_embeddings,), 5)).item() == pytest.approx(num_embeddings, rel=1e-5)
+    one_code = torch.zeros(num_embeddings, dtype=torch.long)
+    one_code[-1] = 100
+    assert perplexity_from_counts(one_code).item() == pytest.approx(1.0)
+    counts = torch.randint(0, 50, (num_embeddings,), generator=torch.Generator().manual_seed(0))
+    counts[0] += 1
+    probabilities = counts[counts > 0].double() / counts.sum()
+    expected = torch.exp(-(probabilities * probabilities.log()).sum()).item()
+    assert perplexity_from_counts(counts).item() == pytest.approx(expected, rel=1e-5)
+    assert 1.0 <= perplexity_from_counts(counts).item() <= num_embeddings + 1e-4
+
+
+def test_distances_stay_fp32_under_autocast():
+    quantizer = random_quantizer(512, 40)
+    z_e = random_inputs(4, 40, 7, 7)
+    expected = quantizer(z_e).indices
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        assert torch.equal(quantizer(z_e.bfloat16()).indices, expected)
+
+
+def test_decoding_indices_gives_the_quantized_tensor():
+    quantizer = random_quantizer(64, 8)
+    output = quantizer(random_inputs(3, 8, 7, 7))
+    assert output.indices.shape == (3, 7, 7) and output.indices.dtype == torch.int64
+    # The straight-through sum z_e + (z_q - z_e) equals z_q up to float rounding.
+    assert torch.allclose(quantizer.embed(output.indices), output.z_q, rtol=0, atol=1e-6)

@@ -1,0 +1,273 @@
+"""What the scripts share: command-line errors, MNIST loading, checkpoint files and reconstruction scores."""
+import argparse
+import contextlib
+import gzip
+import hashlib
+import io
+import math
+import os
+import pickle
+import sys
+import zipfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision import datasets
+
+from modules import VQVAE, VQVAEConfig, images_to_inputs, outputs_to_pixels
+from vector_quantizer import perplexity_from_counts
+
+# MD5 of the four original MNIST files after gunzip (the .gz bytes differ between mirrors, the content does not).
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+class UserError(Exception):
+    """A problem the user can fix (a bad flag, a missing or corrupt file): reported as one line, exit status 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is reported on one line instead of a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def run_cli(main, args: argparse.Namespace) -> None:
+    """Run a script's main(args), turning a UserError or Ctrl-C into one line on stderr and an exit status."""
+    prog = Path(sys.argv[0]).name
+    try:
+        main(args)
+    except UserError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _number_type(cast, check, requirement):
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {requirement}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = _number_type(int, lambda v: v > 0, "a positive integer")
+nonnegative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+nonnegative_float = _number_type(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------------- MNIST
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _decompress(source: Path, target: Path) -> None:
+    """gunzip source into target atomically, so an interrupted run never leaves half a file behind."""
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(source, "rb") as compressed, open(temporary, "wb") as plain:
+            while chunk := compressed.read(1 << 20):
+                plain.write(chunk)
+        os.replace(temporary, target)
+    except (OSError, EOFError) as error:
+        temporary.unlink(missing_ok=True)
+        if isinstance(error, PermissionError):
+            raise UserError(f"cannot write {target}: make {target.parent} writable or copy the MNIST files "
+                            "to a writable --data-folder") from None
+        raise UserError(f"{source} is not a readable gzip file ({error}): replace it with the original "
+                        "MNIST file") from None
+
+
+def _ensure_raw_files(data_folder: Path, names) -> bool:
+    """Make the uncompressed files torchvision reads exist in DATA/MNIST/raw; False if some are nowhere."""
+    raw_folder = data_folder / "MNIST" / "raw"
+    for name in names:
+        target = raw_folder / name
+        if target.is_file():
+            continue
+        sources = [folder / f"{name}.gz" for folder in (raw_folder, data_folder)]
+        source = next((path for path in sources if path.is_file()), None)
+        if source is None:
+            return False
+        _decompress(source, target)
+    return True
+
+
+def _download(data_folder: Path, train: bool) -> bool:
+    print(f"MNIST is not in {data_folder}; trying torchvision's download", file=sys.stderr)
+    # torchvision prints a line per failed mirror; the one line that matters is ours.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            datasets.MNIST(str(data_folder), train=train, download=True)
+        except Exception:
+            return False
+    return True
+
+
+def load_mnist(data_folder, train: bool) -> tuple[Tensor, Tensor]:
+    """MNIST images (N, 28, 28) uint8 and labels (N,) int64, from the original IDX files, MD5-checked.
+
+    The files may sit in DATA/MNIST/raw (torchvision's layout) or in DATA itself, gzipped or not.
+    """
+    data_folder = Path(data_folder)
+    raw_folder = data_folder / "MNIST" / "raw"
+    # torchvision's MNIST wants all four files present, whichever split it reads.
+    if not _ensure_raw_files(data_folder, MNIST_MD5) and not _download(data_folder, train):
+        wanted = ", ".join(f"{name}.gz" for name in MNIST_MD5)
+        raise UserError(f"MNIST files not found in {raw_folder} and the download failed: put {wanted} there "
+                        "(or pass --data-folder where they are)")
+    for name in TRAIN_FILES if train else TEST_FILES:
+        path = raw_folder / name
+        if _md5(path) != MNIST_MD5[name]:
+            raise UserError(f"{path} is corrupt or altered (its MD5 is not that of the MNIST original): delete it "
+                            "and put the original file (or its .gz) back")
+    dataset = datasets.MNIST(str(data_folder), train=train, download=False)
+    return dataset.data, dataset.targets
+
+
+def split_train_validation(images: Tensor, val_size: int) -> tuple[Tensor, Tensor]:
+    """A fixed split: the last val_size training images are the validation set."""
+    if not 0 < val_size < len(images):
+        raise UserError(f"--val-size must be between 1 and {len(images) - 1} for {len(images)} training images, "
+                        f"got {val_size}")
+    return images[:-val_size], images[-val_size:]
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path, checkpoint: dict) -> None:
+    """torch.save to a temporary file, then rename: a crash mid-save leaves the previous file intact."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def make_checkpoint(model: VQVAE, optimizer, epoch: int, step: int, **extra) -> dict:
+    return {
+        "config": asdict(model.config),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        **extra,
+    }
+
+
+def load_checkpoint(path, device) -> dict:
+    """Read a checkpoint with weights_only=True, which refuses pickles that would run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}: train one with `python vqvae.py` or pass --model PATH")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path} is not a readable checkpoint ({reason[:160]})") from None
+    expected = {"config", "model", "epoch", "step"}
+    if not isinstance(checkpoint, dict) or not expected <= checkpoint.keys():
+        raise UserError(f"{path} is not a VQ-VAE checkpoint of this project (it lacks {', '.join(sorted(expected))})")
+    return checkpoint
+
+
+def load_model(path, device) -> tuple[VQVAE, dict]:
+    """Rebuild the model from the config stored in the checkpoint and load its weights, in eval mode."""
+    checkpoint = load_checkpoint(path, device)
+    known = {field.name for field in fields(VQVAEConfig)}
+    config = checkpoint["config"]
+    if not isinstance(config, dict) or not config.keys() <= known:
+        raise UserError(f"{path} has a model config this version does not know: {config}")
+    model = VQVAE(VQVAEConfig(**config))
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise UserError(f"{path}: its weights do not fit its config ({str(error).splitlines()[0][:160]})") from None
+    return model.to(device).eval(), checkpoint
+
+
+# ---------------------------------------------------------------------------------------------------- scores
+
+
+@dataclass
+class ReconstructionScores:
+    recon_loss: float  # MSE in the model's [-1, 1] space, as trained
+    codebook_loss: float
+    commitment_loss: float
+    mse: float  # MSE in [0, 1] pixel space, averaged over every pixel of the set
+    psnr: float  # 10 log10(1 / mse), in dB
+    codes_used: int  # distinct codes used over the whole set
+    codebook_usage: float  # codes_used / K
+    perplexity: float  # of the code histogram of the whole set
+    counts: Tensor  # (K,) how often each code was chosen
+
+
+@torch.no_grad()
+def score_reconstructions(model: VQVAE, images: Tensor, batch_size: int, device: torch.device) -> ReconstructionScores:
+    """Scores of a whole image set (N, 28, 28) uint8, from sums and code counts over all its batches."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # recon, codebook, commitment, squared pixel error
+    counts = torch.zeros(model.config.num_embeddings, dtype=torch.int64, device=device)
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(device)
+        x = images_to_inputs(batch)
+        x_recon, quantized = model(x)
+        size = len(batch)
+        sums[0] += torch.nn.functional.mse_loss(x_recon, x).double() * size
+        sums[1] += quantized.codebook_loss.double() * size
+        sums[2] += quantized.commitment_loss.double() * size
+        sums[3] += (outputs_to_pixels(x_recon) - batch.unsqueeze(1).float() / 255).pow(2).sum().double()
+        counts += torch.bincount(quantized.indices.flatten(), minlength=len(counts))
+    model.train(was_training)
+
+    recon_loss, codebook_loss, commitment_loss = (sums[:3] / len(images)).tolist()
+    mse = sums[3].item() / images[0].numel() / len(images)
+    codes_used = int((counts > 0).sum())
+    return ReconstructionScores(
+        recon_loss=recon_loss,
+        codebook_loss=codebook_loss,
+        commitment_loss=commitment_loss,
+        mse=mse,
+        psnr=10 * math.log10(1.0 / mse) if mse > 0 else math.inf,
+        codes_used=codes_used,
+        codebook_usage=codes_used / len(counts),
+        perplexity=perplexity_from_counts(counts).item(),
+        counts=counts.cpu(),
+    )

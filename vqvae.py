@@ -1,0 +1,175 @@
+"""Train a VQ-VAE on MNIST.
+
+Usage:
+    python vqvae.py                                      # defaults: CPU, 10 epochs, run name "vqvae"
+    python vqvae.py --device cuda --output-folder wide --hidden-size 64
+    python vqvae.py --num-epochs 1 --output-folder quick --overwrite
+
+Writes TensorBoard logs to logs/NAME (`tensorboard --logdir logs`) and checkpoints to models/NAME:
+last.pt after every epoch and best.pt whenever the validation reconstruction loss improves.
+The validation set is the last --val-size images of the MNIST training set; the test set is left for evaluate.py.
+"""
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from modules import VQVAE, VQVAEConfig, images_to_inputs, outputs_to_pixels
+from utils import (ArgumentParser, UserError, load_mnist, make_checkpoint, nonnegative_float, nonnegative_int,
+                   positive_float, positive_int, resolve_device, run_cli, save_checkpoint, score_reconstructions,
+                   split_train_validation)
+
+NUM_FIXED_IMAGES = 32  # validation digits whose reconstructions TensorBoard shows after every epoch
+
+
+def build_parser() -> ArgumentParser:
+    defaults = VQVAEConfig()
+    parser = ArgumentParser(description="Train a VQ-VAE on MNIST.")
+    parser.add_argument("--output-folder", default="vqvae",
+                        help="run name: logs go to logs/NAME, checkpoints to models/NAME (default: vqvae)")
+    parser.add_argument("--data-folder", default="data",
+                        help="folder holding MNIST/raw/*-ubyte.gz, or the .gz files themselves (default: data)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to train on (default: cpu)")
+    parser.add_argument("--hidden-size", type=positive_int, default=defaults.hidden_size,
+                        help=f"channels of encoder and decoder, and code dimension D (default: {defaults.hidden_size})")
+    parser.add_argument("--k", type=positive_int, default=defaults.num_embeddings,
+                        help=f"number of codes K in the codebook (default: {defaults.num_embeddings})")
+    parser.add_argument("--beta", type=nonnegative_float, default=defaults.beta,
+                        help=f"weight of the commitment loss (default: {defaults.beta})")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
+    parser.add_argument("--num-epochs", type=positive_int, default=10, help="epochs to train (default: 10)")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    parser.add_argument("--num-workers", type=nonnegative_int, default=0,
+                        help="DataLoader worker processes; the data is already in memory (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order (default: 0)")
+    parser.add_argument("--val-size", type=positive_int, default=5000,
+                        help="last training images held out for validation (default: 5000)")
+    parser.add_argument("--log-interval", type=positive_int, default=20,
+                        help="steps between TensorBoard points and progress-bar updates (default: 20)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the checkpoints of an earlier run with the same --output-folder")
+    return parser
+
+
+def prepare_run_folders(name: str, overwrite: bool) -> tuple[Path, Path]:
+    log_dir, model_dir = Path("logs") / name, Path("models") / name
+    existing = [path for path in (model_dir / "best.pt", model_dir / "last.pt") if path.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{existing[0]} already exists: pass --overwrite to replace it, or choose another "
+                        "--output-folder")
+    try:
+        for folder in (log_dir, model_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / ".write-test"
+            probe.touch()
+            probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write to {error.filename or folder}: {error.strerror}; choose a writable place") \
+            from None
+    return log_dir, model_dir
+
+
+def log_validation(writer: SummaryWriter, model: VQVAE, scores, fixed_images: torch.Tensor, epoch: int) -> None:
+    writer.add_scalar("val/loss_reconstruction", scores.recon_loss, epoch)
+    writer.add_scalar("val/loss_codebook", scores.codebook_loss, epoch)
+    writer.add_scalar("val/loss_commitment", scores.commitment_loss, epoch)
+    writer.add_scalar("val/mse_pixels", scores.mse, epoch)
+    writer.add_scalar("val/codebook_usage", scores.codebook_usage, epoch)
+    writer.add_scalar("val/perplexity", scores.perplexity, epoch)
+    codes = torch.repeat_interleave(torch.arange(len(scores.counts)), scores.counts)
+    writer.add_histogram("val/code_usage", codes, epoch, bins=len(scores.counts))
+
+    model.eval()
+    with torch.no_grad():
+        x_recon = model(images_to_inputs(fixed_images)).x_recon
+    model.train()
+    originals = fixed_images.unsqueeze(1).float() / 255
+    # Top half: validation digits; bottom half: their reconstructions. One tag, so the slider steps through epochs.
+    grid = make_grid(torch.cat([originals, outputs_to_pixels(x_recon)]), nrow=NUM_FIXED_IMAGES // 2)
+    writer.add_image("val/reconstructions", grid, epoch)
+
+
+def main(args) -> None:
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    log_dir, model_dir = prepare_run_folders(args.output_folder, args.overwrite)
+
+    images, _ = load_mnist(args.data_folder, train=True)
+    train_images, val_images = split_train_validation(images, args.val_size)
+    fixed_images = val_images[:NUM_FIXED_IMAGES].to(device)
+    loader = DataLoader(TensorDataset(train_images), batch_size=args.batch_size, shuffle=True,
+                        num_workers=args.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=args.num_workers > 0,
+                        generator=torch.Generator().manual_seed(args.seed))
+
+    config = VQVAEConfig(hidden_size=args.hidden_size, num_embeddings=args.k, beta=args.beta)
+    model = VQVAE(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    num_parameters = sum(parameter.numel() for parameter in model.parameters())
+    print(f"training on {device}: {len(train_images):,} train / {len(val_images):,} validation images, "
+          f"K={config.num_embeddings}, D={config.hidden_size}, {num_parameters:,} parameters; "
+          f"logs in {log_dir}, checkpoints in {model_dir}")
+
+    writer = SummaryWriter(log_dir)
+    step, best_recon_loss, best_epoch = 0, float("inf"), 0
+    for epoch in range(1, args.num_epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        # Running sums stay on the device and are read every --log-interval steps, not every step.
+        running = torch.zeros(5, device=device)  # total, reconstruction, codebook, commitment, perplexity
+        running_steps = 0
+        progress = tqdm(loader, desc=f"epoch {epoch}/{args.num_epochs}", unit="batch", leave=False,
+                        dynamic_ncols=True)
+        for (batch,) in progress:
+            x = images_to_inputs(batch.to(device, non_blocking=True))
+            x_recon, quantized = model(x)
+            recon_loss = F.mse_loss(x_recon, x)
+            loss = recon_loss + quantized.codebook_loss + quantized.commitment_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+            step += 1
+            running += torch.stack([loss, recon_loss, quantized.codebook_loss, quantized.commitment_loss,
+                                    quantized.perplexity]).detach()
+            running_steps += 1
+            if step % args.log_interval == 0:
+                total, recon, codebook, commitment, perplexity = (running / running_steps).tolist()
+                writer.add_scalar("train/loss", total, step)
+                writer.add_scalar("train/loss_reconstruction", recon, step)
+                writer.add_scalar("train/loss_codebook", codebook, step)
+                writer.add_scalar("train/loss_commitment", commitment, step)
+                writer.add_scalar("train/perplexity", perplexity, step)
+                progress.set_postfix(loss=f"{total:.4f}", recon=f"{recon:.4f}", perplexity=f"{perplexity:.0f}")
+                running.zero_()
+                running_steps = 0
+
+        scores = score_reconstructions(model, val_images, batch_size=1000, device=device)
+        log_validation(writer, model, scores, fixed_images, epoch)
+        val = {"recon_loss": scores.recon_loss, "mse": scores.mse, "codebook_usage": scores.codebook_usage,
+               "perplexity": scores.perplexity}
+        checkpoint = make_checkpoint(model, optimizer, epoch, step, val=val, args=vars(args))
+        save_checkpoint(model_dir / "last.pt", checkpoint)
+        improved = scores.recon_loss < best_recon_loss
+        if improved:
+            best_recon_loss, best_epoch = scores.recon_loss, epoch
+            save_checkpoint(model_dir / "best.pt", checkpoint)
+        seconds = time.perf_counter() - started
+        writer.add_scalar("time/epoch_seconds", seconds, epoch)
+        writer.flush()
+        tqdm.write(f"epoch {epoch:>2}/{args.num_epochs}  val recon loss {scores.recon_loss:.5f}  "
+                   f"MSE {scores.mse:.5f} ({scores.psnr:.1f} dB)  codes used {scores.codes_used}/{config.num_embeddings}"
+                   f" ({scores.codebook_usage:.1%})  perplexity {scores.perplexity:.1f}  {seconds:.1f} s"
+                   + ("  [best]" if improved else ""))
+    writer.close()
+    print(f"best: {model_dir / 'best.pt'} (epoch {best_epoch}); next: "
+          f"python generate.py --model {model_dir / 'best.pt'} --input MNIST --filename recon")
+
+
+if __name__ == "__main__":
+    run_cli(main, build_parser().parse_args())
