@@ -97,10 +97,9 @@ def log_validation(writer: SummaryWriter, model: VQVAE, scores, fixed_images: to
 def main(args) -> None:
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
-    log_dir, model_dir = prepare_run_folders(args.output_folder, args.overwrite)
-
     images, _ = load_mnist(args.data_folder, train=True)
     train_images, val_images = split_train_validation(images, args.val_size)
+    log_dir, model_dir = prepare_run_folders(args.output_folder, args.overwrite)
     fixed_images = val_images[:NUM_FIXED_IMAGES].to(device)
     loader = DataLoader(TensorDataset(train_images), batch_size=args.batch_size, shuffle=True,
                         num_workers=args.num_workers, pin_memory=device.type == "cuda",

@@ -114,3 +114,10 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="--device cpu"):
         vqvae.main(vqvae.build_parser().parse_args(["--device", "cuda"]))
+
+
+def test_missing_data_fails_before_creating_run_folders(tmp_path, monkeypatch, offline):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="MNIST files not found"):
+        train_tiny(tmp_path / "no-data")
+    assert not (tmp_path / "models").exists() and not (tmp_path / "logs").exists()
