@@ -8,11 +8,11 @@ import math
 import os
 import pickle
 import sys
-import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision import datasets
 
@@ -198,7 +198,7 @@ def load_checkpoint(path, device) -> dict:
         raise UserError(f"no checkpoint at {path}: train one with `python vqvae.py` or pass --model PATH")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"{path} is not a readable checkpoint ({reason[:160]})") from None
     expected = {"config", "model", "epoch", "step"}
@@ -250,7 +250,7 @@ def score_reconstructions(model: VQVAE, images: Tensor, batch_size: int, device:
         x = images_to_inputs(batch)
         x_recon, quantized = model(x)
         size = len(batch)
-        sums[0] += torch.nn.functional.mse_loss(x_recon, x).double() * size
+        sums[0] += F.mse_loss(x_recon, x).double() * size
         sums[1] += quantized.codebook_loss.double() * size
         sums[2] += quantized.commitment_loss.double() * size
         sums[3] += (outputs_to_pixels(x_recon) - batch.unsqueeze(1).float() / 255).pow(2).sum().double()
