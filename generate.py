@@ -14,7 +14,8 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from modules import images_to_inputs, outputs_to_pixels
-from utils import ArgumentParser, UserError, load_mnist, load_model, positive_int, resolve_device, run_cli
+from utils import (ArgumentParser, UserError, load_mnist, load_model, plain_name, positive_int, resolve_device,
+                   run_cli)
 
 GRID_SIDE = 10
 OUTPUT_FOLDER = Path("generatedImages")
@@ -27,7 +28,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--input", choices=["MNIST", "random"], default="MNIST",
                         help="MNIST: reconstruct test digits; random: decode noise images (default: MNIST)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to run on (default: cpu)")
-    parser.add_argument("--filename", default=None,
+    parser.add_argument("--filename", type=plain_name, default=None,
                         help="name of the PNG written to generatedImages/ (default: the --input value)")
     parser.add_argument("--seed", type=int, default=0, help="picks the test digits or the noise (default: 0)")
     parser.add_argument("--data-folder", default="data",
@@ -61,12 +62,7 @@ def save_grid(images: torch.Tensor, path: Path) -> None:
 
 def output_path(filename: str) -> Path:
     name = Path(filename)
-    if name.suffix.lower() == ".png":
-        name = name.with_suffix("")
-    if not name.name or name.is_absolute() or ".." in name.parts:
-        raise UserError(f"--filename {filename!r}: give a plain name such as 'recon'; the grid goes to "
-                        f"{OUTPUT_FOLDER}/NAME.png")
-    path = OUTPUT_FOLDER / name.with_suffix(".png")
+    path = OUTPUT_FOLDER / (name if name.suffix.lower() == ".png" else name.with_name(f"{name.name}.png"))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -73,6 +73,14 @@ positive_float = _number_type(float, lambda v: math.isfinite(v) and v > 0, "a po
 nonnegative_float = _number_type(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
 
 
+def plain_name(text: str) -> str:
+    """A name for files under the project's output folders: relative, without '..', so it stays inside them."""
+    path = Path(text)
+    if not text or path.is_absolute() or ".." in path.parts:
+        raise argparse.ArgumentTypeError(f"give a plain name such as 'vqvae', not {text!r}")
+    return text
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: CUDA is not available on this machine; use --device cpu")
@@ -198,9 +206,12 @@ def load_checkpoint(path, device) -> dict:
         raise UserError(f"no checkpoint at {path}: train one with `python vqvae.py` or pass --model PATH")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path} is not a readable checkpoint ({reason[:160]})") from None
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} is not a checkpoint written by vqvae.py (or it would run code when loaded, "
+                        "which is refused)") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as error:
+        raise UserError(f"{path} is truncated or corrupt ({type(error).__name__}): use another checkpoint, such "
+                        "as last.pt beside it") from None
     expected = {"config", "model", "epoch", "step"}
     if not isinstance(checkpoint, dict) or not expected <= checkpoint.keys():
         raise UserError(f"{path} is not a VQ-VAE checkpoint of this project (it lacks {', '.join(sorted(expected))})")

@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from modules import VQVAE, VQVAEConfig, images_to_inputs, outputs_to_pixels
 from utils import (ArgumentParser, UserError, load_mnist, make_checkpoint, nonnegative_float, nonnegative_int,
-                   positive_float, positive_int, resolve_device, run_cli, save_checkpoint, score_reconstructions,
-                   split_train_validation)
+                   plain_name, positive_float, positive_int, resolve_device, run_cli, save_checkpoint,
+                   score_reconstructions, split_train_validation)
 
 NUM_FIXED_IMAGES = 32  # validation digits whose reconstructions TensorBoard shows after every epoch
 
@@ -30,7 +30,7 @@ NUM_FIXED_IMAGES = 32  # validation digits whose reconstructions TensorBoard sho
 def build_parser() -> ArgumentParser:
     defaults = VQVAEConfig()
     parser = ArgumentParser(description="Train a VQ-VAE on MNIST.")
-    parser.add_argument("--output-folder", default="vqvae",
+    parser.add_argument("--output-folder", type=plain_name, default="vqvae",
                         help="run name: logs go to logs/NAME, checkpoints to models/NAME (default: vqvae)")
     parser.add_argument("--data-folder", default="data",
                         help="folder holding MNIST/raw/*-ubyte.gz, or the .gz files themselves (default: data)")
@@ -162,9 +162,9 @@ def main(args) -> None:
         writer.add_scalar("time/epoch_seconds", seconds, epoch)
         writer.flush()
         tqdm.write(f"epoch {epoch:>2}/{args.num_epochs}  val recon loss {scores.recon_loss:.5f}  "
-                   f"MSE {scores.mse:.5f} ({scores.psnr:.1f} dB)  codes used {scores.codes_used}/{config.num_embeddings}"
-                   f" ({scores.codebook_usage:.1%})  perplexity {scores.perplexity:.1f}  {seconds:.1f} s"
-                   + ("  [best]" if improved else ""))
+                   f"MSE {scores.mse:.5f} ({scores.psnr:.1f} dB)  "
+                   f"codes used {scores.codes_used}/{config.num_embeddings} ({scores.codebook_usage:.1%})  "
+                   f"perplexity {scores.perplexity:.1f}  {seconds:.1f} s" + ("  [best]" if improved else ""))
     writer.close()
     print(f"best: {model_dir / 'best.pt'} (epoch {best_epoch}); next: "
           f"python generate.py --model {model_dir / 'best.pt'} --input MNIST --filename recon")

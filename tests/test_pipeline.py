@@ -121,3 +121,28 @@ def test_missing_data_fails_before_creating_run_folders(tmp_path, monkeypatch, o
     with pytest.raises(UserError, match="MNIST files not found"):
         train_tiny(tmp_path / "no-data")
     assert not (tmp_path / "models").exists() and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("script, flag", [(vqvae, "--output-folder"), (generate, "--filename")])
+@pytest.mark.parametrize("name", ["/tmp/elsewhere", "../outside", ""])
+def test_output_names_stay_inside_the_output_folders(script, flag, name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script.build_parser().parse_args([flag, name])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("filename, expected", [("recon", "recon.png"), ("recon.png", "recon.png"),
+                                                ("sweep/seed1", "sweep/seed1.png"), ("v1.2", "v1.2.png")])
+def test_grid_file_names(filename, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert generate.output_path(filename) == generate.OUTPUT_FOLDER / expected
+
+
+def test_worker_processes_do_not_change_the_result(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    without_workers = torch.load(tmp_path / "models" / "tiny" / "last.pt", weights_only=True)["model"]
+    train_tiny(tiny_mnist, "--num-workers", "2", "--overwrite")
+    with_workers = torch.load(tmp_path / "models" / "tiny" / "last.pt", weights_only=True)["model"]
+    for name, tensor in without_workers.items():
+        assert torch.equal(tensor, with_workers[name]), name
