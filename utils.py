@@ -8,6 +8,7 @@ import math
 import os
 import pickle
 import sys
+import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -107,13 +108,15 @@ def _decompress(source: Path, target: Path) -> None:
             while chunk := compressed.read(1 << 20):
                 plain.write(chunk)
         os.replace(temporary, target)
-    except (OSError, EOFError) as error:
-        temporary.unlink(missing_ok=True)
-        if isinstance(error, PermissionError):
-            raise UserError(f"cannot write {target}: make {target.parent} writable or copy the MNIST files "
-                            "to a writable --data-folder") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise UserError(f"{source} is not a readable gzip file ({error}): replace it with the original "
                         "MNIST file") from None
+    except OSError as error:
+        raise UserError(f"cannot write {target} ({error.strerror}): make {target.parent} writable or pass a "
+                        "writable --data-folder holding the MNIST files") from None
+    finally:
+        if temporary.exists():
+            temporary.unlink()
 
 
 def _ensure_raw_files(data_folder: Path, names) -> bool:

@@ -1,6 +1,5 @@
 """MNIST loading: both folder layouts, MD5 verification, a clear error when the files are nowhere."""
 import gzip
-import shutil
 
 import pytest
 import torch
@@ -58,3 +57,19 @@ def test_validation_split_is_the_last_images():
 
 
 UserError = utils.UserError
+
+
+def test_corrupt_deflate_data_is_reported(tiny_mnist):
+    gz = tiny_mnist / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    content = bytearray(gz.read_bytes())
+    content[20:40] = bytes(20)
+    gz.write_bytes(bytes(content))
+    with pytest.raises(UserError, match="not a readable gzip file"):
+        utils.load_mnist(tiny_mnist, train=False)
+
+
+def test_unwritable_raw_folder_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(utils, "MNIST_MD5", write_tiny_mnist(tmp_path / "flat"))
+    (tmp_path / "flat" / "MNIST").write_text("a file where the MNIST/raw folder must go")
+    with pytest.raises(UserError, match="cannot write"):
+        utils.load_mnist(tmp_path / "flat", train=False)
