@@ -14,8 +14,8 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from modules import images_to_inputs, outputs_to_pixels
-from utils import (ArgumentParser, UserError, load_mnist, load_model, plain_name, positive_int, resolve_device,
-                   run_cli)
+from utils import (ArgumentParser, UserError, atomic_path, load_mnist, load_model, plain_name, positive_int,
+                   resolve_device, run_cli)
 
 GRID_SIDE = 10
 OUTPUT_FOLDER = Path("generatedImages")
@@ -49,15 +49,12 @@ def check_architecture(config, args) -> None:
 
 
 def save_grid(images: torch.Tensor, path: Path) -> None:
-    """Save (100, 1, 28, 28) pixels in [0, 1] as a 10x10 PNG, written to a temporary file and renamed."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    """Save (100, 1, 28, 28) pixels in [0, 1] as a 10x10 PNG, atomically."""
     try:
-        save_image(make_grid(images, nrow=GRID_SIDE), temporary, format="png")
-        temporary.replace(path)
+        with atomic_path(path) as temporary:
+            save_image(make_grid(images, nrow=GRID_SIDE), temporary, format="png")
     except OSError as error:
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def output_path(filename: str) -> Path:

@@ -99,24 +99,32 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside path; when the block succeeds it replaces path, so nobody ever sees half a
+    file, and an error or a kill leaves the previous file as it was."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
 def _decompress(source: Path, target: Path) -> None:
-    """gunzip source into target atomically, so an interrupted run never leaves half a file behind."""
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with gzip.open(source, "rb") as compressed, open(temporary, "wb") as plain:
+        with atomic_path(target) as temporary, gzip.open(source, "rb") as compressed, \
+                open(temporary, "wb") as plain:
             while chunk := compressed.read(1 << 20):
                 plain.write(chunk)
-        os.replace(temporary, target)
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise UserError(f"{source} is not a readable gzip file ({error}): replace it with the original "
                         "MNIST file") from None
     except OSError as error:
         raise UserError(f"cannot write {target} ({error.strerror}): make {target.parent} writable or pass a "
                         "writable --data-folder holding the MNIST files") from None
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def _ensure_raw_files(data_folder: Path, names) -> bool:
@@ -178,17 +186,11 @@ def split_train_validation(images: Tensor, val_size: int) -> tuple[Tensor, Tenso
 
 
 def save_checkpoint(path, checkpoint: dict) -> None:
-    """torch.save to a temporary file, then rename: a crash mid-save leaves the previous file intact."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    """torch.save through atomic_path: a crash mid-save leaves the previous file intact."""
+    with atomic_path(Path(path)) as temporary, open(temporary, "wb") as file:
+        torch.save(checkpoint, file)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def make_checkpoint(model: VQVAE, optimizer, epoch: int, step: int, **extra) -> dict:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import utils
+from utils import UserError
 from conftest import NUM_TEST, NUM_TRAIN, blob_images, write_tiny_mnist
 
 
@@ -55,8 +56,6 @@ def test_validation_split_is_the_last_images():
     with pytest.raises(UserError, match="--val-size"):
         utils.split_train_validation(images, 100)
 
-
-UserError = utils.UserError
 
 
 def test_corrupt_deflate_data_is_reported(tiny_mnist):
