@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from modules import images_to_inputs, outputs_to_pixels
+from modules import images_to_inputs
 from utils import (ArgumentParser, UserError, atomic_path, load_mnist, load_model, plain_name, positive_int,
                    resolve_device, run_cli)
 
@@ -82,11 +82,11 @@ def main(args) -> None:
         x_recon = model(images_to_inputs(chosen)).x_recon
         input_path = path.with_name(f"{path.stem}_input.png")
         save_grid(chosen.unsqueeze(1).float() / 255, input_path)
-        save_grid(outputs_to_pixels(x_recon), path)
+        save_grid(model.to_pixels(x_recon), path)
         print(f"wrote {path} (reconstructions) and {input_path} (the test digits they come from)")
     else:
         noise = torch.randn(count, model.config.in_channels, 28, 28, generator=generator).to(device)
-        save_grid(outputs_to_pixels(model(noise).x_recon), path)
+        save_grid(model.to_pixels(model(noise).x_recon), path)
         print(f"wrote {path} (noise images passed through the autoencoder)")
 
 

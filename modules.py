@@ -1,15 +1,22 @@
 """The VQ-VAE for 28x28 MNIST digits: encoder, residual block, decoder and the model that joins them.
 
-The model works on images in [-1, 1] (`images_to_inputs`) and its decoder ends in tanh, so its outputs are in
-the same range; `outputs_to_pixels` maps them back to [0, 1] pixels for scoring and saving.
+The encoder reads images in [-1, 1] (`images_to_inputs`). What the decoder's last layer outputs, and so which
+reconstruction loss trains it, is the config's `decoder_output`:
+- "tanh": values in [-1, 1], MSE against the input (the reference's choice);
+- "linear": unbounded values, MSE against the input, clamped to [-1, 1] when turned into pixels;
+- "logits": Bernoulli logits of each pixel's grey level in [0, 1], binary cross-entropy against it.
+`VQVAE.reconstruction_loss` and `VQVAE.to_pixels` hide the difference from the scripts.
 """
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vector_quantizer import QuantizerOutput, VectorQuantizer
+
+DECODER_OUTPUTS = ("tanh", "linear", "logits")
 
 
 @dataclass
@@ -17,10 +24,17 @@ class VQVAEConfig:
     """The model's shape: all that is needed to rebuild it from a checkpoint."""
 
     in_channels: int = 1
-    hidden_size: int = 40  # channels of the encoder and decoder, and the dimension D of each code
+    hidden_size: int = 40  # channels of the encoder and decoder
     num_embeddings: int = 512  # K, the number of codes
+    code_dim: int = 40  # D of each code; if not hidden_size, 1x1 convolutions project into and out of code space
     num_residual_blocks: int = 2
     beta: float = 1.0  # weight of the commitment loss
+    codebook_update: str = "loss"  # "loss": codebook loss and optimizer; "ema": moving averages
+    ema_decay: float = 0.99  # of the EMA codebook and of the per-code use counts
+    codebook_init: str = "uniform"  # "kmeans++" or "random" picks from the first batch's encoder outputs
+    restart_threshold: float = 0.0  # restart codes whose moving-average count per batch falls below; 0: never
+    cosine: bool = False  # L2-normalised encoder outputs and codes
+    decoder_output: str = "tanh"  # see the module docstring
 
 
 def images_to_inputs(images: Tensor) -> Tensor:
@@ -29,7 +43,7 @@ def images_to_inputs(images: Tensor) -> Tensor:
 
 
 def outputs_to_pixels(outputs: Tensor) -> Tensor:
-    """Model outputs in [-1, 1] -> pixels in [0, 1]."""
+    """Outputs in [-1, 1] (clamped there if beyond) -> pixels in [0, 1]."""
     return outputs.float().add(1.0).div(2.0).clamp(0.0, 1.0)
 
 
@@ -76,7 +90,7 @@ class Decoder(nn.Module):
             nn.BatchNorm2d(hidden),
             nn.ReLU(),
             nn.ConvTranspose2d(hidden, config.in_channels, kernel_size=4, stride=2, padding=1),  # 14x14 -> 28x28
-            nn.Tanh(),
+            *([nn.Tanh()] if config.decoder_output == "tanh" else []),
         )
 
     def forward(self, z_q: Tensor) -> Tensor:
@@ -84,29 +98,49 @@ class Decoder(nn.Module):
 
 
 class VQVAEOutput(NamedTuple):
-    x_recon: Tensor  # (B, 1, 28, 28) in [-1, 1]
+    x_recon: Tensor  # (B, 1, 28, 28) decoder output, in the form of config.decoder_output
     quantized: QuantizerOutput
 
 
 class VQVAE(nn.Module):
     def __init__(self, config: VQVAEConfig):
         super().__init__()
+        if config.decoder_output not in DECODER_OUTPUTS:
+            raise ValueError(f"decoder_output must be one of {DECODER_OUTPUTS}, not {config.decoder_output!r}")
         self.config = config
         self.encoder = Encoder(config)
-        self.quantizer = VectorQuantizer(config.num_embeddings, config.hidden_size, config.beta)
+        projected = config.code_dim != config.hidden_size
+        self.to_code_space = nn.Conv2d(config.hidden_size, config.code_dim, 1) if projected else nn.Identity()
+        self.quantizer = VectorQuantizer(
+            config.num_embeddings, config.code_dim, config.beta, codebook_update=config.codebook_update,
+            decay=config.ema_decay, init=config.codebook_init, restart_threshold=config.restart_threshold,
+            cosine=config.cosine)
+        self.from_code_space = nn.Conv2d(config.code_dim, config.hidden_size, 1) if projected else nn.Identity()
         self.decoder = Decoder(config)
 
     def forward(self, x: Tensor) -> VQVAEOutput:
-        z_e = self.encoder(x)  # x (B, 1, 28, 28) -> z_e (B, D, 7, 7)
+        z_e = self.to_code_space(self.encoder(x))  # x (B, 1, 28, 28) -> (B, hidden, 7, 7) -> z_e (B, D, 7, 7)
         quantized = self.quantizer(z_e)  # z_q (B, D, 7, 7), indices (B, 7, 7)
-        return VQVAEOutput(self.decoder(quantized.z_q), quantized)
+        return VQVAEOutput(self.decoder(self.from_code_space(quantized.z_q)), quantized)
+
+    def reconstruction_loss(self, x_recon: Tensor, x: Tensor) -> Tensor:
+        """Mean loss per pixel of decoder outputs x_recon against the inputs x in [-1, 1]."""
+        if self.config.decoder_output == "logits":
+            return F.binary_cross_entropy_with_logits(x_recon.float(), x.float().add(1.0).div(2.0))
+        return F.mse_loss(x_recon.float(), x.float())
+
+    def to_pixels(self, x_recon: Tensor) -> Tensor:
+        """Decoder outputs -> pixels in [0, 1], for scoring and saving."""
+        if self.config.decoder_output == "logits":
+            return torch.sigmoid(x_recon.float())
+        return outputs_to_pixels(x_recon)
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
         """Images (B, 1, 28, 28) in [-1, 1] -> code indices (B, 7, 7)."""
-        return self.quantizer(self.encoder(x)).indices
+        return self.quantizer(self.to_code_space(self.encoder(x))).indices
 
     @torch.no_grad()
     def decode(self, indices: Tensor) -> Tensor:
-        """Code indices (B, 7, 7) -> images (B, 1, 28, 28) in [-1, 1]."""
-        return self.decoder(self.quantizer.embed(indices))
+        """Code indices (B, 7, 7) -> decoder outputs (B, 1, 28, 28); `to_pixels` turns them into pixels."""
+        return self.decoder(self.from_code_space(self.quantizer.embed(indices)))

@@ -4,6 +4,7 @@ Call them on any module with the interface of `vector_quantizer.VectorQuantizer`
 a forward pass returning a `QuantizerOutput`); each raises AssertionError on a fault. tests/ applies them to the
 project's quantizer; the tests below show that each check catches the fault it is written for.
 """
+import contextlib
 import math
 
 import pytest
@@ -12,13 +13,25 @@ import torch
 from vector_quantizer import QuantizerOutput, VectorQuantizer
 
 
-def random_quantizer(num_embeddings: int, embedding_dim: int, beta: float = 0.25, seed: int = 0) -> VectorQuantizer:
-    """A quantizer whose codes are spread like its inputs will be, so nearest codes are well separated."""
+def random_quantizer(num_embeddings: int, embedding_dim: int, beta: float = 0.25, seed: int = 0,
+                     **options) -> VectorQuantizer:
+    """A quantizer (options as VectorQuantizer's) whose codes are spread like its inputs will be, so nearest codes
+    are well separated; already initialised, so a training-mode call does not replace them from its input."""
     torch.manual_seed(seed)
-    quantizer = VectorQuantizer(num_embeddings, embedding_dim, beta)
-    with torch.no_grad():
-        quantizer.embedding.weight.normal_()
+    quantizer = VectorQuantizer(num_embeddings, embedding_dim, beta, **options)
+    quantizer.set_codebook(torch.randn(num_embeddings, embedding_dim), count=1.0)
     return quantizer
+
+
+@contextlib.contextmanager
+def evaluating(quantizer):
+    """Eval mode for the block: forward passes then leave the codebook and its statistics alone."""
+    was_training = quantizer.training
+    quantizer.eval()
+    try:
+        yield quantizer
+    finally:
+        quantizer.train(was_training)
 
 
 def random_inputs(batch: int, embedding_dim: int, height: int, width: int, seed: int = 1) -> torch.Tensor:
@@ -36,9 +49,10 @@ def brute_force_nearest(z_e: torch.Tensor, codebook: torch.Tensor) -> tuple[torc
 
 def check_nearest_codes(quantizer, z_e: torch.Tensor) -> None:
     """Every position gets its nearest code, and z_q holds exactly that code's vector."""
+    # The codebook as the forward pass sees it: in training mode the pass itself may update it afterwards.
+    codebook = quantizer.codebook().detach().clone()
     with torch.no_grad():
         output: QuantizerOutput = quantizer(z_e)
-    codebook = quantizer.embedding.weight.detach()
     distances, expected = brute_force_nearest(z_e, codebook)
     chosen = distances.gather(1, output.indices.reshape(-1, 1)).squeeze(1)
     # Where two codes are nearly tied, fp32 may pick either: the chosen one must then be as near as the best.
@@ -61,12 +75,18 @@ def check_straight_through(quantizer, z_e: torch.Tensor) -> None:
 
 
 def check_codebook_gradient(quantizer, z_e: torch.Tensor) -> None:
-    """The codebook gets the codebook-loss gradient, 2 (e_k - z_e) / numel summed over its positions, and no
-    gradient from anything computed from z_q (the reconstruction)."""
+    """A codebook trained by loss gets the codebook-loss gradient, 2 (e_k - z_e) / numel summed over its positions,
+    and no gradient from anything computed from z_q (the reconstruction); an EMA codebook gets no gradient at all."""
     z_e = z_e.clone().requires_grad_(True)
     codebook = quantizer.embedding.weight
     codebook.grad = None
+    before = codebook.detach().clone()
     output = quantizer(z_e)
+    if not codebook.requires_grad:
+        loss = (output.z_q * torch.randn_like(output.z_q)).sum() + output.codebook_loss + output.commitment_loss
+        loss.backward()
+        assert codebook.grad is None, "a gradient reached the EMA codebook"
+        return
     (output.z_q * torch.randn_like(output.z_q)).sum().backward(retain_graph=True)
     assert codebook.grad is None or not codebook.grad.any(), "the reconstruction gradient reached the codebook"
 
@@ -75,7 +95,7 @@ def check_codebook_gradient(quantizer, z_e: torch.Tensor) -> None:
     flat = z_e.detach().permute(0, 2, 3, 1).reshape(-1, z_e.shape[1]).double()
     indices = output.indices.reshape(-1)
     expected = torch.zeros_like(codebook, dtype=torch.float64)
-    expected.index_add_(0, indices, 2 * (codebook.detach().double()[indices] - flat) / z_e.numel())
+    expected.index_add_(0, indices, 2 * (before.double()[indices] - flat) / z_e.numel())
     assert codebook.grad is not None, "the codebook loss does not reach the codebook"
     assert torch.allclose(codebook.grad.double(), expected, rtol=1e-4, atol=1e-7), "wrong codebook-loss gradient"
 
@@ -85,8 +105,9 @@ def check_commitment_loss(quantizer, z_e: torch.Tensor) -> None:
     z_e = z_e.clone().requires_grad_(True)
     codebook = quantizer.embedding.weight
     codebook.grad = None
+    before = codebook.detach().clone()
     output = quantizer(z_e)
-    chosen = codebook.detach()[output.indices].permute(0, 3, 1, 2)
+    chosen = before[output.indices].permute(0, 3, 1, 2)
     expected = quantizer.beta * (z_e.detach() - chosen).pow(2).mean()
     assert torch.allclose(output.commitment_loss, expected, rtol=1e-5), "commitment loss is not beta * MSE"
     output.commitment_loss.backward()
@@ -99,11 +120,11 @@ def check_perplexity(quantizer, z_e: torch.Tensor) -> None:
     """Perplexity is exp(entropy) of the batch's code histogram: in [1, K], K when each code is hit equally
     often, 1 when one code takes all, exp(H(3/4, 1/4)) when one code is hit three times as often as another."""
     num_embeddings = quantizer.embedding.weight.shape[0]
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(quantizer):
         perplexity = quantizer(z_e).perplexity.item()
         assert 1 - 1e-5 <= perplexity <= num_embeddings + 1e-3, f"perplexity {perplexity} outside [1, K]"
         # Feeding code vectors in as encoder outputs makes the histogram exactly what we choose.
-        codes = quantizer.embedding.weight.detach().t().reshape(1, -1, num_embeddings, 1)
+        codes = quantizer.codebook().detach().t().reshape(1, -1, num_embeddings, 1)
         uniform = quantizer(codes).perplexity.item()
         assert uniform == pytest.approx(num_embeddings, rel=1e-4), f"uniform use gave {uniform}, not K"
         single = quantizer(codes[:, :, [0] * 5]).perplexity.item()
@@ -123,7 +144,7 @@ ALL_CHECKS = [check_nearest_codes, check_straight_through, check_codebook_gradie
 
 class FarthestCodeQuantizer(VectorQuantizer):
     def nearest_codes(self, flat):
-        return torch.cdist(flat.float(), self.embedding.weight.float()).argmax(dim=1)
+        return torch.cdist(flat.float(), self.codebook().float()).argmax(dim=1)
 
 
 class NoStraightThroughQuantizer(VectorQuantizer):

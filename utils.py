@@ -13,11 +13,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision import datasets
 
-from modules import VQVAE, VQVAEConfig, images_to_inputs, outputs_to_pixels
+from modules import VQVAE, VQVAEConfig, images_to_inputs
 from vector_quantizer import perplexity_from_counts
 
 # MD5 of the four original MNIST files after gunzip (the .gz bytes differ between mirrors, the content does not).
@@ -72,6 +71,7 @@ positive_int = _number_type(int, lambda v: v > 0, "a positive integer")
 nonnegative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 nonnegative_float = _number_type(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+unit_interval = _number_type(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def plain_name(text: str) -> str:
@@ -230,7 +230,10 @@ def load_model(path, device) -> tuple[VQVAE, dict]:
     config = checkpoint["config"]
     if not isinstance(config, dict) or not config.keys() <= known:
         raise UserError(f"{path} has a model config this version does not know: {config}")
-    model = VQVAE(VQVAEConfig(**config))
+    try:
+        model = VQVAE(VQVAEConfig(**config))
+    except (ValueError, TypeError) as error:
+        raise UserError(f"{path} has a model config this version cannot build: {error}") from None
     try:
         model.load_state_dict(checkpoint["model"])
     except (RuntimeError, TypeError, AttributeError) as error:
@@ -243,7 +246,7 @@ def load_model(path, device) -> tuple[VQVAE, dict]:
 
 @dataclass
 class ReconstructionScores:
-    recon_loss: float  # MSE in the model's [-1, 1] space, as trained
+    recon_loss: float  # the loss the model trains on (MSE in [-1, 1] space, or BCE for logits)
     codebook_loss: float
     commitment_loss: float
     mse: float  # MSE in [0, 1] pixel space, averaged over every pixel of the set
@@ -266,10 +269,10 @@ def score_reconstructions(model: VQVAE, images: Tensor, batch_size: int, device:
         x = images_to_inputs(batch)
         x_recon, quantized = model(x)
         size = len(batch)
-        sums[0] += F.mse_loss(x_recon, x).double() * size
+        sums[0] += model.reconstruction_loss(x_recon, x).double() * size
         sums[1] += quantized.codebook_loss.double() * size
         sums[2] += quantized.commitment_loss.double() * size
-        sums[3] += (outputs_to_pixels(x_recon) - batch.unsqueeze(1).float() / 255).pow(2).sum().double()
+        sums[3] += (model.to_pixels(x_recon) - batch.unsqueeze(1).float() / 255).pow(2).sum().double()
         counts += torch.bincount(quantized.indices.flatten(), minlength=len(counts))
     model.train(was_training)
 

@@ -1,8 +1,15 @@
 """Vector quantisation layer of the VQ-VAE (van den Oord et al., 2017, "Neural Discrete Representation Learning").
 
 Each encoder output vector z_e is replaced by its nearest codebook vector e_k. Gradients pass the
-non-differentiable argmin with the straight-through estimator; the codebook learns from the codebook loss
-||sg[z_e] - e||^2 and the encoder is kept close to its codes by the commitment loss beta * ||z_e - sg[e]||^2.
+non-differentiable argmin with the straight-through estimator, and the encoder is kept close to its codes by the
+commitment loss beta * ||z_e - sg[e]||^2. The codebook itself learns in one of two ways:
+- "loss": by gradient descent on the codebook loss ||sg[z_e] - e||^2 (the paper's main text);
+- "ema": as exponential moving averages of the counts and sums of the vectors assigned to each code, with
+  Laplace smoothing of the counts (the paper's appendix; Sonnet's VectorQuantizerEMA).
+Options that keep the whole codebook in use: initialising the codes from the first batch of encoder outputs
+(random picks or k-means++ seeding) instead of a tiny uniform init, and restarting a code whose moving-average
+use falls below a threshold onto a random encoder output of the current batch. With `cosine`, encoder outputs
+and codes are L2-normalised, so the nearest code is the one with the highest cosine similarity.
 """
 from typing import NamedTuple
 
@@ -10,11 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+CODEBOOK_UPDATES = ("ema", "loss")
+CODEBOOK_INITS = ("kmeans++", "random", "uniform")
+
 
 class QuantizerOutput(NamedTuple):
     z_q: Tensor  # (B, D, H, W) quantized vectors, carrying the straight-through gradient to z_e
     indices: Tensor  # (B, H, W) int64 code index of every position
-    codebook_loss: Tensor  # ||sg[z_e] - e||^2, trains the codebook only
+    codebook_loss: Tensor  # ||sg[z_e] - e||^2, trains the codebook only (reported, not trained on, with EMA)
     commitment_loss: Tensor  # beta * ||z_e - sg[e]||^2, trains the encoder only
     perplexity: Tensor  # exp(entropy of the code usage in this batch), in [1, K]
 
@@ -26,21 +36,60 @@ def perplexity_from_counts(counts: Tensor) -> Tensor:
     return entropy.exp().float()
 
 
+def kmeans_plus_plus(points: Tensor, count: int) -> Tensor:
+    """`count` rows of points (N, D) chosen by k-means++ seeding (Arthur and Vassilvitskii, 2007): each next
+    centre is drawn with probability proportional to its squared distance from the nearest centre so far."""
+    centres = points.new_empty(count, points.shape[1])
+    centres[0] = points[torch.randint(len(points), (), device=points.device)]
+    nearest = (points - centres[0]).pow(2).sum(1)  # (N,) squared distance to the nearest centre so far
+    for i in range(1, count):
+        # The floor keeps the draw defined when every point already sits on a centre (N <= count, duplicates).
+        chosen = torch.multinomial(nearest.clamp(min=1e-12), 1)
+        centres[i] = points[chosen[0]]
+        nearest = torch.minimum(nearest, (points - centres[i]).pow(2).sum(1))
+    return centres
+
+
 class VectorQuantizer(nn.Module):
-    def __init__(self, num_embeddings: int, embedding_dim: int, beta: float):
+    def __init__(self, num_embeddings: int, embedding_dim: int, beta: float, codebook_update: str = "loss",
+                 decay: float = 0.99, epsilon: float = 1e-5, init: str = "uniform", restart_threshold: float = 0.0,
+                 cosine: bool = False):
         super().__init__()
+        if codebook_update not in CODEBOOK_UPDATES or init not in CODEBOOK_INITS:
+            raise ValueError(f"codebook_update must be one of {CODEBOOK_UPDATES} and init one of {CODEBOOK_INITS}")
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.beta = beta
+        self.codebook_update = codebook_update
+        self.decay = decay
+        self.epsilon = epsilon
+        self.init = init
+        self.restart_threshold = restart_threshold
+        self.cosine = cosine
         self.embedding = nn.Embedding(num_embeddings, embedding_dim)
         self.embedding.weight.data.uniform_(-1.0 / num_embeddings, 1.0 / num_embeddings)
+        # With EMA the codebook is set from the moving averages below, never by the optimizer.
+        self.embedding.weight.requires_grad_(codebook_update == "loss")
+        # Buffers, so they live in the checkpoint and a resumed run continues them.
+        self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("cluster_size", torch.zeros(num_embeddings))  # EMA of each code's count per batch
+        self.register_buffer("embed_sum", torch.zeros(num_embeddings, embedding_dim))  # EMA of its vectors' sum
+        # A Python copy of `initialized`, so the training step does not read a device tensor back to the host.
+        self.needs_init = True
+        self.register_load_state_dict_post_hook(
+            lambda module, _: setattr(module, "needs_init", not bool(module.initialized)))
+
+    def codebook(self) -> Tensor:
+        """The K codes (K, D) as used: the embedding's rows, L2-normalised with `cosine`."""
+        weight = self.embedding.weight
+        return F.normalize(weight, dim=1) if self.cosine else weight
 
     def nearest_codes(self, flat: Tensor) -> Tensor:
         """Index of the nearest code for each row of flat (N, D), by Euclidean distance."""
         # Distances in fp32 even under autocast: in bf16 the near-ties between codes would round to the same value.
         with torch.autocast(device_type=flat.device.type, enabled=False):
             flat = flat.float()
-            codebook = self.embedding.weight.float()
+            codebook = self.codebook().float()
             # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2 as one fused matrix product: (N, K), never (N, K, D).
             squared_norms = flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)
             distances = torch.addmm(squared_norms, flat, codebook.t(), beta=1.0, alpha=-2.0)
@@ -48,12 +97,63 @@ class VectorQuantizer(nn.Module):
 
     def embed(self, indices: Tensor) -> Tensor:
         """Code vectors of an index grid: indices (B, H, W) -> z_q (B, D, H, W)."""
-        return self.embedding(indices).permute(0, 3, 1, 2).contiguous()
+        return F.embedding(indices, self.codebook()).permute(0, 3, 1, 2).contiguous()
+
+    @torch.no_grad()
+    def set_codebook(self, codes: Tensor, count: float) -> None:
+        """Make codes (K, D) the codebook, each with moving-average count `count`, and mark it initialised."""
+        self.embedding.weight.copy_(codes)
+        self.cluster_size.fill_(count)
+        self.embed_sum.copy_(codes * count)
+        self.initialized.fill_(True)
+        self.needs_init = False
+
+    @torch.no_grad()
+    def initialize_codebook(self, flat: Tensor) -> None:
+        """Place the codes on encoder outputs flat (N, D) of the first training batch (or keep the uniform init),
+        and start every code's moving-average count at a fair share N / K, so none counts as dead at once."""
+        if self.init == "kmeans++":
+            codes = kmeans_plus_plus(flat, self.num_embeddings)
+        elif self.init == "random":
+            picks = torch.randperm(len(flat), device=flat.device)[:self.num_embeddings]
+            if len(picks) < self.num_embeddings:  # fewer vectors than codes: draw with replacement
+                picks = torch.randint(len(flat), (self.num_embeddings,), device=flat.device)
+            codes = flat[picks]
+        else:
+            codes = self.embedding.weight
+        self.set_codebook(codes, len(flat) / self.num_embeddings)
+
+    @torch.no_grad()
+    def update_codebook(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:
+        """One training step's codebook update from the batch's encoder outputs flat (N, D) and their codes."""
+        decay = self.decay
+        self.cluster_size.mul_(decay).add_(counts.to(self.cluster_size.dtype), alpha=1 - decay)
+        weight = self.embedding.weight
+        if self.codebook_update == "ema":
+            sums = torch.zeros_like(self.embed_sum).index_add_(0, indices, flat.to(self.embed_sum.dtype))
+            self.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
+            # Laplace smoothing: a code with a (near) zero count is divided by epsilon-sized counts, not by zero.
+            total = self.cluster_size.sum()
+            smoothed = (self.cluster_size + self.epsilon) / (total + self.num_embeddings * self.epsilon) * total
+            weight.copy_(self.embed_sum / smoothed.unsqueeze(1))
+        if self.restart_threshold > 0:
+            # Every code gets a candidate and only the dead ones take it: no host sync to count them.
+            dead = (self.cluster_size < self.restart_threshold).unsqueeze(1)  # (K, 1)
+            candidates = flat[torch.randint(len(flat), (self.num_embeddings,), device=flat.device)]
+            weight.copy_(torch.where(dead, candidates.to(weight.dtype), weight))
+            fair_share = len(flat) / self.num_embeddings
+            self.cluster_size.copy_(torch.where(dead.squeeze(1), fair_share, self.cluster_size))
+            self.embed_sum.copy_(torch.where(dead, weight * fair_share, self.embed_sum))
 
     def forward(self, z_e: Tensor) -> QuantizerOutput:
         batch, dim, height, width = z_e.shape
         # z_e (B, D, H, W) -> flat (B*H*W, D) -> indices (B*H*W,)
         flat = z_e.permute(0, 2, 3, 1).reshape(-1, dim)
+        if self.cosine:
+            flat = F.normalize(flat, dim=1)
+            z_e = flat.view(batch, height, width, dim).permute(0, 3, 1, 2)
+        if self.training and self.needs_init:
+            self.initialize_codebook(flat.detach().float())
         indices = self.nearest_codes(flat.detach())
         z_q = self.embed(indices.view(batch, height, width)).to(z_e.dtype)
 
@@ -63,6 +163,9 @@ class VectorQuantizer(nn.Module):
         z_q = z_e + (z_q - z_e).detach()
 
         counts = torch.bincount(indices, minlength=self.num_embeddings)
+        if self.training:
+            # After z_q is taken: this step's output uses the codes its indices were chosen from.
+            self.update_codebook(flat.detach().float(), indices, counts)
         return QuantizerOutput(
             z_q=z_q,
             indices=indices.view(batch, height, width),

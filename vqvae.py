@@ -9,20 +9,21 @@ Writes TensorBoard logs to logs/NAME (`tensorboard --logdir logs`) and checkpoin
 last.pt after every epoch and best.pt whenever the validation reconstruction loss improves.
 The validation set is the last --val-size images of the MNIST training set; the test set is left for evaluate.py.
 """
+import argparse
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from modules import VQVAE, VQVAEConfig, images_to_inputs, outputs_to_pixels
+from modules import DECODER_OUTPUTS, VQVAE, VQVAEConfig, images_to_inputs
 from utils import (ArgumentParser, UserError, load_mnist, make_checkpoint, nonnegative_float, nonnegative_int,
                    plain_name, positive_float, positive_int, resolve_device, run_cli, save_checkpoint,
-                   score_reconstructions, split_train_validation)
+                   score_reconstructions, split_train_validation, unit_interval)
+from vector_quantizer import CODEBOOK_INITS, CODEBOOK_UPDATES
 
 NUM_FIXED_IMAGES = 32  # validation digits whose reconstructions TensorBoard shows after every epoch
 
@@ -35,15 +36,42 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--data-folder", default="data",
                         help="folder holding MNIST/raw/*-ubyte.gz, or the .gz files themselves (default: data)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to train on (default: cpu)")
-    parser.add_argument("--hidden-size", type=positive_int, default=defaults.hidden_size,
-                        help=f"channels of encoder and decoder, and code dimension D (default: {defaults.hidden_size})")
-    parser.add_argument("--k", type=positive_int, default=defaults.num_embeddings,
-                        help=f"number of codes K in the codebook (default: {defaults.num_embeddings})")
-    parser.add_argument("--beta", type=nonnegative_float, default=defaults.beta,
-                        help=f"weight of the commitment loss (default: {defaults.beta})")
+    model = parser.add_argument_group("model (stored in the checkpoint)")
+    model.add_argument("--hidden-size", type=positive_int, default=defaults.hidden_size,
+                       help=f"channels of the encoder and decoder (default: {defaults.hidden_size})")
+    model.add_argument("--num-residual-blocks", type=nonnegative_int, default=defaults.num_residual_blocks,
+                       help=f"residual blocks in the encoder and in the decoder (default: "
+                            f"{defaults.num_residual_blocks})")
+    model.add_argument("--k", type=positive_int, default=defaults.num_embeddings,
+                       help=f"number of codes K in the codebook (default: {defaults.num_embeddings})")
+    model.add_argument("--code-dim", type=positive_int, default=None,
+                       help="dimension D of the codes; if it differs from --hidden-size, 1x1 convolutions project "
+                            "into and out of code space (default: " + (
+                                "--hidden-size" if defaults.code_dim == defaults.hidden_size else
+                                str(defaults.code_dim)) + ")")
+    model.add_argument("--codebook", choices=CODEBOOK_UPDATES, default=defaults.codebook_update,
+                       help="how the codes learn: ema (moving averages of their assigned vectors) or loss (codebook "
+                            f"loss and Adam, as the reference) (default: {defaults.codebook_update})")
+    model.add_argument("--decay", type=unit_interval, default=defaults.ema_decay,
+                       help=f"decay of the EMA codebook and of the per-code use counts (default: {defaults.ema_decay})")
+    model.add_argument("--init", choices=CODEBOOK_INITS, default=defaults.codebook_init,
+                       help="codebook initialisation: kmeans++ or random picks from the first batch's encoder "
+                            f"outputs, or the reference's tiny uniform values (default: {defaults.codebook_init})")
+    model.add_argument("--restart-threshold", type=nonnegative_float, default=defaults.restart_threshold,
+                       help="a code whose moving-average use per batch falls below this moves onto a random encoder "
+                            f"output of the batch; 0 never restarts (default: {defaults.restart_threshold})")
+    model.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=defaults.cosine,
+                       help=f"L2-normalise encoder outputs and codes (default: {defaults.cosine})")
+    model.add_argument("--beta", type=nonnegative_float, default=defaults.beta,
+                       help=f"weight of the commitment loss (default: {defaults.beta})")
+    model.add_argument("--decoder-output", choices=DECODER_OUTPUTS, default=defaults.decoder_output,
+                       help="last layer and loss: tanh or linear output with MSE, or logits with binary "
+                            f"cross-entropy (default: {defaults.decoder_output})")
     parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
     parser.add_argument("--num-epochs", type=positive_int, default=10, help="epochs to train (default: 10)")
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    parser.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
+                        help="cosine: decay the learning rate to 0 over the run's steps (default: cosine)")
     parser.add_argument("--num-workers", type=nonnegative_int, default=0,
                         help="DataLoader worker processes; the data is already in memory (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order (default: 0)")
@@ -54,6 +82,14 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the checkpoints of an earlier run with the same --output-folder")
     return parser
+
+
+def config_from_args(args) -> VQVAEConfig:
+    return VQVAEConfig(
+        hidden_size=args.hidden_size, num_embeddings=args.k, code_dim=args.code_dim or args.hidden_size,
+        num_residual_blocks=args.num_residual_blocks, beta=args.beta, codebook_update=args.codebook,
+        ema_decay=args.decay, codebook_init=args.init, restart_threshold=args.restart_threshold, cosine=args.cosine,
+        decoder_output=args.decoder_output)
 
 
 def prepare_run_folders(name: str, overwrite: bool) -> tuple[Path, Path]:
@@ -90,7 +126,7 @@ def log_validation(writer: SummaryWriter, model: VQVAE, scores, fixed_images: to
     model.train()
     originals = fixed_images.unsqueeze(1).float() / 255
     # Top half: validation digits; bottom half: their reconstructions. One tag, so the slider steps through epochs.
-    grid = make_grid(torch.cat([originals, outputs_to_pixels(x_recon)]), nrow=NUM_FIXED_IMAGES // 2)
+    grid = make_grid(torch.cat([originals, model.to_pixels(x_recon)]), nrow=NUM_FIXED_IMAGES // 2)
     writer.add_image("val/reconstructions", grid, epoch)
 
 
@@ -106,12 +142,15 @@ def main(args) -> None:
                         persistent_workers=args.num_workers > 0,
                         generator=torch.Generator().manual_seed(args.seed))
 
-    config = VQVAEConfig(hidden_size=args.hidden_size, num_embeddings=args.k, beta=args.beta)
+    config = config_from_args(args)
     model = VQVAE(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+    total_steps = args.num_epochs * len(loader)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+                if args.lr_schedule == "cosine" else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
     print(f"training on {device}: {len(train_images):,} train / {len(val_images):,} validation images, "
-          f"K={config.num_embeddings}, D={config.hidden_size}, {num_parameters:,} parameters; "
+          f"K={config.num_embeddings}, D={config.code_dim}, {num_parameters:,} parameters; "
           f"logs in {log_dir}, checkpoints in {model_dir}")
 
     writer = SummaryWriter(log_dir)
@@ -127,11 +166,13 @@ def main(args) -> None:
         for (batch,) in progress:
             x = images_to_inputs(batch.to(device, non_blocking=True))
             x_recon, quantized = model(x)
-            recon_loss = F.mse_loss(x_recon, x)
+            recon_loss = model.reconstruction_loss(x_recon, x)
+            # With the EMA codebook the codebook loss has no gradient: it is reported, and adds a constant.
             loss = recon_loss + quantized.codebook_loss + quantized.commitment_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
 
             step += 1
             running += torch.stack([loss, recon_loss, quantized.codebook_loss, quantized.commitment_loss,

@@ -9,10 +9,20 @@ from vector_quantizer import perplexity_from_counts
 SHAPES = [(2, 4, 3, 3, 16), (4, 40, 7, 7, 512), (1, 1, 1, 1, 1), (3, 8, 5, 2, 64)]
 
 
+# Codebook variants, run in training mode so their updates happen during the checks.
+OPTIONS = [
+    {},
+    {"codebook_update": "ema"},
+    {"codebook_update": "ema", "restart_threshold": 2.0},
+    {"codebook_update": "loss", "restart_threshold": 2.0},
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda options: "-".join(map(str, options.values())) or "loss")
 @pytest.mark.parametrize("check", ALL_CHECKS)
 @pytest.mark.parametrize("batch, dim, height, width, num_embeddings", SHAPES)
-def test_quantizer_passes_check(check, batch, dim, height, width, num_embeddings):
-    check(random_quantizer(num_embeddings, dim), random_inputs(batch, dim, height, width))
+def test_quantizer_passes_check(check, batch, dim, height, width, num_embeddings, options):
+    check(random_quantizer(num_embeddings, dim, **options), random_inputs(batch, dim, height, width))
 
 
 @pytest.mark.parametrize("num_embeddings", [1, 7, 512])
