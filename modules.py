@@ -24,15 +24,15 @@ class VQVAEConfig:
     """The model's shape: all that is needed to rebuild it from a checkpoint."""
 
     in_channels: int = 1
-    hidden_size: int = 40  # channels of the encoder and decoder
+    hidden_size: int = 64  # channels of the encoder and decoder
     num_embeddings: int = 512  # K, the number of codes
-    code_dim: int = 40  # D of each code; if not hidden_size, 1x1 convolutions project into and out of code space
+    code_dim: int = 16  # D of each code; if not hidden_size, 1x1 convolutions project into and out of code space
     num_residual_blocks: int = 2
-    beta: float = 1.0  # weight of the commitment loss
-    codebook_update: str = "loss"  # "loss": codebook loss and optimizer; "ema": moving averages
-    ema_decay: float = 0.99  # of the EMA codebook and of the per-code use counts
-    codebook_init: str = "uniform"  # "kmeans++" or "random" picks from the first batch's encoder outputs
-    restart_threshold: float = 0.0  # restart codes whose moving-average count per batch falls below; 0: never
+    beta: float = 0.25  # weight of the commitment loss
+    codebook_update: str = "ema"  # "ema": moving averages; "loss": codebook loss and the optimizer
+    ema_decay: float = 0.95  # of the EMA codebook and of the per-code use counts
+    codebook_init: str = "kmeans++"  # or "random" picks from the first batch's encoder outputs, or "uniform"
+    restart_threshold: float = 1.0  # restart codes whose moving-average count per batch falls below; 0: never
     cosine: bool = False  # L2-normalised encoder outputs and codes
     decoder_output: str = "tanh"  # see the module docstring
 

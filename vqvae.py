@@ -10,6 +10,7 @@ last.pt after every epoch and best.pt whenever the validation reconstruction los
 The validation set is the last --val-size images of the MNIST training set; the test set is left for evaluate.py.
 """
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -44,11 +45,9 @@ def build_parser() -> ArgumentParser:
                             f"{defaults.num_residual_blocks})")
     model.add_argument("--k", type=positive_int, default=defaults.num_embeddings,
                        help=f"number of codes K in the codebook (default: {defaults.num_embeddings})")
-    model.add_argument("--code-dim", type=positive_int, default=None,
+    model.add_argument("--code-dim", type=nonnegative_int, default=defaults.code_dim,
                        help="dimension D of the codes; if it differs from --hidden-size, 1x1 convolutions project "
-                            "into and out of code space (default: " + (
-                                "--hidden-size" if defaults.code_dim == defaults.hidden_size else
-                                str(defaults.code_dim)) + ")")
+                            f"into and out of code space; 0 means D = --hidden-size (default: {defaults.code_dim})")
     model.add_argument("--codebook", choices=CODEBOOK_UPDATES, default=defaults.codebook_update,
                        help="how the codes learn: ema (moving averages of their assigned vectors) or loss (codebook "
                             f"loss and Adam, as the reference) (default: {defaults.codebook_update})")
@@ -110,6 +109,19 @@ def prepare_run_folders(name: str, overwrite: bool) -> tuple[Path, Path]:
     return log_dir, model_dir
 
 
+def epoch_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator, num_workers: int):
+    """One epoch of shuffled batches of images (N, 28, 28) uint8, cut by index from the tensor in memory.
+    With workers, a DataLoader cuts the same batches in worker processes."""
+    batches = torch.randperm(len(images), generator=generator).to(images.device).split(batch_size)
+    if num_workers == 0:
+        return (images[indices] for indices in batches)
+    # Its own generator for the workers' seeds, so starting workers leaves the global RNG (restarts use it) alone.
+    loader = DataLoader(TensorDataset(images), batch_sampler=[indices.tolist() for indices in batches],
+                        num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                        generator=torch.Generator().manual_seed(0))
+    return (batch for (batch,) in loader)
+
+
 def log_validation(writer: SummaryWriter, model: VQVAE, scores, fixed_images: torch.Tensor, epoch: int) -> None:
     writer.add_scalar("val/loss_reconstruction", scores.recon_loss, epoch)
     writer.add_scalar("val/loss_codebook", scores.codebook_loss, epoch)
@@ -137,15 +149,15 @@ def main(args) -> None:
     train_images, val_images = split_train_validation(images, args.val_size)
     log_dir, model_dir = prepare_run_folders(args.output_folder, args.overwrite)
     fixed_images = val_images[:NUM_FIXED_IMAGES].to(device)
-    loader = DataLoader(TensorDataset(train_images), batch_size=args.batch_size, shuffle=True,
-                        num_workers=args.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=args.num_workers > 0,
-                        generator=torch.Generator().manual_seed(args.seed))
+    # The training set lives in memory as one uint8 tensor, on the training device unless workers read it.
+    train_images = train_images.to(device if args.num_workers == 0 else "cpu")
+    shuffle_generator = torch.Generator().manual_seed(args.seed)
+    steps_per_epoch = math.ceil(len(train_images) / args.batch_size)
 
     config = config_from_args(args)
     model = VQVAE(config).to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
-    total_steps = args.num_epochs * len(loader)
+    total_steps = args.num_epochs * steps_per_epoch
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
                 if args.lr_schedule == "cosine" else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
@@ -161,9 +173,10 @@ def main(args) -> None:
         # Running sums stay on the device and are read every --log-interval steps, not every step.
         running = torch.zeros(5, device=device)  # total, reconstruction, codebook, commitment, perplexity
         running_steps = 0
-        progress = tqdm(loader, desc=f"epoch {epoch}/{args.num_epochs}", unit="batch", leave=False,
-                        dynamic_ncols=True)
-        for (batch,) in progress:
+        batches = epoch_batches(train_images, args.batch_size, shuffle_generator, args.num_workers)
+        progress = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{args.num_epochs}", unit="batch",
+                        leave=False, dynamic_ncols=True)
+        for batch in progress:
             x = images_to_inputs(batch.to(device, non_blocking=True))
             x_recon, quantized = model(x)
             recon_loss = model.reconstruction_loss(x_recon, x)
@@ -185,6 +198,7 @@ def main(args) -> None:
                 writer.add_scalar("train/loss_codebook", codebook, step)
                 writer.add_scalar("train/loss_commitment", commitment, step)
                 writer.add_scalar("train/perplexity", perplexity, step)
+                writer.add_scalar("train/lr", schedule.get_last_lr()[0], step)
                 progress.set_postfix(loss=f"{total:.4f}", recon=f"{recon:.4f}", perplexity=f"{perplexity:.0f}")
                 running.zero_()
                 running_steps = 0

@@ -146,3 +146,29 @@ def test_worker_processes_do_not_change_the_result(tiny_mnist, tmp_path, monkeyp
     with_workers = torch.load(tmp_path / "models" / "tiny" / "last.pt", weights_only=True)["model"]
     for name, tensor in without_workers.items():
         assert torch.equal(tensor, with_workers[name]), name
+
+
+@pytest.mark.parametrize("flags, stored", [
+    ([], {"codebook_update": "ema", "codebook_init": "kmeans++", "code_dim": 4}),
+    (["--codebook", "loss", "--init", "uniform", "--restart-threshold", "0", "--code-dim", "0", "--beta", "1"],
+     {"codebook_update": "loss", "codebook_init": "uniform", "restart_threshold": 0.0, "code_dim": 8, "beta": 1.0}),
+    (["--cosine", "--init", "random", "--decoder-output", "logits", "--decay", "0.9"],
+     {"cosine": True, "codebook_init": "random", "decoder_output": "logits", "ema_decay": 0.9}),
+    (["--decoder-output", "linear", "--num-residual-blocks", "0", "--lr-schedule", "constant"],
+     {"decoder_output": "linear", "num_residual_blocks": 0}),
+])
+def test_quantizer_options_are_stored_and_rebuilt(flags, stored, tiny_mnist, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist, "--code-dim", "4", *flags)
+    path = tmp_path / "models" / "tiny" / "best.pt"
+    config = torch.load(path, weights_only=True)["config"]
+    for key, value in stored.items():
+        assert config[key] == value, key
+    capsys.readouterr()
+    evaluate.main(evaluate.build_parser().parse_args(["--model", str(path), "--json", "--data-folder",
+                                                      str(tiny_mnist)]))
+    assert 0 < json.loads(capsys.readouterr().out)["test_mse"] < 1
+    generate.main(generate.build_parser().parse_args(["--model", str(path), "--input", "MNIST",
+                                                      "--data-folder", str(tiny_mnist)]))
+    assert_grid_of_tiles(tmp_path / "generatedImages" / "MNIST.png")
+
