@@ -32,7 +32,7 @@ class VQVAEConfig:
     codebook_update: str = "ema"  # "ema": moving averages; "loss": codebook loss and the optimizer
     ema_decay: float = 0.95  # of the EMA codebook and of the per-code use counts
     codebook_init: str = "kmeans++"  # or "random" picks from the first batch's encoder outputs, or "uniform"
-    restart_threshold: float = 1.0  # restart codes whose moving-average count per batch falls below; 0: never
+    restart_threshold: float = 3.0  # restart codes whose moving-average count per batch falls below; 0: never
     cosine: bool = False  # L2-normalised encoder outputs and codes
     decoder_output: str = "tanh"  # see the module docstring
 

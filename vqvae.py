@@ -66,7 +66,7 @@ def build_parser() -> ArgumentParser:
     model.add_argument("--decoder-output", choices=DECODER_OUTPUTS, default=defaults.decoder_output,
                        help="last layer and loss: tanh or linear output with MSE, or logits with binary "
                             f"cross-entropy (default: {defaults.decoder_output})")
-    parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
     parser.add_argument("--num-epochs", type=positive_int, default=10, help="epochs to train (default: 10)")
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     parser.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",

@@ -23,12 +23,11 @@ ABLATION = [
     ("default", []),
     ("codebook loss instead of EMA", ["--codebook", "loss"]),
     ("uniform init instead of k-means++", ["--init", "uniform"]),
-    ("random-pick init instead of k-means++", ["--init", "random"]),
     ("no dead-code restart", ["--restart-threshold", "0"]),
-    ("codes in the hidden space (D = hidden, no projection)", ["--code-dim", "0"]),
-    ("cosine codes", ["--cosine"]),
-    ("tanh output with MSE", ["--decoder-output", "tanh"]),
-    ("reference quantizer (loss, uniform init, no restart, D = hidden)",
+    ("codes in the 64-d hidden space, no projection", ["--code-dim", "0"]),
+    ("cosine (L2-normalised) codes", ["--cosine"]),
+    ("logits output with BCE instead of tanh with MSE", ["--decoder-output", "logits"]),
+    ("reference quantizer: all of the above off, beta 1",
      ["--codebook", "loss", "--init", "uniform", "--restart-threshold", "0", "--code-dim", "0", "--beta", "1.0"]),
 ]
 
