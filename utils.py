@@ -34,6 +34,14 @@ class UserError(Exception):
     """A problem the user can fix (a bad flag, a missing or corrupt file): reported as one line, exit status 2."""
 
 
+class RunStopped(Exception):
+    """Training stopped on a signal after saving its state: reported as one line, exit status 128 + signal."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is reported on one line instead of a usage block."""
 
@@ -49,6 +57,9 @@ def run_cli(main, args: argparse.Namespace) -> None:
     except UserError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except RunStopped as stopped:
+        print(f"{prog}: {stopped}", file=sys.stderr)
+        sys.exit(stopped.exit_code)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -11,6 +11,7 @@ The validation set is the last --val-size images of the MNIST training set; the 
 """
 import argparse
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -21,9 +22,9 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from modules import DECODER_OUTPUTS, VQVAE, VQVAEConfig, images_to_inputs
-from utils import (ArgumentParser, UserError, load_mnist, make_checkpoint, nonnegative_float, nonnegative_int,
-                   plain_name, positive_float, positive_int, resolve_device, run_cli, save_checkpoint,
-                   score_reconstructions, split_train_validation, unit_interval)
+from utils import (ArgumentParser, RunStopped, UserError, load_checkpoint, load_mnist, make_checkpoint,
+                   nonnegative_float, nonnegative_int, plain_name, positive_float, positive_int, resolve_device,
+                   run_cli, save_checkpoint, score_reconstructions, split_train_validation, unit_interval)
 from vector_quantizer import CODEBOOK_INITS, CODEBOOK_UPDATES
 
 NUM_FIXED_IMAGES = 32  # validation digits whose reconstructions TensorBoard shows after every epoch
@@ -80,6 +81,8 @@ def build_parser() -> ArgumentParser:
                         help="steps between TensorBoard points and progress-bar updates (default: 20)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the checkpoints of an earlier run with the same --output-folder")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in models/NAME/last.pt where it stopped, with its own flags")
     return parser
 
 
@@ -91,28 +94,37 @@ def config_from_args(args) -> VQVAEConfig:
         decoder_output=args.decoder_output)
 
 
-def prepare_run_folders(name: str, overwrite: bool) -> tuple[Path, Path]:
+def prepare_run_folders(name: str, overwrite: bool, resume: bool) -> tuple[Path, Path]:
+    """Make logs/NAME and models/NAME, refusing to replace an earlier run's checkpoints unless asked."""
     log_dir, model_dir = Path("logs") / name, Path("models") / name
     existing = [path for path in (model_dir / "best.pt", model_dir / "last.pt") if path.exists()]
-    if existing and not overwrite:
-        raise UserError(f"{existing[0]} already exists: pass --overwrite to replace it, or choose another "
-                        "--output-folder")
+    if existing and not (overwrite or resume):
+        raise UserError(f"{existing[0]} already exists: pass --resume to continue that run, --overwrite to "
+                        "replace it, or choose another --output-folder")
     try:
         for folder in (log_dir, model_dir):
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / ".write-test"
             probe.touch()
             probe.unlink()
+        # Half-written files of a run killed mid-save (the checkpoints themselves are always whole).
+        for stale in model_dir.glob(".*.pt.tmp-*"):
+            stale.unlink()
+        if overwrite:
+            # The replaced run's curves would otherwise be drawn over the new run's in TensorBoard.
+            for events in log_dir.glob("events.out.tfevents.*"):
+                events.unlink()
     except OSError as error:
         raise UserError(f"cannot write to {error.filename or folder}: {error.strerror}; choose a writable place") \
             from None
     return log_dir, model_dir
 
 
-def epoch_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator, num_workers: int):
-    """One epoch of shuffled batches of images (N, 28, 28) uint8, cut by index from the tensor in memory.
-    With workers, a DataLoader cuts the same batches in worker processes."""
-    batches = torch.randperm(len(images), generator=generator).to(images.device).split(batch_size)
+def epoch_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator, num_workers: int,
+                  skip: int = 0):
+    """One epoch of shuffled batches of images (N, 28, 28) uint8, cut by index from the tensor in memory, less
+    the first `skip` (done before a resume). With workers, a DataLoader cuts the same batches in worker processes."""
+    batches = torch.randperm(len(images), generator=generator).to(images.device).split(batch_size)[skip:]
     if num_workers == 0:
         return (images[indices] for indices in batches)
     # Its own generator for the workers' seeds, so starting workers leaves the global RNG (restarts use it) alone.
@@ -122,32 +134,92 @@ def epoch_batches(images: torch.Tensor, batch_size: int, generator: torch.Genera
     return (batch for (batch,) in loader)
 
 
-def log_validation(writer: SummaryWriter, model: VQVAE, scores, fixed_images: torch.Tensor, epoch: int) -> None:
-    writer.add_scalar("val/loss_reconstruction", scores.recon_loss, epoch)
-    writer.add_scalar("val/loss_codebook", scores.codebook_loss, epoch)
-    writer.add_scalar("val/loss_commitment", scores.commitment_loss, epoch)
-    writer.add_scalar("val/mse_pixels", scores.mse, epoch)
-    writer.add_scalar("val/codebook_usage", scores.codebook_usage, epoch)
-    writer.add_scalar("val/perplexity", scores.perplexity, epoch)
+def log_validation(writer: SummaryWriter, model: VQVAE, scores, fixed_images: torch.Tensor, step: int) -> None:
+    """Validation scores at the training step they were reached, on the same axis as the training curves."""
+    writer.add_scalar("val/loss_reconstruction", scores.recon_loss, step)
+    writer.add_scalar("val/loss_codebook", scores.codebook_loss, step)
+    writer.add_scalar("val/loss_commitment", scores.commitment_loss, step)
+    writer.add_scalar("val/mse_pixels", scores.mse, step)
+    writer.add_scalar("val/codebook_usage", scores.codebook_usage, step)
+    writer.add_scalar("val/perplexity", scores.perplexity, step)
     codes = torch.repeat_interleave(torch.arange(len(scores.counts)), scores.counts)
-    writer.add_histogram("val/code_usage", codes, epoch, bins=len(scores.counts))
+    writer.add_histogram("val/code_usage", codes, step, bins=len(scores.counts))
 
     model.eval()
     with torch.no_grad():
         x_recon = model(images_to_inputs(fixed_images)).x_recon
     model.train()
     originals = fixed_images.unsqueeze(1).float() / 255
-    # Top half: validation digits; bottom half: their reconstructions. One tag, so the slider steps through epochs.
+    # Top half: validation digits; bottom half: their reconstructions. One tag, so the slider steps through them.
     grid = make_grid(torch.cat([originals, model.to_pixels(x_recon)]), nrow=NUM_FIXED_IMAGES // 2)
-    writer.add_image("val/reconstructions", grid, epoch)
+    writer.add_image("val/reconstructions", grid, step)
+
+
+# Flags that change what is trained: a resumed run takes them from its checkpoint.
+RESULT_FLAGS = ("hidden_size", "num_residual_blocks", "k", "code_dim", "codebook", "decay", "init",
+                "restart_threshold", "cosine", "beta", "decoder_output", "batch_size", "num_epochs", "lr",
+                "lr_schedule", "seed", "val_size")
+
+
+def resume_args(args, checkpoint: dict, path: Path):
+    """The run's own flags from its checkpoint; a flag given now that contradicts them is an error."""
+    saved = checkpoint.get("args")
+    if not isinstance(saved, dict) or "training" not in checkpoint:
+        raise UserError(f"{path} holds no training state to resume from; start a new run with --overwrite")
+    defaults = build_parser()
+    for name in RESULT_FLAGS:
+        given = getattr(args, name)
+        if given != defaults.get_default(name) and given != saved.get(name):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"--resume continues {path} with its own {flag} {saved.get(name)}: drop {flag} "
+                            f"{given}, or start a new run")
+    return argparse.Namespace(**{**vars(args), **{name: saved[name] for name in RESULT_FLAGS}})
+
+
+class StopOnSignal:
+    """While active, Ctrl-C and SIGTERM only set `received`: the loop finishes its step, saves and stops.
+    A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.received = None
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def check_finite(first_bad_step: torch.Tensor, model_dir: Path) -> None:
+    bad_step = int(first_bad_step)
+    if bad_step >= 0:
+        raise UserError(f"the loss became NaN or infinite at step {bad_step}: stopped without saving it; "
+                        f"{model_dir / 'last.pt'} holds the last good state (try a lower --lr)")
 
 
 def main(args) -> None:
     device = resolve_device(args.device)
+    model_dir = Path("models") / args.output_folder
+    resumed = None
+    if args.resume:
+        if args.overwrite:
+            raise UserError("--resume continues a run and --overwrite replaces it: pass only one")
+        path = model_dir / "last.pt"
+        if not path.is_file():
+            raise UserError(f"--resume: there is no {path} to continue; start the run without --resume")
+        resumed = load_checkpoint(path, "cpu")
+        args = resume_args(args, resumed, path)
     torch.manual_seed(args.seed)
     images, _ = load_mnist(args.data_folder, train=True)
     train_images, val_images = split_train_validation(images, args.val_size)
-    log_dir, model_dir = prepare_run_folders(args.output_folder, args.overwrite)
+    log_dir, model_dir = prepare_run_folders(args.output_folder, args.overwrite, args.resume)
     fixed_images = val_images[:NUM_FIXED_IMAGES].to(device)
     # The training set lives in memory as one uint8 tensor, on the training device unless workers read it.
     train_images = train_images.to(device if args.num_workers == 0 else "cpu")
@@ -160,66 +232,125 @@ def main(args) -> None:
     total_steps = args.num_epochs * steps_per_epoch
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
                 if args.lr_schedule == "cosine" else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
+
+    # Where the run stands: `epoch` epochs done, then `batches_done` batches of the next, whose batch order comes
+    # from the shuffle generator's state `epoch_shuffle_state`.
+    epoch, step, batches_done = 0, 0, 0
+    best_recon_loss, best_epoch = float("inf"), 0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        state = resumed["training"]
+        schedule.load_state_dict(state["schedule"])
+        epoch, step, batches_done = resumed["epoch"], resumed["step"], state["batches_done"]
+        best_recon_loss, best_epoch = state["best_recon_loss"], state["best_epoch"]
+        shuffle_generator.set_state(state["shuffle_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        if epoch >= args.num_epochs:
+            print(f"{model_dir / 'last.pt'} already finished its {args.num_epochs} epochs; nothing to do")
+            return
+        print(f"resuming {model_dir / 'last.pt'} at epoch {epoch + 1}, batch {batches_done + 1} (step {step})")
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
     print(f"training on {device}: {len(train_images):,} train / {len(val_images):,} validation images, "
           f"K={config.num_embeddings}, D={config.code_dim}, {num_parameters:,} parameters; "
           f"logs in {log_dir}, checkpoints in {model_dir}")
 
-    writer = SummaryWriter(log_dir)
-    step, best_recon_loss, best_epoch = 0, float("inf"), 0
-    for epoch in range(1, args.num_epochs + 1):
-        model.train()
-        started = time.perf_counter()
-        # Running sums stay on the device and are read every --log-interval steps, not every step.
-        running = torch.zeros(5, device=device)  # total, reconstruction, codebook, commitment, perplexity
-        running_steps = 0
-        batches = epoch_batches(train_images, args.batch_size, shuffle_generator, args.num_workers)
-        progress = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{args.num_epochs}", unit="batch",
-                        leave=False, dynamic_ncols=True)
-        for batch in progress:
-            x = images_to_inputs(batch.to(device, non_blocking=True))
-            x_recon, quantized = model(x)
-            recon_loss = model.reconstruction_loss(x_recon, x)
-            # With the EMA codebook the codebook loss has no gradient: it is reported, and adds a constant.
-            loss = recon_loss + quantized.codebook_loss + quantized.commitment_loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    def checkpoint(val=None) -> dict:
+        training = {
+            "schedule": schedule.state_dict(),
+            "batches_done": batches_done,
+            "shuffle_rng": epoch_shuffle_state,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "best_recon_loss": best_recon_loss,
+            "best_epoch": best_epoch,
+        }
+        return make_checkpoint(model, optimizer, epoch, step, val=val, args=vars(args), training=training)
 
-            step += 1
-            running += torch.stack([loss, recon_loss, quantized.codebook_loss, quantized.commitment_loss,
-                                    quantized.perplexity]).detach()
-            running_steps += 1
-            if step % args.log_interval == 0:
-                total, recon, codebook, commitment, perplexity = (running / running_steps).tolist()
-                writer.add_scalar("train/loss", total, step)
-                writer.add_scalar("train/loss_reconstruction", recon, step)
-                writer.add_scalar("train/loss_codebook", codebook, step)
-                writer.add_scalar("train/loss_commitment", commitment, step)
-                writer.add_scalar("train/perplexity", perplexity, step)
-                writer.add_scalar("train/lr", schedule.get_last_lr()[0], step)
-                progress.set_postfix(loss=f"{total:.4f}", recon=f"{recon:.4f}", perplexity=f"{perplexity:.0f}")
-                running.zero_()
-                running_steps = 0
+    # purge_step drops events an interrupted run wrote after its last checkpoint, so the curves do not jump.
+    writer = SummaryWriter(log_dir, purge_step=step + 1 if resumed is not None else None)
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    with StopOnSignal() as stop:
+        while epoch < args.num_epochs:
+            model.train()
+            started = time.perf_counter()
+            epoch_shuffle_state = shuffle_generator.get_state()
+            # Running sums stay on the device and are read every --log-interval steps, not every step.
+            running = torch.zeros(5, device=device)  # total, reconstruction, codebook, commitment, perplexity
+            running_steps = 0
+            batches = epoch_batches(train_images, args.batch_size, shuffle_generator, args.num_workers,
+                                    skip=batches_done)
+            progress = tqdm(batches, initial=batches_done, total=steps_per_epoch,
+                            desc=f"epoch {epoch + 1}/{args.num_epochs}", unit="batch", leave=False,
+                            dynamic_ncols=True)
+            for batch in progress:
+                x = images_to_inputs(batch.to(device, non_blocking=True))
+                x_recon, quantized = model(x)
+                recon_loss = model.reconstruction_loss(x_recon, x)
+                # With the EMA codebook the codebook loss has no gradient: it is reported, and adds a constant.
+                loss = recon_loss + quantized.codebook_loss + quantized.commitment_loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
 
-        scores = score_reconstructions(model, val_images, batch_size=1000, device=device)
-        log_validation(writer, model, scores, fixed_images, epoch)
-        val = {"recon_loss": scores.recon_loss, "mse": scores.mse, "codebook_usage": scores.codebook_usage,
-               "perplexity": scores.perplexity}
-        checkpoint = make_checkpoint(model, optimizer, epoch, step, val=val, args=vars(args))
-        save_checkpoint(model_dir / "last.pt", checkpoint)
-        improved = scores.recon_loss < best_recon_loss
-        if improved:
-            best_recon_loss, best_epoch = scores.recon_loss, epoch
-            save_checkpoint(model_dir / "best.pt", checkpoint)
-        seconds = time.perf_counter() - started
-        writer.add_scalar("time/epoch_seconds", seconds, epoch)
-        writer.flush()
-        tqdm.write(f"epoch {epoch:>2}/{args.num_epochs}  val recon loss {scores.recon_loss:.5f}  "
-                   f"MSE {scores.mse:.5f} ({scores.psnr:.1f} dB)  "
-                   f"codes used {scores.codes_used}/{config.num_embeddings} ({scores.codebook_usage:.1%})  "
-                   f"perplexity {scores.perplexity:.1f}  {seconds:.1f} s" + ("  [best]" if improved else ""))
+                step += 1
+                batches_done += 1
+                # Recorded on the device, read with the logs: finding the first bad step needs no sync per step.
+                first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()),
+                                             step, first_bad_step)
+                running += torch.stack([loss, recon_loss, quantized.codebook_loss, quantized.commitment_loss,
+                                        quantized.perplexity]).detach()
+                running_steps += 1
+                if step % args.log_interval == 0 or stop.received:
+                    check_finite(first_bad_step, model_dir)
+                    total, recon, codebook, commitment, perplexity = (running / running_steps).tolist()
+                    writer.add_scalar("train/loss", total, step)
+                    writer.add_scalar("train/loss_reconstruction", recon, step)
+                    writer.add_scalar("train/loss_codebook", codebook, step)
+                    writer.add_scalar("train/loss_commitment", commitment, step)
+                    writer.add_scalar("train/perplexity", perplexity, step)
+                    writer.add_scalar("train/lr", schedule.get_last_lr()[0], step)
+                    progress.set_postfix(loss=f"{total:.4f}", recon=f"{recon:.4f}", perplexity=f"{perplexity:.0f}")
+                    running.zero_()
+                    running_steps = 0
+                if stop.received:
+                    progress.close()
+                    save_checkpoint(model_dir / "last.pt", checkpoint())
+                    writer.close()
+                    raise RunStopped(
+                        f"stopped by {stop.received.name} at step {step} (epoch {epoch + 1}, batch {batches_done} "
+                        f"of {steps_per_epoch}); saved {model_dir / 'last.pt'}; continue with: python vqvae.py "
+                        f"--output-folder {args.output_folder} --resume", 128 + stop.received.value)
+
+            check_finite(first_bad_step, model_dir)
+            epoch, batches_done = epoch + 1, 0
+            epoch_shuffle_state = shuffle_generator.get_state()
+            scores = score_reconstructions(model, val_images, batch_size=1000, device=device)
+            log_validation(writer, model, scores, fixed_images, step)
+            improved = scores.recon_loss < best_recon_loss
+            if improved:
+                best_recon_loss, best_epoch = scores.recon_loss, epoch
+            val = {"recon_loss": scores.recon_loss, "mse": scores.mse, "codebook_usage": scores.codebook_usage,
+                   "perplexity": scores.perplexity}
+            state = checkpoint(val)
+            save_checkpoint(model_dir / "last.pt", state)
+            if improved:
+                save_checkpoint(model_dir / "best.pt", state)
+            seconds = time.perf_counter() - started
+            writer.add_scalar("time/epoch_seconds", seconds, step)
+            writer.flush()
+            tqdm.write(f"epoch {epoch:>2}/{args.num_epochs}  val recon loss {scores.recon_loss:.5f}  "
+                       f"MSE {scores.mse:.5f} ({scores.psnr:.1f} dB)  "
+                       f"codes used {scores.codes_used}/{config.num_embeddings} ({scores.codebook_usage:.1%})  "
+                       f"perplexity {scores.perplexity:.1f}  {seconds:.1f} s" + ("  [best]" if improved else ""))
+            if stop.received:
+                writer.close()
+                raise RunStopped(f"stopped by {stop.received.name} after epoch {epoch}; saved "
+                                 f"{model_dir / 'last.pt'}; continue with: python vqvae.py --output-folder "
+                                 f"{args.output_folder} --resume", 128 + stop.received.value)
     writer.close()
     print(f"best: {model_dir / 'best.pt'} (epoch {best_epoch}); next: "
           f"python generate.py --model {model_dir / 'best.pt'} --input MNIST --filename recon")

@@ -1,0 +1,216 @@
+"""Runs survive interruption: resume gives the weights of an uninterrupted run, signals save and stop cleanly, a
+kill -9 during a save leaves the previous checkpoint loadable, a NaN loss stops training; and unusable output
+places are one-line errors."""
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import generate
+import utils
+import vqvae
+from conftest import write_tiny_mnist
+from modules import VQVAE
+from test_pipeline import train_tiny
+from utils import RunStopped, UserError, load_checkpoint, run_cli, save_checkpoint
+
+TWO_EPOCHS = ("--num-epochs", "2")  # 4 steps per epoch on the tiny data
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(expected, actual):
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.allclose(expected[name].double(), actual[name].double(), rtol=0, atol=1e-6), name
+
+
+def signal_on_call(monkeypatch, owner, name, call_number, signum):
+    """Make owner.name raise the signal against this process on its call_number-th call, then run as usual."""
+    original = getattr(owner, name)
+    calls = {"count": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == call_number:
+            signal.raise_signal(signum)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The final weights of the tiny two-epoch run, trained once without a stop on the same tiny data."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(utils, "MNIST_MD5", write_tiny_mnist(folder / "data" / "MNIST" / "raw"))
+        patch.chdir(folder)
+        train_tiny(folder / "data", *TWO_EPOCHS)
+    return weights(folder / "models" / "tiny" / "last.pt")
+
+
+@pytest.mark.parametrize("signum, stop_at_call", [(signal.SIGTERM, 2), (signal.SIGTERM, 6), (signal.SIGINT, 3)])
+def test_signal_mid_epoch_saves_and_resume_matches_uninterrupted(signum, stop_at_call, uninterrupted, tiny_mnist,
+                                                                 tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as patch:
+        signal_on_call(patch, torch.optim.Adam, "step", stop_at_call, signum)  # called once per training step
+        with pytest.raises(RunStopped) as stopped:
+            train_tiny(tiny_mnist, *TWO_EPOCHS)
+    assert stopped.value.exit_code == 128 + signum
+    assert "--resume" in str(stopped.value) and f"step {stop_at_call}" in str(stopped.value)
+    saved = torch.load("models/tiny/last.pt", weights_only=True)
+    assert saved["step"] == stop_at_call  # the step that was running when the signal came was finished
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the signal handler outlived the run"
+
+    train_tiny(tiny_mnist, *TWO_EPOCHS, "--resume")
+    assert_same_weights(uninterrupted, weights("models/tiny/last.pt"))
+    assert "resuming" in capsys.readouterr().out
+
+    events = EventAccumulator("logs/tiny")
+    events.Reload()
+    steps = [event.step for event in events.Scalars("train/loss")]
+    assert steps == list(range(1, 9)), "the training curve jumps or repeats across the resume"
+
+
+def test_signal_during_validation_stops_after_the_epoch(uninterrupted, tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as patch:
+        signal_on_call(patch, vqvae, "score_reconstructions", 1, signal.SIGTERM)
+        with pytest.raises(RunStopped, match="after epoch 1"):
+            train_tiny(tiny_mnist, *TWO_EPOCHS)
+    assert torch.load("models/tiny/last.pt", weights_only=True)["epoch"] == 1
+    train_tiny(tiny_mnist, *TWO_EPOCHS, "--resume")
+    assert_same_weights(uninterrupted, weights("models/tiny/last.pt"))
+
+
+def test_resume_of_a_finished_run_does_nothing(tiny_mnist, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    before = (tmp_path / "models" / "tiny" / "last.pt").read_bytes()
+    train_tiny(tiny_mnist, "--resume")
+    assert "already finished" in capsys.readouterr().out
+    assert (tmp_path / "models" / "tiny" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "0.5"], "drop --lr"),
+    (["--overwrite"], "only one"),
+])
+def test_resume_refuses_contradicting_flags(extra, message, tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    with pytest.raises(UserError, match=message):
+        train_tiny(tiny_mnist, "--resume", *extra)
+
+
+def test_resume_without_a_run_is_an_error(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="no models/tiny/last.pt to continue"):
+        train_tiny(tiny_mnist, "--resume")
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    original = VQVAE.reconstruction_loss
+    calls = {"count": 0}
+
+    def nan_at_step_six(self, x_recon, x):
+        if self.training:  # validation calls it too, in eval mode
+            calls["count"] += 1
+        loss = original(self, x_recon, x)
+        return loss * float("nan") if calls["count"] == 6 and self.training else loss
+
+    monkeypatch.setattr(VQVAE, "reconstruction_loss", nan_at_step_six)
+    with pytest.raises(UserError, match="NaN or infinite at step 6"):
+        train_tiny(tiny_mnist, *TWO_EPOCHS)
+    checkpoint = load_checkpoint(tmp_path / "models" / "tiny" / "last.pt", "cpu")
+    assert checkpoint["epoch"] == 1 and checkpoint["step"] == 4
+    assert all(torch.isfinite(tensor).all() for tensor in checkpoint["model"].values() if tensor.is_floating_point())
+
+
+SLOW_SAVE = textwrap.dedent("""
+    import sys, time, torch, utils
+    real_save = torch.save
+    def slow_save(obj, file):
+        real_save(obj, file)
+        file.flush()
+        file.truncate(file.tell() // 2)  # half a file on disk, as a kill in the middle of writing leaves it
+        print("writing", flush=True)
+        time.sleep(60)
+    torch.save = slow_save
+    utils.save_checkpoint(sys.argv[1], {"config": {}, "model": {"w": torch.ones(1000)}, "epoch": 2, "step": 8})
+""")
+
+
+def test_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"config": {}, "model": {"w": torch.zeros(1000)}, "epoch": 1, "step": 4})
+    before = path.read_bytes()
+    process = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(path)], stdout=subprocess.PIPE, text=True,
+                               cwd=Path(vqvae.__file__).parent)
+    assert process.stdout.readline().strip() == "writing"
+    process.kill()  # SIGKILL: no handler, no clean-up
+    process.wait()
+    assert path.read_bytes() == before
+    checkpoint = load_checkpoint(path, "cpu")
+    assert checkpoint["epoch"] == 1 and torch.equal(checkpoint["model"]["w"], torch.zeros(1000))
+
+
+@pytest.mark.parametrize("blocked", ["models", "logs"])
+def test_unwritable_output_place_is_one_line(blocked, tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / blocked).write_text("a file where the run folder should go")
+    with pytest.raises(UserError, match="cannot write"):
+        train_tiny(tiny_mnist)
+
+
+def test_unwritable_grid_place_is_one_line(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    (tmp_path / "generatedImages").write_text("a file where the grid folder should go")
+    with pytest.raises(UserError, match="cannot create"):
+        generate.main(generate.build_parser().parse_args(["--model", "models/tiny/best.pt", "--input", "random"]))
+
+
+def test_run_cli_turns_a_stop_into_its_exit_status(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["vqvae.py"])
+
+    def stopped(args):
+        raise RunStopped("stopped by SIGTERM at step 3; continue with: python vqvae.py --resume", 143)
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(stopped, None)
+    assert exit_info.value.code == 143
+    assert capsys.readouterr().err == "vqvae.py: stopped by SIGTERM at step 3; continue with: python vqvae.py --resume\n"
+
+
+def test_overwrite_starts_fresh_curves_and_clears_half_written_files(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    stale = tmp_path / "models" / "tiny" / ".last.pt.tmp-12345"
+    stale.write_bytes(b"half a checkpoint")
+    train_tiny(tiny_mnist, "--overwrite")
+    assert not stale.exists()
+    assert len(list((tmp_path / "logs" / "tiny").glob("events.out.tfevents.*"))) == 1
+
+
+@pytest.mark.parametrize("command, mentions", [
+    (["vqvae.py", "--k", "0"], "--k"),
+    (["vqvae.py", "--device", "tpu"], "--device"),
+    (["generate.py", "--model", "no/such/file.pt"], "no/such/file.pt"),
+    (["evaluate.py", "--model", "README.md"], "README.md"),
+])
+def test_bad_input_from_the_command_line_is_one_line_and_status_2(command, mentions):
+    result = subprocess.run([sys.executable, *command], cwd=Path(vqvae.__file__).parent, capture_output=True,
+                            text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and mentions in result.stderr and "Traceback" not in result.stderr
