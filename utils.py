@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
 from torchvision import datasets
 
 from modules import VQVAE, VQVAEConfig, images_to_inputs
@@ -191,6 +192,43 @@ def split_train_validation(images: Tensor, val_size: int) -> tuple[Tensor, Tenso
         raise UserError(f"--val-size must be between 1 and {len(images) - 1} for {len(images)} training images, "
                         f"got {val_size}")
     return images[:-val_size], images[-val_size:]
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+def epoch_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator, num_workers: int,
+                  skip: int = 0):
+    """One epoch of shuffled batches of images (N, 28, 28) uint8, cut by index from the tensor in memory, less
+    the first `skip` (done before a resume). With workers, a DataLoader cuts the same batches in worker processes."""
+    batches = torch.randperm(len(images), generator=generator).to(images.device).split(batch_size)[skip:]
+    if num_workers == 0:
+        return (images[indices] for indices in batches)
+    # Its own generator for the workers' seeds, so starting workers leaves the global RNG (restarts use it) alone.
+    loader = DataLoader(TensorDataset(images), batch_sampler=[indices.tolist() for indices in batches],
+                        num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                        generator=torch.Generator().manual_seed(0))
+    return (batch for (batch,) in loader)
+
+
+def training_step(model: VQVAE, optimizer, images: Tensor, amp: bool = False, forward=None) -> Tensor:
+    """One optimizer step on a batch of uint8 images (B, 28, 28) already on the model's device.
+
+    Returns the detached losses (total, reconstruction, codebook, commitment, perplexity) as one (5,) tensor on
+    the device: nothing here waits for the device. `forward` is the model's forward to call (a torch.compile'd
+    one); `amp` runs it under bf16 autocast, while the quantizer keeps its distances in fp32.
+    """
+    x = images_to_inputs(images)
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+        x_recon, quantized = (forward or model)(x)
+    recon_loss = model.reconstruction_loss(x_recon, x)
+    # With the EMA codebook the codebook loss has no gradient: it is reported, and adds a constant.
+    loss = recon_loss + quantized.codebook_loss.float() + quantized.commitment_loss.float()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return torch.stack([loss, recon_loss, quantized.codebook_loss.float(), quantized.commitment_loss.float(),
+                        quantized.perplexity.float()]).detach()
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints

@@ -162,7 +162,9 @@ class VectorQuantizer(nn.Module):
         # straight-through estimator: the forward pass uses z_q, the backward pass copies the gradient to z_e.
         z_q = z_e + (z_q - z_e).detach()
 
-        counts = torch.bincount(indices, minlength=self.num_embeddings)
+        # index_add_ rather than bincount: on CUDA, bincount reads the largest index back to the host.
+        counts = torch.zeros(self.num_embeddings, dtype=torch.long, device=indices.device).index_add_(
+            0, indices, torch.ones_like(indices))
         if self.training:
             # After z_q is taken: this step's output uses the codes its indices were chosen from.
             self.update_codebook(flat.detach().float(), indices, counts)

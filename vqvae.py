@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from modules import DECODER_OUTPUTS, VQVAE, VQVAEConfig, images_to_inputs
-from utils import (ArgumentParser, RunStopped, UserError, load_checkpoint, load_mnist, make_checkpoint,
-                   nonnegative_float, nonnegative_int, plain_name, positive_float, positive_int, resolve_device,
-                   run_cli, save_checkpoint, score_reconstructions, split_train_validation, unit_interval)
+from utils import (ArgumentParser, RunStopped, UserError, epoch_batches, load_checkpoint, load_mnist,
+                   make_checkpoint, nonnegative_float, nonnegative_int, plain_name, positive_float, positive_int,
+                   resolve_device, run_cli, save_checkpoint, score_reconstructions, split_train_validation,
+                   training_step, unit_interval)
 from vector_quantizer import CODEBOOK_INITS, CODEBOOK_UPDATES
 
 NUM_FIXED_IMAGES = 32  # validation digits whose reconstructions TensorBoard shows after every epoch
@@ -81,6 +81,10 @@ def build_parser() -> ArgumentParser:
                         help="steps between TensorBoard points and progress-bar updates (default: 20)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the checkpoints of an earlier run with the same --output-folder")
+    parser.add_argument("--amp", action="store_true",
+                        help="bf16 autocast for the encoder and decoder; quantizer distances stay fp32 (default: off)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model; checkpoints hold the plain module's weights (default: off)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in models/NAME/last.pt where it stopped, with its own flags")
     return parser
@@ -118,20 +122,6 @@ def prepare_run_folders(name: str, overwrite: bool, resume: bool) -> tuple[Path,
         raise UserError(f"cannot write to {error.filename or folder}: {error.strerror}; choose a writable place") \
             from None
     return log_dir, model_dir
-
-
-def epoch_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator, num_workers: int,
-                  skip: int = 0):
-    """One epoch of shuffled batches of images (N, 28, 28) uint8, cut by index from the tensor in memory, less
-    the first `skip` (done before a resume). With workers, a DataLoader cuts the same batches in worker processes."""
-    batches = torch.randperm(len(images), generator=generator).to(images.device).split(batch_size)[skip:]
-    if num_workers == 0:
-        return (images[indices] for indices in batches)
-    # Its own generator for the workers' seeds, so starting workers leaves the global RNG (restarts use it) alone.
-    loader = DataLoader(TensorDataset(images), batch_sampler=[indices.tolist() for indices in batches],
-                        num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                        generator=torch.Generator().manual_seed(0))
-    return (batch for (batch,) in loader)
 
 
 def log_validation(writer: SummaryWriter, model: VQVAE, scores, fixed_images: torch.Tensor, step: int) -> None:
@@ -228,6 +218,10 @@ def main(args) -> None:
 
     config = config_from_args(args)
     model = VQVAE(config).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed 28x28 shapes: let cuDNN pick its fastest kernels once
+    # The compiled module shares the plain one's parameters and buffers; checkpoints save the plain one.
+    forward = torch.compile(model) if args.compile else model
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     total_steps = args.num_epochs * steps_per_epoch
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -286,23 +280,15 @@ def main(args) -> None:
                             desc=f"epoch {epoch + 1}/{args.num_epochs}", unit="batch", leave=False,
                             dynamic_ncols=True)
             for batch in progress:
-                x = images_to_inputs(batch.to(device, non_blocking=True))
-                x_recon, quantized = model(x)
-                recon_loss = model.reconstruction_loss(x_recon, x)
-                # With the EMA codebook the codebook loss has no gradient: it is reported, and adds a constant.
-                loss = recon_loss + quantized.codebook_loss + quantized.commitment_loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                losses = training_step(model, optimizer, batch.to(device, non_blocking=True), amp=args.amp,
+                                       forward=forward)
                 schedule.step()
 
                 step += 1
                 batches_done += 1
                 # Recorded on the device, read with the logs: finding the first bad step needs no sync per step.
-                first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()),
-                                             step, first_bad_step)
-                running += torch.stack([loss, recon_loss, quantized.codebook_loss, quantized.commitment_loss,
-                                        quantized.perplexity]).detach()
+                first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(losses[0]), step, first_bad_step)
+                running += losses
                 running_steps += 1
                 if step % args.log_interval == 0 or stop.received:
                     check_finite(first_bad_step, model_dir)

@@ -156,6 +156,7 @@ def test_worker_processes_do_not_change_the_result(tiny_mnist, tmp_path, monkeyp
      {"cosine": True, "codebook_init": "random", "decoder_output": "logits", "ema_decay": 0.9}),
     (["--decoder-output", "linear", "--num-residual-blocks", "0", "--lr-schedule", "constant"],
      {"decoder_output": "linear", "num_residual_blocks": 0}),
+    (["--amp"], {"codebook_update": "ema"}),
 ])
 def test_quantizer_options_are_stored_and_rebuilt(flags, stored, tiny_mnist, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
