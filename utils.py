@@ -220,7 +220,7 @@ def training_step(model: VQVAE, optimizer, images: Tensor, amp: bool = False, fo
     """
     x = images_to_inputs(images)
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
-        x_recon, quantized = (forward or model)(x)
+        x_recon, quantized = (model if forward is None else forward)(x)
     recon_loss = model.reconstruction_loss(x_recon, x)
     # With the EMA codebook the codebook loss has no gradient: it is reported, and adds a constant.
     loss = recon_loss + quantized.codebook_loss.float() + quantized.commitment_loss.float()
