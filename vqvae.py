@@ -2,11 +2,14 @@
 
 Usage:
     python vqvae.py                                      # defaults: CPU, 10 epochs, run name "vqvae"
-    python vqvae.py --device cuda --output-folder wide --hidden-size 64
+    python vqvae.py --resume                             # after Ctrl-C or SIGTERM: go on where it stopped
+    python vqvae.py --device cuda --amp --output-folder wide --hidden-size 128
     python vqvae.py --num-epochs 1 --output-folder quick --overwrite
+    python vqvae.py --codebook loss --init uniform --restart-threshold 0 --code-dim 0 --beta 1   # reference VQ
 
 Writes TensorBoard logs to logs/NAME (`tensorboard --logdir logs`) and checkpoints to models/NAME:
-last.pt after every epoch and best.pt whenever the validation reconstruction loss improves.
+last.pt after every epoch (and when stopped by Ctrl-C or SIGTERM) and best.pt whenever the validation
+reconstruction loss improves.
 The validation set is the last --val-size images of the MNIST training set; the test set is left for evaluate.py.
 """
 import argparse
