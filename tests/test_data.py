@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import utils
-from utils import UserError
+from utils import UserError, epoch_batches
 from conftest import NUM_TEST, NUM_TRAIN, blob_images, write_tiny_mnist
 
 
@@ -72,3 +72,13 @@ def test_unwritable_raw_folder_is_reported(tmp_path, monkeypatch):
     (tmp_path / "flat" / "MNIST").write_text("a file where the MNIST/raw folder must go")
     with pytest.raises(UserError, match="cannot write"):
         utils.load_mnist(tmp_path / "flat", train=False)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_epoch_batches_cover_every_image_once_and_skip_for_a_resume(num_workers):
+    images = torch.arange(10 * 28 * 28).reshape(10, 28, 28)
+    batches = list(epoch_batches(images, 4, torch.Generator().manual_seed(3), num_workers))
+    assert [len(batch) for batch in batches] == [4, 4, 2]
+    assert sorted(image[0, 0].item() // (28 * 28) for batch in batches for image in batch) == list(range(10))
+    resumed = list(epoch_batches(images, 4, torch.Generator().manual_seed(3), num_workers, skip=2))
+    assert len(resumed) == 1 and torch.equal(resumed[0], batches[2])
