@@ -127,6 +127,33 @@ def prepare_run_folders(name: str, overwrite: bool, resume: bool) -> tuple[Path,
     return log_dir, model_dir
 
 
+def restore_training_state(checkpoint: dict, model: VQVAE, optimizer, schedule, shuffle_generator,
+                           device: torch.device) -> tuple:
+    """Load a checkpoint's whole training state; returns (epoch, step, batches_done, best_recon_loss, best_epoch)."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    state = checkpoint["training"]
+    schedule.load_state_dict(state["schedule"])
+    shuffle_generator.set_state(state["shuffle_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    return (checkpoint["epoch"], checkpoint["step"], state["batches_done"], state["best_recon_loss"],
+            state["best_epoch"])
+
+
+def log_training(writer: SummaryWriter, progress: tqdm, means: torch.Tensor, lr: float, step: int) -> None:
+    """Mean losses since the last point (one read from the device) to TensorBoard and the progress bar."""
+    total, recon, codebook, commitment, perplexity = means.tolist()
+    writer.add_scalar("train/loss", total, step)
+    writer.add_scalar("train/loss_reconstruction", recon, step)
+    writer.add_scalar("train/loss_codebook", codebook, step)
+    writer.add_scalar("train/loss_commitment", commitment, step)
+    writer.add_scalar("train/perplexity", perplexity, step)
+    writer.add_scalar("train/lr", lr, step)
+    progress.set_postfix(loss=f"{total:.4f}", recon=f"{recon:.4f}", perplexity=f"{perplexity:.0f}")
+
+
 def log_validation(writer: SummaryWriter, model: VQVAE, scores, fixed_images: torch.Tensor, step: int) -> None:
     """Validation scores at the training step they were reached, on the same axis as the training curves."""
     writer.add_scalar("val/loss_reconstruction", scores.recon_loss, step)
@@ -235,16 +262,8 @@ def main(args) -> None:
     epoch, step, batches_done = 0, 0, 0
     best_recon_loss, best_epoch = float("inf"), 0
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        state = resumed["training"]
-        schedule.load_state_dict(state["schedule"])
-        epoch, step, batches_done = resumed["epoch"], resumed["step"], state["batches_done"]
-        best_recon_loss, best_epoch = state["best_recon_loss"], state["best_epoch"]
-        shuffle_generator.set_state(state["shuffle_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        epoch, step, batches_done, best_recon_loss, best_epoch = restore_training_state(
+            resumed, model, optimizer, schedule, shuffle_generator, device)
         if epoch >= args.num_epochs:
             print(f"{model_dir / 'last.pt'} already finished its {args.num_epochs} epochs; nothing to do")
             return
@@ -295,14 +314,7 @@ def main(args) -> None:
                 running_steps += 1
                 if step % args.log_interval == 0 or stop.received:
                     check_finite(first_bad_step, model_dir)
-                    total, recon, codebook, commitment, perplexity = (running / running_steps).tolist()
-                    writer.add_scalar("train/loss", total, step)
-                    writer.add_scalar("train/loss_reconstruction", recon, step)
-                    writer.add_scalar("train/loss_codebook", codebook, step)
-                    writer.add_scalar("train/loss_commitment", commitment, step)
-                    writer.add_scalar("train/perplexity", perplexity, step)
-                    writer.add_scalar("train/lr", schedule.get_last_lr()[0], step)
-                    progress.set_postfix(loss=f"{total:.4f}", recon=f"{recon:.4f}", perplexity=f"{perplexity:.0f}")
+                    log_training(writer, progress, running / running_steps, schedule.get_last_lr()[0], step)
                     running.zero_()
                     running_steps = 0
                 if stop.received:
