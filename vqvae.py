@@ -216,6 +216,11 @@ class StopOnSignal:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
+    def stopped(self, where: str, model_dir: Path, name: str) -> RunStopped:
+        """The one-line report of a stop after last.pt was saved, with exit status 128 + the signal's number."""
+        return RunStopped(f"stopped by {self.received.name} {where}; saved {model_dir / 'last.pt'}; continue with: "
+                          f"python vqvae.py --output-folder {name} --resume", 128 + self.received.value)
+
 
 def check_finite(first_bad_step: torch.Tensor, model_dir: Path) -> None:
     bad_step = int(first_bad_step)
@@ -321,10 +326,8 @@ def main(args) -> None:
                     progress.close()
                     save_checkpoint(model_dir / "last.pt", checkpoint())
                     writer.close()
-                    raise RunStopped(
-                        f"stopped by {stop.received.name} at step {step} (epoch {epoch + 1}, batch {batches_done} "
-                        f"of {steps_per_epoch}); saved {model_dir / 'last.pt'}; continue with: python vqvae.py "
-                        f"--output-folder {args.output_folder} --resume", 128 + stop.received.value)
+                    raise stop.stopped(f"at step {step} (epoch {epoch + 1}, batch {batches_done} of "
+                                       f"{steps_per_epoch})", model_dir, args.output_folder)
 
             check_finite(first_bad_step, model_dir)
             epoch, batches_done = epoch + 1, 0
@@ -349,9 +352,7 @@ def main(args) -> None:
                        f"perplexity {scores.perplexity:.1f}  {seconds:.1f} s" + ("  [best]" if improved else ""))
             if stop.received:
                 writer.close()
-                raise RunStopped(f"stopped by {stop.received.name} after epoch {epoch}; saved "
-                                 f"{model_dir / 'last.pt'}; continue with: python vqvae.py --output-folder "
-                                 f"{args.output_folder} --resume", 128 + stop.received.value)
+                raise stop.stopped(f"after epoch {epoch}", model_dir, args.output_folder)
     writer.close()
     print(f"best: {model_dir / 'best.pt'} (epoch {best_epoch}); next: "
           f"python generate.py --model {model_dir / 'best.pt'} --input MNIST --filename recon")
