@@ -152,9 +152,11 @@ class VectorQuantizer(nn.Module):
         if self.cosine:
             flat = F.normalize(flat, dim=1)
             z_e = flat.view(batch, height, width, dim).permute(0, 3, 1, 2)
+        # The codebook's own computations (init, search, updates) take no gradient and run in fp32.
+        flat_fp32 = flat.detach().float()
         if self.training and self.needs_init:
-            self.initialize_codebook(flat.detach().float())
-        indices = self.nearest_codes(flat.detach())
+            self.initialize_codebook(flat_fp32)
+        indices = self.nearest_codes(flat_fp32)
         z_q = self.embed(indices.view(batch, height, width)).to(z_e.dtype)
 
         codebook_loss = F.mse_loss(z_q, z_e.detach())
@@ -167,7 +169,7 @@ class VectorQuantizer(nn.Module):
             0, indices, torch.ones_like(indices))
         if self.training:
             # After z_q is taken: this step's output uses the codes its indices were chosen from.
-            self.update_codebook(flat.detach().float(), indices, counts)
+            self.update_codebook(flat_fp32, indices, counts)
         return QuantizerOutput(
             z_q=z_q,
             indices=indices.view(batch, height, width),
