@@ -1,27 +1,80 @@
-"""Score a trained VQ-VAE on the whole MNIST test set (10,000 digits).
+"""Score a trained VQ-VAE on the MNIST test set (10,000 digits), and the digits its prior samples.
 
 Usage:
     python evaluate.py --model models/vqvae/best.pt
-    python evaluate.py --model models/vqvae/best.pt --json          # one JSON object, for scripts
+    python evaluate.py --model models/vqvae/best.pt --samples 0      # reconstructions only
+    python evaluate.py --model models/vqvae/best.pt --json           # one JSON object, for scripts
 
-Reports the reconstruction MSE in [0, 1] pixel space (averaged over every pixel of the test set), the PSNR
+Reconstructions: the MSE in [0, 1] pixel space (averaged over every pixel of the test set), the PSNR
 10 log10(1 / MSE) in dB, the codebook usage (distinct codes used over the test set / K) and the perplexity of
 the test set's code histogram (K if all codes are used equally often, 1 if only one is).
+
+Samples (--samples N of each kind), judged by the project's MNIST classifier (train_classifier.py):
+- recognisable: the fraction classified with confidence >= 0.9;
+- class entropy: entropy of the predicted classes' histogram over log 10 (1.0: every digit equally often);
+- as asked: for samples of a given class (an equal share of each digit), the fraction classified as that class;
+- Frechet distance between the classifier's penultimate features of the samples and of the whole test set.
+Four kinds are scored: prior samples given a class, prior samples without one, the reference's noise images
+through the autoencoder (the baseline), and N real test digits, whose distance is the floor for that N.
 """
 import json
 
-from utils import ArgumentParser, load_mnist, load_model, positive_int, resolve_device, run_cli, score_reconstructions
+import torch
+
+from modules import SAMPLING_TEMPERATURE
+from utils import (DEFAULT_CLASSIFIER, ArgumentParser, UserError, classify, load_classifier, load_mnist, load_model,
+                   load_prior, nonnegative_int, positive_float, positive_int, resolve_device, run_cli,
+                   score_reconstructions, score_samples)
+
+SAMPLE_KINDS = {
+    "prior_conditional": "prior, class given",
+    "prior_unconditional": "prior, no class",
+    "noise": "noise (reference)",
+    "real": "real test digits",
+}
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description="Score a VQ-VAE checkpoint on the MNIST test set.")
+    parser = ArgumentParser(description="Score a VQ-VAE checkpoint on the MNIST test set, and its prior's samples.")
     parser.add_argument("--model", default="models/vqvae/best.pt",
                         help="checkpoint written by vqvae.py (default: models/vqvae/best.pt)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to run on (default: cpu)")
     parser.add_argument("--data-folder", default="data", help="MNIST folder (default: data)")
     parser.add_argument("--batch-size", type=positive_int, default=1000, help="test images per batch (default: 1000)")
+    parser.add_argument("--samples", type=nonnegative_int, default=1000,
+                        help="images of each kind to score; 0 skips the sample scores (default: 1000)")
+    parser.add_argument("--temperature", type=positive_float, default=SAMPLING_TEMPERATURE,
+                        help=f"of the prior's samples (default: {SAMPLING_TEMPERATURE})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples and noise (default: 0)")
+    parser.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER),
+                        help="classifier written by train_classifier.py (default: pretrained/mnist_classifier.pt)")
     return parser
+
+
+@torch.no_grad()
+def sample_scores(args, model, checkpoint, test_images, device) -> dict:
+    """The scores of each kind of sample; the prior's kinds are left out if the checkpoint has no prior."""
+    classifier = load_classifier(args.classifier, device)
+    count = args.samples
+    if count > len(test_images):
+        raise UserError(f"--samples {count} is more than the {len(test_images)} test digits it is compared with")
+    test_pixels = test_images.unsqueeze(1).to(device).float() / 255
+    _, test_features = classify(classifier, test_pixels)
+    generator = torch.Generator().manual_seed(args.seed)
+    scores = {}
+    if "prior" in checkpoint:
+        prior = load_prior(checkpoint, args.model, device)
+        classes = (torch.arange(count) % 10).to(device)
+        for kind, asked in (("prior_conditional", classes), ("prior_unconditional", None)):
+            codes = prior.sample(classes if asked is not None else torch.full_like(classes, prior.no_class),
+                                 args.temperature, generator)
+            scores[kind] = score_samples(classifier, model.to_pixels(model.decode(codes)), test_features, asked)
+    noise = torch.randn(count, 1, 28, 28, generator=generator).to(device)
+    scores["noise"] = score_samples(classifier, model.to_pixels(model(noise).x_recon), test_features)
+    real = torch.randperm(len(test_images), generator=generator)[:count]
+    scores["real"] = score_samples(classifier, test_pixels[real.to(device)], test_features)
+    return scores
 
 
 def main(args) -> None:
@@ -38,6 +91,9 @@ def main(args) -> None:
         "num_embeddings": model.config.num_embeddings,
         "epoch": checkpoint["epoch"],
     }
+    if args.samples:
+        report["samples"] = {"count": args.samples, "temperature": args.temperature, "seed": args.seed,
+                             **sample_scores(args, model, checkpoint, test_images, device)}
     if args.json:
         print(json.dumps(report))
         return
@@ -47,6 +103,21 @@ def main(args) -> None:
     print(f"  codebook usage           {scores.codebook_usage:.1%} ({scores.codes_used} of "
           f"{model.config.num_embeddings} codes)")
     print(f"  perplexity               {scores.perplexity:.1f}")
+    if not args.samples:
+        return
+    samples = report["samples"]
+    print(f"samples: {args.samples} of each kind, prior temperature {args.temperature}, seed {args.seed}, judged "
+          f"by {args.classifier}")
+    print(f"  {'':<20}  recognisable  class entropy  as asked  Frechet distance")
+    for kind, label in SAMPLE_KINDS.items():
+        if kind not in samples:
+            print(f"  {label:<20}  (the checkpoint has no prior)")
+            continue
+        row = samples[kind]
+        asked = f"{row['matches_class']:.1%}" if "matches_class" in row else "-"
+        floor = "  (the floor)" if kind == "real" else ""
+        print(f"  {label:<20}  {row['recognisable']:>12.1%}  {row['class_entropy']:>13.3f}  {asked:>8}  "
+              f"{row['frechet_distance']:>16.2f}{floor}")
 
 
 if __name__ == "__main__":

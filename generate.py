@@ -2,10 +2,17 @@
 
 Usage:
     python generate.py --model models/vqvae/best.pt --input MNIST --filename recon    # + recon_input.png
-    python generate.py --model models/vqvae/best.pt --input random --filename random --seed 1
+    python generate.py --model models/vqvae/best.pt --input random --filename samples # row i: ten samples of digit i
+    python generate.py --model models/vqvae/best.pt --input random --digit 7 --temperature 0.8 --seed 1
+    python generate.py --model models/vqvae/best.pt --input random --unconditional
+    python generate.py --model models/vqvae/best.pt --input noise --filename noise
 
 --input MNIST reconstructs 100 test digits picked by --seed and also writes the originals to NAME_input.png.
---input random decodes what the model makes of standard-normal noise images, as the reference repository does.
+--input random samples code grids from the prior stored in the checkpoint (trained by vqvae.py after the
+autoencoder) and decodes them: row i holds ten samples of digit i, or with --digit D all 100 are Ds, or with
+--unconditional the prior picks the digits itself.
+--input noise decodes what the autoencoder makes of standard-normal noise images, as the reference repository's
+"random" does; it is kept for comparison.
 The architecture comes from the checkpoint; --hidden-size and --k, if given, are only checked against it.
 """
 from pathlib import Path
@@ -13,9 +20,9 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from modules import images_to_inputs
-from utils import (ArgumentParser, UserError, atomic_path, load_mnist, load_model, plain_name, positive_int,
-                   resolve_device, run_cli)
+from modules import SAMPLING_TEMPERATURE, images_to_inputs
+from utils import (ArgumentParser, UserError, atomic_path, load_mnist, load_model, load_prior, plain_name,
+                   positive_float, positive_int, resolve_device, run_cli)
 
 GRID_SIDE = 10
 OUTPUT_FOLDER = Path("generatedImages")
@@ -25,12 +32,21 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Write a 10x10 grid of VQ-VAE reconstructions or random images.")
     parser.add_argument("--model", default="models/vqvae/best.pt",
                         help="checkpoint written by vqvae.py (default: models/vqvae/best.pt)")
-    parser.add_argument("--input", choices=["MNIST", "random"], default="MNIST",
-                        help="MNIST: reconstruct test digits; random: decode noise images (default: MNIST)")
+    parser.add_argument("--input", choices=["MNIST", "random", "noise"], default="MNIST",
+                        help="MNIST: reconstruct test digits; random: samples of the learned prior; noise: decode "
+                             "noise images as the reference does (default: MNIST)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to run on (default: cpu)")
     parser.add_argument("--filename", type=plain_name, default=None,
                         help="name of the PNG written to generatedImages/ (default: the --input value)")
-    parser.add_argument("--seed", type=int, default=0, help="picks the test digits or the noise (default: 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="picks the test digits, the samples or the noise (default: 0)")
+    parser.add_argument("--temperature", type=positive_float, default=SAMPLING_TEMPERATURE,
+                        help="--input random: divides the prior's logits; lower gives cleaner, less varied digits "
+                             f"(default: {SAMPLING_TEMPERATURE})")
+    parser.add_argument("--digit", type=int, choices=range(10), default=None, metavar="D",
+                        help="--input random: all 100 samples are of digit D (default: row i holds digit i)")
+    parser.add_argument("--unconditional", action="store_true",
+                        help="--input random: sample without a class, so the prior chooses the digits")
     parser.add_argument("--data-folder", default="data",
                         help="MNIST folder, for --input MNIST (default: data)")
     parser.add_argument("--hidden-size", type=positive_int, default=None,
@@ -70,11 +86,16 @@ def output_path(filename: str) -> Path:
 @torch.no_grad()
 def main(args) -> None:
     device = resolve_device(args.device)
-    model, _ = load_model(args.model, device)
+    model, checkpoint = load_model(args.model, device)
     check_architecture(model.config, args)
     path = output_path(args.filename or args.input)
     generator = torch.Generator().manual_seed(args.seed)
     count = GRID_SIDE * GRID_SIDE
+
+    if args.input != "random" and (args.digit is not None or args.unconditional):
+        raise UserError("--digit and --unconditional choose prior samples: use them with --input random")
+    if args.digit is not None and args.unconditional:
+        raise UserError("--digit D asks for one class and --unconditional for none: pass only one")
 
     if args.input == "MNIST":
         test_images, _ = load_mnist(args.data_folder, train=False)
@@ -84,6 +105,17 @@ def main(args) -> None:
         save_grid(chosen.unsqueeze(1).float() / 255, input_path)
         save_grid(model.to_pixels(x_recon), path)
         print(f"wrote {path} (reconstructions) and {input_path} (the test digits they come from)")
+    elif args.input == "random":
+        prior = load_prior(checkpoint, args.model, device)
+        if args.unconditional:
+            classes, what = torch.full((count,), prior.no_class), "unconditional prior samples"
+        elif args.digit is not None:
+            classes, what = torch.full((count,), args.digit), f"prior samples of digit {args.digit}"
+        else:
+            classes, what = torch.arange(GRID_SIDE).repeat_interleave(GRID_SIDE), "prior samples, row i = digit i"
+        codes = prior.sample(classes.to(device), args.temperature, generator)  # (100, 7, 7)
+        save_grid(model.to_pixels(model.decode(codes)), path)
+        print(f"wrote {path} ({what}, temperature {args.temperature})")
     else:
         noise = torch.randn(count, model.config.in_channels, 28, 28, generator=generator).to(device)
         save_grid(model.to_pixels(model(noise).x_recon), path)

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import datasets
 
-from modules import VQVAE, VQVAEConfig, images_to_inputs
+from modules import VQVAE, CodePrior, DigitClassifier, PriorConfig, VQVAEConfig, images_to_inputs
 from vector_quantizer import perplexity_from_counts
 
 # MD5 of the four original MNIST files after gunzip (the .gz bytes differ between mirrors, the content does not).
@@ -290,6 +290,28 @@ def load_model(path, device) -> tuple[VQVAE, dict]:
     return model.to(device).eval(), checkpoint
 
 
+def load_prior(checkpoint: dict, path, device) -> CodePrior:
+    """The prior stored in a checkpoint (under "prior", beside the autoencoder it was trained for), in eval mode."""
+    stored = checkpoint.get("prior")
+    if stored is None:
+        name = Path(path).parent.name
+        raise UserError(f"{path} holds no prior over the codes: train one for it with `python vqvae.py "
+                        f"--output-folder {name} --prior-only`, or use --input noise")
+    known = {field.name for field in fields(PriorConfig)}
+    try:
+        if not stored["config"].keys() <= known:
+            raise ValueError(f"unknown fields {sorted(stored['config'].keys() - known)}")
+        prior = CodePrior(PriorConfig(**stored["config"]))
+        prior.load_state_dict(stored["model"])
+    except (KeyError, AttributeError, ValueError, TypeError, RuntimeError) as error:
+        raise UserError(f"{path}: its prior cannot be rebuilt ({str(error).splitlines()[0][:160]}); retrain it "
+                        "with `python vqvae.py --prior-only`") from None
+    if prior.config.num_embeddings != checkpoint["config"]["num_embeddings"]:
+        raise UserError(f"{path}: its prior models {prior.config.num_embeddings} codes but the autoencoder has "
+                        f"{checkpoint['config']['num_embeddings']}; retrain it with `python vqvae.py --prior-only`")
+    return prior.to(device).eval()
+
+
 # ---------------------------------------------------------------------------------------------------- scores
 
 
@@ -339,3 +361,80 @@ def score_reconstructions(model: VQVAE, images: Tensor, batch_size: int, device:
         perplexity=perplexity_from_counts(counts).item(),
         counts=counts.cpu(),
     )
+
+
+# ---------------------------------------------------------------------------------------------------- sample scores
+
+DEFAULT_CLASSIFIER = Path(__file__).resolve().parent / "pretrained" / "mnist_classifier.pt"
+
+
+def load_classifier(path, device) -> DigitClassifier:
+    """The digit classifier written by train_classifier.py, in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no classifier at {path}: train one with `python train_classifier.py` or pass --classifier")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        classifier = DigitClassifier()
+        classifier.load_state_dict(state["model"])
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError, TypeError) as error:
+        raise UserError(f"{path} is not a classifier written by train_classifier.py ({type(error).__name__}): "
+                        "retrain it with `python train_classifier.py`") from None
+    return classifier.to(device).eval()
+
+
+@torch.no_grad()
+def classify(classifier: DigitClassifier, pixels: Tensor, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
+    """Pixels (N, 1, 28, 28) in [0, 1] -> class probabilities (N, 10) and penultimate features (N, 64)."""
+    probabilities, features = [], []
+    for batch in pixels.split(batch_size):
+        feature = classifier.features(batch.float() * 2 - 1)
+        probabilities.append(torch.softmax(classifier.head(feature), dim=1))
+        features.append(feature)
+    return torch.cat(probabilities), torch.cat(features)
+
+
+def classifier_accuracy(classifier: DigitClassifier, images: Tensor, labels: Tensor, device) -> float:
+    """Fraction of uint8 images (N, 28, 28) classified as their labels."""
+    was_training = classifier.training
+    classifier.eval()
+    probabilities, _ = classify(classifier, images.unsqueeze(1).to(device).float() / 255)
+    classifier.train(was_training)
+    return (probabilities.argmax(1).cpu() == labels).float().mean().item()
+
+
+def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (N, F):
+    ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), in float64."""
+    a, b = features_a.double().cpu(), features_b.double().cpu()
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    # tr((S_a S_b)^(1/2)) = tr((S_a^(1/2) S_b S_a^(1/2))^(1/2)), whose argument is symmetric PSD, so eigh serves.
+    values, vectors = torch.linalg.eigh(cov_a)
+    sqrt_a = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+    cross = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
+    return ((mean_a - mean_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross).item()
+
+
+RECOGNISABLE_CONFIDENCE = 0.9
+
+
+def score_samples(classifier: DigitClassifier, pixels: Tensor, reference_features: Tensor,
+                  classes: Tensor | None = None) -> dict:
+    """How digit-like images (N, 1, 28, 28) in [0, 1] are, by the classifier:
+    - recognisable: the fraction it classifies with confidence >= 0.9;
+    - class_entropy: entropy of the predicted-class histogram over log 10 (1.0: all digits equally often);
+    - frechet_distance: between its penultimate features of these images and reference_features (the test set's);
+    - matches_class: with the classes (N,) the images were asked to be, the fraction classified as them."""
+    probabilities, features = classify(classifier, pixels)
+    confidence, predicted = probabilities.max(dim=1)
+    histogram = torch.bincount(predicted, minlength=10).double() / len(predicted)
+    entropy = -(histogram * histogram.clamp(min=1e-300).log()).sum() / math.log(10)
+    scores = {
+        "recognisable": (confidence >= RECOGNISABLE_CONFIDENCE).double().mean().item(),
+        "class_entropy": entropy.item(),
+        "frechet_distance": frechet_distance(features, reference_features),
+    }
+    if classes is not None:
+        scores["matches_class"] = (predicted == classes.to(predicted.device)).double().mean().item()
+    return scores

@@ -14,6 +14,7 @@ The validation set is the last --val-size images of the MNIST training set; the 
 """
 import argparse
 import math
+from dataclasses import asdict
 import signal
 import time
 from pathlib import Path
@@ -23,14 +24,16 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from modules import DECODER_OUTPUTS, VQVAE, VQVAEConfig, images_to_inputs
-from utils import (ArgumentParser, RunStopped, UserError, epoch_batches, load_checkpoint, load_mnist,
+from modules import DECODER_OUTPUTS, SAMPLING_TEMPERATURE, VQVAE, CodePrior, PriorConfig, VQVAEConfig, images_to_inputs
+from utils import (ArgumentParser, RunStopped, UserError, epoch_batches, load_checkpoint, load_mnist, load_model,
                    make_checkpoint, nonnegative_float, nonnegative_int, plain_name, positive_float, positive_int,
                    resolve_device, run_cli, save_checkpoint, score_reconstructions, split_train_validation,
                    training_step, unit_interval)
 from vector_quantizer import CODEBOOK_INITS, CODEBOOK_UPDATES
 
 NUM_FIXED_IMAGES = 32  # validation digits whose reconstructions TensorBoard shows after every epoch
+DEFAULT_PRIOR_EPOCHS = 8
+PRIOR_WARMUP_STEPS = 200
 
 
 def build_parser() -> ArgumentParser:
@@ -70,6 +73,30 @@ def build_parser() -> ArgumentParser:
     model.add_argument("--decoder-output", choices=DECODER_OUTPUTS, default=defaults.decoder_output,
                        help="last layer and loss: tanh or linear output with MSE, or logits with binary "
                             f"cross-entropy (default: {defaults.decoder_output})")
+    prior_defaults = PriorConfig()
+    prior = parser.add_argument_group("prior over the codes (trained after the autoencoder, stored in best.pt)")
+    prior.add_argument("--prior-epochs", type=nonnegative_int, default=DEFAULT_PRIOR_EPOCHS,
+                       help="epochs of the prior on the codes of the best autoencoder; 0 skips it "
+                            f"(default: {DEFAULT_PRIOR_EPOCHS})")
+    prior.add_argument("--prior-only", action="store_true",
+                       help="train (or retrain) only the prior of the existing models/NAME/best.pt, replacing its "
+                            "prior if it has one")
+    prior.add_argument("--prior-width", type=positive_int, default=prior_defaults.width,
+                       help=f"width of the prior's transformer (default: {prior_defaults.width})")
+    prior.add_argument("--prior-layers", type=positive_int, default=prior_defaults.num_layers,
+                       help=f"layers of the prior's transformer (default: {prior_defaults.num_layers})")
+    prior.add_argument("--prior-heads", type=positive_int, default=prior_defaults.num_heads,
+                       help=f"attention heads; must divide --prior-width (default: {prior_defaults.num_heads})")
+    prior.add_argument("--prior-dropout", type=unit_interval, default=prior_defaults.dropout,
+                       help=f"dropout in the prior (default: {prior_defaults.dropout})")
+    prior.add_argument("--prior-batch-size", type=positive_int, default=128,
+                       help="code grids per batch of the prior (default: 128)")
+    prior.add_argument("--prior-lr", type=positive_float, default=2e-3,
+                       help="peak AdamW learning rate of the prior, after a warm-up, decayed to 0 along a cosine "
+                            "(default: 2e-3)")
+    prior.add_argument("--class-dropout", type=unit_interval, default=0.1,
+                       help="fraction of training grids shown to the prior without their class, so that it also "
+                            "samples unconditionally (default: 0.1)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
     parser.add_argument("--num-epochs", type=positive_int, default=10, help="epochs to train (default: 10)")
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
@@ -178,7 +205,8 @@ def log_validation(writer: SummaryWriter, model: VQVAE, scores, fixed_images: to
 # Flags that change what is trained: a resumed run takes them from its checkpoint.
 RESULT_FLAGS = ("hidden_size", "num_residual_blocks", "k", "code_dim", "codebook", "decay", "init",
                 "restart_threshold", "cosine", "beta", "decoder_output", "batch_size", "num_epochs", "lr",
-                "lr_schedule", "seed", "val_size")
+                "lr_schedule", "seed", "val_size", "prior_epochs", "prior_width", "prior_layers", "prior_heads",
+                "prior_dropout", "prior_batch_size", "prior_lr", "class_dropout")
 
 
 def resume_args(args, checkpoint: dict, path: Path):
@@ -189,11 +217,13 @@ def resume_args(args, checkpoint: dict, path: Path):
     defaults = build_parser()
     for name in RESULT_FLAGS:
         given = getattr(args, name)
-        if given != defaults.get_default(name) and given != saved.get(name):
+        if given != defaults.get_default(name) and given != saved.get(name, defaults.get_default(name)):
             flag = "--" + name.replace("_", "-")
             raise UserError(f"--resume continues {path} with its own {flag} {saved.get(name)}: drop {flag} "
                             f"{given}, or start a new run")
-    return argparse.Namespace(**{**vars(args), **{name: saved[name] for name in RESULT_FLAGS}})
+    # A checkpoint from before the prior existed lacks the prior's flags: they take their defaults.
+    return argparse.Namespace(**{**vars(args), **{name: saved.get(name, defaults.get_default(name))
+                                                  for name in RESULT_FLAGS}})
 
 
 class StopOnSignal:
@@ -222,6 +252,116 @@ class StopOnSignal:
                           f"python vqvae.py --output-folder {name} --resume", 128 + self.received.value)
 
 
+@torch.no_grad()
+def encode_images(model: VQVAE, images: torch.Tensor, device: torch.device, batch_size: int = 1000) -> torch.Tensor:
+    """uint8 images (N, 28, 28) -> their code grids (N, 7, 7), on the device."""
+    model.eval()
+    return torch.cat([model.encode(images_to_inputs(batch.to(device))) for batch in images.split(batch_size)])
+
+
+@torch.no_grad()
+def prior_nll_bits(prior: CodePrior, codes: torch.Tensor, classes: torch.Tensor, amp: bool,
+                   batch_size: int = 1000) -> float:
+    """Mean negative log-likelihood of code grids (N, 7, 7) given classes (N,), in bits per code."""
+    prior.eval()
+    total = torch.zeros((), dtype=torch.float64, device=codes.device)
+    for batch_codes, batch_classes in zip(codes.split(batch_size), classes.split(batch_size)):
+        with torch.autocast(device_type=codes.device.type, dtype=torch.bfloat16, enabled=amp):
+            total += prior.loss(batch_codes, batch_classes).double() * len(batch_codes)
+    prior.train()
+    return total.item() / len(codes) / math.log(2)
+
+
+def train_prior(args, model_dir: Path, writer: SummaryWriter, stop: StopOnSignal, device: torch.device,
+                data: tuple) -> None:
+    """Fit the prior over the code grids of the autoencoder in best.pt and store it in best.pt, at the epoch of
+    its best validation NLL."""
+    path = model_dir / "best.pt"
+    checkpoint = load_checkpoint(path, "cpu")
+    model, _ = load_model(path, device)
+    train_images, train_labels, val_images, val_labels = data
+    # The codes are computed once: the autoencoder is frozen from here on.
+    train_codes, val_codes = encode_images(model, train_images, device), encode_images(model, val_images, device)
+    train_labels, val_labels = train_labels.to(device), val_labels.to(device)
+
+    config = PriorConfig(num_embeddings=model.config.num_embeddings, grid_size=train_codes.shape[-1],
+                         width=args.prior_width, num_layers=args.prior_layers, num_heads=args.prior_heads,
+                         dropout=args.prior_dropout)
+    if config.width % config.num_heads:
+        raise UserError(f"--prior-heads {config.num_heads} must divide --prior-width {config.width}")
+    prior = CodePrior(config).to(device)
+    optimizer = torch.optim.AdamW(prior.parameters(), lr=args.prior_lr, betas=(0.9, 0.98), weight_decay=0.01)
+    steps_per_epoch = math.ceil(len(train_codes) / args.prior_batch_size)
+    total_steps = args.prior_epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / PRIOR_WARMUP_STEPS)
+                                                 * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    shuffle_generator = torch.Generator().manual_seed(args.seed)
+    sample_classes = torch.arange(10, device=device).repeat_interleave(10)
+    num_parameters = sum(parameter.numel() for parameter in prior.parameters())
+    print(f"prior: {num_parameters:,} parameters, on the codes of {path} (epoch {checkpoint['epoch']}): "
+          f"{len(train_codes):,} train / {len(val_codes):,} validation grids")
+
+    best_nll, step = float("inf"), 0
+    for epoch in range(1, args.prior_epochs + 1):
+        started = time.perf_counter()
+        prior.train()
+        running = torch.zeros((), device=device)
+        running_steps = 0
+        order = torch.randperm(len(train_codes), generator=shuffle_generator).to(device)
+        progress = tqdm(order.split(args.prior_batch_size), desc=f"prior epoch {epoch}/{args.prior_epochs}",
+                        unit="batch", leave=False, dynamic_ncols=True)
+        for indices in progress:
+            classes = train_labels[indices]
+            dropped = torch.rand(len(classes), device=device) < args.class_dropout
+            classes = torch.where(dropped, prior.no_class, classes)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=args.amp):
+                loss = prior.loss(train_codes[indices], classes)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            running += loss.detach()
+            running_steps += 1
+            if step % args.log_interval == 0:
+                nll_bits = running.item() / running_steps / math.log(2)
+                if not math.isfinite(nll_bits):
+                    raise UserError(f"the prior's loss became NaN or infinite at step {step}: try a lower "
+                                    "--prior-lr")
+                writer.add_scalar("prior/train_nll_bits", nll_bits, step)
+                progress.set_postfix(nll=f"{nll_bits:.3f} bits")
+                running.zero_()
+                running_steps = 0
+            if stop.received:
+                progress.close()
+                writer.close()
+                kept = "the prior of its best epoch so far" if best_nll < math.inf else "no prior yet"
+                raise RunStopped(f"stopped by {stop.received.name} in prior epoch {epoch}; {path} holds the "
+                                 f"autoencoder and {kept}; train the prior again with: python vqvae.py "
+                                 f"--output-folder {args.output_folder} --prior-only", 128 + stop.received.value)
+
+        val_nll = prior_nll_bits(prior, val_codes, val_labels, args.amp)
+        unconditional_nll = prior_nll_bits(prior, val_codes, torch.full_like(val_labels, prior.no_class), args.amp)
+        writer.add_scalar("prior/val_nll_bits", val_nll, step)
+        writer.add_scalar("prior/val_nll_bits_unconditional", unconditional_nll, step)
+        prior.eval()
+        samples = model.to_pixels(model.decode(prior.sample(sample_classes, SAMPLING_TEMPERATURE)))
+        writer.add_image("prior/samples", make_grid(samples, nrow=10), step)
+        improved = val_nll < best_nll
+        if improved:
+            best_nll = val_nll
+            checkpoint["prior"] = {"config": asdict(config), "model": prior.state_dict(), "epoch": epoch,
+                                   "val_nll_bits": val_nll, "val_nll_bits_unconditional": unconditional_nll}
+            save_checkpoint(path, checkpoint)
+        seconds = time.perf_counter() - started
+        writer.add_scalar("time/prior_epoch_seconds", seconds, step)
+        writer.flush()
+        tqdm.write(f"prior epoch {epoch:>2}/{args.prior_epochs}  val NLL {val_nll:.3f} bits/code with the class, "
+                   f"{unconditional_nll:.3f} without  {seconds:.1f} s" + ("  [best]" if improved else ""))
+    print(f"prior saved in {path}; next: python generate.py --model {path} --input random --filename samples")
+
+
 def check_finite(first_bad_step: torch.Tensor, model_dir: Path) -> None:
     bad_step = int(first_bad_step)
     if bad_step >= 0:
@@ -229,8 +369,38 @@ def check_finite(first_bad_step: torch.Tensor, model_dir: Path) -> None:
                         f"{model_dir / 'last.pt'} holds the last good state (try a lower --lr)")
 
 
+def prior_only(args, device: torch.device) -> None:
+    """--prior-only: fit a prior for the autoencoder an earlier run left in models/NAME/best.pt."""
+    if args.resume or args.overwrite:
+        raise UserError("--prior-only trains only the prior of an existing run: drop --resume and --overwrite")
+    if args.prior_epochs == 0:
+        raise UserError("--prior-only with --prior-epochs 0 has nothing to do: give --prior-epochs N")
+    model_dir, log_dir = Path("models") / args.output_folder, Path("logs") / args.output_folder
+    path = model_dir / "best.pt"
+    if not path.is_file():
+        raise UserError(f"--prior-only: there is no {path}; train the autoencoder first with python vqvae.py "
+                        f"--output-folder {args.output_folder}")
+    saved = load_checkpoint(path, "cpu").get("args") or {}
+    # The autoencoder's own validation split, so that the prior is validated on grids it did not train on.
+    val_size = saved.get("val_size", args.val_size)
+    images, labels = load_mnist(args.data_folder, train=True)
+    train_images, val_images = split_train_validation(images, val_size)
+    train_labels, val_labels = split_train_validation(labels, val_size)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot write to {log_dir}: {error.strerror}; choose a writable place") from None
+    writer = SummaryWriter(log_dir)
+    with StopOnSignal() as stop:
+        train_prior(args, model_dir, writer, stop, device, (train_images, train_labels, val_images, val_labels))
+    writer.close()
+
+
 def main(args) -> None:
     device = resolve_device(args.device)
+    if args.prior_only:
+        prior_only(args, device)
+        return
     model_dir = Path("models") / args.output_folder
     resumed = None
     if args.resume:
@@ -242,8 +412,10 @@ def main(args) -> None:
         resumed = load_checkpoint(path, "cpu")
         args = resume_args(args, resumed, path)
     torch.manual_seed(args.seed)
-    images, _ = load_mnist(args.data_folder, train=True)
+    images, labels = load_mnist(args.data_folder, train=True)
     train_images, val_images = split_train_validation(images, args.val_size)
+    train_labels, val_labels = split_train_validation(labels, args.val_size)
+    prior_data = (train_images, train_labels, val_images, val_labels)
     log_dir, model_dir = prepare_run_folders(args.output_folder, args.overwrite, args.resume)
     fixed_images = val_images[:NUM_FIXED_IMAGES].to(device)
     # The training set lives in memory as one uint8 tensor, on the training device unless workers read it.
@@ -270,7 +442,12 @@ def main(args) -> None:
         epoch, step, batches_done, best_recon_loss, best_epoch = restore_training_state(
             resumed, model, optimizer, schedule, shuffle_generator, device)
         if epoch >= args.num_epochs:
-            print(f"{model_dir / 'last.pt'} already finished its {args.num_epochs} epochs; nothing to do")
+            if args.prior_epochs and "prior" not in load_checkpoint(model_dir / "best.pt", "cpu"):
+                print(f"{model_dir / 'last.pt'} already finished its {args.num_epochs} epochs; training its prior")
+                with SummaryWriter(log_dir) as writer, StopOnSignal() as stop:
+                    train_prior(args, model_dir, writer, stop, device, prior_data)
+            else:
+                print(f"{model_dir / 'last.pt'} already finished its {args.num_epochs} epochs; nothing to do")
             return
         print(f"resuming {model_dir / 'last.pt'} at epoch {epoch + 1}, batch {batches_done + 1} (step {step})")
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
@@ -353,9 +530,11 @@ def main(args) -> None:
             if stop.received:
                 writer.close()
                 raise stop.stopped(f"after epoch {epoch}", model_dir, args.output_folder)
+        print(f"best autoencoder: {model_dir / 'best.pt'} (epoch {best_epoch}); "
+              f"python generate.py --model {model_dir / 'best.pt'} --input MNIST --filename recon")
+        if args.prior_epochs:
+            train_prior(args, model_dir, writer, stop, device, prior_data)
     writer.close()
-    print(f"best: {model_dir / 'best.pt'} (epoch {best_epoch}); next: "
-          f"python generate.py --model {model_dir / 'best.pt'} --input MNIST --filename recon")
 
 
 if __name__ == "__main__":

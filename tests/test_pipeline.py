@@ -16,10 +16,14 @@ from utils import UserError
 TILE, PADDING = 28, 2  # make_grid's default padding
 
 
+TINY_PRIOR = ("--prior-epochs", "1", "--prior-width", "16", "--prior-layers", "1", "--prior-heads", "2",
+              "--prior-batch-size", "64")
+
+
 def train_tiny(data_folder, *extra):
     args = vqvae.build_parser().parse_args([
         "--data-folder", str(data_folder), "--num-epochs", "1", "--val-size", "64", "--batch-size", "64",
-        "--hidden-size", "8", "--k", "16", "--log-interval", "1", "--output-folder", "tiny", *extra])
+        "--hidden-size", "8", "--k", "16", "--log-interval", "1", "--output-folder", "tiny", *TINY_PRIOR, *extra])
     vqvae.main(args)
 
 
@@ -55,16 +59,27 @@ def test_train_generate_evaluate(tiny_mnist, tmp_path, monkeypatch, capsys):
     model = str(tmp_path / "models" / "tiny" / "best.pt")
     generate.main(generate.build_parser().parse_args(
         ["--model", model, "--input", "MNIST", "--filename", "recon", "--data-folder", str(tiny_mnist)]))
-    generate.main(generate.build_parser().parse_args(["--model", model, "--input", "random", "--filename", "random"]))
-    for name in ("recon.png", "recon_input.png", "random.png"):
+    for extra in (["--input", "random"], ["--input", "random", "--digit", "3"], ["--input", "random",
+                  "--unconditional", "--temperature", "0.5"], ["--input", "noise"]):
+        name = "_".join(flag.lstrip("-") for flag in extra)
+        generate.main(generate.build_parser().parse_args(["--model", model, "--filename", name, *extra]))
+        assert_grid_of_tiles(tmp_path / "generatedImages" / f"{name}.png")
+    for name in ("recon.png", "recon_input.png"):
         assert_grid_of_tiles(tmp_path / "generatedImages" / name)
 
     capsys.readouterr()
-    evaluate.main(evaluate.build_parser().parse_args(["--model", model, "--json", "--data-folder", str(tiny_mnist)]))
+    evaluate.main(evaluate.build_parser().parse_args(["--model", model, "--json", "--data-folder", str(tiny_mnist),
+                                                      "--samples", "100"]))
     report = json.loads(capsys.readouterr().out)
     assert 0 < report["test_mse"] < 1
     assert report["psnr"] == pytest.approx(10 * np.log10(1 / report["test_mse"]))
     assert 0 < report["codebook_usage"] <= 1 and 1 <= report["perplexity"] <= 16
+    samples = report["samples"]
+    assert samples["count"] == 100 and set(samples) >= {"prior_conditional", "prior_unconditional", "noise", "real"}
+    for kind in ("prior_conditional", "prior_unconditional", "noise", "real"):
+        assert 0 <= samples[kind]["recognisable"] <= 1 and 0 <= samples[kind]["class_entropy"] <= 1 + 1e-9
+        assert samples[kind]["frechet_distance"] >= 0
+    assert 0 <= samples["prior_conditional"]["matches_class"] <= 1
 
 
 def test_generate_checks_architecture_flags_against_the_checkpoint(tiny_mnist, tmp_path, monkeypatch):
@@ -167,7 +182,7 @@ def test_quantizer_options_are_stored_and_rebuilt(flags, stored, tiny_mnist, tmp
         assert config[key] == value, key
     capsys.readouterr()
     evaluate.main(evaluate.build_parser().parse_args(["--model", str(path), "--json", "--data-folder",
-                                                      str(tiny_mnist)]))
+                                                      str(tiny_mnist), "--samples", "20"]))
     assert 0 < json.loads(capsys.readouterr().out)["test_mse"] < 1
     generate.main(generate.build_parser().parse_args(["--model", str(path), "--input", "MNIST",
                                                       "--data-folder", str(tiny_mnist)]))

@@ -1,0 +1,166 @@
+"""The prior over code grids: causality, the cached sampler against full forward passes, temperature; and the
+sample scores (Frechet distance, classifier scores) against independent computations."""
+import math
+
+import pytest
+import torch
+
+from modules import CodePrior, DigitClassifier, PriorConfig
+from utils import frechet_distance, score_samples
+
+CONFIGS = [
+    PriorConfig(num_embeddings=16, grid_size=7, width=32, num_layers=2, num_heads=4),
+    PriorConfig(num_embeddings=5, grid_size=3, num_classes=3, width=24, num_layers=1, num_heads=2),
+]
+
+
+def make_prior(config: PriorConfig, seed: int = 0) -> CodePrior:
+    torch.manual_seed(seed)
+    prior = CodePrior(config).eval()
+    # Random biases and position embeddings, so that every part of the input matters to the outputs.
+    with torch.no_grad():
+        for parameter in prior.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    return prior
+
+
+def random_inputs(config: PriorConfig, count: int, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    side = config.grid_size
+    codes = torch.randint(config.num_embeddings, (count, side, side), generator=generator)
+    classes = torch.randint(config.num_classes + 1, (count,), generator=generator)  # num_classes: no class
+    return codes, classes
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_each_code_depends_only_on_the_class_and_the_codes_before_it(config):
+    prior = make_prior(config)
+    codes, classes = random_inputs(config, 2)
+    logits = prior(codes, classes)
+    length = config.grid_size ** 2
+    assert logits.shape == (2, length, config.num_embeddings)
+    for position in (0, length // 2, length - 1):
+        changed = codes.flatten(1).clone()
+        changed[:, position] = (changed[:, position] + 1) % config.num_embeddings
+        changed_logits = prior(changed.view_as(codes), classes)
+        # Outputs up to and including `position` predict codes 0..position: they must not see code `position`.
+        torch.testing.assert_close(changed_logits[:, :position + 1], logits[:, :position + 1])
+        if position + 1 < length:
+            assert not torch.allclose(changed_logits[:, position + 1:], logits[:, position + 1:])
+    other_classes = (classes + 1) % (config.num_classes + 1)
+    assert not torch.allclose(prior(codes, other_classes)[:, 0], logits[:, 0])
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_sampling_at_a_tiny_temperature_is_greedy_decoding_by_full_forward_passes(config):
+    prior = make_prior(config)
+    _, classes = random_inputs(config, 6)
+    sampled = prior.sample(classes, temperature=1e-6, generator=torch.Generator().manual_seed(0))
+    # Brute force: rerun the whole sequence for every position and take the most likely code.
+    side, length = config.grid_size, config.grid_size ** 2
+    greedy = torch.zeros(len(classes), length, dtype=torch.long)
+    for position in range(length):
+        logits = prior(greedy.view(-1, side, side), classes)
+        greedy[:, position] = logits[:, position].argmax(-1)
+    assert torch.equal(sampled, greedy.view(-1, side, side))
+
+
+def test_samples_follow_the_prior_distribution_of_the_first_code():
+    config = CONFIGS[1]
+    prior = make_prior(config)
+    classes = torch.full((4000,), 1)
+    expected = torch.softmax(prior(torch.zeros(1, 3, 3, dtype=torch.long), classes[:1])[0, 0], -1)
+    codes = prior.sample(classes, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(codes[:, 0, 0], minlength=config.num_embeddings).float() / len(classes)
+    # 4000 draws: the standard error of each frequency is below 0.008.
+    torch.testing.assert_close(frequencies, expected, atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_temperature_divides_the_logits(temperature):
+    config = CONFIGS[1]
+    prior = make_prior(config)
+    classes = torch.full((4000,), 0)
+    logits = prior(torch.zeros(1, 3, 3, dtype=torch.long), classes[:1])[0, 0]
+    expected = torch.softmax(logits / temperature, -1)
+    codes = prior.sample(classes, temperature=temperature, generator=torch.Generator().manual_seed(1))
+    frequencies = torch.bincount(codes[:, 0, 0], minlength=config.num_embeddings).float() / len(classes)
+    torch.testing.assert_close(frequencies, expected, atol=0.03, rtol=0)
+
+
+def test_sampling_is_reproducible_with_a_seed():
+    prior = make_prior(CONFIGS[0])
+    classes = torch.arange(10)
+    first = prior.sample(classes, 1.0, torch.Generator().manual_seed(3))
+    again = prior.sample(classes, 1.0, torch.Generator().manual_seed(3))
+    other = prior.sample(classes, 1.0, torch.Generator().manual_seed(4))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_loss_is_the_mean_negative_log_likelihood_of_the_codes():
+    config = CONFIGS[0]
+    prior = make_prior(config)
+    codes, classes = random_inputs(config, 3)
+    log_probabilities = torch.log_softmax(prior(codes, classes), -1)
+    picked = log_probabilities.gather(-1, codes.flatten(1).unsqueeze(-1))
+    torch.testing.assert_close(prior.loss(codes, classes), -picked.mean())
+
+
+# ---------------------------------------------------------------------------------------------------- scores
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_frechet_distance_matches_the_closed_form_for_diagonal_covariances(seed):
+    generator = torch.Generator().manual_seed(seed)
+    dims = 6
+    mean_a, mean_b = torch.randn(dims, generator=generator), torch.randn(dims, generator=generator)
+    std_a, std_b = torch.rand(dims, generator=generator) + 0.5, torch.rand(dims, generator=generator) + 0.5
+    a = torch.randn(20000, dims, generator=generator, dtype=torch.float64) * std_a + mean_a
+    b = torch.randn(20000, dims, generator=generator, dtype=torch.float64) * std_b + mean_b
+    # The closed form, from each set's own per-dimension statistics (off-diagonal covariances are near 0).
+    expected = ((a.mean(0) - b.mean(0)).pow(2).sum() + (a.std(0) - b.std(0)).pow(2).sum()).item()
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=0.02, abs=1e-3)
+
+
+def test_frechet_distance_of_a_set_to_itself_is_zero_and_a_shift_adds_its_squared_length():
+    features = torch.randn(500, 8, generator=torch.Generator().manual_seed(0))
+    shift = torch.arange(8.0) / 4
+    assert frechet_distance(features, features) == pytest.approx(0, abs=1e-6)
+    assert frechet_distance(features + shift, features) == pytest.approx(shift.pow(2).sum().item(), rel=1e-6)
+
+
+class PixelClassifier(DigitClassifier):
+    """A stand-in classifier: its features are the pixels (in [-1, 1]) and the logit of class c is 10 x the
+    feature of pixel c of the top row, so an image with only pixel c lit is a confident c."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Flatten()
+        self.head = torch.nn.Linear(784, 10, bias=False)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.weight[torch.arange(10), torch.arange(10)] = 10.0
+        self.eval()
+
+
+def test_score_samples_counts_confident_and_matching_predictions():
+    lit = [[3], [3], [1], [5, 6]]  # the last image is a tie between 5 and 6: confidence 0.5, predicted 5
+    pixels = torch.zeros(len(lit), 1, 28, 28)
+    for image, columns in enumerate(lit):
+        pixels[image, 0, 0, columns] = 1.0
+    reference = torch.rand(50, 784, generator=torch.Generator().manual_seed(0))
+    scores = score_samples(PixelClassifier(), pixels, reference, classes=torch.tensor([3, 3, 1, 2]))
+    assert scores["recognisable"] == 0.75
+    assert scores["matches_class"] == 0.75
+    shares = torch.tensor([0.5, 0.25, 0.25])  # predicted 3, 3, 1, 5
+    assert scores["class_entropy"] == pytest.approx(-(shares * shares.log()).sum().item() / math.log(10))
+    assert scores["frechet_distance"] == pytest.approx(frechet_distance(pixels.flatten(1) * 2 - 1, reference))
+    assert "matches_class" not in score_samples(PixelClassifier(), pixels, reference)
+
+
+def test_class_entropy_is_one_for_balanced_predictions():
+    pixels = torch.zeros(20, 1, 28, 28)
+    pixels[torch.arange(20), 0, 0, torch.arange(20) % 10] = 1.0
+    scores = score_samples(PixelClassifier(), pixels, torch.rand(50, 784))
+    assert scores["class_entropy"] == pytest.approx(1.0)
+    assert scores["recognisable"] == 1.0

@@ -1,0 +1,135 @@
+"""The prior in the pipeline: vqvae.py trains it after the autoencoder and stores it in best.pt, --prior-only
+(re)trains it for an existing run, a stop during it is resumable, generate.py samples from it; and a small
+prior learns class-conditional code patterns."""
+import math
+import signal
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import generate
+import vqvae
+from modules import CodePrior, PriorConfig
+from test_pipeline import TINY_PRIOR, train_tiny
+from test_robustness import signal_on_call
+from utils import RunStopped, UserError
+
+
+def generate_grid(model, *flags):
+    generate.main(generate.build_parser().parse_args(["--model", str(model), *flags]))
+
+
+def test_prior_is_trained_after_the_autoencoder_logged_and_stored_in_best(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    best = torch.load("models/tiny/best.pt", weights_only=True)
+    prior = best["prior"]
+    assert prior["config"]["num_embeddings"] == 16 and prior["config"]["width"] == 16
+    assert prior["epoch"] == 1 and 0 < prior["val_nll_bits"] < 2 * math.log2(16)
+    rebuilt = CodePrior(PriorConfig(**prior["config"]))
+    rebuilt.load_state_dict(prior["model"])
+
+    events = EventAccumulator("logs/tiny", size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("prior/train_nll_bits", "prior/val_nll_bits", "prior/val_nll_bits_unconditional"):
+        assert tag in tags["scalars"], tag
+    assert "prior/samples" in tags["images"]
+    # 256 training grids in batches of 64, a point per step (--log-interval 1).
+    assert [event.step for event in events.Scalars("prior/train_nll_bits")] == [1, 2, 3, 4]
+
+    # last.pt holds the autoencoder's training state, not the prior: the message says where to get one.
+    assert "prior" not in torch.load("models/tiny/last.pt", weights_only=True)
+    with pytest.raises(UserError, match="no prior .*--prior-only"):
+        generate_grid("models/tiny/last.pt", "--input", "random")
+
+
+def test_prior_only_trains_a_prior_for_an_existing_autoencoder(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist, "--prior-epochs", "0")
+    before = torch.load("models/tiny/best.pt", weights_only=True)
+    assert "prior" not in before
+    with pytest.raises(UserError, match="holds no prior"):
+        generate_grid("models/tiny/best.pt", "--input", "random")
+
+    vqvae.main(vqvae.build_parser().parse_args(
+        ["--data-folder", str(tiny_mnist), "--output-folder", "tiny", "--prior-only", *TINY_PRIOR[2:],
+         "--prior-epochs", "2"]))
+    after = torch.load("models/tiny/best.pt", weights_only=True)
+    assert after["prior"]["epoch"] in (1, 2)
+    for name, tensor in before["model"].items():
+        assert torch.equal(tensor, after["model"][name]), f"--prior-only changed the autoencoder's {name}"
+    generate_grid("models/tiny/best.pt", "--input", "random")
+    assert (tmp_path / "generatedImages" / "random.png").is_file()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--prior-only", "--resume"], "drop --resume"),
+    (["--prior-only", "--prior-epochs", "0"], "nothing to do"),
+    (["--prior-only", "--output-folder", "never-trained"], "train the autoencoder first"),
+    (["--prior-width", "10", "--prior-heads", "4"], "must divide"),
+])
+def test_prior_flag_errors(flags, message, tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=message):
+        train_tiny(tiny_mnist, *flags)
+
+
+def test_stop_during_the_prior_keeps_the_autoencoder_and_resume_trains_the_prior(tiny_mnist, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as patch:
+        signal_on_call(patch, torch.optim.AdamW, "step", 2, signal.SIGTERM)  # the prior's second step
+        with pytest.raises(RunStopped, match="in prior epoch 1.*--prior-only") as stopped:
+            train_tiny(tiny_mnist)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert "prior" not in torch.load("models/tiny/best.pt", weights_only=True)
+    train_tiny(tiny_mnist, "--resume")
+    assert torch.load("models/tiny/best.pt", weights_only=True)["prior"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--input", "MNIST", "--digit", "3"], "with --input random"),
+    (["--input", "noise", "--unconditional"], "with --input random"),
+    (["--input", "random", "--digit", "3", "--unconditional"], "only one"),
+])
+def test_generate_sample_flag_errors(flags, message, tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    with pytest.raises(UserError, match=message):
+        generate_grid("models/tiny/best.pt", *flags)
+
+
+def test_digit_out_of_range_is_a_flag_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        generate.build_parser().parse_args(["--input", "random", "--digit", "10"])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_prior_learns_a_code_pattern_per_class_and_samples_them():
+    """Each class c has one fixed grid of codes; class-dropped examples make the unconditional path learn the
+    mixture. After training, samples given c are c's grid, and samples without a class are one of the grids."""
+    torch.manual_seed(0)
+    config = PriorConfig(num_embeddings=8, grid_size=3, num_classes=3, width=32, num_layers=2, num_heads=4,
+                         dropout=0.0)
+    patterns = torch.randint(8, (3, 3, 3), generator=torch.Generator().manual_seed(0))
+    prior = CodePrior(config)
+    optimizer = torch.optim.AdamW(prior.parameters(), lr=3e-3)
+    for _ in range(400):
+        classes = torch.randint(3, (64,))
+        codes = patterns[classes]
+        classes = torch.where(torch.rand(64) < 0.3, prior.no_class, classes)
+        loss = prior.loss(codes, classes)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    prior.eval()
+    generator = torch.Generator().manual_seed(0)
+    asked = torch.arange(3).repeat(10)
+    assert torch.equal(prior.sample(asked, 1.0, generator), patterns[asked])
+    # A little below temperature 1, so that the mixture's small leftovers between patterns are not sampled.
+    unconditional = prior.sample(torch.full((30,), prior.no_class), 0.7, generator)
+    matches = (unconditional[:, None] == patterns[None]).flatten(2).all(-1)  # (30, 3): equal to pattern c?
+    assert matches.any(1).all()
+    assert matches.sum(0).min() > 0, "some class never comes up without a class token"
