@@ -14,21 +14,27 @@ Samples (--samples N of each kind), judged by the project's MNIST classifier (tr
 - class entropy: entropy of the predicted classes' histogram over log 10 (1.0: every digit equally often);
 - as asked: for samples of a given class (an equal share of each digit), the fraction classified as that class;
 - Frechet distance between the classifier's penultimate features of the samples and of the whole test set.
-Four kinds are scored: prior samples given a class, prior samples without one, the reference's noise images
-through the autoencoder (the baseline), and N real test digits, whose distance is the floor for that N.
+Five kinds are scored:
+- prior, class given: an equal share of each digit asked for (generate.py --input random);
+- prior, unconditional: the prior draws each sample's class itself, then its codes (--unconditional);
+- prior, no class token: the codes sampled without a class and without guidance, at the same temperature: what
+  the class-free half of the prior, which guidance contrasts with, makes on its own;
+- noise: the reference's noise images through the autoencoder (the baseline, --input noise);
+- real: N real test digits, whose Frechet distance is the floor for that N.
 """
 import json
 
 import torch
 
-from modules import SAMPLING_TEMPERATURE
+from modules import GUIDANCE, SAMPLING_TEMPERATURE
 from utils import (DEFAULT_CLASSIFIER, ArgumentParser, UserError, classify, load_classifier, load_mnist, load_model,
-                   load_prior, nonnegative_int, positive_float, positive_int, resolve_device, run_cli,
-                   score_reconstructions, score_samples)
+                   load_prior, nonnegative_float, nonnegative_int, positive_float, positive_int, resolve_device,
+                   run_cli, score_reconstructions, score_samples)
 
 SAMPLE_KINDS = {
     "prior_conditional": "prior, class given",
-    "prior_unconditional": "prior, no class",
+    "prior_unconditional": "prior, unconditional",
+    "prior_no_class": "prior, no class token",
     "noise": "noise (reference)",
     "real": "real test digits",
 }
@@ -46,6 +52,8 @@ def build_parser() -> ArgumentParser:
                         help="images of each kind to score; 0 skips the sample scores (default: 1000)")
     parser.add_argument("--temperature", type=positive_float, default=SAMPLING_TEMPERATURE,
                         help=f"of the prior's samples (default: {SAMPLING_TEMPERATURE})")
+    parser.add_argument("--guidance", type=nonnegative_float, default=GUIDANCE,
+                        help=f"classifier-free guidance weight of the prior's samples (default: {GUIDANCE})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples and noise (default: 0)")
     parser.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER),
                         help="classifier written by train_classifier.py (default: pretrained/mnist_classifier.pt)")
@@ -65,11 +73,13 @@ def sample_scores(args, model, checkpoint, test_images, device) -> dict:
     scores = {}
     if "prior" in checkpoint:
         prior = load_prior(checkpoint, args.model, device)
-        classes = (torch.arange(count) % 10).to(device)
-        for kind, asked in (("prior_conditional", classes), ("prior_unconditional", None)):
-            codes = prior.sample(classes if asked is not None else torch.full_like(classes, prior.no_class),
-                                 args.temperature, generator)
-            scores[kind] = score_samples(classifier, model.to_pixels(model.decode(codes)), test_features, asked)
+        asked = (torch.arange(count) % 10).to(device)
+        for kind, classes, guidance in (("prior_conditional", asked, args.guidance),
+                                        ("prior_unconditional", prior.draw_classes(count, generator), args.guidance),
+                                        ("prior_no_class", torch.full_like(asked, prior.no_class), 0.0)):
+            codes = prior.sample(classes, args.temperature, guidance, generator)
+            scores[kind] = score_samples(classifier, model.to_pixels(model.decode(codes)), test_features,
+                                         asked if kind == "prior_conditional" else None)
     noise = torch.randn(count, 1, 28, 28, generator=generator).to(device)
     scores["noise"] = score_samples(classifier, model.to_pixels(model(noise).x_recon), test_features)
     real = torch.randperm(len(test_images), generator=generator)[:count]
@@ -92,7 +102,8 @@ def main(args) -> None:
         "epoch": checkpoint["epoch"],
     }
     if args.samples:
-        report["samples"] = {"count": args.samples, "temperature": args.temperature, "seed": args.seed,
+        report["samples"] = {"count": args.samples, "temperature": args.temperature, "guidance": args.guidance,
+                             "seed": args.seed,
                              **sample_scores(args, model, checkpoint, test_images, device)}
     if args.json:
         print(json.dumps(report))
@@ -106,8 +117,8 @@ def main(args) -> None:
     if not args.samples:
         return
     samples = report["samples"]
-    print(f"samples: {args.samples} of each kind, prior temperature {args.temperature}, seed {args.seed}, judged "
-          f"by {args.classifier}")
+    print(f"samples: {args.samples} of each kind, prior temperature {args.temperature}, guidance {args.guidance}, "
+          f"seed {args.seed}, judged by {args.classifier}")
     print(f"  {'':<20}  recognisable  class entropy  as asked  Frechet distance")
     for kind, label in SAMPLE_KINDS.items():
         if kind not in samples:

@@ -10,7 +10,8 @@ Usage:
 --input MNIST reconstructs 100 test digits picked by --seed and also writes the originals to NAME_input.png.
 --input random samples code grids from the prior stored in the checkpoint (trained by vqvae.py after the
 autoencoder) and decodes them: row i holds ten samples of digit i, or with --digit D all 100 are Ds, or with
---unconditional the prior picks the digits itself.
+--unconditional the prior draws each sample's class itself (from the training set's class frequencies) and then
+its codes. --temperature and --guidance (classifier-free guidance) trade variety for clean, typical digits.
 --input noise decodes what the autoencoder makes of standard-normal noise images, as the reference repository's
 "random" does; it is kept for comparison.
 The architecture comes from the checkpoint; --hidden-size and --k, if given, are only checked against it.
@@ -20,9 +21,9 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from modules import SAMPLING_TEMPERATURE, images_to_inputs
-from utils import (ArgumentParser, UserError, atomic_path, load_mnist, load_model, load_prior, plain_name,
-                   positive_float, positive_int, resolve_device, run_cli)
+from modules import GUIDANCE, SAMPLING_TEMPERATURE, images_to_inputs
+from utils import (ArgumentParser, UserError, atomic_path, load_mnist, load_model, load_prior, nonnegative_float,
+                   plain_name, positive_float, positive_int, resolve_device, run_cli)
 
 GRID_SIDE = 10
 OUTPUT_FOLDER = Path("generatedImages")
@@ -43,10 +44,14 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--temperature", type=positive_float, default=SAMPLING_TEMPERATURE,
                         help="--input random: divides the prior's logits; lower gives cleaner, less varied digits "
                              f"(default: {SAMPLING_TEMPERATURE})")
+    parser.add_argument("--guidance", type=nonnegative_float, default=GUIDANCE,
+                        help="--input random: classifier-free guidance weight; higher gives digits more typical of "
+                             f"their class, 0 samples the prior as trained (default: {GUIDANCE})")
     parser.add_argument("--digit", type=int, choices=range(10), default=None, metavar="D",
                         help="--input random: all 100 samples are of digit D (default: row i holds digit i)")
     parser.add_argument("--unconditional", action="store_true",
-                        help="--input random: sample without a class, so the prior chooses the digits")
+                        help="--input random: no class is asked for: the prior draws each sample's class itself, "
+                             "so the grid shows whatever digits it produces")
     parser.add_argument("--data-folder", default="data",
                         help="MNIST folder, for --input MNIST (default: data)")
     parser.add_argument("--hidden-size", type=positive_int, default=None,
@@ -108,14 +113,14 @@ def main(args) -> None:
     elif args.input == "random":
         prior = load_prior(checkpoint, args.model, device)
         if args.unconditional:
-            classes, what = torch.full((count,), prior.no_class), "unconditional prior samples"
+            classes, what = prior.draw_classes(count, generator), "unconditional prior samples"
         elif args.digit is not None:
             classes, what = torch.full((count,), args.digit), f"prior samples of digit {args.digit}"
         else:
             classes, what = torch.arange(GRID_SIDE).repeat_interleave(GRID_SIDE), "prior samples, row i = digit i"
-        codes = prior.sample(classes.to(device), args.temperature, generator)  # (100, 7, 7)
+        codes = prior.sample(classes.to(device), args.temperature, args.guidance, generator)  # (100, 7, 7)
         save_grid(model.to_pixels(model.decode(codes)), path)
-        print(f"wrote {path} ({what}, temperature {args.temperature})")
+        print(f"wrote {path} ({what}, temperature {args.temperature}, guidance {args.guidance})")
     else:
         noise = torch.randn(count, model.config.in_channels, 28, 28, generator=generator).to(device)
         save_grid(model.to_pixels(model(noise).x_recon), path)

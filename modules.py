@@ -175,7 +175,9 @@ class DigitClassifier(nn.Module):
 # ---------------------------------------------------------------------------------------------------- the prior
 
 
-SAMPLING_TEMPERATURE = 1.0  # the default of generate.py and evaluate.py, and of the samples TensorBoard shows
+# Sampling defaults of generate.py and evaluate.py, and of the samples TensorBoard shows; see CodePrior.sample.
+SAMPLING_TEMPERATURE = 0.8
+GUIDANCE = 1.0
 
 
 @dataclass
@@ -231,11 +233,14 @@ class TransformerBlock(nn.Module):
 
 
 class CodePrior(nn.Module):
-    """An autoregressive prior p(codes | class) over the autoencoder's code grid: a small causal transformer.
+    """An autoregressive prior p(class) p(codes | class) over the autoencoder's code grid: a small causal
+    transformer.
 
     The sequence is the class token followed by the 49 codes in raster order; the output at position t is the
-    distribution of code t given the class and codes 0..t-1. The class token num_classes means "no class", so one
-    model samples both with and without a class (training drops the class some of the time).
+    distribution of code t given the class and codes 0..t-1. The class token num_classes means "no class": training
+    shows some grids without their class, so the model also knows p(codes) alone, which classifier-free guidance
+    contrasts with p(codes | class). p(class) is the class frequencies of the training set (`class_frequencies`),
+    so the prior can also draw a sample's class itself.
     """
 
     def __init__(self, config: PriorConfig):
@@ -248,6 +253,7 @@ class CodePrior(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(config.width)
         self.head = nn.Linear(config.width, config.num_embeddings)
+        self.register_buffer("class_frequencies", torch.full((config.num_classes,), 1.0 / config.num_classes))
         self.apply(self._init_weights)
         nn.init.normal_(self.position_embedding, std=0.02)
 
@@ -278,21 +284,39 @@ class CodePrior(nn.Module):
         logits = self(codes, classes)
         return F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())
 
+    def draw_classes(self, count: int, generator: torch.Generator | None = None) -> Tensor:
+        """count classes (count,) drawn from p(class), the training set's class frequencies."""
+        drawn = torch.multinomial(self.class_frequencies.float().cpu(), count, replacement=True, generator=generator)
+        return drawn.to(self.class_frequencies.device)
+
     @torch.no_grad()
-    def sample(self, classes: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-        """Classes (B,) (no_class for unconditional samples) -> code grids (B, 7, 7), all B at once in 49 steps,
-        each step reusing the keys and values of the earlier ones."""
+    def sample(self, classes: Tensor, temperature: float = 1.0, guidance: float = 0.0,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Classes (B,) -> code grids (B, 7, 7), all B at once in 49 steps, each step reusing the keys and values
+        of the earlier ones.
+
+        Each code is drawn from softmax(logits / temperature), where with guidance w > 0 the logits are
+        classifier-free guided: (1 + w) log p(code | class, ...) - w log p(code | ...), which favours codes
+        typical of the class over codes typical of any digit. A class of no_class samples without a class.
+        """
+        count = len(classes)
+        guided = guidance > 0
+        if guided:  # the rows after the first `count` are the same grids seen without their class
+            classes = torch.cat([classes, torch.full_like(classes, self.no_class)])
         caches = [{} for _ in self.blocks]
-        codes = torch.empty(len(classes), self.sequence_length, dtype=torch.long, device=classes.device)
+        codes = torch.empty(count, self.sequence_length, dtype=torch.long, device=classes.device)
         x = self.class_embedding(classes)[:, None] + self.position_embedding[0]  # (B, 1, C)
         for position in range(self.sequence_length):
             for block, cache in zip(self.blocks, caches):
                 x = block(x, cache)
-            logits = self.head(self.norm(x[:, -1])).float() / temperature  # (B, K)
-            probabilities = torch.softmax(logits, dim=-1)
+            logits = torch.log_softmax(self.head(self.norm(x[:, -1])).float(), dim=-1)  # (B or 2B, K)
+            if guided:
+                conditional, unconditional = logits[:count], logits[count:]
+                logits = conditional + guidance * (conditional - unconditional)
+            probabilities = torch.softmax(logits / temperature, dim=-1)
             code = torch.multinomial(probabilities.cpu(), 1, generator=generator).to(classes.device)  # (B, 1)
             codes[:, position] = code[:, 0]
             if position + 1 < self.sequence_length:
-                x = self.code_embedding(code) + self.position_embedding[position + 1]
+                x = self.code_embedding(code.repeat(2, 1) if guided else code) + self.position_embedding[position + 1]
         side = self.config.grid_size
         return codes.view(-1, side, side)

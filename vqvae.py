@@ -24,7 +24,8 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from modules import DECODER_OUTPUTS, SAMPLING_TEMPERATURE, VQVAE, CodePrior, PriorConfig, VQVAEConfig, images_to_inputs
+from modules import (DECODER_OUTPUTS, GUIDANCE, SAMPLING_TEMPERATURE, VQVAE, CodePrior, PriorConfig, VQVAEConfig,
+                     images_to_inputs)
 from utils import (ArgumentParser, RunStopped, UserError, epoch_batches, load_checkpoint, load_mnist, load_model,
                    make_checkpoint, nonnegative_float, nonnegative_int, plain_name, positive_float, positive_int,
                    resolve_device, run_cli, save_checkpoint, score_reconstructions, split_train_validation,
@@ -290,6 +291,7 @@ def train_prior(args, model_dir: Path, writer: SummaryWriter, stop: StopOnSignal
     if config.width % config.num_heads:
         raise UserError(f"--prior-heads {config.num_heads} must divide --prior-width {config.width}")
     prior = CodePrior(config).to(device)
+    prior.class_frequencies.copy_(torch.bincount(train_labels, minlength=config.num_classes) / len(train_labels))
     optimizer = torch.optim.AdamW(prior.parameters(), lr=args.prior_lr, betas=(0.9, 0.98), weight_decay=0.01)
     steps_per_epoch = math.ceil(len(train_codes) / args.prior_batch_size)
     total_steps = args.prior_epochs * steps_per_epoch
@@ -346,7 +348,7 @@ def train_prior(args, model_dir: Path, writer: SummaryWriter, stop: StopOnSignal
         writer.add_scalar("prior/val_nll_bits", val_nll, step)
         writer.add_scalar("prior/val_nll_bits_unconditional", unconditional_nll, step)
         prior.eval()
-        samples = model.to_pixels(model.decode(prior.sample(sample_classes, SAMPLING_TEMPERATURE)))
+        samples = model.to_pixels(model.decode(prior.sample(sample_classes, SAMPLING_TEMPERATURE, GUIDANCE)))
         writer.add_image("prior/samples", make_grid(samples, nrow=10), step)
         improved = val_nll < best_nll
         if improved:

@@ -51,17 +51,21 @@ def test_each_code_depends_only_on_the_class_and_the_codes_before_it(config):
     assert not torch.allclose(prior(codes, other_classes)[:, 0], logits[:, 0])
 
 
+@pytest.mark.parametrize("guidance", [0.0, 1.5])
 @pytest.mark.parametrize("config", CONFIGS)
-def test_sampling_at_a_tiny_temperature_is_greedy_decoding_by_full_forward_passes(config):
+def test_sampling_at_a_tiny_temperature_is_greedy_decoding_by_full_forward_passes(config, guidance):
     prior = make_prior(config)
     _, classes = random_inputs(config, 6)
-    sampled = prior.sample(classes, temperature=1e-6, generator=torch.Generator().manual_seed(0))
-    # Brute force: rerun the whole sequence for every position and take the most likely code.
+    sampled = prior.sample(classes, temperature=1e-6, guidance=guidance, generator=torch.Generator().manual_seed(0))
+    # Brute force: rerun the whole sequence, with and without the class, for every position and take the most
+    # likely code under the guided log-probabilities.
     side, length = config.grid_size, config.grid_size ** 2
+    no_class = torch.full_like(classes, config.num_classes)
     greedy = torch.zeros(len(classes), length, dtype=torch.long)
     for position in range(length):
-        logits = prior(greedy.view(-1, side, side), classes)
-        greedy[:, position] = logits[:, position].argmax(-1)
+        conditional = torch.log_softmax(prior(greedy.view(-1, side, side), classes)[:, position], -1)
+        unconditional = torch.log_softmax(prior(greedy.view(-1, side, side), no_class)[:, position], -1)
+        greedy[:, position] = ((1 + guidance) * conditional - guidance * unconditional).argmax(-1)
     assert torch.equal(sampled, greedy.view(-1, side, side))
 
 
@@ -88,12 +92,34 @@ def test_temperature_divides_the_logits(temperature):
     torch.testing.assert_close(frequencies, expected, atol=0.03, rtol=0)
 
 
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_guidance_sharpens_the_first_code_towards_the_class(guidance):
+    config = CONFIGS[1]
+    prior = make_prior(config)
+    classes = torch.full((4000,), 2)
+    start = torch.zeros(1, 3, 3, dtype=torch.long)
+    conditional = torch.log_softmax(prior(start, classes[:1])[0, 0], -1)
+    unconditional = torch.log_softmax(prior(start, torch.tensor([config.num_classes]))[0, 0], -1)
+    expected = torch.softmax(((1 + guidance) * conditional - guidance * unconditional) / 0.8, -1)
+    codes = prior.sample(classes, temperature=0.8, guidance=guidance, generator=torch.Generator().manual_seed(2))
+    frequencies = torch.bincount(codes[:, 0, 0], minlength=config.num_embeddings).float() / len(classes)
+    torch.testing.assert_close(frequencies, expected, atol=0.03, rtol=0)
+
+
+def test_drawn_classes_follow_the_class_frequencies():
+    prior = make_prior(CONFIGS[1])
+    prior.class_frequencies.copy_(torch.tensor([0.6, 0.0, 0.4]))
+    drawn = prior.draw_classes(5000, torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(drawn, minlength=3).float() / len(drawn)
+    torch.testing.assert_close(frequencies, torch.tensor([0.6, 0.0, 0.4]), atol=0.03, rtol=0)
+
+
 def test_sampling_is_reproducible_with_a_seed():
     prior = make_prior(CONFIGS[0])
     classes = torch.arange(10)
-    first = prior.sample(classes, 1.0, torch.Generator().manual_seed(3))
-    again = prior.sample(classes, 1.0, torch.Generator().manual_seed(3))
-    other = prior.sample(classes, 1.0, torch.Generator().manual_seed(4))
+    first = prior.sample(classes, 1.0, 1.0, torch.Generator().manual_seed(3))
+    again = prior.sample(classes, 1.0, 1.0, torch.Generator().manual_seed(3))
+    other = prior.sample(classes, 1.0, 1.0, torch.Generator().manual_seed(4))
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 

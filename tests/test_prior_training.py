@@ -27,6 +27,9 @@ def test_prior_is_trained_after_the_autoencoder_logged_and_stored_in_best(tiny_m
     prior = best["prior"]
     assert prior["config"]["num_embeddings"] == 16 and prior["config"]["width"] == 16
     assert prior["epoch"] == 1 and 0 < prior["val_nll_bits"] < 2 * math.log2(16)
+    # p(class): the tiny training set's 256 labels are 0..9 repeated, so 26 of each of 0..5 and 25 of 6..9.
+    expected = torch.tensor([26.0] * 6 + [25.0] * 4) / 256
+    torch.testing.assert_close(prior["model"]["class_frequencies"], expected)
     rebuilt = CodePrior(PriorConfig(**prior["config"]))
     rebuilt.load_state_dict(prior["model"])
 
@@ -127,9 +130,9 @@ def test_prior_learns_a_code_pattern_per_class_and_samples_them():
     prior.eval()
     generator = torch.Generator().manual_seed(0)
     asked = torch.arange(3).repeat(10)
-    assert torch.equal(prior.sample(asked, 1.0, generator), patterns[asked])
+    assert torch.equal(prior.sample(asked, 1.0, generator=generator), patterns[asked])
     # A little below temperature 1, so that the mixture's small leftovers between patterns are not sampled.
-    unconditional = prior.sample(torch.full((30,), prior.no_class), 0.7, generator)
+    unconditional = prior.sample(torch.full((30,), prior.no_class), 0.7, generator=generator)
     matches = (unconditional[:, None] == patterns[None]).flatten(2).all(-1)  # (30, 3): equal to pattern c?
     assert matches.any(1).all()
     assert matches.sum(0).min() > 0, "some class never comes up without a class token"
