@@ -16,6 +16,7 @@ its codes. --temperature and --guidance (classifier-free guidance) trade variety
 "random" does; it is kept for comparison.
 The architecture comes from the checkpoint; --hidden-size and --k, if given, are only checked against it.
 """
+import time
 from pathlib import Path
 
 import torch
@@ -118,9 +119,12 @@ def main(args) -> None:
             classes, what = torch.full((count,), args.digit), f"prior samples of digit {args.digit}"
         else:
             classes, what = torch.arange(GRID_SIDE).repeat_interleave(GRID_SIDE), "prior samples, row i = digit i"
+        started = time.perf_counter()
         codes = prior.sample(classes.to(device), args.temperature, args.guidance, generator)  # (100, 7, 7)
+        seconds = time.perf_counter() - started
         save_grid(model.to_pixels(model.decode(codes)), path)
-        print(f"wrote {path} ({what}, temperature {args.temperature}, guidance {args.guidance})")
+        print(f"wrote {path} ({what}, temperature {args.temperature}, guidance {args.guidance}; the 100 code grids "
+              f"took {seconds:.2f} s to sample)")
     else:
         noise = torch.randn(count, model.config.in_channels, 28, 28, generator=generator).to(device)
         save_grid(model.to_pixels(model(noise).x_recon), path)

@@ -277,6 +277,7 @@ def train_prior(args, model_dir: Path, writer: SummaryWriter, stop: StopOnSignal
                 data: tuple) -> None:
     """Fit the prior over the code grids of the autoencoder in best.pt and store it in best.pt, at the epoch of
     its best validation NLL."""
+    prior_started = time.perf_counter()
     path = model_dir / "best.pt"
     checkpoint = load_checkpoint(path, "cpu")
     model, _ = load_model(path, device)
@@ -361,7 +362,8 @@ def train_prior(args, model_dir: Path, writer: SummaryWriter, stop: StopOnSignal
         writer.flush()
         tqdm.write(f"prior epoch {epoch:>2}/{args.prior_epochs}  val NLL {val_nll:.3f} bits/code with the class, "
                    f"{unconditional_nll:.3f} without  {seconds:.1f} s" + ("  [best]" if improved else ""))
-    print(f"prior saved in {path}; next: python generate.py --model {path} --input random --filename samples")
+    print(f"prior ({time.perf_counter() - prior_started:.0f} s, codes included) saved in {path}; next: python "
+          f"generate.py --model {path} --input random --filename samples")
 
 
 def check_finite(first_bad_step: torch.Tensor, model_dir: Path) -> None:
@@ -469,6 +471,7 @@ def main(args) -> None:
         }
         return make_checkpoint(model, optimizer, epoch, step, val=val, args=vars(args), training=training)
 
+    run_started = time.perf_counter()
     # purge_step drops events an interrupted run wrote after its last checkpoint, so the curves do not jump.
     writer = SummaryWriter(log_dir, purge_step=step + 1 if resumed is not None else None)
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
@@ -532,7 +535,8 @@ def main(args) -> None:
             if stop.received:
                 writer.close()
                 raise stop.stopped(f"after epoch {epoch}", model_dir, args.output_folder)
-        print(f"best autoencoder: {model_dir / 'best.pt'} (epoch {best_epoch}); "
+        print(f"autoencoder trained in {time.perf_counter() - run_started:.0f} s; best: {model_dir / 'best.pt'} "
+              f"(epoch {best_epoch}); "
               f"python generate.py --model {model_dir / 'best.pt'} --input MNIST --filename recon")
         if args.prior_epochs:
             train_prior(args, model_dir, writer, stop, device, prior_data)
