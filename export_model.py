@@ -1,0 +1,49 @@
+"""Write a checkpoint's model without its training state: a small file to share or to commit.
+
+Usage:
+    python export_model.py --model models/vqvae/best.pt --output pretrained/vqvae_mnist.pt
+
+The file keeps what generate.py and evaluate.py use (the autoencoder's config and weights, the prior, the epoch
+and step, the validation scores and the training flags) and drops what only --resume needs (the optimizer
+state, the schedule, the random-number generator states). It prints the file's size and SHA-256.
+"""
+import hashlib
+from pathlib import Path
+
+from utils import ArgumentParser, UserError, load_checkpoint, load_model, load_prior, run_cli, save_checkpoint
+
+KEPT = ("config", "model", "prior", "epoch", "step", "val", "args")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Write a checkpoint's model without its training state.")
+    parser.add_argument("--model", default="models/vqvae/best.pt",
+                        help="checkpoint written by vqvae.py (default: models/vqvae/best.pt)")
+    parser.add_argument("--output", required=True, help="file to write, such as pretrained/vqvae_mnist.pt")
+    parser.add_argument("--allow-no-prior", action="store_true",
+                        help="export an autoencoder without a prior (default: refuse, since --input random needs it)")
+    return parser
+
+
+def main(args) -> None:
+    checkpoint = load_checkpoint(args.model, "cpu")
+    load_model(args.model, "cpu")  # the weights must fit their config before they are shared
+    if "prior" in checkpoint:
+        load_prior(checkpoint, args.model, "cpu")
+    elif not args.allow_no_prior:
+        raise UserError(f"{args.model} has no prior, so generate.py --input random could not use the export: "
+                        "train one with vqvae.py --prior-only, or pass --allow-no-prior")
+    output = Path(args.output)
+    if output.resolve() == Path(args.model).resolve():
+        raise UserError("--output must differ from --model: the export would replace the checkpoint it reads")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(output, {key: checkpoint[key] for key in KEPT if key in checkpoint})
+    except OSError as error:
+        raise UserError(f"cannot write {output}: {error.strerror or error}") from None
+    digest = hashlib.sha256(output.read_bytes()).hexdigest()
+    print(f"wrote {output}: {output.stat().st_size:,} bytes, SHA-256 {digest}")
+
+
+if __name__ == "__main__":
+    run_cli(main, build_parser().parse_args())

@@ -1,0 +1,63 @@
+"""export_model.py writes a checkpoint's model without its training state, and the export works in generate.py
+and evaluate.py exactly as the checkpoint does."""
+import hashlib
+import json
+
+import pytest
+import torch
+
+import evaluate
+import export_model
+import generate
+from test_pipeline import train_tiny
+from utils import UserError
+
+
+def export(*flags):
+    export_model.main(export_model.build_parser().parse_args(list(flags)))
+
+
+def test_export_drops_the_training_state_and_scores_like_the_checkpoint(tiny_mnist, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    export("--model", "models/tiny/best.pt", "--output", "shared/tiny.pt")
+    printed = capsys.readouterr().out
+    assert hashlib.sha256((tmp_path / "shared" / "tiny.pt").read_bytes()).hexdigest() in printed
+
+    original = torch.load("models/tiny/best.pt", weights_only=True)
+    exported = torch.load("shared/tiny.pt", weights_only=True)
+    assert set(exported) == {"config", "model", "prior", "epoch", "step", "val", "args"}
+    for name, tensor in original["model"].items():
+        assert torch.equal(tensor, exported["model"][name]), name
+    for name, tensor in original["prior"]["model"].items():
+        assert torch.equal(tensor, exported["prior"]["model"][name]), name
+
+    reports = []
+    for path in ("models/tiny/best.pt", "shared/tiny.pt"):
+        evaluate.main(evaluate.build_parser().parse_args(
+            ["--model", path, "--json", "--data-folder", str(tiny_mnist), "--samples", "30"]))
+        reports.append(json.loads(capsys.readouterr().out))
+    assert reports[0] == reports[1]
+    generate.main(generate.build_parser().parse_args(["--model", "shared/tiny.pt", "--input", "random"]))
+    assert (tmp_path / "generatedImages" / "random.png").is_file()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "models/tiny/best.pt", "--output", "models/tiny/best.pt"], "must differ"),
+    (["--model", "models/tiny/missing.pt", "--output", "out.pt"], "no checkpoint"),
+])
+def test_export_errors(flags, message, tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    with pytest.raises(UserError, match=message):
+        export(*flags)
+
+
+def test_export_without_a_prior_needs_to_be_asked_for(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist, "--prior-epochs", "0")
+    with pytest.raises(UserError, match="no prior"):
+        export("--model", "models/tiny/best.pt", "--output", "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+    export("--model", "models/tiny/best.pt", "--output", "out.pt", "--allow-no-prior")
+    assert "prior" not in torch.load("out.pt", weights_only=True)
