@@ -176,7 +176,7 @@ class DigitClassifier(nn.Module):
 
 
 # Sampling defaults of generate.py and evaluate.py, and of the samples TensorBoard shows; see CodePrior.sample.
-SAMPLING_TEMPERATURE = 0.8
+SAMPLING_TEMPERATURE = 1.0
 GUIDANCE = 1.0
 
 
@@ -190,7 +190,7 @@ class PriorConfig:
     width: int = 96
     num_layers: int = 3
     num_heads: int = 4
-    dropout: float = 0.1
+    dropout: float = 0.0
 
 
 class CausalSelfAttention(nn.Module):
