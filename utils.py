@@ -13,12 +13,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import datasets
 
 from modules import VQVAE, CodePrior, DigitClassifier, PriorConfig, VQVAEConfig, images_to_inputs
-from vector_quantizer import perplexity_from_counts
+from vector_quantizer import distributed, perplexity_from_counts
 
 # MD5 of the four original MNIST files after gunzip (the .gz bytes differ between mirrors, the content does not).
 MNIST_MD5 = {
@@ -53,13 +54,15 @@ class ArgumentParser(argparse.ArgumentParser):
 def run_cli(main, args: argparse.Namespace) -> None:
     """Run a script's main(args), turning a UserError or Ctrl-C into one line on stderr and an exit status."""
     prog = Path(sys.argv[0]).name
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun; 0 in a plain run
     try:
         main(args)
     except UserError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}" + (f" (process {rank})" if rank else ""), file=sys.stderr)
         sys.exit(2)
     except RunStopped as stopped:
-        print(f"{prog}: {stopped}", file=sys.stderr)
+        if rank == 0:  # every process stops together; one says so
+            print(f"{prog}: {stopped}", file=sys.stderr)
         sys.exit(stopped.exit_code)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
@@ -197,11 +200,21 @@ def split_train_validation(images: Tensor, val_size: int) -> tuple[Tensor, Tenso
 # ---------------------------------------------------------------------------------------------------- training
 
 
+def shard_size(count: int, num_shards: int) -> int:
+    """Images per process and epoch: every process gets as many, so they all take the same number of steps."""
+    return count // num_shards
+
+
 def epoch_batches(images: torch.Tensor, batch_size: int, generator: torch.Generator, num_workers: int,
-                  skip: int = 0):
+                  skip: int = 0, shard: int = 0, num_shards: int = 1):
     """One epoch of shuffled batches of images (N, 28, 28) uint8, cut by index from the tensor in memory, less
-    the first `skip` (done before a resume). With workers, a DataLoader cuts the same batches in worker processes."""
-    batches = torch.randperm(len(images), generator=generator).to(images.device).split(batch_size)[skip:]
+    the first `skip` (done before a resume). With workers, a DataLoader cuts the same batches in worker processes.
+
+    Under torchrun every process draws the same shuffled order (same generator state) and takes every
+    num_shards-th image of it from position `shard`: disjoint shards of equal size."""
+    order = torch.randperm(len(images), generator=generator)
+    order = order[shard::num_shards][:shard_size(len(images), num_shards)]
+    batches = order.to(images.device).split(batch_size)[skip:]
     if num_workers == 0:
         return (images[indices] for indices in batches)
     # Its own generator for the workers' seeds, so starting workers leaves the global RNG (restarts use it) alone.
@@ -330,13 +343,18 @@ class ReconstructionScores:
 
 @torch.no_grad()
 def score_reconstructions(model: VQVAE, images: Tensor, batch_size: int, device: torch.device) -> ReconstructionScores:
-    """Scores of a whole image set (N, 28, 28) uint8, from sums and code counts over all its batches."""
+    """Scores of a whole image set (N, 28, 28) uint8, from sums and code counts over all its batches.
+
+    Under torchrun each process scores every world_size-th image and the sums and counts are added up over the
+    processes, so every process gets the scores of the whole set."""
     was_training = model.training
     model.eval()
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
+    shard = images[rank::world_size]
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # recon, codebook, commitment, squared pixel error
     counts = torch.zeros(model.config.num_embeddings, dtype=torch.int64, device=device)
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].to(device)
+    for start in range(0, len(shard), batch_size):
+        batch = shard[start:start + batch_size].to(device)
         x = images_to_inputs(batch)
         x_recon, quantized = model(x)
         size = len(batch)
@@ -346,6 +364,9 @@ def score_reconstructions(model: VQVAE, images: Tensor, batch_size: int, device:
         sums[3] += (model.to_pixels(x_recon) - batch.unsqueeze(1).float() / 255).pow(2).sum().double()
         counts += torch.bincount(quantized.indices.flatten(), minlength=len(counts))
     model.train(was_training)
+    if distributed():
+        dist.all_reduce(sums)
+        dist.all_reduce(counts)
 
     recon_loss, codebook_loss, commitment_loss = (sums[:3] / len(images)).tolist()
     mse = sums[3].item() / images[0].numel() / len(images)

@@ -10,10 +10,15 @@ Options that keep the whole codebook in use: initialising the codes from the fir
 (random picks or k-means++ seeding) instead of a tiny uniform init, and restarting a code whose moving-average
 use falls below a threshold onto a random encoder output of the current batch. With `cosine`, encoder outputs
 and codes are L2-normalised, so the nearest code is the one with the highest cosine similarity.
+
+Under torch.distributed (torchrun), the codebook stays identical on every process: the counts and sums behind
+the moving averages are averaged over all processes every step, and the initial codes and restart candidates
+come from process 0's batch, broadcast to the others.
 """
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,6 +32,26 @@ class QuantizerOutput(NamedTuple):
     codebook_loss: Tensor  # ||sg[z_e] - e||^2, trains the codebook only (reported, not trained on, with EMA)
     commitment_loss: Tensor  # beta * ||z_e - sg[e]||^2, trains the encoder only
     perplexity: Tensor  # exp(entropy of the code usage in this batch), in [1, K]
+
+
+def distributed() -> bool:
+    """True inside a process group of more than one process (torchrun)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def mean_over_processes(tensor: Tensor) -> Tensor:
+    """The mean of tensor over all processes, in place (nothing happens in a single process)."""
+    if distributed():
+        dist.all_reduce(tensor)
+        tensor.div_(dist.get_world_size())
+    return tensor
+
+
+def from_process_zero(tensor: Tensor) -> Tensor:
+    """Process 0's value of tensor, in place, on every process (nothing happens in a single process)."""
+    if distributed():
+        dist.broadcast(tensor, src=0)
+    return tensor
 
 
 def perplexity_from_counts(counts: Tensor) -> Tensor:
@@ -120,18 +145,20 @@ class VectorQuantizer(nn.Module):
                 picks = torch.randint(len(flat), (self.num_embeddings,), device=flat.device)
             codes = flat[picks]
         else:
-            codes = self.embedding.weight
-        self.set_codebook(codes, len(flat) / self.num_embeddings)
+            codes = self.embedding.weight.detach().clone()
+        self.set_codebook(from_process_zero(codes.contiguous()), len(flat) / self.num_embeddings)
 
     @torch.no_grad()
     def update_codebook(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:
         """One training step's codebook update from the batch's encoder outputs flat (N, D) and their codes."""
         decay = self.decay
-        self.cluster_size.mul_(decay).add_(counts.to(self.cluster_size.dtype), alpha=1 - decay)
+        # Averaged over processes: every process then takes the same step, from the mean batch of all of them.
+        counts = mean_over_processes(counts.to(self.cluster_size.dtype))
+        self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
         weight = self.embedding.weight
         if self.codebook_update == "ema":
             sums = torch.zeros_like(self.embed_sum).index_add_(0, indices, flat.to(self.embed_sum.dtype))
-            self.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
+            self.embed_sum.mul_(decay).add_(mean_over_processes(sums), alpha=1 - decay)
             # Laplace smoothing: a code with a (near) zero count is divided by epsilon-sized counts, not by zero.
             total = self.cluster_size.sum()
             smoothed = (self.cluster_size + self.epsilon) / (total + self.num_embeddings * self.epsilon) * total
@@ -139,7 +166,7 @@ class VectorQuantizer(nn.Module):
         if self.restart_threshold > 0:
             # Every code gets a candidate and only the dead ones take it: no host sync to count them.
             dead = (self.cluster_size < self.restart_threshold).unsqueeze(1)  # (K, 1)
-            candidates = flat[torch.randint(len(flat), (self.num_embeddings,), device=flat.device)]
+            candidates = from_process_zero(flat[torch.randint(len(flat), (self.num_embeddings,), device=flat.device)])
             weight.copy_(torch.where(dead, candidates.to(weight.dtype), weight))
             fair_share = len(flat) / self.num_embeddings
             self.cluster_size.copy_(torch.where(dead.squeeze(1), fair_share, self.cluster_size))

@@ -13,13 +13,17 @@ reconstruction loss improves.
 The validation set is the last --val-size images of the MNIST training set; the test set is left for evaluate.py.
 """
 import argparse
+import contextlib
 import math
+import os
 from dataclasses import asdict
 import signal
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
@@ -28,9 +32,9 @@ from modules import (DECODER_OUTPUTS, GUIDANCE, SAMPLING_TEMPERATURE, VQVAE, Cod
                      images_to_inputs)
 from utils import (ArgumentParser, RunStopped, UserError, epoch_batches, load_checkpoint, load_mnist, load_model,
                    make_checkpoint, nonnegative_float, nonnegative_int, plain_name, positive_float, positive_int,
-                   resolve_device, run_cli, save_checkpoint, score_reconstructions, split_train_validation,
-                   training_step, unit_interval)
-from vector_quantizer import CODEBOOK_INITS, CODEBOOK_UPDATES
+                   resolve_device, run_cli, save_checkpoint, score_reconstructions, shard_size,
+                   split_train_validation, training_step, unit_interval)
+from vector_quantizer import CODEBOOK_INITS, CODEBOOK_UPDATES, distributed
 
 NUM_FIXED_IMAGES = 32  # validation digits whose reconstructions TensorBoard shows after every epoch
 DEFAULT_PRIOR_EPOCHS = 8
@@ -129,13 +133,16 @@ def config_from_args(args) -> VQVAEConfig:
         decoder_output=args.decoder_output)
 
 
-def prepare_run_folders(name: str, overwrite: bool, resume: bool) -> tuple[Path, Path]:
-    """Make logs/NAME and models/NAME, refusing to replace an earlier run's checkpoints unless asked."""
+def prepare_run_folders(name: str, overwrite: bool, resume: bool, create: bool = True) -> tuple[Path, Path]:
+    """Make logs/NAME and models/NAME, refusing to replace an earlier run's checkpoints unless asked. Under
+    torchrun every process checks, and only process 0 creates and cleans (create=True)."""
     log_dir, model_dir = Path("logs") / name, Path("models") / name
     existing = [path for path in (model_dir / "best.pt", model_dir / "last.pt") if path.exists()]
     if existing and not (overwrite or resume):
         raise UserError(f"{existing[0]} already exists: pass --resume to continue that run, --overwrite to "
                         "replace it, or choose another --output-folder")
+    if not create:
+        return log_dir, model_dir
     try:
         for folder in (log_dir, model_dir):
             folder.mkdir(parents=True, exist_ok=True)
@@ -246,6 +253,17 @@ class StopOnSignal:
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+    def agreed(self) -> bool:
+        """Whether to stop now: a signal came here, or (under torchrun) to any process. A collective call there, so
+        every process must make it at the same step; all of them then stop together."""
+        if not distributed():
+            return self.received is not None
+        flag = torch.tensor([0 if self.received is None else self.received.value])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.received is None:
+            self.received = signal.Signals(flag.item())
+        return bool(flag.item())
 
     def stopped(self, where: str, model_dir: Path, name: str) -> RunStopped:
         """The one-line report of a stop after last.pt was saved, with exit status 128 + the signal's number."""
@@ -400,11 +418,45 @@ def prior_only(args, device: torch.device) -> None:
     writer.close()
 
 
-def main(args) -> None:
-    device = resolve_device(args.device)
-    if args.prior_only:
-        prior_only(args, device)
+class NoWriter:
+    """Stands in for the SummaryWriter on the processes other than 0 under torchrun: they log nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def process_group(device_name: str):
+    """Yield (rank, world_size, device). Under torchrun (WORLD_SIZE > 1) join the process group first: gloo on
+    CPU, nccl on CUDA with one GPU per process (LOCAL_RANK); a plain `python vqvae.py` is rank 0 of 1."""
+    device = resolve_device(device_name)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        yield 0, 1, device
         return
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield dist.get_rank(), world_size, device
+    finally:
+        dist.destroy_process_group()
+
+
+def main(args):
+    """Train as the command line says; returns the trained autoencoder (None when there was nothing to train)."""
+    with process_group(args.device) as (rank, world_size, device):
+        if args.prior_only:
+            if world_size > 1:
+                raise UserError("--prior-only runs in one process: start it with python vqvae.py, not torchrun")
+            prior_only(args, device)
+            return None
+        return train(args, rank, world_size, device)
+
+
+def train(args, rank: int, world_size: int, device: torch.device):
+    main_process = rank == 0  # the one that prints, logs and saves
     model_dir = Path("models") / args.output_folder
     resumed = None
     if args.resume:
@@ -420,19 +472,23 @@ def main(args) -> None:
     train_images, val_images = split_train_validation(images, args.val_size)
     train_labels, val_labels = split_train_validation(labels, args.val_size)
     prior_data = (train_images, train_labels, val_images, val_labels)
-    log_dir, model_dir = prepare_run_folders(args.output_folder, args.overwrite, args.resume)
+    log_dir, model_dir = prepare_run_folders(args.output_folder, args.overwrite, args.resume, create=main_process)
     fixed_images = val_images[:NUM_FIXED_IMAGES].to(device)
     # The training set lives in memory as one uint8 tensor, on the training device unless workers read it.
     train_images = train_images.to(device if args.num_workers == 0 else "cpu")
     shuffle_generator = torch.Generator().manual_seed(args.seed)
-    steps_per_epoch = math.ceil(len(train_images) / args.batch_size)
+    steps_per_epoch = math.ceil(shard_size(len(train_images), world_size) / args.batch_size)
 
     config = config_from_args(args)
     model = VQVAE(config).to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed 28x28 shapes: let cuDNN pick its fastest kernels once
+    # DDP averages the gradients over the processes; the quantizer keeps its codebook in step itself.
+    forward = model
+    if world_size > 1:
+        forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     # The compiled module shares the plain one's parameters and buffers; checkpoints save the plain one.
-    forward = torch.compile(model) if args.compile else model
+    forward = torch.compile(forward) if args.compile else forward
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     total_steps = args.num_epochs * steps_per_epoch
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -446,18 +502,23 @@ def main(args) -> None:
         epoch, step, batches_done, best_recon_loss, best_epoch = restore_training_state(
             resumed, model, optimizer, schedule, shuffle_generator, device)
         if epoch >= args.num_epochs:
+            if not main_process:
+                return None
             if args.prior_epochs and "prior" not in load_checkpoint(model_dir / "best.pt", "cpu"):
                 print(f"{model_dir / 'last.pt'} already finished its {args.num_epochs} epochs; training its prior")
                 with SummaryWriter(log_dir) as writer, StopOnSignal() as stop:
                     train_prior(args, model_dir, writer, stop, device, prior_data)
             else:
                 print(f"{model_dir / 'last.pt'} already finished its {args.num_epochs} epochs; nothing to do")
-            return
-        print(f"resuming {model_dir / 'last.pt'} at epoch {epoch + 1}, batch {batches_done + 1} (step {step})")
+            return None
+        if main_process:
+            print(f"resuming {model_dir / 'last.pt'} at epoch {epoch + 1}, batch {batches_done + 1} (step {step})")
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
-    print(f"training on {device}: {len(train_images):,} train / {len(val_images):,} validation images, "
-          f"K={config.num_embeddings}, D={config.code_dim}, {num_parameters:,} parameters; "
-          f"logs in {log_dir}, checkpoints in {model_dir}")
+    if main_process:
+        processes = f" x {world_size} processes" if world_size > 1 else ""
+        print(f"training on {device}{processes}: {len(train_images):,} train / {len(val_images):,} validation "
+              f"images, K={config.num_embeddings}, D={config.code_dim}, {num_parameters:,} parameters; "
+              f"logs in {log_dir}, checkpoints in {model_dir}")
 
     def checkpoint(val=None) -> dict:
         training = {
@@ -473,7 +534,8 @@ def main(args) -> None:
 
     run_started = time.perf_counter()
     # purge_step drops events an interrupted run wrote after its last checkpoint, so the curves do not jump.
-    writer = SummaryWriter(log_dir, purge_step=step + 1 if resumed is not None else None)
+    writer = (SummaryWriter(log_dir, purge_step=step + 1 if resumed is not None else None) if main_process
+              else NoWriter())
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
     with StopOnSignal() as stop:
         while epoch < args.num_epochs:
@@ -484,10 +546,10 @@ def main(args) -> None:
             running = torch.zeros(5, device=device)  # total, reconstruction, codebook, commitment, perplexity
             running_steps = 0
             batches = epoch_batches(train_images, args.batch_size, shuffle_generator, args.num_workers,
-                                    skip=batches_done)
+                                    skip=batches_done, shard=rank, num_shards=world_size)
             progress = tqdm(batches, initial=batches_done, total=steps_per_epoch,
                             desc=f"epoch {epoch + 1}/{args.num_epochs}", unit="batch", leave=False,
-                            dynamic_ncols=True)
+                            dynamic_ncols=True, disable=not main_process)
             for batch in progress:
                 losses = training_step(model, optimizer, batch.to(device, non_blocking=True), amp=args.amp,
                                        forward=forward)
@@ -499,14 +561,19 @@ def main(args) -> None:
                 first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(losses[0]), step, first_bad_step)
                 running += losses
                 running_steps += 1
-                if step % args.log_interval == 0 or stop.received:
+                # Under torchrun the processes agree on stopping at the logging steps only: a collective per step
+                # would cost a sync per step.
+                stopping = (step % args.log_interval == 0 or world_size == 1) and stop.agreed()
+                if step % args.log_interval == 0 or stopping:
                     check_finite(first_bad_step, model_dir)
-                    log_training(writer, progress, running / running_steps, schedule.get_last_lr()[0], step)
+                    if main_process:
+                        log_training(writer, progress, running / running_steps, schedule.get_last_lr()[0], step)
                     running.zero_()
                     running_steps = 0
-                if stop.received:
+                if stopping:
                     progress.close()
-                    save_checkpoint(model_dir / "last.pt", checkpoint())
+                    if main_process:
+                        save_checkpoint(model_dir / "last.pt", checkpoint())
                     writer.close()
                     raise stop.stopped(f"at step {step} (epoch {epoch + 1}, batch {batches_done} of "
                                        f"{steps_per_epoch})", model_dir, args.output_folder)
@@ -515,32 +582,39 @@ def main(args) -> None:
             epoch, batches_done = epoch + 1, 0
             epoch_shuffle_state = shuffle_generator.get_state()
             scores = score_reconstructions(model, val_images, batch_size=1000, device=device)
-            log_validation(writer, model, scores, fixed_images, step)
+            if main_process:
+                log_validation(writer, model, scores, fixed_images, step)
             improved = scores.recon_loss < best_recon_loss
             if improved:
                 best_recon_loss, best_epoch = scores.recon_loss, epoch
             val = {"recon_loss": scores.recon_loss, "mse": scores.mse, "codebook_usage": scores.codebook_usage,
                    "perplexity": scores.perplexity}
-            state = checkpoint(val)
-            save_checkpoint(model_dir / "last.pt", state)
-            if improved:
-                save_checkpoint(model_dir / "best.pt", state)
-            seconds = time.perf_counter() - started
-            writer.add_scalar("time/epoch_seconds", seconds, step)
-            writer.flush()
-            tqdm.write(f"epoch {epoch:>2}/{args.num_epochs}  val recon loss {scores.recon_loss:.5f}  "
-                       f"MSE {scores.mse:.5f} ({scores.psnr:.1f} dB)  "
-                       f"codes used {scores.codes_used}/{config.num_embeddings} ({scores.codebook_usage:.1%})  "
-                       f"perplexity {scores.perplexity:.1f}  {seconds:.1f} s" + ("  [best]" if improved else ""))
-            if stop.received:
+            if main_process:
+                state = checkpoint(val)
+                save_checkpoint(model_dir / "last.pt", state)
+                if improved:
+                    save_checkpoint(model_dir / "best.pt", state)
+                seconds = time.perf_counter() - started
+                writer.add_scalar("time/epoch_seconds", seconds, step)
+                writer.flush()
+                tqdm.write(f"epoch {epoch:>2}/{args.num_epochs}  val recon loss {scores.recon_loss:.5f}  "
+                           f"MSE {scores.mse:.5f} ({scores.psnr:.1f} dB)  codes used {scores.codes_used}/"
+                           f"{config.num_embeddings} ({scores.codebook_usage:.1%})  perplexity "
+                           f"{scores.perplexity:.1f}  {seconds:.1f} s" + ("  [best]" if improved else ""))
+            if stop.agreed():
                 writer.close()
                 raise stop.stopped(f"after epoch {epoch}", model_dir, args.output_folder)
-        print(f"autoencoder trained in {time.perf_counter() - run_started:.0f} s; best: {model_dir / 'best.pt'} "
-              f"(epoch {best_epoch}); "
-              f"python generate.py --model {model_dir / 'best.pt'} --input MNIST --filename recon")
-        if args.prior_epochs:
-            train_prior(args, model_dir, writer, stop, device, prior_data)
+        if world_size > 1:
+            dist.barrier()  # the others leave only once process 0 has written the last checkpoint
+        if main_process:
+            print(f"autoencoder trained in {time.perf_counter() - run_started:.0f} s; best: "
+                  f"{model_dir / 'best.pt'} (epoch {best_epoch}); "
+                  f"python generate.py --model {model_dir / 'best.pt'} --input MNIST --filename recon")
+            if args.prior_epochs:
+                # The prior is small and trains in the one process; under torchrun the others are done.
+                train_prior(args, model_dir, writer, stop, device, prior_data)
     writer.close()
+    return model
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""vqvae.py under torchrun: two gloo processes on CPU train on disjoint shards, keep bit-identical codebooks,
+write one checkpoint that generate.py loads, and stop and resume together."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import generate
+import utils
+from test_pipeline import TINY_PRIOR
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
+FLAGS = ("--val-size", "64", "--batch-size", "32", "--hidden-size", "8", "--k", "16", "--log-interval", "1",
+         "--output-folder", "ddp", *TINY_PRIOR)
+
+
+def torchrun(tmp_path, data_folder, *flags, stop_at_step=0):
+    """Run the worker in 2 processes with torchrun, in tmp_path; returns the CompletedProcess."""
+    checksums = tmp_path / "checksums.json"
+    checksums.write_text(json.dumps(utils.MNIST_MD5))  # the tiny files' MD5s, patched in by the fixture
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
+               str(checksums), str(tmp_path), str(stop_at_step), "--data-folder", str(data_folder), *FLAGS, *flags]
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def test_two_processes_share_one_codebook_and_write_one_usable_checkpoint(tiny_mnist, tmp_path, monkeypatch):
+    result = torchrun(tmp_path, tiny_mnist, "--num-epochs", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    codebooks = [torch.load(tmp_path / f"codebook{rank}.pt") for rank in (0, 1)]
+    assert torch.equal(codebooks[0], codebooks[1]), "the processes' codebooks differ"
+    assert result.stdout.count("training on cpu x 2 processes") == 1, "more than process 0 printed"
+
+    checkpoint = torch.load(tmp_path / "models" / "ddp" / "last.pt", weights_only=True)
+    # 256 training images: 128 per process, 4 batches of 32 per epoch.
+    assert checkpoint["epoch"] == 2 and checkpoint["step"] == 8
+    assert torch.equal(checkpoint["model"]["quantizer.embedding.weight"], codebooks[0])
+    assert "prior" in torch.load(tmp_path / "models" / "ddp" / "best.pt", weights_only=True)
+
+    monkeypatch.chdir(tmp_path)
+    for mode in ("MNIST", "random"):
+        generate.main(generate.build_parser().parse_args(
+            ["--model", "models/ddp/best.pt", "--input", mode, "--data-folder", str(tiny_mnist)]))
+        assert (tmp_path / "generatedImages" / f"{mode}.png").is_file()
+
+
+def test_sigterm_stops_both_processes_and_resume_under_torchrun_matches_an_uninterrupted_run(tiny_mnist, tmp_path):
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    for folder in (uninterrupted, interrupted):
+        folder.mkdir()
+    assert torchrun(uninterrupted, tiny_mnist, "--num-epochs", "2").returncode == 0
+
+    stopped = torchrun(interrupted, tiny_mnist, "--num-epochs", "2", stop_at_step=3)
+    assert stopped.returncode != 0
+    assert stopped.stderr.count("stopped by SIGTERM at step 3") == 1, stopped.stderr[-2000:]
+    assert torch.load(interrupted / "models" / "ddp" / "last.pt", weights_only=True)["step"] == 3
+    resumed = torchrun(interrupted, tiny_mnist, "--num-epochs", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    expected = torch.load(uninterrupted / "models" / "ddp" / "last.pt", weights_only=True)["model"]
+    actual = torch.load(interrupted / "models" / "ddp" / "last.pt", weights_only=True)["model"]
+    for name, tensor in expected.items():
+        assert torch.allclose(tensor.double(), actual[name].double(), rtol=0, atol=1e-6), name
+    assert torch.equal(torch.load(interrupted / "codebook0.pt"), torch.load(interrupted / "codebook1.pt"))
