@@ -177,7 +177,7 @@ class DigitClassifier(nn.Module):
 
 # Sampling defaults of generate.py and evaluate.py, and of the samples TensorBoard shows; see CodePrior.sample.
 SAMPLING_TEMPERATURE = 1.0
-GUIDANCE = 1.0
+GUIDANCE = 0.75
 
 
 @dataclass

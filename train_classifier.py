@@ -7,6 +7,11 @@ Usage:
 It trains on all 60,000 MNIST training digits, with small random rotations, shifts and scalings so that it
 also reads slightly imperfect digits, and reports its accuracy on the 10,000 test digits, which is stored in
 the file beside the weights. The classifier is the project's own judge, not part of the VQ-VAE.
+
+A judge that calls anything a digit is no judge: without help, a CNN gives confident labels to noise. So each
+batch also holds random textures (Gaussian noise at a random coarseness, with a random contrast), and the
+classifier is trained to give them the uniform distribution over the ten classes (outlier exposure, Hendrycks
+et al., 2019), so that it is only confident about digits.
 """
 import math
 from pathlib import Path
@@ -18,6 +23,9 @@ from tqdm import tqdm
 from modules import DigitClassifier, images_to_inputs
 from utils import (ArgumentParser, UserError, classifier_accuracy, load_mnist, positive_float, positive_int,
                    resolve_device, run_cli, save_checkpoint)
+
+OUTLIERS_PER_DIGIT = 4  # a batch of 128 digits also holds 32 textures
+OUTLIER_WEIGHT = 0.5
 
 
 def build_parser() -> ArgumentParser:
@@ -47,6 +55,17 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1
 
 
+def textures(count: int, generator: torch.Generator) -> torch.Tensor:
+    """count non-digit images (count, 1, 28, 28) in [-1, 1]: Gaussian noise drawn at a random coarseness
+    (7x7 to 28x28, upsampled), pushed through tanh with a random contrast, so some are soft and some hard-edged."""
+    side = int(torch.randint(7, 29, (), generator=generator))
+    noise = torch.randn(count, 1, side, side, generator=generator)
+    noise = F.interpolate(noise, size=(28, 28), mode="bilinear", align_corners=False)
+    contrast = torch.rand(count, 1, 1, 1, generator=generator) * 4 + 0.5
+    offset = torch.rand(count, 1, 1, 1, generator=generator) * 2 - 1.5  # mostly dark, as digits are
+    return torch.tanh(noise * contrast + offset)
+
+
 def main(args) -> None:
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
@@ -71,7 +90,12 @@ def main(args) -> None:
         progress = tqdm(order.split(args.batch_size), desc=f"epoch {epoch}/{args.num_epochs}", unit="batch")
         for indices in progress:
             x = augment(images_to_inputs(train_images[indices]), generator)
-            loss = F.cross_entropy(model(x), train_labels[indices])
+            outliers = textures(len(indices) // OUTLIERS_PER_DIGIT, generator).to(device)
+            logits = model(torch.cat([x, outliers]))
+            digit_logits, outlier_logits = logits[:len(indices)], logits[len(indices):]
+            # Cross-entropy against the uniform distribution: the mean negative log-probability of all ten classes.
+            outlier_loss = -torch.log_softmax(outlier_logits, dim=1).mean()
+            loss = F.cross_entropy(digit_logits, train_labels[indices]) + OUTLIER_WEIGHT * outlier_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
