@@ -23,6 +23,7 @@ Five kinds are scored:
 - real: N real test digits, whose Frechet distance is the floor for that N.
 """
 import json
+import os
 
 import torch
 
@@ -118,7 +119,7 @@ def main(args) -> None:
         return
     samples = report["samples"]
     print(f"samples: {args.samples} of each kind, prior temperature {args.temperature}, guidance {args.guidance}, "
-          f"seed {args.seed}, judged by {args.classifier}")
+          f"seed {args.seed}, judged by {os.path.relpath(args.classifier)}")
     print(f"  {'':<20}  recognisable  class entropy  as asked  Frechet distance")
     for kind, label in SAMPLE_KINDS.items():
         if kind not in samples:

@@ -12,8 +12,9 @@ use falls below a threshold onto a random encoder output of the current batch. W
 and codes are L2-normalised, so the nearest code is the one with the highest cosine similarity.
 
 Under torch.distributed (torchrun), the codebook stays identical on every process: the counts and sums behind
-the moving averages are averaged over all processes every step, and the initial codes and restart candidates
-come from process 0's batch, broadcast to the others.
+the moving averages are added up over all processes every step, so they are those of the global batch (as if
+one process had taken all of it), and the initial codes and restart candidates come from process 0's batch,
+broadcast to the others.
 """
 from typing import NamedTuple
 
@@ -39,11 +40,14 @@ def distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def mean_over_processes(tensor: Tensor) -> Tensor:
-    """The mean of tensor over all processes, in place (nothing happens in a single process)."""
+def world_size() -> int:
+    return dist.get_world_size() if distributed() else 1
+
+
+def sum_over_processes(tensor: Tensor) -> Tensor:
+    """The sum of tensor over all processes, in place (nothing happens in a single process)."""
     if distributed():
         dist.all_reduce(tensor)
-        tensor.div_(dist.get_world_size())
     return tensor
 
 
@@ -146,19 +150,19 @@ class VectorQuantizer(nn.Module):
             codes = flat[picks]
         else:
             codes = self.embedding.weight.detach().clone()
-        self.set_codebook(from_process_zero(codes.contiguous()), len(flat) / self.num_embeddings)
+        self.set_codebook(from_process_zero(codes.contiguous()), len(flat) * world_size() / self.num_embeddings)
 
     @torch.no_grad()
     def update_codebook(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:
         """One training step's codebook update from the batch's encoder outputs flat (N, D) and their codes."""
         decay = self.decay
-        # Averaged over processes: every process then takes the same step, from the mean batch of all of them.
-        counts = mean_over_processes(counts.to(self.cluster_size.dtype))
+        # Added up over processes: every process then takes the same step, that of the global batch.
+        counts = sum_over_processes(counts.to(self.cluster_size.dtype))
         self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
         weight = self.embedding.weight
         if self.codebook_update == "ema":
             sums = torch.zeros_like(self.embed_sum).index_add_(0, indices, flat.to(self.embed_sum.dtype))
-            self.embed_sum.mul_(decay).add_(mean_over_processes(sums), alpha=1 - decay)
+            self.embed_sum.mul_(decay).add_(sum_over_processes(sums), alpha=1 - decay)
             # Laplace smoothing: a code with a (near) zero count is divided by epsilon-sized counts, not by zero.
             total = self.cluster_size.sum()
             smoothed = (self.cluster_size + self.epsilon) / (total + self.num_embeddings * self.epsilon) * total
@@ -168,7 +172,7 @@ class VectorQuantizer(nn.Module):
             dead = (self.cluster_size < self.restart_threshold).unsqueeze(1)  # (K, 1)
             candidates = from_process_zero(flat[torch.randint(len(flat), (self.num_embeddings,), device=flat.device)])
             weight.copy_(torch.where(dead, candidates.to(weight.dtype), weight))
-            fair_share = len(flat) / self.num_embeddings
+            fair_share = len(flat) * world_size() / self.num_embeddings
             self.cluster_size.copy_(torch.where(dead.squeeze(1), fair_share, self.cluster_size))
             self.embed_sum.copy_(torch.where(dead, weight * fair_share, self.embed_sum))
 

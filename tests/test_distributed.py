@@ -66,3 +66,36 @@ def test_sigterm_stops_both_processes_and_resume_under_torchrun_matches_an_unint
     for name, tensor in expected.items():
         assert torch.allclose(tensor.double(), actual[name].double(), rtol=0, atol=1e-6), name
     assert torch.equal(torch.load(interrupted / "codebook0.pt"), torch.load(interrupted / "codebook1.pt"))
+
+
+def update_on_half_batch(rank: int, store_path: str, flat: torch.Tensor, codes: torch.Tensor, results: str):
+    """In one of two gloo processes: one EMA step of a quantizer on this process's half of the batch."""
+    import torch.distributed as dist
+
+    from vector_quantizer import VectorQuantizer
+
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
+    quantizer = VectorQuantizer(len(codes), codes.shape[1], 0.25, codebook_update="ema", decay=0.9)
+    quantizer.set_codebook(codes, count=1.0)
+    half = flat.view(2, -1, *flat.shape[1:])[rank]  # (B/2, D, H, W)
+    quantizer(half)
+    torch.save({"weight": quantizer.embedding.weight.detach(), "cluster_size": quantizer.cluster_size},
+               f"{results}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_the_codebook_update_of_two_half_batches_is_that_of_the_whole_batch(tmp_path):
+    from vector_quantizer import VectorQuantizer
+
+    generator = torch.Generator().manual_seed(0)
+    z_e = torch.randn(8, 4, 3, 3, generator=generator)
+    codes = torch.randn(6, 4, generator=generator)
+    torch.multiprocessing.spawn(update_on_half_batch, nprocs=2,
+                                args=(str(tmp_path / "store"), z_e, codes, str(tmp_path)))
+    whole = VectorQuantizer(6, 4, 0.25, codebook_update="ema", decay=0.9)
+    whole.set_codebook(codes, count=1.0)
+    whole(z_e)
+    for rank in (0, 1):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(result["weight"], whole.embedding.weight.detach())
+        torch.testing.assert_close(result["cluster_size"], whole.cluster_size)
