@@ -20,6 +20,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--model", default="models/vqvae/best.pt",
                         help="checkpoint written by vqvae.py (default: models/vqvae/best.pt)")
     parser.add_argument("--output", required=True, help="file to write, such as pretrained/vqvae_mnist.pt")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists (default: refuse)")
     parser.add_argument("--allow-no-prior", action="store_true",
                         help="export an autoencoder without a prior (default: refuse, since --input random needs it)")
     return parser
@@ -36,6 +37,8 @@ def main(args) -> None:
     output = Path(args.output)
     if output.resolve() == Path(args.model).resolve():
         raise UserError("--output must differ from --model: the export would replace the checkpoint it reads")
+    if output.exists() and not args.overwrite:
+        raise UserError(f"{output} already exists: pass --overwrite to replace it, or choose another --output")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(output, {key: checkpoint[key] for key in KEPT if key in checkpoint})

@@ -42,6 +42,17 @@ def test_export_drops_the_training_state_and_scores_like_the_checkpoint(tiny_mni
     assert (tmp_path / "generatedImages" / "random.png").is_file()
 
 
+def test_export_does_not_replace_a_file_unless_asked(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    (tmp_path / "mine.pt").write_bytes(b"something of the user's")
+    with pytest.raises(UserError, match="--overwrite"):
+        export("--model", "models/tiny/best.pt", "--output", "mine.pt")
+    assert (tmp_path / "mine.pt").read_bytes() == b"something of the user's"
+    export("--model", "models/tiny/best.pt", "--output", "mine.pt", "--overwrite")
+    assert "prior" in torch.load("mine.pt", weights_only=True)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--model", "models/tiny/best.pt", "--output", "models/tiny/best.pt"], "must differ"),
     (["--model", "models/tiny/missing.pt", "--output", "out.pt"], "no checkpoint"),
