@@ -1,24 +1,26 @@
-"""Train a VQ-VAE on MNIST.
+"""Train a VQ-VAE on MNIST, then the prior over its codes.
 
 Usage:
-    python vqvae.py                                      # defaults: CPU, 10 epochs, run name "vqvae"
+    python vqvae.py                                      # defaults: CPU, 10 epochs, then 8 of the prior, run "vqvae"
     python vqvae.py --resume                             # after Ctrl-C or SIGTERM: go on where it stopped
     python vqvae.py --device cuda --amp --output-folder wide --hidden-size 128
-    python vqvae.py --num-epochs 1 --output-folder quick --overwrite
+    python vqvae.py --num-epochs 1 --prior-epochs 0 --output-folder quick --overwrite
+    python vqvae.py --output-folder quick --prior-only --prior-epochs 4    # a prior for an existing run
     python vqvae.py --codebook loss --init uniform --restart-threshold 0 --code-dim 0 --beta 1   # reference VQ
+    torchrun --standalone --nproc_per_node=2 vqvae.py --batch-size 32 --output-folder ddp    # 2 processes
 
 Writes TensorBoard logs to logs/NAME (`tensorboard --logdir logs`) and checkpoints to models/NAME:
 last.pt after every epoch (and when stopped by Ctrl-C or SIGTERM) and best.pt whenever the validation
-reconstruction loss improves.
+reconstruction loss improves. The prior then trains on the codes of best.pt's autoencoder and is stored in best.pt.
 The validation set is the last --val-size images of the MNIST training set; the test set is left for evaluate.py.
 """
 import argparse
 import contextlib
 import math
 import os
-from dataclasses import asdict
 import signal
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
