@@ -10,7 +10,7 @@ state, the schedule, the random-number generator states). It prints the file's s
 import hashlib
 from pathlib import Path
 
-from utils import ArgumentParser, UserError, load_checkpoint, load_model, load_prior, run_cli, save_checkpoint
+from utils import ArgumentParser, UserError, load_model, load_prior, run_cli, save_checkpoint
 
 KEPT = ("config", "model", "prior", "epoch", "step", "val", "args")
 
@@ -27,8 +27,7 @@ def build_parser() -> ArgumentParser:
 
 
 def main(args) -> None:
-    checkpoint = load_checkpoint(args.model, "cpu")
-    load_model(args.model, "cpu")  # the weights must fit their config before they are shared
+    _, checkpoint = load_model(args.model, "cpu")  # the weights must fit their config before they are shared
     if "prior" in checkpoint:
         load_prior(checkpoint, args.model, "cpu")
     elif not args.allow_no_prior:

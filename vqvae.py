@@ -299,8 +299,9 @@ def train_prior(args, model_dir: Path, writer: SummaryWriter, stop: StopOnSignal
     its best validation NLL."""
     prior_started = time.perf_counter()
     path = model_dir / "best.pt"
-    checkpoint = load_checkpoint(path, "cpu")
-    model, _ = load_model(path, device)
+    # The checkpoint stays on the CPU: it is written back with the prior in it.
+    model, checkpoint = load_model(path, "cpu")
+    model.to(device)
     train_images, train_labels, val_images, val_labels = data
     # The codes are computed once: the autoencoder is frozen from here on.
     train_codes, val_codes = encode_images(model, train_images, device), encode_images(model, val_images, device)
