@@ -310,8 +310,6 @@ def train_prior(args, model_dir: Path, writer: SummaryWriter, stop: StopOnSignal
     config = PriorConfig(num_embeddings=model.config.num_embeddings, grid_size=train_codes.shape[-1],
                          width=args.prior_width, num_layers=args.prior_layers, num_heads=args.prior_heads,
                          dropout=args.prior_dropout)
-    if config.width % config.num_heads:
-        raise UserError(f"--prior-heads {config.num_heads} must divide --prior-width {config.width}")
     prior = CodePrior(config).to(device)
     prior.class_frequencies.copy_(torch.bincount(train_labels, minlength=config.num_classes) / len(train_labels))
     optimizer = torch.optim.AdamW(prior.parameters(), lr=args.prior_lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -449,6 +447,9 @@ def process_group(device_name: str):
 
 def main(args):
     """Train as the command line says; returns the trained autoencoder (None when there was nothing to train)."""
+    # Checked before the autoencoder trains, not after it.
+    if args.prior_width % args.prior_heads:
+        raise UserError(f"--prior-heads {args.prior_heads} must divide --prior-width {args.prior_width}")
     with process_group(args.device) as (rank, world_size, device):
         if args.prior_only:
             if world_size > 1:

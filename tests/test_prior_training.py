@@ -67,11 +67,17 @@ def test_prior_only_trains_a_prior_for_an_existing_autoencoder(tiny_mnist, tmp_p
     assert (tmp_path / "generatedImages" / "random.png").is_file()
 
 
+def test_a_bad_prior_shape_is_refused_before_the_autoencoder_trains(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="must divide"):
+        train_tiny(tiny_mnist, "--prior-width", "10", "--prior-heads", "4")
+    assert not (tmp_path / "models").exists()
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--prior-only", "--resume"], "drop --resume"),
     (["--prior-only", "--prior-epochs", "0"], "nothing to do"),
     (["--prior-only", "--output-folder", "never-trained"], "train the autoencoder first"),
-    (["--prior-width", "10", "--prior-heads", "4"], "must divide"),
 ])
 def test_prior_flag_errors(flags, message, tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
