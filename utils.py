@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import datasets
 
 from modules import VQVAE, CodePrior, DigitClassifier, PriorConfig, VQVAEConfig, images_to_inputs
-from vector_quantizer import distributed, perplexity_from_counts
+from vector_quantizer import distributed, perplexity_from_counts, sum_over_processes, world_size
 
 # MD5 of the four original MNIST files after gunzip (the .gz bytes differ between mirrors, the content does not).
 MNIST_MD5 = {
@@ -349,8 +349,7 @@ def score_reconstructions(model: VQVAE, images: Tensor, batch_size: int, device:
     processes, so every process gets the scores of the whole set."""
     was_training = model.training
     model.eval()
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
-    shard = images[rank::world_size]
+    shard = images[dist.get_rank()::world_size()] if distributed() else images
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # recon, codebook, commitment, squared pixel error
     counts = torch.zeros(model.config.num_embeddings, dtype=torch.int64, device=device)
     for start in range(0, len(shard), batch_size):
@@ -364,9 +363,8 @@ def score_reconstructions(model: VQVAE, images: Tensor, batch_size: int, device:
         sums[3] += (model.to_pixels(x_recon) - batch.unsqueeze(1).float() / 255).pow(2).sum().double()
         counts += torch.bincount(quantized.indices.flatten(), minlength=len(counts))
     model.train(was_training)
-    if distributed():
-        dist.all_reduce(sums)
-        dist.all_reduce(counts)
+    sum_over_processes(sums)
+    sum_over_processes(counts)
 
     recon_loss, codebook_loss, commitment_loss = (sums[:3] / len(images)).tolist()
     mse = sums[3].item() / images[0].numel() / len(images)
@@ -449,11 +447,11 @@ def score_samples(classifier: DigitClassifier, pixels: Tensor, reference_feature
     - matches_class: with the classes (N,) the images were asked to be, the fraction classified as them."""
     probabilities, features = classify(classifier, pixels)
     confidence, predicted = probabilities.max(dim=1)
-    histogram = torch.bincount(predicted, minlength=10).double() / len(predicted)
-    entropy = -(histogram * histogram.clamp(min=1e-300).log()).sum() / math.log(10)
+    # The perplexity of the predicted-class histogram is exp(its entropy).
+    entropy = math.log(perplexity_from_counts(torch.bincount(predicted, minlength=10)).item())
     scores = {
         "recognisable": (confidence >= RECOGNISABLE_CONFIDENCE).double().mean().item(),
-        "class_entropy": entropy.item(),
+        "class_entropy": entropy / math.log(10),
         "frechet_distance": frechet_distance(features, reference_features),
     }
     if classes is not None:
