@@ -1,12 +1,14 @@
 """What the scripts share: command-line errors, MNIST loading, checkpoint files and reconstruction scores."""
 import argparse
 import contextlib
+import ctypes
 import gzip
 import hashlib
 import io
 import math
 import os
 import pickle
+import platform
 import sys
 import zlib
 from dataclasses import asdict, dataclass, fields
@@ -37,7 +39,8 @@ class UserError(Exception):
 
 
 class RunStopped(Exception):
-    """Training stopped on a signal after saving its state: reported as one line, exit status 128 + signal."""
+    """Training stopped after saving its state: reported as one line, with exit status 128 + the signal's number
+    after a signal, 0 at the --time-limit."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
@@ -222,6 +225,26 @@ def epoch_batches(images: torch.Tensor, batch_size: int, generator: torch.Genera
                         num_workers=num_workers, pin_memory=torch.cuda.is_available(),
                         generator=torch.Generator().manual_seed(0))
     return (batch for (batch,) in loader)
+
+
+def keep_freed_memory() -> None:
+    """Let glibc's malloc keep freed memory for the next allocation instead of handing it back to the kernel.
+
+    By default every freed block of more than 128 KB goes back (munmap, or a trim of the heap), so each training
+    step on the CPU page-faults its activations in again; on the 2-core benchmark machine that cost about a fifth
+    of the step (benchmarks/speed.py --ablation). jemalloc and tcmalloc behave like this out of the box. A no-op
+    on systems without glibc."""
+    if platform.libc_ver()[0] != "glibc":
+        return
+    mallopt = ctypes.CDLL("libc.so.6").mallopt
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed: blocks up to 32 MB come from the heap
+    mallopt(m_trim_threshold, 1 << 30)  # the heap's free top is returned only beyond 1 GB
+
+
+def make_optimizer(model: VQVAE, lr: float, fused: bool = True) -> torch.optim.Adam:
+    """Adam over the trainable parameters (not the EMA codebook); fused, one kernel updates them all."""
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, fused=fused)
 
 
 def training_step(model: VQVAE, optimizer, images: Tensor, amp: bool = False, forward=None) -> Tensor:

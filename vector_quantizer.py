@@ -120,8 +120,8 @@ class VectorQuantizer(nn.Module):
             flat = flat.float()
             codebook = self.codebook().float()
             # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2 as one fused matrix product: (N, K), never (N, K, D).
-            squared_norms = flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)
-            distances = torch.addmm(squared_norms, flat, codebook.t(), beta=1.0, alpha=-2.0)
+            # ||z||^2 is the same for every code of a row, so the argmin leaves it out: one (N, K) tensor, not two.
+            distances = torch.addmm(codebook.pow(2).sum(1), flat, codebook.t(), beta=1.0, alpha=-2.0)
             return distances.argmin(dim=1)
 
     def embed(self, indices: Tensor) -> Tensor:

@@ -3,6 +3,7 @@
 Usage:
     python vqvae.py                                      # defaults: CPU, 10 epochs, then 8 of the prior, run "vqvae"
     python vqvae.py --resume                             # after Ctrl-C or SIGTERM: go on where it stopped
+    python vqvae.py --time-limit 3600                    # stop and save after an hour; --resume goes on
     python vqvae.py --device cuda --amp --output-folder wide --hidden-size 128
     python vqvae.py --num-epochs 1 --prior-epochs 0 --output-folder quick --overwrite
     python vqvae.py --output-folder quick --prior-only --prior-epochs 4    # a prior for an existing run
@@ -32,10 +33,10 @@ from tqdm import tqdm
 
 from modules import (DECODER_OUTPUTS, GUIDANCE, SAMPLING_TEMPERATURE, VQVAE, CodePrior, PriorConfig, VQVAEConfig,
                      images_to_inputs)
-from utils import (ArgumentParser, RunStopped, UserError, epoch_batches, load_checkpoint, load_mnist, load_model,
-                   make_checkpoint, nonnegative_float, nonnegative_int, plain_name, positive_float, positive_int,
-                   resolve_device, run_cli, save_checkpoint, score_reconstructions, shard_size,
-                   split_train_validation, training_step, unit_interval)
+from utils import (ArgumentParser, RunStopped, UserError, epoch_batches, keep_freed_memory, load_checkpoint,
+                   load_mnist, load_model, make_checkpoint, make_optimizer, nonnegative_float, nonnegative_int,
+                   plain_name, positive_float, positive_int, resolve_device, run_cli, save_checkpoint,
+                   score_reconstructions, shard_size, split_train_validation, training_step, unit_interval)
 from vector_quantizer import CODEBOOK_INITS, CODEBOOK_UPDATES, distributed
 
 NUM_FIXED_IMAGES = 32  # validation digits whose reconstructions TensorBoard shows after every epoch
@@ -122,6 +123,12 @@ def build_parser() -> ArgumentParser:
                         help="bf16 autocast for the encoder and decoder; quantizer distances stay fp32 (default: off)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model; checkpoints hold the plain module's weights (default: off)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep activations in channels-last memory format, faster for these convolutions on the "
+                             "CPU (benchmarks/speed.py --ablation) (default: on)")
+    parser.add_argument("--time-limit", type=nonnegative_float, default=0, metavar="SECONDS",
+                        help="stop as Ctrl-C does (last.pt saved, --resume goes on) once this many seconds have "
+                             "passed since the start; 0: no limit (default: 0)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in models/NAME/last.pt where it stopped, with its own flags")
     return parser
@@ -237,11 +244,13 @@ def resume_args(args, checkpoint: dict, path: Path):
 
 
 class StopOnSignal:
-    """While active, Ctrl-C and SIGTERM only set `received`: the loop finishes its step, saves and stops.
-    A second Ctrl-C stops at once."""
+    """While active, Ctrl-C and SIGTERM only note the stop: the loop finishes its step, saves and stops. So does
+    passing the deadline of --time-limit (time.monotonic()). A second Ctrl-C stops at once."""
 
-    def __init__(self):
-        self.received = None
+    def __init__(self, deadline: float = math.inf):
+        self.deadline = deadline
+        self.received = None  # the signal, if one came
+        self.timed_out = False
 
     def __enter__(self):
         self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -256,21 +265,36 @@ class StopOnSignal:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
+    def requested(self) -> bool:
+        """Whether this process was asked to stop."""
+        self.timed_out = self.timed_out or time.monotonic() >= self.deadline
+        return self.received is not None or self.timed_out
+
     def agreed(self) -> bool:
-        """Whether to stop now: a signal came here, or (under torchrun) to any process. A collective call there, so
-        every process must make it at the same step; all of them then stop together."""
+        """Whether to stop now: this process or (under torchrun) any process was asked to. A collective call there,
+        so every process must make it at the same step; all of them then stop together."""
         if not distributed():
-            return self.received is not None
-        flag = torch.tensor([0 if self.received is None else self.received.value])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and self.received is None:
-            self.received = signal.Signals(flag.item())
-        return bool(flag.item())
+            return self.requested()
+        flags = torch.tensor([0 if self.received is None else self.received.value, 0])
+        flags[1] = self.requested()
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[0] and self.received is None:
+            self.received = signal.Signals(int(flags[0]))
+        self.timed_out = bool(flags[1])
+        return bool(flags.any())
+
+    def cause(self) -> tuple[str, int]:
+        """What stopped the run, and the exit status: 128 + the signal's number, or 0 for the time limit, which
+        is an expected end."""
+        if self.received is not None:
+            return f"stopped by {self.received.name}", 128 + self.received.value
+        return "stopped at the --time-limit", 0
 
     def stopped(self, where: str, model_dir: Path, name: str) -> RunStopped:
-        """The one-line report of a stop after last.pt was saved, with exit status 128 + the signal's number."""
-        return RunStopped(f"stopped by {self.received.name} {where}; saved {model_dir / 'last.pt'}; continue with: "
-                          f"python vqvae.py --output-folder {name} --resume", 128 + self.received.value)
+        """The one-line report of a stop after last.pt was saved."""
+        cause, exit_code = self.cause()
+        return RunStopped(f"{cause} {where}; saved {model_dir / 'last.pt'}; continue with: python vqvae.py "
+                          f"--output-folder {name} --resume", exit_code)
 
 
 @torch.no_grad()
@@ -312,7 +336,8 @@ def train_prior(args, model_dir: Path, writer: SummaryWriter, stop: StopOnSignal
                          dropout=args.prior_dropout)
     prior = CodePrior(config).to(device)
     prior.class_frequencies.copy_(torch.bincount(train_labels, minlength=config.num_classes) / len(train_labels))
-    optimizer = torch.optim.AdamW(prior.parameters(), lr=args.prior_lr, betas=(0.9, 0.98), weight_decay=0.01)
+    optimizer = torch.optim.AdamW(prior.parameters(), lr=args.prior_lr, betas=(0.9, 0.98), weight_decay=0.01,
+                                  fused=True)
     steps_per_epoch = math.ceil(len(train_codes) / args.prior_batch_size)
     total_steps = args.prior_epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / PRIOR_WARMUP_STEPS)
@@ -355,13 +380,14 @@ def train_prior(args, model_dir: Path, writer: SummaryWriter, stop: StopOnSignal
                 progress.set_postfix(nll=f"{nll_bits:.3f} bits")
                 running.zero_()
                 running_steps = 0
-            if stop.received:
+            if stop.requested():
                 progress.close()
                 writer.close()
                 kept = "the prior of its best epoch so far" if best_nll < math.inf else "no prior yet"
-                raise RunStopped(f"stopped by {stop.received.name} in prior epoch {epoch}; {path} holds the "
-                                 f"autoencoder and {kept}; train the prior again with: python vqvae.py "
-                                 f"--output-folder {args.output_folder} --prior-only", 128 + stop.received.value)
+                cause, exit_code = stop.cause()
+                raise RunStopped(f"{cause} in prior epoch {epoch}; {path} holds the autoencoder and {kept}; train "
+                                 f"the prior again with: python vqvae.py --output-folder {args.output_folder} "
+                                 "--prior-only", exit_code)
 
         val_nll = prior_nll_bits(prior, val_codes, val_labels, args.amp)
         unconditional_nll = prior_nll_bits(prior, val_codes, torch.full_like(val_labels, prior.no_class), args.amp)
@@ -392,7 +418,7 @@ def check_finite(first_bad_step: torch.Tensor, model_dir: Path) -> None:
                         f"{model_dir / 'last.pt'} holds the last good state (try a lower --lr)")
 
 
-def prior_only(args, device: torch.device) -> None:
+def prior_only(args, device: torch.device, deadline: float) -> None:
     """--prior-only: fit a prior for the autoencoder an earlier run left in models/NAME/best.pt."""
     if args.resume or args.overwrite:
         raise UserError("--prior-only trains only the prior of an existing run: drop --resume and --overwrite")
@@ -414,7 +440,7 @@ def prior_only(args, device: torch.device) -> None:
     except OSError as error:
         raise UserError(f"cannot write to {log_dir}: {error.strerror}; choose a writable place") from None
     writer = SummaryWriter(log_dir)
-    with StopOnSignal() as stop:
+    with StopOnSignal(deadline) as stop:
         train_prior(args, model_dir, writer, stop, device, (train_images, train_labels, val_images, val_labels))
     writer.close()
 
@@ -450,16 +476,18 @@ def main(args):
     # Checked before the autoencoder trains, not after it.
     if args.prior_width % args.prior_heads:
         raise UserError(f"--prior-heads {args.prior_heads} must divide --prior-width {args.prior_width}")
+    deadline = time.monotonic() + args.time_limit if args.time_limit else math.inf
+    keep_freed_memory()
     with process_group(args.device) as (rank, world_size, device):
         if args.prior_only:
             if world_size > 1:
                 raise UserError("--prior-only runs in one process: start it with python vqvae.py, not torchrun")
-            prior_only(args, device)
+            prior_only(args, device, deadline)
             return None
-        return train(args, rank, world_size, device)
+        return train(args, rank, world_size, device, deadline)
 
 
-def train(args, rank: int, world_size: int, device: torch.device):
+def train(args, rank: int, world_size: int, device: torch.device, deadline: float = math.inf):
     main_process = rank == 0  # the one that prints, logs and saves
     model_dir = Path("models") / args.output_folder
     resumed = None
@@ -485,6 +513,8 @@ def train(args, rank: int, world_size: int, device: torch.device):
 
     config = config_from_args(args)
     model = VQVAE(config).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # before DDP, which must see the final parameters
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed 28x28 shapes: let cuDNN pick its fastest kernels once
     # DDP averages the gradients over the processes; the quantizer keeps its codebook in step itself.
@@ -493,7 +523,7 @@ def train(args, rank: int, world_size: int, device: torch.device):
         forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     # The compiled module shares the plain one's parameters and buffers; checkpoints save the plain one.
     forward = torch.compile(forward) if args.compile else forward
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+    optimizer = make_optimizer(model, args.lr)
     total_steps = args.num_epochs * steps_per_epoch
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
                 if args.lr_schedule == "cosine" else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
@@ -510,7 +540,7 @@ def train(args, rank: int, world_size: int, device: torch.device):
                 return None
             if args.prior_epochs and "prior" not in load_checkpoint(model_dir / "best.pt", "cpu"):
                 print(f"{model_dir / 'last.pt'} already finished its {args.num_epochs} epochs; training its prior")
-                with SummaryWriter(log_dir) as writer, StopOnSignal() as stop:
+                with SummaryWriter(log_dir) as writer, StopOnSignal(deadline) as stop:
                     train_prior(args, model_dir, writer, stop, device, prior_data)
             else:
                 print(f"{model_dir / 'last.pt'} already finished its {args.num_epochs} epochs; nothing to do")
@@ -541,7 +571,7 @@ def train(args, rank: int, world_size: int, device: torch.device):
     writer = (SummaryWriter(log_dir, purge_step=step + 1 if resumed is not None else None) if main_process
               else NoWriter())
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
-    with StopOnSignal() as stop:
+    with StopOnSignal(deadline) as stop:
         while epoch < args.num_epochs:
             model.train()
             started = time.perf_counter()

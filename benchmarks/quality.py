@@ -5,7 +5,8 @@ Usage (from the repository root):
     python benchmarks/quality.py --seeds 0 --epochs 10
     python benchmarks/quality.py --ablation           # each quantizer option changed alone, 3 epochs, seed 0
 
-Each run is `python vqvae.py` in a subprocess, exactly as a user runs it (checkpoints in models/quality/...),
+Each run is `python vqvae.py --prior-epochs 0` in a subprocess, as a user runs it but without the prior, which does
+not change the autoencoder (checkpoints in models/quality/...),
 then `python evaluate.py --json` on its best.pt. Prints one Markdown table, ready for README.md.
 """
 import argparse
@@ -41,7 +42,8 @@ def run(command: list[str]) -> str:
 
 def train_and_evaluate(name: str, flags: list[str], device: str) -> dict:
     started = time.perf_counter()
-    run(["vqvae.py", "--output-folder", f"quality/{name}", "--overwrite", "--device", device, *flags])
+    run(["vqvae.py", "--output-folder", f"quality/{name}", "--overwrite", "--device", device, "--prior-epochs", "0",
+         *flags])
     seconds = time.perf_counter() - started
     scores = json.loads(run(["evaluate.py", "--model", f"models/quality/{name}/best.pt", "--device", device,
                              "--json"]))

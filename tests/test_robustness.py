@@ -5,7 +5,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -79,6 +81,46 @@ def test_signal_mid_epoch_saves_and_resume_matches_uninterrupted(signum, stop_at
     events.Reload()
     steps = [event.step for event in events.Scalars("train/loss")]
     assert steps == list(range(1, 9)), "the training curve jumps or repeats across the resume"
+
+
+def clock_jumps_on_call(monkeypatch, owner, name, call_number, seconds):
+    """vqvae.py's monotonic clock stands still, and jumps by `seconds` at the call_number-th call of owner.name."""
+    clock = {"now": 0.0, "calls": 0}
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        clock["calls"] += 1
+        if clock["calls"] == call_number:
+            clock["now"] += seconds
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    monkeypatch.setattr(vqvae, "time", SimpleNamespace(monotonic=lambda: clock["now"], perf_counter=time.perf_counter))
+
+
+@pytest.mark.parametrize("stop_at_call", [1, 6])
+def test_time_limit_stops_like_a_signal_and_resume_matches_uninterrupted(stop_at_call, uninterrupted, tiny_mnist,
+                                                                         tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as patch:
+        clock_jumps_on_call(patch, torch.optim.Adam, "step", stop_at_call, seconds=61)
+        with pytest.raises(RunStopped) as stopped:
+            train_tiny(tiny_mnist, *TWO_EPOCHS, "--time-limit", "60")
+    assert stopped.value.exit_code == 0, "reaching the time limit is an expected end"
+    assert f"stopped at the --time-limit at step {stop_at_call}" in str(stopped.value)
+    assert torch.load("models/tiny/last.pt", weights_only=True)["step"] == stop_at_call
+    train_tiny(tiny_mnist, *TWO_EPOCHS, "--resume")  # a new process: its own clock, without a limit
+    assert_same_weights(uninterrupted, weights("models/tiny/last.pt"))
+
+
+def test_time_limit_during_the_prior_keeps_the_autoencoder(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as patch:
+        clock_jumps_on_call(patch, torch.optim.AdamW, "step", 1, seconds=61)  # the prior's first step
+        with pytest.raises(RunStopped, match="--time-limit in prior epoch 1") as stopped:
+            train_tiny(tiny_mnist, "--time-limit", "60")
+    assert stopped.value.exit_code == 0
+    assert "prior" not in load_checkpoint("models/tiny/best.pt", "cpu")
 
 
 def test_signal_during_validation_stops_after_the_epoch(uninterrupted, tiny_mnist, tmp_path, monkeypatch):
