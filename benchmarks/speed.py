@@ -169,13 +169,13 @@ def main(args) -> None:
     if args.loop != "project":
         plain = images_per_second(plain_loop(Path(args.data_folder), args.batch_size, device), args.batch_size,
                                   args, device)
-        print(f"plain loop: {plain:.1f} img/s", file=sys.stderr)
+        print(f"plain loop: {plain:.1f} img/s", flush=True)
     if args.loop != "plain":
         if args.keep_freed_memory:
             keep_freed_memory()
         project = images_per_second(project_loop(images, args.batch_size, device, args), args.batch_size, args,
                                     device)
-        print(f"project loop: {project:.1f} img/s", file=sys.stderr)
+        print(f"project loop: {project:.1f} img/s", flush=True)
     if args.loop != "both":
         return
     options = " ".join(flag for flag, on in (("--amp", args.amp), ("--compile", args.compile)) if on)
