@@ -40,6 +40,8 @@ from utils import epoch_batches, keep_freed_memory, load_mnist, make_optimizer, 
 
 TRAIN_IMAGES = 60_000  # the reference trains on the whole training set each epoch
 REFERENCE_TEST_MSE = 0.0069  # the reference repository's test MSE after its 10 epochs, as the brief measured it
+# Where vqvae.py says it stopped at its --time-limit.
+STOPPED_AT_LIMIT = r"stopped at the --time-limit (at step \d+ \(epoch \d+, batch \d+ of \d+\)|after epoch \d+)"
 
 # (name, flags of this script): each row changes one setting of the project's loop, in a fresh process.
 ABLATION = [
@@ -144,10 +146,9 @@ def time_to_quality(plain_speed: float, device: str) -> None:
     started = time.perf_counter()
     stopped = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    if stopped.returncode != 0 or "--time-limit" not in stopped.stderr:
+    if stopped.returncode != 0 or not re.search(STOPPED_AT_LIMIT, stopped.stderr):
         sys.exit(f"speed.py: `{' '.join(command)}` did not stop at its time limit:\n{stopped.stderr[-2000:]}")
-    where = re.search(r"--time-limit (at step \d+ \(epoch \d+, batch \d+ of \d+\)|after epoch \d+)",
-                      stopped.stderr).group(1)
+    where = re.search(STOPPED_AT_LIMIT, stopped.stderr).group(1)
     scores = json.loads(run_script(["evaluate.py", "--model", "models/speed/time_to_quality/last.pt", "--device",
                                     device, "--samples", "0", "--json"]))
     verdict = "reached" if scores["test_mse"] <= REFERENCE_TEST_MSE and seconds <= budget else "NOT reached"
@@ -198,7 +199,7 @@ def main(args) -> None:
         print(f"full default run (`{' '.join(command)}`): {time.perf_counter() - started:.1f} s")
 
 
-if __name__ == "__main__":
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Images per second of the plain loop and of the project's loop.")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size of both loops (default: 64)")
@@ -224,4 +225,8 @@ if __name__ == "__main__":
     runs.add_argument("--time-to-quality", action="store_true",
                       help="stop a default vqvae.py run at a tenth of the plain loop's 10-epoch time; its test MSE")
     runs.add_argument("--full", action="store_true", help="also time a whole default vqvae.py run")
-    main(parser.parse_args())
+    return parser
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())
