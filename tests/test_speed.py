@@ -1,6 +1,6 @@
 """The speed settings change nothing but speed: channels-last gives float64's losses and gradients (up to
-rounding), fused Adam the same steps, and glibc keeps freed memory after utils.keep_freed_memory; benchmarks/speed.py times both loops and
-understands vqvae.py's time-limit message."""
+rounding), fused Adam the same steps, and glibc keeps freed memory after utils.keep_freed_memory;
+benchmarks/speed.py times both loops and understands what vqvae.py prints."""
 import copy
 import importlib.util
 import platform
@@ -126,3 +126,11 @@ def test_speed_benchmark_reads_where_the_time_limit_stopped(tiny_mnist, tmp_path
         train_tiny(tiny_mnist, "--time-limit", "1e-9")  # over after the first step
     where = re.search(load_speed_benchmark().STOPPED_AT_LIMIT, str(stopped.value)).group(1)
     assert where == "at step 1 (epoch 1, batch 1 of 4)"
+
+
+def test_speed_benchmark_reads_how_long_each_part_trained(tiny_mnist, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    output = capsys.readouterr().out
+    speed = load_speed_benchmark()
+    assert re.search(speed.AUTOENCODER_SECONDS, output) and re.search(speed.PRIOR_SECONDS, output), output
