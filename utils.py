@@ -106,6 +106,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes in bf16 in hardware, so that bf16 autocast is faster: CUDA GPUs from Ampere on,
+    x86 CPUs with AVX512-BF16 or AMX. Elsewhere bf16 is converted in software, which can be slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 # ---------------------------------------------------------------------------------------------------- MNIST
 
 

@@ -5,13 +5,14 @@ Usage (from the repository root):
     python benchmarks/speed.py --ablation             # each speed setting of the project's loop alone, fresh processes
     python benchmarks/speed.py --time-to-quality      # test MSE of the default run stopped at the plain loop's epoch
     python benchmarks/speed.py --full                 # also time a whole default `python vqvae.py` run (with its prior)
-    python benchmarks/speed.py --device cuda --amp    # GPU; --amp and --compile apply to the project's loop
+    python benchmarks/speed.py --device cuda          # GPU; --no-amp, --compile, ... change the project's loop
 
 (a) plain: torchvision's MNIST turned into tensors image by image (ToTensor, Normalize) by a DataLoader, Adam,
     the loss read back with .item() every step, as the reference does;
 (b) project: what vqvae.py does: the uint8 training set in memory on the device, batches cut by index and scaled
-    on the fly, channels-last weights, fused Adam, glibc keeping freed memory (utils.keep_freed_memory), and the
-    training step utils.training_step, which never waits for the device.
+    on the fly, bf16 autocast where the device computes bf16 in hardware (utils.native_bf16), channels-last
+    weights, fused Adam, glibc keeping freed memory (utils.keep_freed_memory), and the training step
+    utils.training_step, which never waits for the device.
 Both train a fresh model of the default configuration. Each loop is timed --repeats times over --steps steps after
 --warmup untimed ones, the plain loop first (the memory setting of (b) lasts for the process); the median counts.
 
@@ -36,7 +37,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
 from modules import VQVAE, VQVAEConfig  # noqa: E402
-from utils import epoch_batches, keep_freed_memory, load_mnist, make_optimizer, training_step  # noqa: E402
+from utils import (epoch_batches, keep_freed_memory, load_mnist, make_optimizer, native_bf16,  # noqa: E402
+                   training_step)
 
 TRAIN_IMAGES = 60_000  # the reference trains on the whole training set each epoch
 REFERENCE_TEST_MSE = 0.0069  # the reference repository's test MSE after its 10 epochs, as the brief measured it
@@ -48,11 +50,11 @@ STOPPED_AT_LIMIT = r"stopped at the --time-limit (at step \d+ \(epoch \d+, batch
 # (name, flags of this script): each row changes one setting of the project's loop, in a fresh process.
 ABLATION = [
     ("project loop, as vqvae.py runs it", []),
+    ("without bf16 autocast (--no-amp)", ["--no-amp"]),
     ("without channels-last", ["--no-channels-last"]),
     ("without fused Adam", ["--no-fused-adam"]),
     ("without keeping freed memory", ["--no-keep-freed-memory"]),
     ("one thread", ["--threads", "1"]),
-    ("with --amp (bf16 autocast)", ["--amp"]),
     ("with --compile", ["--compile"]),
 ]
 
@@ -113,10 +115,12 @@ def project_loop(images: torch.Tensor, batch_size: int, device: torch.device, ar
             yield
 
 
-def run_script(command: list[str]) -> str:
-    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
+def run_script(command: list[str], show_progress: bool = False) -> str:
+    """The script's stdout. With show_progress its stderr (progress bars, errors) goes to the terminal."""
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=None if show_progress else subprocess.PIPE, text=True)
     if result.returncode != 0:
-        sys.exit(f"speed.py: `{' '.join(command)}` failed:\n{result.stderr[-2000:]}")
+        sys.exit(f"speed.py: `{' '.join(command)}` failed" + ("" if show_progress else f":\n{result.stderr[-2000:]}"))
     return result.stdout
 
 
@@ -165,6 +169,8 @@ def main(args) -> None:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if args.amp is None:
+        args.amp = native_bf16(device)
     if args.ablation:
         ablation(args)
         return
@@ -181,14 +187,14 @@ def main(args) -> None:
         print(f"project loop: {project:.1f} img/s", flush=True)
     if args.loop != "both":
         return
-    options = " ".join(flag for flag, on in (("--amp", args.amp), ("--compile", args.compile)) if on)
+    options = ", ".join(name for name, on in (("bf16 autocast", args.amp), ("--compile", args.compile)) if on)
     print(f"device {device}, {torch.get_num_threads()} CPU threads, default model, batch {args.batch_size}, median "
           f"of {args.repeats} x {args.steps} steps after {args.warmup}")
     print(f"| loop | img/s | s per {TRAIN_IMAGES:,}-image epoch |")
     print("|---|---|---|")
     print(f"| plain (torchvision ToTensor/Normalize, DataLoader, .item() per step) | {plain:,.0f} | "
           f"{TRAIN_IMAGES / plain:.1f} |")
-    print(f"| project (as vqvae.py{' ' + options if options else ''}) | {project:,.0f} | "
+    print(f"| project (as vqvae.py{': ' + options if options else ''}) | {project:,.0f} | "
           f"{TRAIN_IMAGES / project:.1f} |")
     print(f"speed-up: {project / plain:.2f}x; the plain loop needs {10 * TRAIN_IMAGES / plain:.0f} s for 10 epochs",
           flush=True)
@@ -197,7 +203,7 @@ def main(args) -> None:
     if args.full:
         command = ["vqvae.py", "--output-folder", "speed/full", "--overwrite", "--device", args.device]
         started = time.perf_counter()
-        output = run_script(command)
+        output = run_script(command, show_progress=True)  # a long run: its progress bars show
         seconds = time.perf_counter() - started
         autoencoder = re.search(AUTOENCODER_SECONDS, output).group(1)
         prior = re.search(PRIOR_SECONDS, output).group(1)
@@ -217,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loop", choices=["both", "plain", "project"], default="both",
                         help="which loops to time (default: both)")
     project = parser.add_argument_group("the project's loop (defaults: as vqvae.py)")
-    project.add_argument("--amp", action="store_true", help="bf16 autocast (default: off)")
+    project.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                         help="bf16 autocast (default: as vqvae.py, on where the device computes bf16 in hardware)")
     project.add_argument("--compile", action="store_true", help="torch.compile (default: off)")
     project.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                          help="channels-last weights and activations (default: on)")

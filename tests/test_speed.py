@@ -1,6 +1,7 @@
 """The speed settings change nothing but speed: channels-last gives float64's losses and gradients (up to
-rounding), fused Adam the same steps, and glibc keeps freed memory after utils.keep_freed_memory;
-benchmarks/speed.py times both loops and understands what vqvae.py prints."""
+rounding), fused Adam the same steps, and glibc keeps freed memory after utils.keep_freed_memory; bf16 autocast is
+on by default where the hardware computes bf16; benchmarks/speed.py times both loops and understands what
+vqvae.py prints."""
 import copy
 import importlib.util
 import platform
@@ -14,8 +15,9 @@ import torch
 
 from conftest import blob_images
 from modules import VQVAE, VQVAEConfig, images_to_inputs
+import vqvae
 from test_pipeline import train_tiny
-from utils import RunStopped, make_optimizer
+from utils import RunStopped, make_optimizer, native_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,3 +136,21 @@ def test_speed_benchmark_reads_how_long_each_part_trained(tiny_mnist, tmp_path, 
     output = capsys.readouterr().out
     speed = load_speed_benchmark()
     assert re.search(speed.AUTOENCODER_SECONDS, output) and re.search(speed.PRIOR_SECONDS, output), output
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, True), (False, True, True), (False, False, False)])
+def test_native_bf16_on_the_cpu_needs_avx512_bf16_or_amx(avx512_bf16, amx, expected, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert native_bf16(torch.device("cpu")) is expected
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_is_on_by_default_where_bf16_is_native(native, tiny_mnist, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(vqvae, "native_bf16", lambda device: native)
+    train_tiny(tiny_mnist, "--prior-epochs", "0")
+    assert torch.load("models/tiny/last.pt", weights_only=True)["args"]["amp"] is native
+    assert ("in bf16 autocast" in capsys.readouterr().out) is native
+    train_tiny(tiny_mnist, "--prior-epochs", "0", "--overwrite", "--no-amp" if native else "--amp")  # the flag wins
+    assert torch.load("models/tiny/last.pt", weights_only=True)["args"]["amp"] is not native
