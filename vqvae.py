@@ -120,9 +120,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the checkpoints of an earlier run with the same --output-folder")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast for the encoder, decoder and prior; quantizer distances stay fp32 "
-                             "(default: on where the device computes bf16 in hardware: CUDA GPUs from Ampere on, "
-                             "CPUs with AVX512-BF16 or AMX; off elsewhere)")
+                        help="bf16 autocast for the encoder and decoder; quantizer distances and the prior stay "
+                             "fp32 (default: on where the device computes bf16 in hardware: CUDA GPUs from Ampere "
+                             "on, CPUs with AVX512-BF16 or AMX; off elsewhere)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model; checkpoints hold the plain module's weights (default: off)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
@@ -307,14 +307,12 @@ def encode_images(model: VQVAE, images: torch.Tensor, device: torch.device, batc
 
 
 @torch.no_grad()
-def prior_nll_bits(prior: CodePrior, codes: torch.Tensor, classes: torch.Tensor, amp: bool,
-                   batch_size: int = 1000) -> float:
+def prior_nll_bits(prior: CodePrior, codes: torch.Tensor, classes: torch.Tensor, batch_size: int = 1000) -> float:
     """Mean negative log-likelihood of code grids (N, 7, 7) given classes (N,), in bits per code."""
     prior.eval()
     total = torch.zeros((), dtype=torch.float64, device=codes.device)
     for batch_codes, batch_classes in zip(codes.split(batch_size), classes.split(batch_size)):
-        with torch.autocast(device_type=codes.device.type, dtype=torch.bfloat16, enabled=amp):
-            total += prior.loss(batch_codes, batch_classes).double() * len(batch_codes)
+        total += prior.loss(batch_codes, batch_classes).double() * len(batch_codes)
     prior.train()
     return total.item() / len(codes) / math.log(2)
 
@@ -363,8 +361,9 @@ def train_prior(args, model_dir: Path, writer: SummaryWriter, stop: StopOnSignal
             classes = train_labels[indices]
             dropped = torch.rand(len(classes), device=device) < args.class_dropout
             classes = torch.where(dropped, prior.no_class, classes)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=args.amp):
-                loss = prior.loss(train_codes[indices], classes)
+            # fp32 even with --amp: in bf16 autocast the prior both learned worse (validation NLL 5.92 against
+            # 5.70 bits per code after 2 epochs) and ran slower (89 to 93 s an epoch against 68 to 86 s) on the CPU.
+            loss = prior.loss(train_codes[indices], classes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
@@ -391,8 +390,8 @@ def train_prior(args, model_dir: Path, writer: SummaryWriter, stop: StopOnSignal
                                  f"the prior again with: python vqvae.py --output-folder {args.output_folder} "
                                  "--prior-only", exit_code)
 
-        val_nll = prior_nll_bits(prior, val_codes, val_labels, args.amp)
-        unconditional_nll = prior_nll_bits(prior, val_codes, torch.full_like(val_labels, prior.no_class), args.amp)
+        val_nll = prior_nll_bits(prior, val_codes, val_labels)
+        unconditional_nll = prior_nll_bits(prior, val_codes, torch.full_like(val_labels, prior.no_class))
         writer.add_scalar("prior/val_nll_bits", val_nll, step)
         writer.add_scalar("prior/val_nll_bits_unconditional", unconditional_nll, step)
         prior.eval()
