@@ -481,7 +481,7 @@ def main(args):
     keep_freed_memory()
     with process_group(args.device) as (rank, world_size, device):
         if args.amp is None:
-            args.amp = native_bf16(device)  # measured: +44% on a CPU with AVX512-BF16 (benchmarks/speed.py)
+            args.amp = native_bf16(device)  # +32% to +44% on a CPU with AVX512-BF16 (speed.py --ablation)
         if args.prior_only:
             if world_size > 1:
                 raise UserError("--prior-only runs in one process: start it with python vqvae.py, not torchrun")
