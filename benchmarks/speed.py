@@ -64,7 +64,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def images_per_second(step_batches, batch_size: int, args, device: torch.device) -> float:
+def images_per_second(step_batches, args, device: torch.device) -> float:
     """Median img/s over --repeats timings of --steps steps, after --warmup untimed ones."""
     for _ in range(args.warmup):
         next(step_batches)
@@ -75,7 +75,7 @@ def images_per_second(step_batches, batch_size: int, args, device: torch.device)
         for _ in range(args.steps):
             next(step_batches)
         synchronize(device)
-        speeds.append(args.steps * batch_size / (time.perf_counter() - started))
+        speeds.append(args.steps * args.batch_size / (time.perf_counter() - started))
     return statistics.median(speeds)
 
 
@@ -152,13 +152,13 @@ def time_to_quality(plain_speed: float, device: str) -> None:
     started = time.perf_counter()
     stopped = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    if stopped.returncode != 0 or not re.search(STOPPED_AT_LIMIT, stopped.stderr):
+    where = re.search(STOPPED_AT_LIMIT, stopped.stderr)
+    if stopped.returncode != 0 or where is None:
         sys.exit(f"speed.py: `{' '.join(command)}` did not stop at its time limit:\n{stopped.stderr[-2000:]}")
-    where = re.search(STOPPED_AT_LIMIT, stopped.stderr).group(1)
     scores = json.loads(run_script(["evaluate.py", "--model", "models/speed/time_to_quality/last.pt", "--device",
                                     device, "--samples", "0", "--json"]))
     verdict = "reached" if scores["test_mse"] <= REFERENCE_TEST_MSE and seconds <= budget else "NOT reached"
-    print(f"time to quality: `{' '.join(command)}` stopped {where} after {seconds:.1f} s of wall time "
+    print(f"time to quality: `{' '.join(command)}` stopped {where.group(1)} after {seconds:.1f} s of wall time "
           f"(budget {budget:.1f} s, a tenth of the plain loop's 10 epochs); test MSE {scores['test_mse']:.5f} "
           f"against the reference's 10-epoch {REFERENCE_TEST_MSE}: {verdict}")
 
@@ -176,14 +176,12 @@ def main(args) -> None:
         return
     images, _ = load_mnist(args.data_folder, train=True)  # also checks and decompresses the files
     if args.loop != "project":
-        plain = images_per_second(plain_loop(Path(args.data_folder), args.batch_size, device), args.batch_size,
-                                  args, device)
+        plain = images_per_second(plain_loop(Path(args.data_folder), args.batch_size, device), args, device)
         print(f"plain loop: {plain:.1f} img/s", flush=True)
     if args.loop != "plain":
         if args.keep_freed_memory:
             keep_freed_memory()
-        project = images_per_second(project_loop(images, args.batch_size, device, args), args.batch_size, args,
-                                    device)
+        project = images_per_second(project_loop(images, args.batch_size, device, args), args, device)
         print(f"project loop: {project:.1f} img/s", flush=True)
     if args.loop != "both":
         return
