@@ -27,10 +27,12 @@ import os
 
 import torch
 
-from modules import GUIDANCE, SAMPLING_TEMPERATURE
-from utils import (DEFAULT_CLASSIFIER, ArgumentParser, UserError, classify, load_classifier, load_mnist, load_model,
-                   load_prior, nonnegative_float, nonnegative_int, positive_float, positive_int, resolve_device,
-                   run_cli, score_reconstructions, score_samples)
+from checkpoints import load_model, load_prior
+from cli import (ArgumentParser, UserError, add_device_flag, nonnegative_float, nonnegative_int, positive_float,
+                 positive_int, resolve_device, run_cli)
+from data import load_mnist
+from prior import GUIDANCE, SAMPLING_TEMPERATURE
+from scores import DEFAULT_CLASSIFIER, classify, load_classifier, score_reconstructions, score_samples
 
 SAMPLE_KINDS = {
     "prior_conditional": "prior, class given",
@@ -46,7 +48,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--model", default="models/vqvae/best.pt",
                         help="checkpoint written by vqvae.py (default: models/vqvae/best.pt)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to run on (default: cpu)")
+    add_device_flag(parser)
     parser.add_argument("--data-folder", default="data", help="MNIST folder (default: data)")
     parser.add_argument("--batch-size", type=positive_int, default=1000, help="test images per batch (default: 1000)")
     parser.add_argument("--samples", type=nonnegative_int, default=1000,

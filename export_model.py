@@ -3,16 +3,16 @@
 Usage:
     python export_model.py --model models/vqvae/best.pt --output pretrained/vqvae_mnist.pt
 
-The file keeps what generate.py and evaluate.py use (the autoencoder's config and weights, the prior, the epoch
-and step, the validation scores and the training flags) and drops what only --resume needs (the optimizer
-state, the schedule, the random-number generator states). It prints the file's size and SHA-256.
+The file keeps what generate.py and evaluate.py use (checkpoints.EXPORT_KEYS: the format, the autoencoder's
+config and weights, the prior, the epoch and step, the validation scores and the training flags) and drops what
+only --resume needs (the optimizer state, the schedule, the random-number generator states). It prints the
+file's size and SHA-256.
 """
 import hashlib
 from pathlib import Path
 
-from utils import ArgumentParser, UserError, load_model, load_prior, run_cli, save_checkpoint
-
-KEPT = ("config", "model", "prior", "epoch", "step", "val", "args")
+from checkpoints import exported, load_model, load_prior, save_checkpoint
+from cli import ArgumentParser, UserError, run_cli
 
 
 def build_parser() -> ArgumentParser:
@@ -40,7 +40,7 @@ def main(args) -> None:
         raise UserError(f"{output} already exists: pass --overwrite to replace it, or choose another --output")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(output, {key: checkpoint[key] for key in KEPT if key in checkpoint})
+        save_checkpoint(output, exported(checkpoint))
     except OSError as error:
         raise UserError(f"cannot write {output}: {error.strerror or error}") from None
     digest = hashlib.sha256(output.read_bytes()).hexdigest()

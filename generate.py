@@ -22,9 +22,13 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from modules import GUIDANCE, SAMPLING_TEMPERATURE, images_to_inputs
-from utils import (ArgumentParser, UserError, atomic_path, load_mnist, load_model, load_prior, nonnegative_float,
-                   plain_name, positive_float, positive_int, resolve_device, run_cli)
+from checkpoints import load_model, load_prior
+from cli import (ArgumentParser, UserError, add_device_flag, nonnegative_float, plain_name, positive_float,
+                 positive_int, resolve_device, run_cli)
+from data import load_mnist
+from files import atomic_path
+from modules import images_to_inputs
+from prior import GUIDANCE, SAMPLING_TEMPERATURE
 
 GRID_SIDE = 10
 OUTPUT_FOLDER = Path("generatedImages")
@@ -37,7 +41,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--input", choices=["MNIST", "random", "noise"], default="MNIST",
                         help="MNIST: reconstruct test digits; random: samples of the learned prior; noise: decode "
                              "noise images as the reference does (default: MNIST)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to run on (default: cpu)")
+    add_device_flag(parser)
     parser.add_argument("--filename", type=plain_name, default=None,
                         help="name of the PNG written to generatedImages/ (default: the --input value)")
     parser.add_argument("--seed", type=int, default=0,

@@ -26,7 +26,8 @@ class VQVAEConfig:
     in_channels: int = 1
     hidden_size: int = 64  # channels of the encoder and decoder
     num_embeddings: int = 512  # K, the number of codes
-    code_dim: int = 16  # D of each code; if not hidden_size, 1x1 convolutions project into and out of code space
+    # D of each code; if not hidden_size, 1x1 convolutions project into and out of code space; 0 means hidden_size
+    code_dim: int = 16
     num_residual_blocks: int = 2
     beta: float = 0.25  # weight of the commitment loss
     codebook_update: str = "ema"  # "ema": moving averages; "loss": codebook loss and the optimizer
@@ -35,6 +36,10 @@ class VQVAEConfig:
     restart_threshold: float = 3.0  # restart codes whose moving-average count per batch falls below; 0: never
     cosine: bool = False  # L2-normalised encoder outputs and codes
     decoder_output: str = "tanh"  # see the module docstring
+
+    def __post_init__(self):
+        if self.code_dim == 0:  # codes in the hidden space itself, without projections
+            self.code_dim = self.hidden_size
 
 
 def images_to_inputs(images: Tensor) -> Tensor:
@@ -144,179 +149,3 @@ class VQVAE(nn.Module):
     def decode(self, indices: Tensor) -> Tensor:
         """Code indices (B, 7, 7) -> decoder outputs (B, 1, 28, 28); `to_pixels` turns them into pixels."""
         return self.decoder(self.from_code_space(self.quantizer.embed(indices)))
-
-
-class DigitClassifier(nn.Module):
-    """A small CNN that scores generated digits: its confidence says whether a sample is recognisable, and its
-    penultimate features (`features`) are what the Frechet distance compares."""
-
-    feature_dim = 64
-
-    def __init__(self):
-        super().__init__()
-
-        def conv(in_channels: int, out_channels: int) -> list[nn.Module]:
-            return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
-                    nn.ReLU()]
-
-        self.features = nn.Sequential(
-            *conv(1, 32), nn.MaxPool2d(2),  # (B, 1, 28, 28) -> (B, 32, 14, 14)
-            *conv(32, 64), nn.MaxPool2d(2),  # -> (B, 64, 7, 7)
-            *conv(64, 64), *conv(64, self.feature_dim),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # -> (B, 64)
-        )
-        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(self.feature_dim, 10))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Images (B, 1, 28, 28) in [-1, 1] -> class logits (B, 10)."""
-        return self.head(self.features(x))
-
-
-# ---------------------------------------------------------------------------------------------------- the prior
-
-
-# Sampling defaults of generate.py and evaluate.py, and of the samples TensorBoard shows; see CodePrior.sample.
-SAMPLING_TEMPERATURE = 1.0
-GUIDANCE = 0.75
-
-
-@dataclass
-class PriorConfig:
-    """The shape of the prior over code grids: all that is needed to rebuild it from a checkpoint."""
-
-    num_embeddings: int = 512  # K, the autoencoder's number of codes
-    grid_size: int = 7  # the code grid is grid_size x grid_size, read in raster order
-    num_classes: int = 10  # class tokens 0..num_classes-1; token num_classes means "no class"
-    width: int = 96
-    num_layers: int = 3
-    num_heads: int = 4
-    dropout: float = 0.0
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: PriorConfig):
-        super().__init__()
-        self.num_heads = config.num_heads
-        self.qkv = nn.Linear(config.width, 3 * config.width)
-        self.out = nn.Linear(config.width, config.width)
-        self.dropout = config.dropout
-
-    def forward(self, x: Tensor, cache: dict | None = None) -> Tensor:
-        """x (B, T, C) -> (B, T, C). With a cache (sampling, one position at a time), the keys and values of the
-        earlier positions come from it and this position's are appended, so position t sees 0..t."""
-        batch, length, width = x.shape
-        # (B, T, 3C) -> 3 x (B, heads, T, C / heads)
-        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, width // self.num_heads).permute(2, 0, 3, 1, 4)
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                               dropout_p=self.dropout if self.training else 0.0)
-        else:
-            if "k" in cache:
-                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
-            y = F.scaled_dot_product_attention(q, k, v)  # one query, all of it in the past: no mask needed
-        return self.out(y.transpose(1, 2).reshape(batch, length, width))
-
-
-class TransformerBlock(nn.Module):
-    def __init__(self, config: PriorConfig):
-        super().__init__()
-        self.attention_norm = nn.LayerNorm(config.width)
-        self.attention = CausalSelfAttention(config)
-        self.mlp_norm = nn.LayerNorm(config.width)
-        self.mlp = nn.Sequential(nn.Linear(config.width, 4 * config.width), nn.GELU(),
-                                 nn.Linear(4 * config.width, config.width), nn.Dropout(config.dropout))
-
-    def forward(self, x: Tensor, cache: dict | None = None) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), cache)
-        return x + self.mlp(self.mlp_norm(x))
-
-
-class CodePrior(nn.Module):
-    """An autoregressive prior p(class) p(codes | class) over the autoencoder's code grid: a small causal
-    transformer.
-
-    The sequence is the class token followed by the 49 codes in raster order; the output at position t is the
-    distribution of code t given the class and codes 0..t-1. The class token num_classes means "no class": training
-    shows some grids without their class, so the model also knows p(codes) alone, which classifier-free guidance
-    contrasts with p(codes | class). p(class) is the class frequencies of the training set (`class_frequencies`),
-    so the prior can also draw a sample's class itself.
-    """
-
-    def __init__(self, config: PriorConfig):
-        super().__init__()
-        self.config = config
-        self.sequence_length = config.grid_size ** 2
-        self.class_embedding = nn.Embedding(config.num_classes + 1, config.width)
-        self.code_embedding = nn.Embedding(config.num_embeddings, config.width)
-        self.position_embedding = nn.Parameter(torch.zeros(self.sequence_length, config.width))
-        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
-        self.norm = nn.LayerNorm(config.width)
-        self.head = nn.Linear(config.width, config.num_embeddings)
-        self.register_buffer("class_frequencies", torch.full((config.num_classes,), 1.0 / config.num_classes))
-        self.apply(self._init_weights)
-        nn.init.normal_(self.position_embedding, std=0.02)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-    @property
-    def no_class(self) -> int:
-        return self.config.num_classes
-
-    def forward(self, codes: Tensor, classes: Tensor) -> Tensor:
-        """Codes (B, 7, 7) and classes (B,) -> logits (B, 49, K) of each code given the class and the codes
-        before it in raster order."""
-        codes = codes.flatten(1)  # (B, 7, 7) -> (B, 49)
-        # The input is shifted right by one: [class, code 0, ..., code 47] predicts [code 0, ..., code 48].
-        x = torch.cat([self.class_embedding(classes)[:, None], self.code_embedding(codes[:, :-1])], dim=1)
-        x = x + self.position_embedding  # (B, 49, C)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))
-
-    def loss(self, codes: Tensor, classes: Tensor) -> Tensor:
-        """Mean negative log-likelihood per code, in nats."""
-        logits = self(codes, classes)
-        return F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())
-
-    def draw_classes(self, count: int, generator: torch.Generator | None = None) -> Tensor:
-        """count classes (count,) drawn from p(class), the training set's class frequencies."""
-        drawn = torch.multinomial(self.class_frequencies.float().cpu(), count, replacement=True, generator=generator)
-        return drawn.to(self.class_frequencies.device)
-
-    @torch.no_grad()
-    def sample(self, classes: Tensor, temperature: float = 1.0, guidance: float = 0.0,
-               generator: torch.Generator | None = None) -> Tensor:
-        """Classes (B,) -> code grids (B, 7, 7), all B at once in 49 steps, each step reusing the keys and values
-        of the earlier ones.
-
-        Each code is drawn from softmax(logits / temperature), where with guidance w > 0 the logits are
-        classifier-free guided: (1 + w) log p(code | class, ...) - w log p(code | ...), which favours codes
-        typical of the class over codes typical of any digit. A class of no_class samples without a class.
-        """
-        count = len(classes)
-        guided = guidance > 0
-        if guided:  # the rows after the first `count` are the same grids seen without their class
-            classes = torch.cat([classes, torch.full_like(classes, self.no_class)])
-        caches = [{} for _ in self.blocks]
-        codes = torch.empty(count, self.sequence_length, dtype=torch.long, device=classes.device)
-        x = self.class_embedding(classes)[:, None] + self.position_embedding[0]  # (B, 1, C)
-        for position in range(self.sequence_length):
-            for block, cache in zip(self.blocks, caches):
-                x = block(x, cache)
-            logits = torch.log_softmax(self.head(self.norm(x[:, -1])).float(), dim=-1)  # (B or 2B, K)
-            if guided:
-                conditional, unconditional = logits[:count], logits[count:]
-                logits = conditional + guidance * (conditional - unconditional)
-            probabilities = torch.softmax(logits / temperature, dim=-1)
-            code = torch.multinomial(probabilities.cpu(), 1, generator=generator).to(classes.device)  # (B, 1)
-            codes[:, position] = code[:, 0]
-            if position + 1 < self.sequence_length:
-                x = self.code_embedding(code.repeat(2, 1) if guided else code) + self.position_embedding[position + 1]
-        side = self.config.grid_size
-        return codes.view(-1, side, side)

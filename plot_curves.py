@@ -16,7 +16,8 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from utils import ArgumentParser, UserError, atomic_path, run_cli
+from cli import ArgumentParser, UserError, run_cli
+from files import atomic_path
 
 PANELS = [
     ("autoencoder: reconstruction loss (MSE in [-1, 1])", "step", True,

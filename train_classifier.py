@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from modules import DigitClassifier, images_to_inputs
-from utils import (ArgumentParser, UserError, classifier_accuracy, load_mnist, positive_float, positive_int,
-                   resolve_device, run_cli, save_checkpoint)
+from cli import ArgumentParser, UserError, add_device_flag, positive_float, positive_int, resolve_device, run_cli
+from data import load_mnist
+from files import save_torch
+from modules import images_to_inputs
+from scores import DigitClassifier, classifier_accuracy
 
 OUTLIERS_PER_DIGIT = 4  # a batch of 128 digits also holds 32 textures
 OUTLIER_WEIGHT = 0.5
@@ -33,7 +35,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--data-folder", default="data", help="MNIST folder (default: data)")
     parser.add_argument("--output", default="pretrained/mnist_classifier.pt",
                         help="file to write (default: pretrained/mnist_classifier.pt)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to train on (default: cpu)")
+    add_device_flag(parser, "train on")
     parser.add_argument("--num-epochs", type=positive_int, default=4, help="epochs to train (default: 4)")
     parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
     parser.add_argument("--lr", type=positive_float, default=3e-3,
@@ -104,7 +106,7 @@ def main(args) -> None:
         print(f"epoch {epoch}: test accuracy {accuracy:.2%}")
 
     try:
-        save_checkpoint(output, {"model": model.cpu().state_dict(), "test_accuracy": accuracy,
+        save_torch(output, {"model": model.cpu().state_dict(), "test_accuracy": accuracy,
                                  "num_epochs": args.num_epochs, "seed": args.seed})
     except OSError as error:
         raise UserError(f"cannot write {output}: {error.strerror or error}") from None

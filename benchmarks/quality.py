@@ -1,6 +1,6 @@
 """Reconstruction quality of vqvae.py on the MNIST test set: the default run over several seeds, and an ablation.
 
-Usage (from the repository root):
+Usage (from the repository root; `python -m benchmarks.quality` is the same):
     python benchmarks/quality.py                      # default flags, seeds 0 1 2: 10 epochs, then 1 epoch
     python benchmarks/quality.py --seeds 0 --epochs 10
     python benchmarks/quality.py --ablation           # each quantizer option changed alone, 3 epochs, seed 0
@@ -86,15 +86,7 @@ def ablation_table(num_epochs: int, seed: int, device: str) -> list[str]:
     return lines
 
 
-def main(args) -> None:
-    if args.ablation:
-        lines = ablation_table(args.ablation_epochs, args.seeds[0], args.device)
-    else:
-        lines = seeds_table(args.seeds, args.epochs, args.device)
-    print("\n".join(lines))
-
-
-if __name__ == "__main__":
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Test-set quality of vqvae.py's default run over seeds, or an "
                                                  "ablation of its quantizer options.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to run (default: 0 1 2)")
@@ -104,4 +96,16 @@ if __name__ == "__main__":
                         help="instead: change each quantizer option alone, on the first seed")
     parser.add_argument("--ablation-epochs", type=int, default=3, help="epochs of each ablation run (default: 3)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to train on (default: cpu)")
-    main(parser.parse_args())
+    return parser
+
+
+def main(args) -> None:
+    if args.ablation:
+        lines = ablation_table(args.ablation_epochs, args.seeds[0], args.device)
+    else:
+        lines = seeds_table(args.seeds, args.epochs, args.device)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())

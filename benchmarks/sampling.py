@@ -1,7 +1,7 @@
 """Prior sampling of a checkpoint: how long 100 code grids take, and sample scores over temperatures and guidance
 weights against the validation split (for choosing the sampling defaults without looking at the test set).
 
-Usage (from the repository root):
+Usage (from the repository root; `python -m benchmarks.sampling` is the same):
     python benchmarks/sampling.py --model pretrained/vqvae_mnist.pt
     python benchmarks/sampling.py --model models/vqvae/best.pt --temperatures 0.9,1.0 --guidance 0.5,0.75,1.0
 
@@ -12,17 +12,24 @@ features of the validation split (the last 5,000 training images); the table giv
 and the floor is 1,000 random validation digits' distance to the whole split, averaged the same way.
 """
 import argparse
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
+if __name__ == "__main__" and not __package__:
+    # Run as `python benchmarks/sampling.py`: start again as `python -m benchmarks.sampling` in the repository root,
+    # where the project's modules are importable.
+    os.chdir(Path(__file__).resolve().parent.parent)
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.sampling", *sys.argv[1:]])
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from modules import GUIDANCE, SAMPLING_TEMPERATURE  # noqa: E402
-from utils import (DEFAULT_CLASSIFIER, classify, load_classifier, load_mnist, load_model, load_prior,  # noqa: E402
-                   score_samples, split_train_validation)
+import torch  # noqa: E402
+
+from checkpoints import load_model, load_prior  # noqa: E402
+from data import load_mnist, split_train_validation  # noqa: E402
+from prior import GUIDANCE, SAMPLING_TEMPERATURE  # noqa: E402
+from scores import DEFAULT_CLASSIFIER, classify, load_classifier, score_samples  # noqa: E402
 
 SAMPLES = 1000
 
@@ -31,7 +38,7 @@ def numbers(text: str) -> list[float]:
     return [float(value) for value in text.split(",")]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Time prior sampling and score samples on the validation split.")
     parser.add_argument("--model", default="pretrained/vqvae_mnist.pt", help="checkpoint with a prior")
     parser.add_argument("--temperatures", type=numbers, default=[0.9, 1.0], help="comma-separated (default: 0.9,1.0)")
@@ -41,22 +48,49 @@ def main() -> None:
                         help="comma-separated (default: 0,1,2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed batches of 100 (default: 5)")
     parser.add_argument("--data-folder", default="data", help="MNIST folder (default: data)")
-    args = parser.parse_args()
+    return parser
 
-    model, checkpoint = load_model(args.model, "cpu")
-    prior = load_prior(checkpoint, args.model, "cpu")
+
+def sampling_seconds(prior, repeats: int) -> float:
+    """Median seconds of generate.py's batch of 100 grids over `repeats` timings, after one warm-up."""
     classes = torch.arange(10).repeat_interleave(10)
     prior.sample(classes, SAMPLING_TEMPERATURE, GUIDANCE)
     seconds = []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         started = time.perf_counter()
         prior.sample(classes, SAMPLING_TEMPERATURE, GUIDANCE)
         seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
+
+
+def setting_row(model, prior, classifier, reference, temperature: float, guidance: float, seeds) -> str:
+    """The table row of one temperature and guidance weight: mean scores over the seeds."""
+    asked = torch.arange(SAMPLES) % 10
+    rows = {"asked": [], "unconditional": []}
+    for seed in seeds:
+        generator = torch.Generator().manual_seed(seed)
+        for kind, kind_classes in (("asked", asked), ("unconditional", prior.draw_classes(SAMPLES, generator))):
+            codes = prior.sample(kind_classes, temperature, guidance, generator)
+            rows[kind].append(score_samples(classifier, model.to_pixels(model.decode(codes)), reference,
+                                            asked if kind == "asked" else None))
+
+    def mean(kind, key):
+        return statistics.mean(row[key] for row in rows[kind])
+
+    return (f"| {temperature} | {guidance} | {mean('asked', 'recognisable'):.1%} / "
+            f"{mean('asked', 'matches_class'):.1%} / {mean('asked', 'frechet_distance'):.3f} | "
+            f"{mean('unconditional', 'recognisable'):.1%} / {mean('unconditional', 'frechet_distance'):.3f} |")
+
+
+def main(args) -> None:
+    model, checkpoint = load_model(args.model, "cpu")
+    prior = load_prior(checkpoint, args.model, "cpu")
     print(f"{args.model}: 100 code grids (temperature {SAMPLING_TEMPERATURE}, guidance {GUIDANCE}) in "
-          f"{statistics.median(seconds):.2f} s (median of {args.repeats}), {torch.get_num_threads()} CPU threads")
+          f"{sampling_seconds(prior, args.repeats):.2f} s (median of {args.repeats}), {torch.get_num_threads()} CPU "
+          "threads")
 
     images, _ = load_mnist(args.data_folder, train=True)
-    _, validation = split_train_validation(images, checkpoint.get("args", {}).get("val_size", 5000))
+    _, validation = split_train_validation(images, checkpoint["args"].get("val_size", 5000))
     classifier = load_classifier(DEFAULT_CLASSIFIER, "cpu")
     validation_pixels = validation.unsqueeze(1).float() / 255
     _, reference = classify(classifier, validation_pixels)
@@ -67,25 +101,10 @@ def main() -> None:
           f"{args.seeds})")
     print("| temperature | guidance | digit asked: recognisable / as asked / FD | unconditional: recognisable / FD |")
     print("| --- | --- | --- | --- |")
-    asked = torch.arange(SAMPLES) % 10
     for temperature in args.temperatures:
         for guidance in args.guidance:
-            rows = {"asked": [], "unconditional": []}
-            for seed in args.seeds:
-                generator = torch.Generator().manual_seed(seed)
-                for kind, kind_classes in (("asked", asked), ("unconditional", prior.draw_classes(SAMPLES, generator))):
-                    codes = prior.sample(kind_classes, temperature, guidance, generator)
-                    rows[kind].append(score_samples(classifier, model.to_pixels(model.decode(codes)), reference,
-                                                    asked if kind == "asked" else None))
-
-            def mean(kind, key):
-                return statistics.mean(row[key] for row in rows[kind])
-
-            print(f"| {temperature} | {guidance} | {mean('asked', 'recognisable'):.1%} / "
-                  f"{mean('asked', 'matches_class'):.1%} / {mean('asked', 'frechet_distance'):.3f} | "
-                  f"{mean('unconditional', 'recognisable'):.1%} / {mean('unconditional', 'frechet_distance'):.3f} |",
-                  flush=True)
+            print(setting_row(model, prior, classifier, reference, temperature, guidance, args.seeds), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(build_parser().parse_args())

@@ -1,6 +1,6 @@
 """Training speed: the reference's plain loop against the project's loop, same model and batch size, one process.
 
-Usage (from the repository root):
+Usage (from the repository root; `python -m benchmarks.speed` is the same):
     python benchmarks/speed.py                        # CPU, default architecture and batch size, 3 x 200 steps each
     python benchmarks/speed.py --ablation             # each speed setting of the project's loop alone, fresh processes
     python benchmarks/speed.py --time-to-quality      # test MSE of the default run stopped at the plain loop's epoch
@@ -10,18 +10,20 @@ Usage (from the repository root):
 (a) plain: torchvision's MNIST turned into tensors image by image (ToTensor, Normalize) by a DataLoader, Adam,
     the loss read back with .item() every step, as the reference does;
 (b) project: what vqvae.py does: the uint8 training set in memory on the device, batches cut by index and scaled
-    on the fly, bf16 autocast where the device computes bf16 in hardware (utils.native_bf16), channels-last
-    weights, fused Adam, glibc keeping freed memory (utils.keep_freed_memory), and the training step
-    utils.training_step, which never waits for the device.
+    on the fly, bf16 autocast where the device computes bf16 in hardware (training.native_bf16), channels-last
+    weights, fused Adam, glibc keeping freed memory (training.keep_freed_memory), and the training step
+    training.training_step, which never waits for the device.
 Both train a fresh model of the default configuration. Each loop is timed --repeats times over --steps steps after
 --warmup untimed ones, the plain loop first (the memory setting of (b) lasts for the process); the median counts.
 
 --time-to-quality: the reference needs 10 of the plain loop's epochs, so a tenth of its time is one plain-loop
 epoch. It runs the default `python vqvae.py --time-limit T` in a subprocess, with T that epoch's time less the
-seconds Python needs to start, then `python evaluate.py --samples 0` on the last.pt it stopped with.
+seconds Python needs to start, then `python evaluate.py --samples 0` on the last.pt it stopped with. Where it
+stopped, and how long each part of a full run took, come from the run's models/NAME/run.json.
 """
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -30,22 +32,23 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if __name__ == "__main__" and not __package__:
+    # Run as `python benchmarks/speed.py`: start again as `python -m benchmarks.speed` in the repository root,
+    # where the project's modules are importable.
+    os.chdir(ROOT)
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.speed", *sys.argv[1:]])
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
+from data import epoch_batches, load_mnist  # noqa: E402
 from modules import VQVAE, VQVAEConfig  # noqa: E402
-from utils import (epoch_batches, keep_freed_memory, load_mnist, make_optimizer, native_bf16,  # noqa: E402
-                   training_step)
+from run_log import read_run_figures  # noqa: E402
+from training import keep_freed_memory, make_optimizer, native_bf16, training_step  # noqa: E402
 
 TRAIN_IMAGES = 60_000  # the reference trains on the whole training set each epoch
 REFERENCE_TEST_MSE = 0.0069  # the reference repository's test MSE after its 10 epochs, as the brief measured it
-# How long vqvae.py says its autoencoder and its prior trained.
-AUTOENCODER_SECONDS, PRIOR_SECONDS = r"autoencoder trained in (\d+) s", r"prior \((\d+) s, codes included\)"
-# Where vqvae.py says it stopped at its --time-limit.
-STOPPED_AT_LIMIT = r"stopped at the --time-limit (at step \d+ \(epoch \d+, batch \d+ of \d+\)|after epoch \d+)"
 
 # (name, flags of this script): each row changes one setting of the project's loop, in a fresh process.
 ABLATION = [
@@ -126,7 +129,7 @@ def run_script(command: list[str], show_progress: bool = False) -> str:
 
 def ablation(args) -> None:
     """Each row in its own process, since keep_freed_memory cannot be undone within one."""
-    common = ["benchmarks/speed.py", "--device", args.device, "--batch-size", str(args.batch_size), "--steps",
+    common = ["-m", "benchmarks.speed", "--device", args.device, "--batch-size", str(args.batch_size), "--steps",
               str(args.steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--data-folder",
               args.data_folder]
     plain = float(re.search(r"plain loop: ([\d.]+)", run_script(common + ["--loop", "plain"])).group(1))
@@ -142,6 +145,28 @@ def ablation(args) -> None:
             print(f"| {name} | {speed:,.0f} | {speed / plain:.2f}x |", flush=True)
 
 
+def stopped_at_limit(model_dir) -> str | None:
+    """Where the run in model_dir stopped at its --time-limit, as its run.json says; None if it did not."""
+    stopped = read_run_figures(model_dir).get("stopped")
+    return stopped["where"] if stopped and stopped["cause"] == "time-limit" else None
+
+
+def part_seconds(model_dir) -> tuple[float, float]:
+    """How long the autoencoder and the prior of the run in model_dir trained, as its run.json says."""
+    figures = read_run_figures(model_dir)
+    return figures["autoencoder"]["seconds"], figures["prior"]["seconds"]
+
+
+def full_run(device: str) -> None:
+    command = ["vqvae.py", "--output-folder", "speed/full", "--overwrite", "--device", device]
+    started = time.perf_counter()
+    run_script(command, show_progress=True)  # a long run: its progress bars show
+    seconds = time.perf_counter() - started
+    autoencoder, prior = part_seconds(ROOT / "models" / "speed" / "full")
+    print(f"full default run (`{' '.join(command)}`): {seconds:.1f} s, of which the autoencoder {autoencoder:.0f} s "
+          f"and the prior {prior:.0f} s (as vqvae.py records them in run.json)")
+
+
 def time_to_quality(plain_speed: float, device: str) -> None:
     budget = TRAIN_IMAGES / plain_speed  # a tenth of the plain loop's 10 epochs
     started = time.perf_counter()
@@ -152,13 +177,13 @@ def time_to_quality(plain_speed: float, device: str) -> None:
     started = time.perf_counter()
     stopped = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    where = re.search(STOPPED_AT_LIMIT, stopped.stderr)
+    where = stopped_at_limit(ROOT / "models" / "speed" / "time_to_quality")
     if stopped.returncode != 0 or where is None:
         sys.exit(f"speed.py: `{' '.join(command)}` did not stop at its time limit:\n{stopped.stderr[-2000:]}")
     scores = json.loads(run_script(["evaluate.py", "--model", "models/speed/time_to_quality/last.pt", "--device",
                                     device, "--samples", "0", "--json"]))
     verdict = "reached" if scores["test_mse"] <= REFERENCE_TEST_MSE and seconds <= budget else "NOT reached"
-    print(f"time to quality: `{' '.join(command)}` stopped {where.group(1)} after {seconds:.1f} s of wall time "
+    print(f"time to quality: `{' '.join(command)}` stopped {where} after {seconds:.1f} s of wall time "
           f"(budget {budget:.1f} s, a tenth of the plain loop's 10 epochs); test MSE {scores['test_mse']:.5f} "
           f"against the reference's 10-epoch {REFERENCE_TEST_MSE}: {verdict}")
 
@@ -199,14 +224,7 @@ def main(args) -> None:
     if args.time_to_quality:
         time_to_quality(plain, args.device)
     if args.full:
-        command = ["vqvae.py", "--output-folder", "speed/full", "--overwrite", "--device", args.device]
-        started = time.perf_counter()
-        output = run_script(command, show_progress=True)  # a long run: its progress bars show
-        seconds = time.perf_counter() - started
-        autoencoder = re.search(AUTOENCODER_SECONDS, output).group(1)
-        prior = re.search(PRIOR_SECONDS, output).group(1)
-        print(f"full default run (`{' '.join(command)}`): {seconds:.1f} s, of which the autoencoder {autoencoder} s "
-              f"and the prior {prior} s (as vqvae.py reports them)")
+        full_run(args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:

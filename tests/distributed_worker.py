@@ -9,13 +9,14 @@ from pathlib import Path
 
 import torch
 
-import utils
+import data
 import vqvae
+from cli import run_cli
 
 
 def main() -> None:
     checksums, output, stop_at_step, *flags = sys.argv[1:]
-    utils.MNIST_MD5 = json.loads(Path(checksums).read_text())
+    data.MNIST_MD5 = json.loads(Path(checksums).read_text())
     if int(stop_at_step):
         original = torch.optim.Adam.step
         calls = {"count": 0}
@@ -33,4 +34,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    utils.run_cli(lambda _: main(), None)
+    run_cli(lambda _: main(), None)

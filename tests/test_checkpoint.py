@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from modules import VQVAE, VQVAEConfig, images_to_inputs
-from utils import UserError, load_checkpoint, load_model, make_checkpoint, save_checkpoint
+from checkpoints import RunState, load_checkpoint, load_model, save_checkpoint, training_checkpoint
+from cli import UserError
 
 
 def trained_model_and_optimizer():
@@ -21,6 +22,13 @@ def trained_model_and_optimizer():
         loss.backward()
         optimizer.step()
     return model, optimizer, x
+
+
+def make_checkpoint(model, optimizer, epoch: int, step: int) -> dict:
+    """A training checkpoint of the model and optimizer, `epoch` epochs and `step` steps into a run."""
+    schedule = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    return training_checkpoint(model, optimizer, schedule, RunState(epoch=epoch, step=step), args={}, val=None,
+                               device=torch.device("cpu"))
 
 
 def test_checkpoint_round_trips_exactly(tmp_path):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
+import data
 import generate
-import utils
-from test_pipeline import TINY_PRIOR
+from helpers import TINY_PRIOR
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
@@ -21,7 +21,7 @@ FLAGS = ("--val-size", "64", "--batch-size", "32", "--hidden-size", "8", "--k", 
 def torchrun(tmp_path, data_folder, *flags, stop_at_step=0):
     """Run the worker in 2 processes with torchrun, in tmp_path; returns the CompletedProcess."""
     checksums = tmp_path / "checksums.json"
-    checksums.write_text(json.dumps(utils.MNIST_MD5))  # the tiny files' MD5s, patched in by the fixture
+    checksums.write_text(json.dumps(data.MNIST_MD5))  # the tiny files' MD5s, patched in by the fixture
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
                str(checksums), str(tmp_path), str(stop_at_step), "--data-folder", str(data_folder), *FLAGS, *flags]
     environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}

@@ -9,8 +9,9 @@ import torch
 import evaluate
 import export_model
 import generate
-from test_pipeline import train_tiny
-from utils import UserError
+from checkpoints import FORMAT
+from cli import UserError
+from helpers import train_tiny
 
 
 def export(*flags):
@@ -26,7 +27,8 @@ def test_export_drops_the_training_state_and_scores_like_the_checkpoint(tiny_mni
 
     original = torch.load("models/tiny/best.pt", weights_only=True)
     exported = torch.load("shared/tiny.pt", weights_only=True)
-    assert set(exported) == {"config", "model", "prior", "epoch", "step", "val", "args"}
+    assert set(exported) == {"format", "config", "model", "prior", "epoch", "step", "val", "args"}
+    assert exported["format"] == FORMAT
     for name, tensor in original["model"].items():
         assert torch.equal(tensor, exported["model"][name]), name
     for name, tensor in original["prior"]["model"].items():

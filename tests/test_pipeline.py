@@ -11,20 +11,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import evaluate
 import generate
 import vqvae
-from utils import UserError
+from cli import UserError
+from helpers import train_tiny
 
 TILE, PADDING = 28, 2  # make_grid's default padding
-
-
-TINY_PRIOR = ("--prior-epochs", "1", "--prior-width", "16", "--prior-layers", "1", "--prior-heads", "2",
-              "--prior-batch-size", "64")
-
-
-def train_tiny(data_folder, *extra):
-    args = vqvae.build_parser().parse_args([
-        "--data-folder", str(data_folder), "--num-epochs", "1", "--val-size", "64", "--batch-size", "64",
-        "--hidden-size", "8", "--k", "16", "--log-interval", "1", "--output-folder", "tiny", *TINY_PRIOR, *extra])
-    vqvae.main(args)
 
 
 def assert_grid_of_tiles(path):

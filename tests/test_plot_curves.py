@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 import plot_curves
-from test_pipeline import train_tiny
-from utils import UserError
+from cli import UserError
+from helpers import train_tiny
 
 
 def plot(*flags):

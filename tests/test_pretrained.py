@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from utils import load_model, load_prior
+from checkpoints import load_model, load_prior
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 

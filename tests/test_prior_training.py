@@ -10,10 +10,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import generate
 import vqvae
-from modules import CodePrior, PriorConfig
-from test_pipeline import TINY_PRIOR, train_tiny
-from test_robustness import signal_on_call
-from utils import RunStopped, UserError
+from cli import RunStopped, UserError
+from helpers import TINY_PRIOR, signal_on_call, train_tiny
+from prior import CodePrior, PriorConfig
 
 
 def generate_grid(model, *flags):

@@ -13,13 +13,14 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import data
 import generate
-import utils
+import training
 import vqvae
-from conftest import write_tiny_mnist
+from checkpoints import load_checkpoint, save_checkpoint
+from cli import RunStopped, UserError, run_cli
+from helpers import signal_on_call, train_tiny, write_tiny_mnist
 from modules import VQVAE
-from test_pipeline import train_tiny
-from utils import RunStopped, UserError, load_checkpoint, run_cli, save_checkpoint
 
 TWO_EPOCHS = ("--num-epochs", "2")  # 4 steps per epoch on the tiny data
 
@@ -34,26 +35,12 @@ def assert_same_weights(expected, actual):
         assert torch.allclose(expected[name].double(), actual[name].double(), rtol=0, atol=1e-6), name
 
 
-def signal_on_call(monkeypatch, owner, name, call_number, signum):
-    """Make owner.name raise the signal against this process on its call_number-th call, then run as usual."""
-    original = getattr(owner, name)
-    calls = {"count": 0}
-
-    def wrapper(*args, **kwargs):
-        calls["count"] += 1
-        if calls["count"] == call_number:
-            signal.raise_signal(signum)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, wrapper)
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """The final weights of the tiny two-epoch run, trained once without a stop on the same tiny data."""
     folder = tmp_path_factory.mktemp("uninterrupted")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(utils, "MNIST_MD5", write_tiny_mnist(folder / "data" / "MNIST" / "raw"))
+        patch.setattr(data, "MNIST_MD5", write_tiny_mnist(folder / "data" / "MNIST" / "raw"))
         patch.chdir(folder)
         train_tiny(folder / "data", *TWO_EPOCHS)
     return weights(folder / "models" / "tiny" / "last.pt")
@@ -95,7 +82,9 @@ def clock_jumps_on_call(monkeypatch, owner, name, call_number, seconds):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(owner, name, wrapper)
-    monkeypatch.setattr(vqvae, "time", SimpleNamespace(monotonic=lambda: clock["now"], perf_counter=time.perf_counter))
+    clock_module = SimpleNamespace(monotonic=lambda: clock["now"], perf_counter=time.perf_counter)
+    for module in (vqvae, training):
+        monkeypatch.setattr(module, "time", clock_module)
 
 
 @pytest.mark.parametrize("stop_at_call", [1, 6])
@@ -126,7 +115,7 @@ def test_time_limit_during_the_prior_keeps_the_autoencoder(tiny_mnist, tmp_path,
 def test_signal_during_validation_stops_after_the_epoch(uninterrupted, tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with monkeypatch.context() as patch:
-        signal_on_call(patch, vqvae, "score_reconstructions", 1, signal.SIGTERM)
+        signal_on_call(patch, training, "score_reconstructions", 1, signal.SIGTERM)
         with pytest.raises(RunStopped, match="after epoch 1"):
             train_tiny(tiny_mnist, *TWO_EPOCHS)
     assert torch.load("models/tiny/last.pt", weights_only=True)["epoch"] == 1
@@ -180,7 +169,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_mnist, 
 
 
 SLOW_SAVE = textwrap.dedent("""
-    import sys, time, torch, utils
+    import sys, time, torch, checkpoints
     real_save = torch.save
     def slow_save(obj, file):
         real_save(obj, file)
@@ -189,13 +178,15 @@ SLOW_SAVE = textwrap.dedent("""
         print("writing", flush=True)
         time.sleep(60)
     torch.save = slow_save
-    utils.save_checkpoint(sys.argv[1], {"config": {}, "model": {"w": torch.ones(1000)}, "epoch": 2, "step": 8})
+    checkpoints.save_checkpoint(sys.argv[1], {"config": {}, "model": {"w": torch.ones(1000)}, "epoch": 2,
+                                              "step": 8, "val": None, "args": {}})
 """)
 
 
 def test_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"config": {}, "model": {"w": torch.zeros(1000)}, "epoch": 1, "step": 4})
+    save_checkpoint(path, {"config": {}, "model": {"w": torch.zeros(1000)}, "epoch": 1, "step": 4, "val": None,
+                           "args": {}})
     before = path.read_bytes()
     process = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(path)], stdout=subprocess.PIPE, text=True,
                                cwd=Path(vqvae.__file__).parent)

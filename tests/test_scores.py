@@ -1,11 +1,13 @@
-"""Scores of a whole image set come from sums and code counts over all its batches, not from per-batch averages."""
+"""Scores against independent computations: a whole image set's come from sums and code counts over all its
+batches, not from per-batch averages; the Frechet distance against closed forms; the classifier's sample scores
+with a stand-in classifier."""
 import math
 
 import pytest
 import torch
 
 from modules import VQVAE, VQVAEConfig
-from utils import score_reconstructions
+from scores import DigitClassifier, frechet_distance, score_reconstructions, score_samples
 
 
 @pytest.mark.parametrize("decoder_output", ["tanh", "linear", "logits"])
@@ -33,3 +35,60 @@ def test_mse_is_over_every_pixel_of_the_set():
     expected = (pixels - images.unsqueeze(1).float() / 255).pow(2).mean().item()
     assert scores.mse == pytest.approx(expected, rel=1e-5)
     assert scores.psnr == pytest.approx(10 * math.log10(1 / expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_frechet_distance_matches_the_closed_form_for_diagonal_covariances(seed):
+    generator = torch.Generator().manual_seed(seed)
+    dims = 6
+    mean_a, mean_b = torch.randn(dims, generator=generator), torch.randn(dims, generator=generator)
+    std_a, std_b = torch.rand(dims, generator=generator) + 0.5, torch.rand(dims, generator=generator) + 0.5
+    a = torch.randn(20000, dims, generator=generator, dtype=torch.float64) * std_a + mean_a
+    b = torch.randn(20000, dims, generator=generator, dtype=torch.float64) * std_b + mean_b
+    # The closed form, from each set's own per-dimension statistics (off-diagonal covariances are near 0).
+    expected = ((a.mean(0) - b.mean(0)).pow(2).sum() + (a.std(0) - b.std(0)).pow(2).sum()).item()
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=0.02, abs=1e-3)
+
+
+def test_frechet_distance_of_a_set_to_itself_is_zero_and_a_shift_adds_its_squared_length():
+    features = torch.randn(500, 8, generator=torch.Generator().manual_seed(0))
+    shift = torch.arange(8.0) / 4
+    assert frechet_distance(features, features) == pytest.approx(0, abs=1e-6)
+    assert frechet_distance(features + shift, features) == pytest.approx(shift.pow(2).sum().item(), rel=1e-6)
+
+
+class PixelClassifier(DigitClassifier):
+    """A stand-in classifier: its features are the pixels (in [-1, 1]) and the logit of class c is 10 x the
+    feature of pixel c of the top row, so an image with only pixel c lit is a confident c."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Flatten()
+        self.head = torch.nn.Linear(784, 10, bias=False)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.weight[torch.arange(10), torch.arange(10)] = 10.0
+        self.eval()
+
+
+def test_score_samples_counts_confident_and_matching_predictions():
+    lit = [[3], [3], [1], [5, 6]]  # the last image is a tie between 5 and 6: confidence 0.5, predicted 5
+    pixels = torch.zeros(len(lit), 1, 28, 28)
+    for image, columns in enumerate(lit):
+        pixels[image, 0, 0, columns] = 1.0
+    reference = torch.rand(50, 784, generator=torch.Generator().manual_seed(0))
+    scores = score_samples(PixelClassifier(), pixels, reference, classes=torch.tensor([3, 3, 1, 2]))
+    assert scores["recognisable"] == 0.75
+    assert scores["matches_class"] == 0.75
+    shares = torch.tensor([0.5, 0.25, 0.25])  # predicted 3, 3, 1, 5
+    assert scores["class_entropy"] == pytest.approx(-(shares * shares.log()).sum().item() / math.log(10))
+    assert scores["frechet_distance"] == pytest.approx(frechet_distance(pixels.flatten(1) * 2 - 1, reference))
+    assert "matches_class" not in score_samples(PixelClassifier(), pixels, reference)
+
+
+def test_class_entropy_is_one_for_balanced_predictions():
+    pixels = torch.zeros(20, 1, 28, 28)
+    pixels[torch.arange(20), 0, 0, torch.arange(20) % 10] = 1.0
+    scores = score_samples(PixelClassifier(), pixels, torch.rand(50, 784))
+    assert scores["class_entropy"] == pytest.approx(1.0)
+    assert scores["recognisable"] == 1.0

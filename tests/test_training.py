@@ -1,11 +1,8 @@
-"""The speed settings change nothing but speed: channels-last gives float64's losses and gradients (up to
-rounding), fused Adam the same steps, and glibc keeps freed memory after utils.keep_freed_memory; bf16 autocast is
-on by default where the hardware computes bf16; benchmarks/speed.py times both loops and understands what
-vqvae.py prints."""
+"""The speed settings of training.py change nothing but speed: channels-last gives float64's losses and gradients
+(up to rounding), fused Adam the same steps, and glibc keeps freed memory after training.keep_freed_memory; bf16
+autocast is on by default where the hardware computes bf16."""
 import copy
-import importlib.util
 import platform
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,18 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import blob_images
-from modules import VQVAE, VQVAEConfig, images_to_inputs
 import vqvae
-from test_pipeline import train_tiny
-from utils import RunStopped, make_optimizer, native_bf16
+from helpers import blob_images, train_tiny
+from modules import VQVAE, VQVAEConfig, images_to_inputs
+from training import make_optimizer, native_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 
 FREE_HEAP_AFTER_A_FREE = """
 import ctypes, sys
 import torch
-import utils
+import training
 
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -33,18 +29,11 @@ class Mallinfo2(ctypes.Structure):
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = Mallinfo2
 if sys.argv[1] == "keep":
-    utils.keep_freed_memory()
+    training.keep_freed_memory()
 block = torch.empty(16 << 20, dtype=torch.uint8)
 del block
 print(libc.mallinfo2().fordblks)
 """
-
-
-def load_speed_benchmark():
-    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def losses_and_gradients(model: VQVAE, images: torch.Tensor, dtype=torch.float32) -> dict:
@@ -109,33 +98,6 @@ def test_freed_activations_stay_in_the_heap(mode, kept):
     free_bytes = int(subprocess.run([sys.executable, "-c", FREE_HEAP_AFTER_A_FREE, mode], cwd=ROOT, check=True,
                                     capture_output=True, text=True).stdout)
     assert (free_bytes >= 16 << 20) == kept, free_bytes
-
-
-def test_speed_benchmark_times_both_loops(tiny_mnist, capsys):
-    speed = load_speed_benchmark()
-    speed.main(speed.build_parser().parse_args(["--data-folder", str(tiny_mnist), "--steps", "2", "--warmup", "1",
-                                                "--repeats", "2"]))
-    output = capsys.readouterr().out
-    plain = float(re.search(r"\| plain .* \| ([\d,]+) \| [\d.]+ \|", output).group(1).replace(",", ""))
-    project = float(re.search(r"\| project .* \| ([\d,]+) \| [\d.]+ \|", output).group(1).replace(",", ""))
-    assert plain > 0 and project > 0
-    assert re.search(r"speed-up: \d+\.\d\dx", output)
-
-
-def test_speed_benchmark_reads_where_the_time_limit_stopped(tiny_mnist, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(RunStopped) as stopped:
-        train_tiny(tiny_mnist, "--time-limit", "1e-9")  # over after the first step
-    where = re.search(load_speed_benchmark().STOPPED_AT_LIMIT, str(stopped.value)).group(1)
-    assert where == "at step 1 (epoch 1, batch 1 of 4)"
-
-
-def test_speed_benchmark_reads_how_long_each_part_trained(tiny_mnist, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    train_tiny(tiny_mnist)
-    output = capsys.readouterr().out
-    speed = load_speed_benchmark()
-    assert re.search(speed.AUTOENCODER_SECONDS, output) and re.search(speed.PRIOR_SECONDS, output), output
 
 
 @pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, True), (False, True, True), (False, False, False)])

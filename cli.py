@@ -1,0 +1,88 @@
+"""The command line every script shares: one-line errors, argument types, run_cli and the device to run on."""
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+
+class UserError(Exception):
+    """A problem the user can fix (a bad flag, a missing or corrupt file): reported as one line, exit status 2."""
+
+
+class RunStopped(Exception):
+    """Training stopped after saving its state: reported as one line, with exit status 128 + the signal's number
+    after a signal, 0 at the --time-limit."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is reported on one line instead of a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def flag_names(self) -> dict[str, str]:
+        """{dest: the flag that sets it}, e.g. {"num_embeddings": "--k"}, for messages that name a flag."""
+        return {action.dest: action.option_strings[0] for action in self._actions if action.option_strings}
+
+
+def run_cli(main, args: argparse.Namespace) -> None:
+    """Run a script's main(args), turning a UserError or Ctrl-C into one line on stderr and an exit status."""
+    prog = Path(sys.argv[0]).name
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun; 0 in a plain run
+    try:
+        main(args)
+    except UserError as error:
+        print(f"{prog}: error: {error}" + (f" (process {rank})" if rank else ""), file=sys.stderr)
+        sys.exit(2)
+    except RunStopped as stopped:
+        if rank == 0:  # every process stops together; one says so
+            print(f"{prog}: {stopped}", file=sys.stderr)
+        sys.exit(stopped.exit_code)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _number_type(cast, check, requirement):
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {requirement}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = _number_type(int, lambda v: v > 0, "a positive integer")
+nonnegative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+nonnegative_float = _number_type(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+unit_interval = _number_type(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def plain_name(text: str) -> str:
+    """A name for files under the project's output folders: relative, without '..', so it stays inside them."""
+    path = Path(text)
+    if not text or path.is_absolute() or ".." in path.parts:
+        raise argparse.ArgumentTypeError(f"give a plain name such as 'vqvae', not {text!r}")
+    return text
+
+
+def add_device_flag(parser: argparse.ArgumentParser, what: str = "run on") -> None:
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help=f"device to {what} (default: cpu)")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    return torch.device(name)

@@ -1,0 +1,36 @@
+"""Files written whole or not at all: each goes to a temporary file beside its target, renamed over it once complete."""
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside path; when the block succeeds it replaces path, so nobody ever sees half a
+    file, and an error or a kill leaves the previous file as it was."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def save_torch(path, content) -> None:
+    """torch.save through atomic_path, flushed to the disk before the rename: a crash mid-save leaves the
+    previous file intact."""
+    with atomic_path(Path(path)) as temporary, open(temporary, "wb") as file:
+        torch.save(content, file)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def write_json(path, content) -> None:
+    """content as indented JSON, through atomic_path."""
+    with atomic_path(Path(path)) as temporary:
+        temporary.write_text(json.dumps(content, indent=1) + "\n")

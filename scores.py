@@ -1,0 +1,170 @@
+"""How good a model is: reconstruction scores of an image set, and sample scores by the judge, a digit classifier."""
+import math
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from cli import UserError
+from modules import VQVAE, images_to_inputs
+from vector_quantizer import distributed, perplexity_from_counts, sum_over_processes, world_size
+
+
+@dataclass
+class ReconstructionScores:
+    recon_loss: float  # the loss the model trains on (MSE in [-1, 1] space, or BCE for logits)
+    codebook_loss: float
+    commitment_loss: float
+    mse: float  # MSE in [0, 1] pixel space, averaged over every pixel of the set
+    psnr: float  # 10 log10(1 / mse), in dB
+    codes_used: int  # distinct codes used over the whole set
+    codebook_usage: float  # codes_used / K
+    perplexity: float  # of the code histogram of the whole set
+    counts: Tensor  # (K,) how often each code was chosen
+
+
+@torch.no_grad()
+def score_reconstructions(model: VQVAE, images: Tensor, batch_size: int, device: torch.device) -> ReconstructionScores:
+    """Scores of a whole image set (N, 28, 28) uint8, from sums and code counts over all its batches.
+
+    Under torchrun each process scores every world_size-th image and the sums and counts are added up over the
+    processes, so every process gets the scores of the whole set."""
+    was_training = model.training
+    model.eval()
+    shard = images[dist.get_rank()::world_size()] if distributed() else images
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # recon, codebook, commitment, squared pixel error
+    counts = torch.zeros(model.config.num_embeddings, dtype=torch.int64, device=device)
+    for start in range(0, len(shard), batch_size):
+        batch = shard[start:start + batch_size].to(device)
+        x = images_to_inputs(batch)
+        x_recon, quantized = model(x)
+        size = len(batch)
+        sums[0] += model.reconstruction_loss(x_recon, x).double() * size
+        sums[1] += quantized.codebook_loss.double() * size
+        sums[2] += quantized.commitment_loss.double() * size
+        sums[3] += (model.to_pixels(x_recon) - batch.unsqueeze(1).float() / 255).pow(2).sum().double()
+        counts += torch.bincount(quantized.indices.flatten(), minlength=len(counts))
+    model.train(was_training)
+    sum_over_processes(sums)
+    sum_over_processes(counts)
+
+    recon_loss, codebook_loss, commitment_loss = (sums[:3] / len(images)).tolist()
+    mse = sums[3].item() / images[0].numel() / len(images)
+    codes_used = int((counts > 0).sum())
+    return ReconstructionScores(
+        recon_loss=recon_loss,
+        codebook_loss=codebook_loss,
+        commitment_loss=commitment_loss,
+        mse=mse,
+        psnr=10 * math.log10(1.0 / mse) if mse > 0 else math.inf,
+        codes_used=codes_used,
+        codebook_usage=codes_used / len(counts),
+        perplexity=perplexity_from_counts(counts).item(),
+        counts=counts.cpu(),
+    )
+
+# ---------------------------------------------------------------------------------------------------- the judge
+
+
+class DigitClassifier(nn.Module):
+    """A small CNN that scores generated digits: its confidence says whether a sample is recognisable, and its
+    penultimate features (`features`) are what the Frechet distance compares."""
+
+    feature_dim = 64
+
+    def __init__(self):
+        super().__init__()
+
+        def conv(in_channels: int, out_channels: int) -> list[nn.Module]:
+            return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+                    nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *conv(1, 32), nn.MaxPool2d(2),  # (B, 1, 28, 28) -> (B, 32, 14, 14)
+            *conv(32, 64), nn.MaxPool2d(2),  # -> (B, 64, 7, 7)
+            *conv(64, 64), *conv(64, self.feature_dim),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # -> (B, 64)
+        )
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(self.feature_dim, 10))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images (B, 1, 28, 28) in [-1, 1] -> class logits (B, 10)."""
+        return self.head(self.features(x))
+
+
+DEFAULT_CLASSIFIER = Path(__file__).resolve().parent / "pretrained" / "mnist_classifier.pt"
+
+
+def load_classifier(path, device) -> DigitClassifier:
+    """The digit classifier written by train_classifier.py, in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no classifier at {path}: train one with `python train_classifier.py` or pass --classifier")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        classifier = DigitClassifier()
+        classifier.load_state_dict(state["model"])
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError, TypeError) as error:
+        raise UserError(f"{path} is not a classifier written by train_classifier.py ({type(error).__name__}): "
+                        "retrain it with `python train_classifier.py`") from None
+    return classifier.to(device).eval()
+
+
+@torch.no_grad()
+def classify(classifier: DigitClassifier, pixels: Tensor, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
+    """Pixels (N, 1, 28, 28) in [0, 1] -> class probabilities (N, 10) and penultimate features (N, 64)."""
+    probabilities, features = [], []
+    for batch in pixels.split(batch_size):
+        feature = classifier.features(batch.float() * 2 - 1)
+        probabilities.append(torch.softmax(classifier.head(feature), dim=1))
+        features.append(feature)
+    return torch.cat(probabilities), torch.cat(features)
+
+
+def classifier_accuracy(classifier: DigitClassifier, images: Tensor, labels: Tensor, device) -> float:
+    """Fraction of uint8 images (N, 28, 28) classified as their labels."""
+    was_training = classifier.training
+    classifier.eval()
+    probabilities, _ = classify(classifier, images.unsqueeze(1).to(device).float() / 255)
+    classifier.train(was_training)
+    return (probabilities.argmax(1).cpu() == labels).float().mean().item()
+
+
+def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (N, F):
+    ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), in float64."""
+    a, b = features_a.double().cpu(), features_b.double().cpu()
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    # tr((S_a S_b)^(1/2)) = tr((S_a^(1/2) S_b S_a^(1/2))^(1/2)), whose argument is symmetric PSD, so eigh serves.
+    values, vectors = torch.linalg.eigh(cov_a)
+    sqrt_a = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+    cross = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
+    return ((mean_a - mean_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross).item()
+
+
+RECOGNISABLE_CONFIDENCE = 0.9
+
+
+def score_samples(classifier: DigitClassifier, pixels: Tensor, reference_features: Tensor,
+                  classes: Tensor | None = None) -> dict:
+    """How digit-like images (N, 1, 28, 28) in [0, 1] are, by the classifier:
+    - recognisable: the fraction it classifies with confidence >= 0.9;
+    - class_entropy: entropy of the predicted-class histogram over log 10 (1.0: all digits equally often);
+    - frechet_distance: between its penultimate features of these images and reference_features (the test set's);
+    - matches_class: with the classes (N,) the images were asked to be, the fraction classified as them."""
+    probabilities, features = classify(classifier, pixels)
+    confidence, predicted = probabilities.max(dim=1)
+    # The perplexity of the predicted-class histogram is exp(its entropy).
+    entropy = math.log(perplexity_from_counts(torch.bincount(predicted, minlength=10)).item())
+    scores = {
+        "recognisable": (confidence >= RECOGNISABLE_CONFIDENCE).double().mean().item(),
+        "class_entropy": entropy / math.log(10),
+        "frechet_distance": frechet_distance(features, reference_features),
+    }
+    if classes is not None:
+        scores["matches_class"] = (predicted == classes.to(predicted.device)).double().mean().item()
+    return scores

@@ -1,0 +1,69 @@
+"""What several test modules share: tiny MNIST-format files, a tiny training run, and a signal at a chosen call."""
+import gzip
+import hashlib
+import signal
+import struct
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import vqvae
+
+NUM_TRAIN = 320
+NUM_TEST = 120  # generate.py needs 100 test digits for its grid
+
+
+def blob_images(count: int, seed: int) -> torch.Tensor:
+    """Smooth random blobs on a black background, uint8 (count, 28, 28): digit-like enough to train on."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 1, 7, 7, generator=generator)
+    fine = F.interpolate(coarse, size=(28, 28), mode="bilinear", align_corners=False)
+    return ((fine - 0.55).clamp(min=0) * 255 / 0.45).round().clamp(0, 255).to(torch.uint8).squeeze(1)
+
+
+def idx_images(images: torch.Tensor) -> bytes:
+    return struct.pack(">IIII", 2051, len(images), 28, 28) + images.numpy().tobytes()
+
+
+def idx_labels(labels: torch.Tensor) -> bytes:
+    return struct.pack(">II", 2049, len(labels)) + labels.to(torch.uint8).numpy().tobytes()
+
+
+def write_tiny_mnist(folder: Path) -> dict:
+    """Write the four gzipped IDX files into folder; returns {name: MD5 of the uncompressed bytes}."""
+    contents = {
+        "train-images-idx3-ubyte": idx_images(blob_images(NUM_TRAIN, seed=1)),
+        "train-labels-idx1-ubyte": idx_labels(torch.arange(NUM_TRAIN) % 10),
+        "t10k-images-idx3-ubyte": idx_images(blob_images(NUM_TEST, seed=2)),
+        "t10k-labels-idx1-ubyte": idx_labels(torch.arange(NUM_TEST) % 10),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in contents.items():
+        (folder / f"{name}.gz").write_bytes(gzip.compress(content, mtime=0))
+    return {name: hashlib.md5(content).hexdigest() for name, content in contents.items()}
+
+
+TINY_PRIOR = ("--prior-epochs", "1", "--prior-width", "16", "--prior-layers", "1", "--prior-heads", "2",
+              "--prior-batch-size", "64")
+
+
+def train_tiny(data_folder, *extra):
+    args = vqvae.build_parser().parse_args([
+        "--data-folder", str(data_folder), "--num-epochs", "1", "--val-size", "64", "--batch-size", "64",
+        "--hidden-size", "8", "--k", "16", "--log-interval", "1", "--output-folder", "tiny", *TINY_PRIOR, *extra])
+    vqvae.main(args)
+
+
+def signal_on_call(monkeypatch, owner, name, call_number, signum):
+    """Make owner.name raise the signal against this process on its call_number-th call, then run as usual."""
+    original = getattr(owner, name)
+    calls = {"count": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == call_number:
+            signal.raise_signal(signum)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
