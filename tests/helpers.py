@@ -1,4 +1,5 @@
-"""What several test modules share: tiny MNIST-format files, a tiny training run, and a signal at a chosen call."""
+"""What several test modules share: tiny MNIST-format files, a tiny training run, a signal at a chosen call, and
+checkpoints as format 1 wrote them."""
 import gzip
 import hashlib
 import signal
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import vqvae
+from checkpoints import FORMAT_1_ARG_NAMES
 
 NUM_TRAIN = 320
 NUM_TEST = 120  # generate.py needs 100 test digits for its grid
@@ -67,3 +69,11 @@ def signal_on_call(monkeypatch, owner, name, call_number, signum):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(owner, name, wrapper)
+
+
+def format_1(checkpoint: dict) -> dict:
+    """The checkpoint as the code before the format number wrote it: no "format", the flags' older names in args."""
+    old_names = {new: old for old, new in FORMAT_1_ARG_NAMES.items()}
+    old = {key: value for key, value in checkpoint.items() if key != "format"}
+    old["args"] = {old_names.get(name, name): value for name, value in checkpoint["args"].items()}
+    return old

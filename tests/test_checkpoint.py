@@ -1,4 +1,5 @@
-"""Checkpoints: exact round trip, atomic writes, and loud refusal of files that are not checkpoints."""
+"""Checkpoints: exact round trip, atomic writes, the format number and the keys of each kind of file, files of
+format 1 read in the current format, and loud refusal of files that are not checkpoints."""
 import os
 import pickle
 
@@ -6,8 +7,10 @@ import pytest
 import torch
 
 from modules import VQVAE, VQVAEConfig, images_to_inputs
-from checkpoints import RunState, load_checkpoint, load_model, save_checkpoint, training_checkpoint
+from checkpoints import (FORMAT, MODEL_KEYS, TRAINING_KEYS, RunState, exported, load_checkpoint,
+                         load_model, save_checkpoint, training_checkpoint)
 from cli import UserError
+from helpers import format_1
 
 
 def trained_model_and_optimizer():
@@ -117,3 +120,46 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
     save_checkpoint(tmp_path / "mismatch.pt", checkpoint)
     with pytest.raises(UserError, match="do not fit"):
         load_model(tmp_path / "mismatch.pt", torch.device("cpu"))
+
+
+def test_a_checkpoint_records_its_format():
+    model, optimizer, _ = trained_model_and_optimizer()
+    checkpoint = make_checkpoint(model, optimizer, epoch=1, step=1)
+    assert checkpoint["format"] == FORMAT
+    assert set(checkpoint) == set(TRAINING_KEYS)
+    assert set(exported(checkpoint)) == set(MODEL_KEYS)
+
+
+@pytest.mark.parametrize("version", [FORMAT + 1, 0, "2"])
+def test_an_unknown_format_is_refused_in_one_line(version, tmp_path):
+    model, optimizer, _ = trained_model_and_optimizer()
+    checkpoint = make_checkpoint(model, optimizer, epoch=1, step=1)
+    checkpoint["format"] = version
+    save_checkpoint(tmp_path / "future.pt", checkpoint)
+    with pytest.raises(UserError, match=f"format {version!r}") as error:
+        load_model(tmp_path / "future.pt")
+    assert "\n" not in str(error.value) and "update the code" in str(error.value)
+
+
+@pytest.mark.parametrize("key", ["epoch", "step", "val", "args"])
+def test_a_missing_key_is_refused_in_one_line(key, tmp_path):
+    model, optimizer, _ = trained_model_and_optimizer()
+    checkpoint = make_checkpoint(model, optimizer, epoch=1, step=1)
+    del checkpoint[key]
+    save_checkpoint(tmp_path / "incomplete.pt", checkpoint)
+    with pytest.raises(UserError, match=f"incomplete checkpoint \\(it lacks {key}\\)") as error:
+        load_model(tmp_path / "incomplete.pt")
+    assert "\n" not in str(error.value)
+
+
+def test_a_format_1_checkpoint_loads_with_the_current_names(tmp_path):
+    model, optimizer, x = trained_model_and_optimizer()
+    checkpoint = make_checkpoint(model, optimizer, epoch=2, step=8)
+    checkpoint["args"] = {"num_embeddings": 16, "ema_decay": 0.95, "prior_num_heads": 4, "seed": 3}
+    save_checkpoint(tmp_path / "old.pt", format_1(checkpoint))
+    assert "k" in torch.load(tmp_path / "old.pt", weights_only=True)["args"]
+    loaded, upgraded = load_model(tmp_path / "old.pt")
+    assert upgraded["format"] == FORMAT and upgraded["args"] == checkpoint["args"]
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x).x_recon, loaded(x).x_recon)

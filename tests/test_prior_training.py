@@ -109,12 +109,6 @@ def test_generate_sample_flag_errors(flags, message, tiny_mnist, tmp_path, monke
         generate_grid("models/tiny/best.pt", *flags)
 
 
-def test_digit_out_of_range_is_a_flag_error(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        generate.build_parser().parse_args(["--input", "random", "--digit", "10"])
-    assert exit_info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
-
-
 def test_prior_learns_a_code_pattern_per_class_and_samples_them():
     """Each class c has one fixed grid of codes; class-dropped examples make the unconditional path learn the
     mixture. After training, samples given c are c's grid, and samples without a class are one of the grids."""

@@ -1,6 +1,7 @@
 """Runs survive interruption: resume gives the weights of an uninterrupted run, signals save and stop cleanly, a
 kill -9 during a save leaves the previous checkpoint loadable, a NaN loss stops training; and unusable output
 places are one-line errors."""
+import json
 import signal
 import subprocess
 import sys
@@ -18,8 +19,8 @@ import generate
 import training
 import vqvae
 from checkpoints import load_checkpoint, save_checkpoint
-from cli import RunStopped, UserError, run_cli
-from helpers import signal_on_call, train_tiny, write_tiny_mnist
+from cli import RunStopped, UserError
+from helpers import format_1, signal_on_call, train_tiny, write_tiny_mnist
 from modules import VQVAE
 
 TWO_EPOCHS = ("--num-epochs", "2")  # 4 steps per epoch on the tiny data
@@ -59,9 +60,15 @@ def test_signal_mid_epoch_saves_and_resume_matches_uninterrupted(signum, stop_at
     saved = torch.load("models/tiny/last.pt", weights_only=True)
     assert saved["step"] == stop_at_call  # the step that was running when the signal came was finished
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the signal handler outlived the run"
+    figures = json.loads(Path("models/tiny/run.json").read_text())
+    epoch, batch = divmod(stop_at_call - 1, 4)  # 4 steps per epoch
+    where = f"at step {stop_at_call} (epoch {epoch + 1}, batch {batch + 1} of 4)"
+    assert figures["stopped"] == {"cause": signal.Signals(signum).name, "where": where, "step": stop_at_call}
 
     train_tiny(tiny_mnist, *TWO_EPOCHS, "--resume")
     assert_same_weights(uninterrupted, weights("models/tiny/last.pt"))
+    figures = json.loads(Path("models/tiny/run.json").read_text())
+    assert [row["epoch"] for row in figures["autoencoder"]["epochs"]] == [1, 2] and "stopped" not in figures
     assert "resuming" in capsys.readouterr().out
 
     events = EventAccumulator("logs/tiny")
@@ -143,6 +150,55 @@ def test_resume_refuses_contradicting_flags(extra, message, tiny_mnist, tmp_path
         train_tiny(tiny_mnist, "--resume", *extra)
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A folder holding the tiny one-epoch run (models/tiny/last.pt), without a prior."""
+    folder = tmp_path_factory.mktemp("finished")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data, "MNIST_MD5", write_tiny_mnist(folder / "data" / "MNIST" / "raw"))
+        patch.chdir(folder)
+        train_tiny(folder / "data", "--prior-epochs", "0", "--seed", "5")
+    return folder
+
+
+RESULT_FLAGS = sorted(set(vars(vqvae.build_parser().parse_args([]))) - vqvae.RUN_FLAGS)
+
+
+@pytest.mark.parametrize("name", RESULT_FLAGS)
+def test_resume_refuses_a_change_to_every_flag_that_shapes_the_result(name, finished_run, monkeypatch):
+    """Every flag outside RUN_FLAGS is checked, with no list of them kept by hand: a flag added later is too."""
+    monkeypatch.chdir(finished_run)
+    parser = vqvae.build_parser()
+    args = parser.parse_args(["--output-folder", "tiny", "--resume"])
+    resumed, _ = vqvae.resume_args(args, parser)
+    saved = torch.load("models/tiny/last.pt", weights_only=True)["args"]
+    assert getattr(resumed, name) == saved[name]
+    setattr(args, name, "a value the run was not trained with")
+    flag = parser.flag_names()[name]
+    with pytest.raises(UserError, match=f"its own {flag} .*: drop {flag} a value the run was not trained with"):
+        vqvae.resume_args(args, parser)
+
+
+def test_resume_takes_the_seed_from_the_checkpoint(finished_run, monkeypatch):
+    monkeypatch.chdir(finished_run)
+    parser = vqvae.build_parser()
+    resumed, checkpoint = vqvae.resume_args(parser.parse_args(["--output-folder", "tiny", "--resume"]), parser)
+    assert resumed.seed == 5 and checkpoint["epoch"] == 1
+
+
+def test_a_format_1_last_pt_resumes_like_an_uninterrupted_run(uninterrupted, tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as patch:
+        signal_on_call(patch, torch.optim.Adam, "step", 3, signal.SIGTERM)
+        with pytest.raises(RunStopped):
+            train_tiny(tiny_mnist, *TWO_EPOCHS)
+    path = tmp_path / "models" / "tiny" / "last.pt"
+    save_checkpoint(path, format_1(torch.load(path, weights_only=True)))
+    assert "format" not in torch.load(path, weights_only=True)
+    train_tiny(tiny_mnist, *TWO_EPOCHS, "--resume")
+    assert_same_weights(uninterrupted, weights(path))
+
+
 def test_resume_without_a_run_is_an_error(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="no models/tiny/last.pt to continue"):
@@ -214,18 +270,6 @@ def test_unwritable_grid_place_is_one_line(tiny_mnist, tmp_path, monkeypatch):
         generate.main(generate.build_parser().parse_args(["--model", "models/tiny/best.pt", "--input", "random"]))
 
 
-def test_run_cli_turns_a_stop_into_its_exit_status(capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["vqvae.py"])
-
-    def stopped(args):
-        raise RunStopped("stopped by SIGTERM at step 3; continue with: python vqvae.py --resume", 143)
-
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(stopped, None)
-    assert exit_info.value.code == 143
-    assert capsys.readouterr().err == "vqvae.py: stopped by SIGTERM at step 3; continue with: python vqvae.py --resume\n"
-
-
 def test_overwrite_starts_fresh_curves_and_clears_half_written_files(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train_tiny(tiny_mnist)
@@ -234,16 +278,3 @@ def test_overwrite_starts_fresh_curves_and_clears_half_written_files(tiny_mnist,
     train_tiny(tiny_mnist, "--overwrite")
     assert not stale.exists()
     assert len(list((tmp_path / "logs" / "tiny").glob("events.out.tfevents.*"))) == 1
-
-
-@pytest.mark.parametrize("command, mentions", [
-    (["vqvae.py", "--k", "0"], "--k"),
-    (["vqvae.py", "--device", "tpu"], "--device"),
-    (["generate.py", "--model", "no/such/file.pt"], "no/such/file.pt"),
-    (["evaluate.py", "--model", "README.md"], "README.md"),
-])
-def test_bad_input_from_the_command_line_is_one_line_and_status_2(command, mentions):
-    result = subprocess.run([sys.executable, *command], cwd=Path(vqvae.__file__).parent, capture_output=True,
-                            text=True)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and mentions in result.stderr and "Traceback" not in result.stderr
