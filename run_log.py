@@ -1,4 +1,4 @@
-"""What a run reports as it trains: TensorBoard curves and images, and its figures in models/NAME/run.json."""
+"""What a run reports as it trains: TensorBoard curves, reconstructions, and its figures in models/NAME/run.json."""
 import json
 from pathlib import Path
 

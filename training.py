@@ -1,5 +1,5 @@
-"""How the autoencoder trains: its steps and epochs, the precision and memory choices, stopping on a signal or at
-the time limit, and the processes under torchrun."""
+"""The autoencoder's training loop, from one step to a validated epoch, with its speed settings, its stops (a signal,
+the time limit) and its processes under torchrun."""
 import argparse
 import contextlib
 import ctypes
@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from checkpoints import RunState, save_checkpoint, training_checkpoint
 from cli import RunStopped, UserError, resolve_device
-from data import epoch_batches, shard_size
+from data import epoch_batches
 from modules import VQVAE, images_to_inputs
 from run_log import NUM_FIXED_IMAGES, NoWriter, RunFigures, log_training, log_validation
 from scores import score_reconstructions
@@ -173,8 +173,9 @@ class Trainer:
     schedule: torch.optim.lr_scheduler.LRScheduler
     shuffle_generator: torch.Generator
     state: RunState
-    train_images: Tensor
+    train_images: Tensor  # (N, 28, 28) uint8: the whole training split, of which this process takes its shard
     val_images: Tensor
+    steps_per_epoch: int  # of this process: its shard of the training images, in batches
     log_dir: Path
     model_dir: Path
     writer: SummaryWriter | NoWriter
@@ -185,10 +186,6 @@ class Trainer:
     def main_process(self) -> bool:
         """Process 0, the one that prints, logs and saves."""
         return self.processes.rank == 0
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(shard_size(len(self.train_images), self.processes.world_size) / self.args.batch_size)
 
 
 def check_finite(trainer: Trainer) -> None:

@@ -239,8 +239,8 @@ def set_up(args, processes: Processes, splits: Splits, resumed: dict | None) -> 
     # The compiled module shares the plain one's parameters and buffers; checkpoints save the plain one.
     forward = torch.compile(forward) if args.compile else forward
     optimizer = make_optimizer(model, args.lr)
-    total_steps = args.num_epochs * math.ceil(shard_size(len(train_images), world_size) / args.batch_size)
-    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    steps_per_epoch = math.ceil(shard_size(len(train_images), world_size) / args.batch_size)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.num_epochs * steps_per_epoch)
                 if args.lr_schedule == "cosine" else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
     shuffle_generator = torch.Generator().manual_seed(args.seed)
     state = RunState()
@@ -250,10 +250,12 @@ def set_up(args, processes: Processes, splits: Splits, resumed: dict | None) -> 
     # purge_step drops events an interrupted run wrote after its last checkpoint, so the curves do not jump.
     writer = (SummaryWriter(log_dir, purge_step=state.step + 1 if resumed is not None else None) if rank == 0
               else NoWriter())
-    return Trainer(args, processes, model, forward, optimizer, schedule, shuffle_generator, state, train_images,
-                   splits.val_images, log_dir, model_dir, writer,
-                   RunFigures(model_dir, fresh=resumed is None, enabled=rank == 0),
-                   torch.full((), -1, dtype=torch.long, device=device))
+    return Trainer(args=args, processes=processes, model=model, forward=forward, optimizer=optimizer,
+                   schedule=schedule, shuffle_generator=shuffle_generator, state=state, train_images=train_images,
+                   val_images=splits.val_images, steps_per_epoch=steps_per_epoch, log_dir=log_dir,
+                   model_dir=model_dir, writer=writer,
+                   figures=RunFigures(model_dir, fresh=resumed is None, enabled=rank == 0),
+                   first_bad_step=torch.full((), -1, dtype=torch.long, device=device))
 
 
 def announce(trainer: Trainer) -> None:
@@ -309,9 +311,9 @@ def prior_only(args, device: torch.device, deadline: float) -> None:
 
 def finish_resumed(args, processes: Processes, splits: Splits, deadline: float) -> None:
     """A --resume of a run whose autoencoder has finished its epochs: it still needs a prior, or nothing."""
-    last, best = Path("models") / args.output_folder / "last.pt", Path("models") / args.output_folder / "best.pt"
     if processes.rank != 0:
         return
+    last, best = Path("models") / args.output_folder / "last.pt", Path("models") / args.output_folder / "best.pt"
     if args.prior_epochs and "prior" not in load_checkpoint(best):
         print(f"{last} already finished its {args.num_epochs} epochs; training its prior")
         give_prior(args, processes.device, deadline, splits)
@@ -361,15 +363,15 @@ def main(args):
         raise UserError(f"--prior-heads {args.prior_num_heads} must divide --prior-width {args.prior_width}")
     deadline = time.monotonic() + args.time_limit if args.time_limit else math.inf
     keep_freed_memory()
-    with process_group(args.device) as (rank, world_size, device):
+    with process_group(args.device) as processes:
         if args.amp is None:
-            args.amp = native_bf16(device)
+            args.amp = native_bf16(processes.device)
         if args.prior_only:
-            if world_size > 1:
+            if processes.world_size > 1:
                 raise UserError("--prior-only runs in one process: start it with python vqvae.py, not torchrun")
-            prior_only(args, device, deadline)
+            prior_only(args, processes.device, deadline)
             return None
-        return train(args, Processes(rank, world_size, device), deadline)
+        return train(args, processes, deadline)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """End to end on tiny MNIST-format files: train one short epoch, generate every grid, evaluate; the checkpoint,
 run.json and TensorBoard hold what they should, and every model option is stored and rebuilt."""
 import json
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -10,8 +11,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import evaluate
 import generate
+import vqvae
 from cli import UserError
 from helpers import train_tiny
+from modules import VQVAEConfig
+from prior import PriorConfig
 
 TILE, PADDING = 28, 2  # make_grid's default padding
 
@@ -160,3 +164,16 @@ def test_quantizer_options_are_stored_and_rebuilt(flags, stored, tiny_mnist, tmp
     generate.main(generate.build_parser().parse_args(["--model", str(path), "--input", "MNIST",
                                                       "--data-folder", str(tiny_mnist)]))
     assert_grid_of_tiles(tmp_path / "generatedImages" / "MNIST.png")
+
+
+def test_each_config_field_has_one_flag_that_sets_it():
+    parser = vqvae.build_parser()
+    dests = set(vars(parser.parse_args([])))
+    assert {field.name for field in fields(VQVAEConfig)} - dests == {"in_channels"}
+    prior_fields = {name.removeprefix("prior_") for name in dests if name.startswith("prior_")}
+    assert {field.name for field in fields(PriorConfig)} - prior_fields == {"num_embeddings", "grid_size", "num_classes"}
+    args = parser.parse_args(["--k", "7", "--hidden-size", "8", "--code-dim", "0", "--decay", "0.5", "--init", "random",
+                              "--prior-layers", "5", "--prior-heads", "3", "--prior-width", "9"])
+    assert vqvae.model_config(args) == VQVAEConfig(num_embeddings=7, hidden_size=8, code_dim=8, ema_decay=0.5,
+                                                   codebook_init="random")
+    assert vqvae.prior_config(args) == PriorConfig(num_layers=5, num_heads=3, width=9)
