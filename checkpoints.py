@@ -9,6 +9,7 @@ generate.py and evaluate.py read any of them, since each holds MODEL_KEYS.
 """
 import math
 import pickle
+import shlex
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -140,7 +141,16 @@ def load_model(path, device="cpu") -> tuple[VQVAE, dict]:
         model.load_state_dict(checkpoint["model"])
     except (RuntimeError, TypeError, AttributeError) as error:
         raise UserError(f"{path}: its weights do not fit its config ({str(error).splitlines()[0][:160]})") from None
+    check_finite(model, path)
     return model.to(device).eval(), checkpoint
+
+
+def check_finite(module: torch.nn.Module, path) -> None:
+    """Refuse weights that hold a NaN or an infinity: every score computed from them would be meaningless."""
+    for name, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UserError(f"{path} holds non-finite weights (NaN or infinity in {name}): the run that wrote it "
+                            "diverged; use another checkpoint, such as best.pt of the run")
 
 
 def load_prior(checkpoint: dict, path, device="cpu") -> CodePrior:
@@ -149,7 +159,7 @@ def load_prior(checkpoint: dict, path, device="cpu") -> CodePrior:
     if stored is None:
         name = Path(path).parent.name
         raise UserError(f"{path} holds no prior over the codes: train one for it with `python vqvae.py "
-                        f"--output-folder {name} --prior-only`, or use --input noise")
+                        f"--output-folder {shlex.quote(name)} --prior-only`, or use --input noise")
     known = {field.name for field in fields(PriorConfig)}
     try:
         missing = [key for key in PRIOR_KEYS if key not in stored]
@@ -162,6 +172,7 @@ def load_prior(checkpoint: dict, path, device="cpu") -> CodePrior:
     except (KeyError, AttributeError, ValueError, TypeError, RuntimeError) as error:
         raise UserError(f"{path}: its prior cannot be rebuilt ({str(error).splitlines()[0][:160]}); retrain it "
                         "with `python vqvae.py --prior-only`") from None
+    check_finite(prior, path)
     if prior.config.num_embeddings != checkpoint["config"]["num_embeddings"]:
         raise UserError(f"{path}: its prior models {prior.config.num_embeddings} codes but the autoencoder has "
                         f"{checkpoint['config']['num_embeddings']}; retrain it with `python vqvae.py --prior-only`")

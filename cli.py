@@ -21,11 +21,31 @@ class RunStopped(Exception):
         self.exit_code = exit_code
 
 
+class Arguments(argparse.Namespace):
+    """Parsed flags that also know which ones the user typed (`typed`, a set of dests; the others hold their
+    defaults). `typed` lives in a slot, outside vars(args), so it is never saved with the flags."""
+
+    __slots__ = ("typed",)
+
+
+_NOT_TYPED = object()
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is reported on one line instead of a usage block."""
+    """argparse, but a bad flag is reported on one line instead of a usage block, and parse_args returns
+    Arguments, which know the flags the user typed."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_args(self, args=None, namespace=None) -> Arguments:
+        # A first pass from a namespace where every flag is a marker: argparse keeps the attributes a namespace
+        # already has, so whatever is no longer the marker was typed.
+        dests = {action.dest for action in self._actions if action.dest != argparse.SUPPRESS}
+        marked = super().parse_args(args, argparse.Namespace(**dict.fromkeys(dests, _NOT_TYPED)))
+        parsed = super().parse_args(args, namespace if namespace is not None else Arguments())
+        parsed.typed = {dest for dest, value in vars(marked).items() if value is not _NOT_TYPED}
+        return parsed
 
     def flag_names(self) -> dict[str, str]:
         """{dest: the flag that sets it}, e.g. {"num_embeddings": "--k"}, for messages that name a flag."""

@@ -23,6 +23,7 @@ Five kinds are scored:
 - real: N real test digits, whose Frechet distance is the floor for that N.
 """
 import json
+import math
 import os
 
 import torch
@@ -32,7 +33,8 @@ from cli import (ArgumentParser, UserError, add_device_flag, nonnegative_float, 
                  positive_int, resolve_device, run_cli)
 from data import load_mnist
 from prior import GUIDANCE, SAMPLING_TEMPERATURE
-from scores import DEFAULT_CLASSIFIER, classify, load_classifier, score_reconstructions, score_samples
+from scores import (DEFAULT_CLASSIFIER, FRECHET_MIN_SAMPLES, classify, load_classifier, score_reconstructions,
+                    score_samples)
 
 SAMPLE_KINDS = {
     "prior_conditional": "prior, class given",
@@ -52,7 +54,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--data-folder", default="data", help="MNIST folder (default: data)")
     parser.add_argument("--batch-size", type=positive_int, default=1000, help="test images per batch (default: 1000)")
     parser.add_argument("--samples", type=nonnegative_int, default=1000,
-                        help="images of each kind to score; 0 skips the sample scores (default: 1000)")
+                        help="images of each kind to score; 0 skips the sample scores, and fewer than "
+                             f"{FRECHET_MIN_SAMPLES} give no Frechet distance (default: 1000)")
     parser.add_argument("--temperature", type=positive_float, default=SAMPLING_TEMPERATURE,
                         help=f"of the prior's samples (default: {SAMPLING_TEMPERATURE})")
     parser.add_argument("--guidance", type=nonnegative_float, default=GUIDANCE,
@@ -67,9 +70,7 @@ def build_parser() -> ArgumentParser:
 def sample_scores(args, model, checkpoint, test_images, device) -> dict:
     """The scores of each kind of sample; the prior's kinds are left out if the checkpoint has no prior."""
     classifier = load_classifier(args.classifier, device)
-    count = args.samples
-    if count > len(test_images):
-        raise UserError(f"--samples {count} is more than the {len(test_images)} test digits it is compared with")
+    count, frechet = args.samples, args.samples >= FRECHET_MIN_SAMPLES
     test_pixels = test_images.unsqueeze(1).to(device).float() / 255
     _, test_features = classify(classifier, test_pixels)
     generator = torch.Generator().manual_seed(args.seed)
@@ -82,44 +83,24 @@ def sample_scores(args, model, checkpoint, test_images, device) -> dict:
                                         ("prior_no_class", torch.full_like(asked, prior.no_class), 0.0)):
             codes = prior.sample(classes, args.temperature, guidance, generator)
             scores[kind] = score_samples(classifier, model.to_pixels(model.decode(codes)), test_features,
-                                         asked if kind == "prior_conditional" else None)
+                                         asked if kind == "prior_conditional" else None, frechet)
     noise = torch.randn(count, 1, 28, 28, generator=generator).to(device)
-    scores["noise"] = score_samples(classifier, model.to_pixels(model(noise).x_recon), test_features)
+    scores["noise"] = score_samples(classifier, model.to_pixels(model(noise).x_recon), test_features, None, frechet)
     real = torch.randperm(len(test_images), generator=generator)[:count]
-    scores["real"] = score_samples(classifier, test_pixels[real.to(device)], test_features)
+    scores["real"] = score_samples(classifier, test_pixels[real.to(device)], test_features, None, frechet)
     return scores
 
 
-def main(args) -> None:
-    device = resolve_device(args.device)
-    model, checkpoint = load_model(args.model, device)
-    test_images, _ = load_mnist(args.data_folder, train=False)
-    scores = score_reconstructions(model, test_images, args.batch_size, device)
-    report = {
-        "test_mse": scores.mse,
-        "psnr": scores.psnr,
-        "codebook_usage": scores.codebook_usage,
-        "perplexity": scores.perplexity,
-        "codes_used": scores.codes_used,
-        "num_embeddings": model.config.num_embeddings,
-        "epoch": checkpoint["epoch"],
-    }
-    if args.samples:
-        report["samples"] = {"count": args.samples, "temperature": args.temperature, "guidance": args.guidance,
-                             "seed": args.seed,
-                             **sample_scores(args, model, checkpoint, test_images, device)}
-    if args.json:
-        print(json.dumps(report))
-        return
-    print(f"{args.model} (epoch {report['epoch']}), MNIST test set, {len(test_images):,} images")
-    print(f"  test MSE ([0,1] pixels)  {scores.mse:.5f}")
-    print(f"  PSNR                     {scores.psnr:.2f} dB")
-    print(f"  codebook usage           {scores.codebook_usage:.1%} ({scores.codes_used} of "
-          f"{model.config.num_embeddings} codes)")
-    print(f"  perplexity               {scores.perplexity:.1f}")
-    if not args.samples:
-        return
-    samples = report["samples"]
+def print_reconstructions(args, report: dict, count: int) -> None:
+    print(f"{args.model} (epoch {report['epoch']}), MNIST test set, {count:,} images")
+    print(f"  test MSE ([0,1] pixels)  {report['test_mse']:.5f}")
+    print(f"  PSNR                     {report['psnr']:.2f} dB")
+    print(f"  codebook usage           {report['codebook_usage']:.1%} ({report['codes_used']} of "
+          f"{report['num_embeddings']} codes)")
+    print(f"  perplexity               {report['perplexity']:.1f}", flush=True)
+
+
+def print_samples(args, samples: dict) -> None:
     print(f"samples: {args.samples} of each kind, prior temperature {args.temperature}, guidance {args.guidance}, "
           f"seed {args.seed}, judged by {os.path.relpath(args.classifier)}")
     print(f"  {'':<20}  recognisable  class entropy  as asked  Frechet distance")
@@ -129,9 +110,45 @@ def main(args) -> None:
             continue
         row = samples[kind]
         asked = f"{row['matches_class']:.1%}" if "matches_class" in row else "-"
+        distance = "-" if row["frechet_distance"] is None else f"{row['frechet_distance']:.2f}"
         floor = "  (the floor)" if kind == "real" else ""
         print(f"  {label:<20}  {row['recognisable']:>12.1%}  {row['class_entropy']:>13.3f}  {asked:>8}  "
-              f"{row['frechet_distance']:>16.2f}{floor}")
+              f"{distance:>16}{floor}")
+    if args.samples < FRECHET_MIN_SAMPLES:
+        print(f"  (no Frechet distance for fewer than {FRECHET_MIN_SAMPLES} samples: their features' covariance "
+              "cannot have full rank)")
+
+
+def main(args) -> None:
+    device = resolve_device(args.device)
+    model, checkpoint = load_model(args.model, device)
+    test_images, _ = load_mnist(args.data_folder, train=False)
+    if args.samples > len(test_images):
+        raise UserError(f"--samples {args.samples} is more than the {len(test_images)} test digits it is compared "
+                        "with")
+    scores = score_reconstructions(model, test_images, args.batch_size, device)
+    if not all(math.isfinite(value) for value in (scores.mse, scores.psnr, scores.perplexity)):
+        raise UserError(f"{args.model} reconstructs the test set with non-finite scores (MSE {scores.mse}, PSNR "
+                        f"{scores.psnr}): its model is broken; use another checkpoint")
+    report = {
+        "test_mse": scores.mse,
+        "psnr": scores.psnr,
+        "codebook_usage": scores.codebook_usage,
+        "perplexity": scores.perplexity,
+        "codes_used": scores.codes_used,
+        "num_embeddings": model.config.num_embeddings,
+        "epoch": checkpoint["epoch"],
+    }
+    if not args.json:  # printed before the samples are scored, so that nothing computed is lost
+        print_reconstructions(args, report, len(test_images))
+    if args.samples:
+        report["samples"] = {"count": args.samples, "temperature": args.temperature, "guidance": args.guidance,
+                             "seed": args.seed,
+                             **sample_scores(args, model, checkpoint, test_images, device)}
+        if not args.json:
+            print_samples(args, report["samples"])
+    if args.json:
+        print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Files written whole or not at all: each goes to a temporary file beside its target, renamed over it once complete."""
 import contextlib
+import errno
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,13 @@ def atomic_path(path: Path):
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether a failed write ran out of space: ENOSPC, or the RuntimeError torch.save raises when its writes come
+    up short."""
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
+        isinstance(error, RuntimeError) and "unexpected pos" in str(error))
 
 
 def save_torch(path, content) -> None:

@@ -7,6 +7,7 @@ reconstruction loss trains it, is the config's `decoder_output`:
 - "logits": Bernoulli logits of each pixel's grey level in [0, 1], binary cross-entropy against it.
 `VQVAE.reconstruction_loss` and `VQVAE.to_pixels` hide the difference from the scripts.
 """
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -38,8 +39,20 @@ class VQVAEConfig:
     decoder_output: str = "tanh"  # see the module docstring
 
     def __post_init__(self):
+        """Refuse a shape that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
         if self.code_dim == 0:  # codes in the hidden space itself, without projections
             self.code_dim = self.hidden_size
+        for name, smallest in (("in_channels", 1), ("hidden_size", 1), ("num_embeddings", 1), ("code_dim", 1),
+                               ("num_residual_blocks", 0)):
+            value = getattr(self, name)
+            if type(value) is not int or value < smallest:
+                raise ValueError(f"{name} must be an integer >= {smallest}, not {value!r}")
+        for name, low, high in (("beta", 0, math.inf), ("ema_decay", 0, 1), ("restart_threshold", 0, math.inf)):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not low <= value < high:
+                raise ValueError(f"{name} must be a number in [{low}, {high}), not {value!r}")
+        if self.decoder_output not in DECODER_OUTPUTS:
+            raise ValueError(f"decoder_output must be one of {DECODER_OUTPUTS}, not {self.decoder_output!r}")
 
 
 def images_to_inputs(images: Tensor) -> Tensor:
@@ -110,8 +123,6 @@ class VQVAEOutput(NamedTuple):
 class VQVAE(nn.Module):
     def __init__(self, config: VQVAEConfig):
         super().__init__()
-        if config.decoder_output not in DECODER_OUTPUTS:
-            raise ValueError(f"decoder_output must be one of {DECODER_OUTPUTS}, not {config.decoder_output!r}")
         self.config = config
         self.encoder = Encoder(config)
         projected = config.code_dim != config.hidden_size

@@ -22,6 +22,17 @@ class PriorConfig:
     num_heads: int = 4
     dropout: float = 0.0
 
+    def __post_init__(self):
+        """Refuse a shape that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
+        for name in ("num_embeddings", "grid_size", "num_classes", "width", "num_layers", "num_heads"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
+        if self.width % self.num_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide width ({self.width})")
+        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), not {self.dropout!r}")
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: PriorConfig):

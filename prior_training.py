@@ -1,5 +1,6 @@
 """Fitting the prior to the code grids of the autoencoder in best.pt, epoch by epoch, and keeping its best in best.pt."""
 import math
+import shlex
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -148,7 +149,7 @@ def train_prior(args, config: PriorConfig, model_dir: Path, splits: Splits, writ
             cause, exit_code = stop.cause()
             figures.stopped(cause=stop.kind(), where=f"in prior epoch {epoch}", step=run.step)
             raise RunStopped(f"{cause} in prior epoch {epoch}; {path} holds the autoencoder and {kept}; train "
-                             f"the prior again with: python vqvae.py --output-folder {args.output_folder} "
+                             f"the prior again with: python vqvae.py --output-folder {shlex.quote(args.output_folder)} "
                              "--prior-only", exit_code)
         val_nll, unconditional_nll = validate_prior(run, model, codes, writer)
         improved = val_nll < best_nll
@@ -166,4 +167,4 @@ def train_prior(args, config: PriorConfig, model_dir: Path, splits: Splits, writ
     seconds = time.perf_counter() - started
     figures.finished("prior", seconds=seconds)
     print(f"prior ({seconds:.0f} s, codes included) saved in {path}; next: python "
-          f"generate.py --model {path} --input random --filename samples")
+          f"generate.py --model {shlex.quote(str(path))} --input random --filename samples")

@@ -147,14 +147,17 @@ def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
 
 
 RECOGNISABLE_CONFIDENCE = 0.9
+# A covariance of the classifier's features has full rank only from one more sample than it has features.
+FRECHET_MIN_SAMPLES = DigitClassifier.feature_dim + 1
 
 
 def score_samples(classifier: DigitClassifier, pixels: Tensor, reference_features: Tensor,
-                  classes: Tensor | None = None) -> dict:
+                  classes: Tensor | None = None, frechet: bool = True) -> dict:
     """How digit-like images (N, 1, 28, 28) in [0, 1] are, by the classifier:
     - recognisable: the fraction it classifies with confidence >= 0.9;
     - class_entropy: entropy of the predicted-class histogram over log 10 (1.0: all digits equally often);
     - frechet_distance: between its penultimate features of these images and reference_features (the test set's);
+      None without `frechet` (for fewer than FRECHET_MIN_SAMPLES images its covariance cannot have full rank);
     - matches_class: with the classes (N,) the images were asked to be, the fraction classified as them."""
     probabilities, features = classify(classifier, pixels)
     confidence, predicted = probabilities.max(dim=1)
@@ -163,7 +166,7 @@ def score_samples(classifier: DigitClassifier, pixels: Tensor, reference_feature
     scores = {
         "recognisable": (confidence >= RECOGNISABLE_CONFIDENCE).double().mean().item(),
         "class_entropy": entropy / math.log(10),
-        "frechet_distance": frechet_distance(features, reference_features),
+        "frechet_distance": frechet_distance(features, reference_features) if frechet else None,
     }
     if classes is not None:
         scores["matches_class"] = (predicted == classes.to(predicted.device)).double().mean().item()

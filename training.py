@@ -6,6 +6,7 @@ import ctypes
 import math
 import os
 import platform
+import shlex
 import signal
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from checkpoints import RunState, save_checkpoint, training_checkpoint
+from files import disk_full
 from cli import RunStopped, UserError, resolve_device
 from data import epoch_batches
 from modules import VQVAE, images_to_inputs
@@ -130,7 +132,7 @@ class StopOnSignal:
         """The one-line report of a stop after last.pt was saved."""
         cause, exit_code = self.cause()
         return RunStopped(f"{cause} {where}; saved {model_dir / 'last.pt'}; continue with: python vqvae.py "
-                          f"--output-folder {name} --resume", exit_code)
+                          f"--output-folder {shlex.quote(name)} --resume", exit_code)
 
 
 class Processes(NamedTuple):
@@ -139,6 +141,29 @@ class Processes(NamedTuple):
     rank: int
     world_size: int
     device: torch.device
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether an error is running out of memory: on the GPU, or the CPU allocator's RuntimeError."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+@contextlib.contextmanager
+def running_out_is_a_user_error(memory_advice: str, model_dir: Path, then: str):
+    """Within the block, running out of memory or of disk space becomes one line: what ran out, what to do (for
+    memory, `memory_advice`; for the disk, free space), and `then` to go on from what model_dir keeps."""
+    try:
+        yield
+    except (MemoryError, OSError, RuntimeError) as error:
+        if out_of_memory(error):
+            raise UserError(f"out of memory while training ({type(error).__name__}): {memory_advice}, or free "
+                            f"memory and {then}; {model_dir} keeps what was last saved") from None
+        if disk_full(error):
+            where = Path(error.filename).parent if getattr(error, "filename", None) else model_dir
+            raise UserError(f"no space left on the device holding {where}: free space, then {then}; {model_dir} "
+                            "keeps what was last saved") from None
+        raise
 
 
 @contextlib.contextmanager
@@ -181,6 +206,7 @@ class Trainer:
     writer: SummaryWriter | NoWriter
     figures: RunFigures
     first_bad_step: Tensor  # () the first step whose loss was not finite, -1 while there is none; on the device
+    saved_step: int | None = None  # the step of the last.pt this run saved (or resumed from); None before any
 
     @property
     def main_process(self) -> bool:
@@ -189,18 +215,30 @@ class Trainer:
 
 
 def check_finite(trainer: Trainer) -> None:
+    """Stop at a NaN or infinite loss, saying what this run left and which flags usually cause it."""
     bad_step = int(trainer.first_bad_step)
-    if bad_step >= 0:
-        raise UserError(f"the loss became NaN or infinite at step {bad_step}: stopped without saving it; "
-                        f"{trainer.model_dir / 'last.pt'} holds the last good state (try a lower --lr)")
+    if bad_step < 0:
+        return
+    kept = (f"{trainer.model_dir / 'last.pt'} holds the last good state (step {trainer.saved_step})"
+            if trainer.saved_step is not None else "no checkpoint of this run was saved before it")
+    raise UserError(f"the loss became NaN or infinite at step {bad_step}: stopped without saving it; {kept}; "
+                    "a learning rate or a commitment weight too large for the model is the usual cause: start "
+                    "again with a lower --lr or --beta")
+
+
+def save_last(trainer: Trainer, val: dict | None) -> dict:
+    """Write last.pt of the run as it stands, with the validation scores `val` if it has them; returns it."""
+    checkpoint = training_checkpoint(trainer.model, trainer.optimizer, trainer.schedule, trainer.state,
+                                     vars(trainer.args), val, trainer.processes.device)
+    save_checkpoint(trainer.model_dir / "last.pt", checkpoint)
+    trainer.saved_step = trainer.state.step
+    return checkpoint
 
 
 def stop_run(trainer: Trainer, stop: StopOnSignal, where: str, save: bool) -> None:
     """After a signal or at the --time-limit: save last.pt (unless the epoch's end just did) and stop."""
     if trainer.main_process and save:
-        checkpoint = training_checkpoint(trainer.model, trainer.optimizer, trainer.schedule, trainer.state,
-                                         vars(trainer.args), None, trainer.processes.device)
-        save_checkpoint(trainer.model_dir / "last.pt", checkpoint)
+        save_last(trainer, None)
     trainer.figures.stopped(cause=stop.kind(), where=where, step=trainer.state.step)
     trainer.writer.close()
     raise stop.stopped(where, trainer.model_dir, trainer.args.output_folder)
@@ -254,7 +292,12 @@ def validate_and_save(trainer: Trainer, started: float) -> None:
     args, state, device = trainer.args, trainer.state, trainer.processes.device
     state.epoch, state.batches_done = state.epoch + 1, 0
     state.shuffle_rng = trainer.shuffle_generator.get_state()
-    scores = score_reconstructions(trainer.model, trainer.val_images, batch_size=1000, device=device)
+    try:
+        scores = score_reconstructions(trainer.model, trainer.val_images, batch_size=1000, device=device)
+    except Exception:
+        if trainer.main_process:  # the epoch's training is kept, though its validation failed
+            save_last(trainer, None)
+        raise
     if trainer.main_process:
         log_validation(trainer.writer, trainer.model, scores, trainer.val_images[:NUM_FIXED_IMAGES].to(device),
                        state.step)
@@ -265,9 +308,7 @@ def validate_and_save(trainer: Trainer, started: float) -> None:
         return
     val = {"recon_loss": scores.recon_loss, "mse": scores.mse, "codebook_usage": scores.codebook_usage,
            "perplexity": scores.perplexity}
-    checkpoint = training_checkpoint(trainer.model, trainer.optimizer, trainer.schedule, state, vars(args), val,
-                                     device)
-    save_checkpoint(trainer.model_dir / "last.pt", checkpoint)
+    checkpoint = save_last(trainer, val)
     if improved:
         save_checkpoint(trainer.model_dir / "best.pt", checkpoint)
     seconds = time.perf_counter() - started

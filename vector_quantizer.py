@@ -25,6 +25,8 @@ from torch import Tensor, nn
 
 CODEBOOK_UPDATES = ("ema", "loss")
 CODEBOOK_INITS = ("kmeans++", "random", "uniform")
+# Most values of the (rows, K) distance tensor of one chunk of the nearest-code search: 128 MB of fp32.
+DISTANCE_BUDGET = 1 << 25
 
 
 class QuantizerOutput(NamedTuple):
@@ -114,15 +116,18 @@ class VectorQuantizer(nn.Module):
         return F.normalize(weight, dim=1) if self.cosine else weight
 
     def nearest_codes(self, flat: Tensor) -> Tensor:
-        """Index of the nearest code for each row of flat (N, D), by Euclidean distance."""
+        """Index of the nearest code for each row of flat (N, D), by Euclidean distance, in chunks of rows whose
+        (rows, K) distance tensor holds at most DISTANCE_BUDGET values, whatever N and K."""
         # Distances in fp32 even under autocast: in bf16 the near-ties between codes would round to the same value.
         with torch.autocast(device_type=flat.device.type, enabled=False):
             flat = flat.float()
             codebook = self.codebook().float()
-            # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2 as one fused matrix product: (N, K), never (N, K, D).
-            # ||z||^2 is the same for every code of a row, so the argmin leaves it out: one (N, K) tensor, not two.
-            distances = torch.addmm(codebook.pow(2).sum(1), flat, codebook.t(), beta=1.0, alpha=-2.0)
-            return distances.argmin(dim=1)
+            squared_norms = codebook.pow(2).sum(1)
+            rows = max(1, DISTANCE_BUDGET // len(codebook))
+            # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2 as one fused matrix product: (rows, K), never (rows, K, D).
+            # ||z||^2 is the same for every code of a row, so the argmin leaves it out: one (rows, K) tensor, not two.
+            return torch.cat([torch.addmm(squared_norms, chunk, codebook.t(), beta=1.0, alpha=-2.0).argmin(dim=1)
+                              for chunk in flat.split(rows)])
 
     def embed(self, indices: Tensor) -> Tensor:
         """Code vectors of an index grid: indices (B, H, W) -> z_q (B, D, H, W)."""

@@ -17,6 +17,7 @@ The validation set is the last --val-size images of the MNIST training set; the 
 """
 import argparse
 import math
+import shlex
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -27,15 +28,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from checkpoints import TRAINING_KEYS, RunState, load_checkpoint, restore_training
-from cli import (ArgumentParser, UserError, add_device_flag, nonnegative_float, nonnegative_int, plain_name,
+from cli import (ArgumentParser, Arguments, UserError, add_device_flag, nonnegative_float, nonnegative_int, plain_name,
                  positive_float, positive_int, run_cli, unit_interval)
 from data import Splits, load_splits, shard_size
 from modules import DECODER_OUTPUTS, VQVAE, VQVAEConfig
 from prior import PriorConfig
 from prior_training import train_prior
+from run_folder import hold_run_folder, prepare_run_folders
 from run_log import NoWriter, RunFigures
 from training import (Processes, StopOnSignal, Trainer, keep_freed_memory, make_optimizer, native_bf16,
-                      process_group, run_epoch, stop_run, validate_and_save)
+                      process_group, running_out_is_a_user_error, run_epoch, stop_run, validate_and_save)
 from vector_quantizer import CODEBOOK_INITS, CODEBOOK_UPDATES
 
 DEFAULT_PRIOR_EPOCHS = 8
@@ -166,35 +168,6 @@ def prior_config(args) -> PriorConfig:
                           if hasattr(args, f"prior_{field.name}")})
 
 
-def prepare_run_folders(name: str, overwrite: bool, resume: bool, create: bool = True) -> tuple[Path, Path]:
-    """Make logs/NAME and models/NAME, refusing to replace an earlier run's checkpoints unless asked. Under
-    torchrun every process checks, and only process 0 creates and cleans (create=True)."""
-    log_dir, model_dir = Path("logs") / name, Path("models") / name
-    existing = [path for path in (model_dir / "best.pt", model_dir / "last.pt") if path.exists()]
-    if existing and not (overwrite or resume):
-        raise UserError(f"{existing[0]} already exists: pass --resume to continue that run, --overwrite to "
-                        "replace it, or choose another --output-folder")
-    if not create:
-        return log_dir, model_dir
-    try:
-        for folder in (log_dir, model_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write-test"
-            probe.touch()
-            probe.unlink()
-        # Half-written files of a run killed mid-save (the checkpoints themselves are always whole).
-        for stale in model_dir.glob(".*.tmp-*"):
-            stale.unlink()
-        if overwrite:
-            # The replaced run's curves would otherwise be drawn over the new run's in TensorBoard.
-            for events in log_dir.glob("events.out.tfevents.*"):
-                events.unlink()
-    except OSError as error:
-        raise UserError(f"cannot write to {error.filename or folder}: {error.strerror}; choose a writable place") \
-            from None
-    return log_dir, model_dir
-
-
 def resume_args(args, parser: ArgumentParser) -> tuple[argparse.Namespace, dict | None]:
     """Without --resume: (args, None). With it: the run's own flags from models/NAME/last.pt, and that checkpoint;
     a flag given now that contradicts them is an error."""
@@ -211,9 +184,12 @@ def resume_args(args, parser: ArgumentParser) -> tuple[argparse.Namespace, dict 
     saved, flag_names = checkpoint["args"], parser.flag_names()
     # A checkpoint from before a flag existed lacks it: the flag takes its default.
     result_flags = {name: saved.get(name, parser.get_default(name)) for name in vars(args) if name not in RUN_FLAGS}
+    # Arguments know the flags the user typed; of a plain Namespace, only the values that are not defaults tell.
+    typed = (args.typed if isinstance(args, Arguments)
+             else {name for name, value in vars(args).items() if value != parser.get_default(name)})
     for name, kept in result_flags.items():
         given = getattr(args, name)
-        if given != parser.get_default(name) and given != kept:
+        if name in typed and given != kept:
             flag = flag_names[name]
             raise UserError(f"--resume continues {path} with its own {flag} {kept}: drop {flag} {given}, or start "
                             "a new run")
@@ -255,7 +231,8 @@ def set_up(args, processes: Processes, splits: Splits, resumed: dict | None) -> 
                    val_images=splits.val_images, steps_per_epoch=steps_per_epoch, log_dir=log_dir,
                    model_dir=model_dir, writer=writer,
                    figures=RunFigures(model_dir, fresh=resumed is None, enabled=rank == 0),
-                   first_bad_step=torch.full((), -1, dtype=torch.long, device=device))
+                   first_bad_step=torch.full((), -1, dtype=torch.long, device=device),
+                   saved_step=state.step if resumed is not None else None)
 
 
 def announce(trainer: Trainer) -> None:
@@ -284,7 +261,7 @@ def give_prior(args, device: torch.device, deadline: float, splits: Splits | Non
     path = model_dir / "best.pt"
     if not path.is_file():
         raise UserError(f"there is no {path} to train a prior for; train the autoencoder first with python vqvae.py "
-                        f"--output-folder {args.output_folder}")
+                        f"--output-folder {shlex.quote(args.output_folder)}")
     if splits is None:
         splits = load_splits(args.data_folder, load_checkpoint(path)["args"].get("val_size", args.val_size))
     figures = RunFigures(model_dir, fresh=False)
@@ -294,7 +271,9 @@ def give_prior(args, device: torch.device, deadline: float, splits: Splits | Non
         raise UserError(f"cannot write to {log_dir}: {error.strerror}; choose a writable place") from None
     own_writer = writer is None
     writer = SummaryWriter(log_dir) if own_writer else writer
-    with StopOnSignal(deadline) as stop:
+    with StopOnSignal(deadline) as stop, running_out_is_a_user_error(
+            f"lower --prior-batch-size (now {args.prior_batch_size}) and train the prior again", model_dir,
+            "--prior-only"):
         train_prior(args, prior_config(args), model_dir, splits, writer, stop, device, figures)
     if own_writer:
         writer.close()
@@ -306,7 +285,8 @@ def prior_only(args, device: torch.device, deadline: float) -> None:
         raise UserError("--prior-only trains only the prior of an existing run: drop --resume and --overwrite")
     if args.prior_epochs == 0:
         raise UserError("--prior-only with --prior-epochs 0 has nothing to do: give --prior-epochs N")
-    give_prior(args, device, deadline)
+    with hold_run_folder(Path("models") / args.output_folder):
+        give_prior(args, device, deadline)
 
 
 def finish_resumed(args, processes: Processes, splits: Splits, deadline: float) -> None:
@@ -326,33 +306,39 @@ def train(args, processes: Processes, deadline: float = math.inf) -> VQVAE | Non
     args, resumed = resume_args(args, build_parser())
     torch.manual_seed(args.seed)
     splits = load_splits(args.data_folder, args.val_size)
-    if resumed is not None and resumed["epoch"] >= args.num_epochs:
-        finish_resumed(args, processes, splits, deadline)
-        return None
-    trainer = set_up(args, processes, splits, resumed)
-    announce(trainer)
-    if resumed is None:
-        trainer.figures.start("autoencoder")
-    started = time.perf_counter()
-    with StopOnSignal(deadline) as stop:
-        while trainer.state.epoch < args.num_epochs:
-            epoch_started = time.perf_counter()
-            run_epoch(trainer, stop)
-            validate_and_save(trainer, epoch_started)
-            if stop.agreed():
-                stop_run(trainer, stop, f"after epoch {trainer.state.epoch}", save=False)
-    if processes.world_size > 1:
-        dist.barrier()  # the others leave only once process 0 has written the last checkpoint
-    if trainer.main_process:
-        seconds = time.perf_counter() - started
-        trainer.figures.finished("autoencoder", seconds=seconds, best_epoch=trainer.state.best_epoch)
-        best = trainer.model_dir / "best.pt"
-        print(f"autoencoder trained in {seconds:.0f} s; best: {best} (epoch {trainer.state.best_epoch}); "
-              f"python generate.py --model {best} --input MNIST --filename recon")
-        if args.prior_epochs:
-            # The prior is small and trains in the one process; under torchrun the others are done.
-            give_prior(args, processes.device, deadline, splits, trainer.writer)
-    trainer.writer.close()
+    if args.batch_size > shard_size(len(splits.train_images), processes.world_size):
+        raise UserError(f"--batch-size {args.batch_size} is more than the {len(splits.train_images):,} training "
+                        f"images{' of each process' if processes.world_size > 1 else ''}: give a smaller one")
+    with hold_run_folder(Path("models") / args.output_folder, hold=processes.rank == 0):
+        if resumed is not None and resumed["epoch"] >= args.num_epochs:
+            finish_resumed(args, processes, splits, deadline)
+            return None
+        trainer = set_up(args, processes, splits, resumed)
+        announce(trainer)
+        if resumed is None:
+            trainer.figures.start("autoencoder")
+        started = time.perf_counter()
+        with StopOnSignal(deadline) as stop, running_out_is_a_user_error(
+                f"lower --batch-size (now {args.batch_size}), --k or --hidden-size and start again with --overwrite",
+                trainer.model_dir, "--resume"):
+            while trainer.state.epoch < args.num_epochs:
+                epoch_started = time.perf_counter()
+                run_epoch(trainer, stop)
+                validate_and_save(trainer, epoch_started)
+                if stop.agreed():
+                    stop_run(trainer, stop, f"after epoch {trainer.state.epoch}", save=False)
+        if processes.world_size > 1:
+            dist.barrier()  # the others leave only once process 0 has written the last checkpoint
+        if trainer.main_process:
+            seconds = time.perf_counter() - started
+            trainer.figures.finished("autoencoder", seconds=seconds, best_epoch=trainer.state.best_epoch)
+            best = trainer.model_dir / "best.pt"
+            print(f"autoencoder trained in {seconds:.0f} s; best: {best} (epoch {trainer.state.best_epoch}); "
+                  f"python generate.py --model {shlex.quote(str(best))} --input MNIST --filename recon")
+            if args.prior_epochs:
+                # The prior is small and trains in the one process; under torchrun the others are done.
+                give_prior(args, processes.device, deadline, splits, trainer.writer)
+        trainer.writer.close()
     return trainer.model
 
 

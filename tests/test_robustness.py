@@ -174,6 +174,7 @@ def test_resume_refuses_a_change_to_every_flag_that_shapes_the_result(name, fini
     saved = torch.load("models/tiny/last.pt", weights_only=True)["args"]
     assert getattr(resumed, name) == saved[name]
     setattr(args, name, "a value the run was not trained with")
+    args.typed.add(name)  # as if typed on the command line
     flag = parser.flag_names()[name]
     with pytest.raises(UserError, match=f"its own {flag} .*: drop {flag} a value the run was not trained with"):
         vqvae.resume_args(args, parser)

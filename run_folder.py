@@ -1,0 +1,65 @@
+"""A run's folders, logs/NAME and models/NAME: made when it starts, held while it lives, never taken from another run."""
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+from cli import UserError
+
+
+def prepare_run_folders(name: str, overwrite: bool, resume: bool, create: bool = True) -> tuple[Path, Path]:
+    """Make logs/NAME and models/NAME, refusing to replace an earlier run's checkpoints unless asked. Under
+    torchrun every process checks, and only process 0 creates and cleans (create=True)."""
+    log_dir, model_dir = Path("logs") / name, Path("models") / name
+    existing = [path for path in (model_dir / "best.pt", model_dir / "last.pt") if path.exists()]
+    if existing and not (overwrite or resume):
+        raise UserError(f"{existing[0]} already exists: pass --resume to continue that run, --overwrite to "
+                        "replace it, or choose another --output-folder")
+    if not create:
+        return log_dir, model_dir
+    try:
+        for folder in (log_dir, model_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / ".write-test"
+            probe.touch()
+            probe.unlink()
+        # Half-written files of a run killed mid-save (the checkpoints themselves are always whole).
+        for stale in model_dir.glob(".*.tmp-*"):
+            stale.unlink()
+        if overwrite:
+            # The replaced run's curves would otherwise be drawn over the new run's in TensorBoard.
+            for events in log_dir.glob("events.out.tfevents.*"):
+                events.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write to {error.filename or folder}: {error.strerror}; choose a writable place") \
+            from None
+    return log_dir, model_dir
+
+
+@contextlib.contextmanager
+def hold_run_folder(model_dir: Path, hold: bool = True):
+    """Hold models/NAME for the block: an exclusive lock on its .lock file, which the operating system releases when
+    this process ends, however it ends (kill -9 included). Another run holding it is an error naming its process.
+    Under torchrun process 0 holds it for all of them (hold=False on the others)."""
+    if not hold:
+        yield
+        return
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(model_dir / ".lock", "a+")
+    except OSError as error:
+        raise UserError(f"cannot write to {error.filename or model_dir}: {error.strerror}; choose a writable place") \
+            from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise UserError(f"{model_dir} is in use by another run (process {holder}): wait until it ends, or "
+                            "choose another --output-folder") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
