@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vector_quantizer import QuantizerOutput, VectorQuantizer
+from vector_quantizer import CODEBOOK_INITS, CODEBOOK_UPDATES, QuantizerOutput, VectorQuantizer
 
 DECODER_OUTPUTS = ("tanh", "linear", "logits")
 
@@ -51,8 +51,10 @@ class VQVAEConfig:
             value = getattr(self, name)
             if type(value) not in (int, float) or not low <= value < high:
                 raise ValueError(f"{name} must be a number in [{low}, {high}), not {value!r}")
-        if self.decoder_output not in DECODER_OUTPUTS:
-            raise ValueError(f"decoder_output must be one of {DECODER_OUTPUTS}, not {self.decoder_output!r}")
+        for name, choices in (("codebook_update", CODEBOOK_UPDATES), ("codebook_init", CODEBOOK_INITS),
+                              ("decoder_output", DECODER_OUTPUTS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, not {getattr(self, name)!r}")
 
 
 def images_to_inputs(images: Tensor) -> Tensor:

@@ -163,3 +163,30 @@ def test_a_format_1_checkpoint_loads_with_the_current_names(tmp_path):
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(x).x_recon, loaded(x).x_recon)
+
+
+def test_non_finite_weights_are_refused_naming_the_file(tmp_path):
+    model, optimizer, _ = trained_model_and_optimizer()
+    checkpoint = make_checkpoint(model, optimizer, epoch=1, step=1)
+    checkpoint["model"]["encoder.layers.0.weight"][0, 0, 0, 0] = float("nan")
+    save_checkpoint(tmp_path / "diverged.pt", checkpoint)
+    with pytest.raises(UserError, match="diverged.pt holds non-finite weights .*encoder.layers.0.weight") as error:
+        load_model(tmp_path / "diverged.pt")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_embeddings", -5, "num_embeddings must be an integer >= 1, not -5"),
+    ("hidden_size", 8.5, "hidden_size must be an integer >= 1, not 8.5"),
+    ("ema_decay", 1.5, "ema_decay must be a number in \\[0, 1\\), not 1.5"),
+    ("decoder_output", "sigmoid", "decoder_output must be one of"),
+    ("codebook_init", "zeros", "codebook_init must be one of"),
+])
+def test_a_hand_edited_config_that_cannot_be_built_is_one_line(field, value, message, tmp_path):
+    model, optimizer, _ = trained_model_and_optimizer()
+    checkpoint = make_checkpoint(model, optimizer, epoch=1, step=1)
+    checkpoint["config"][field] = value
+    save_checkpoint(tmp_path / "edited.pt", checkpoint)
+    with pytest.raises(UserError, match=f"edited.pt has a model config this version cannot build: {message}") as error:
+        load_model(tmp_path / "edited.pt")
+    assert "\n" not in str(error.value)

@@ -16,6 +16,7 @@ from cli import UserError
 from helpers import train_tiny
 from modules import VQVAEConfig
 from prior import PriorConfig
+from scores import FRECHET_MIN_SAMPLES
 
 TILE, PADDING = 28, 2  # make_grid's default padding
 
@@ -177,3 +178,20 @@ def test_each_config_field_has_one_flag_that_sets_it():
     assert vqvae.model_config(args) == VQVAEConfig(num_embeddings=7, hidden_size=8, code_dim=8, ema_decay=0.5,
                                                    codebook_init="random")
     assert vqvae.prior_config(args) == PriorConfig(num_layers=5, num_heads=3, width=9)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_too_few_samples_give_no_frechet_distance_and_keep_every_other_score(count, tiny_mnist, tmp_path, monkeypatch,
+                                                                            capsys):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    flags = ["--model", "models/tiny/best.pt", "--data-folder", str(tiny_mnist), "--samples", str(count)]
+    capsys.readouterr()
+    evaluate.main(evaluate.build_parser().parse_args([*flags, "--json"]))
+    samples = json.loads(capsys.readouterr().out)["samples"]
+    for kind in ("prior_conditional", "prior_unconditional", "prior_no_class", "noise", "real"):
+        assert samples[kind]["frechet_distance"] is None
+        assert 0 <= samples[kind]["recognisable"] <= 1
+    evaluate.main(evaluate.build_parser().parse_args(flags))
+    table = capsys.readouterr().out
+    assert "test MSE" in table and f"no Frechet distance for fewer than {FRECHET_MIN_SAMPLES} samples" in table

@@ -1,7 +1,9 @@
 """Runs survive interruption: resume gives the weights of an uninterrupted run, signals save and stop cleanly, a
 kill -9 during a save leaves the previous checkpoint loadable, a NaN loss stops training; and unusable output
 places are one-line errors."""
+import errno
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -13,13 +15,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
 import data
+import evaluate
 import generate
 import training
 import vqvae
 from checkpoints import load_checkpoint, save_checkpoint
-from cli import RunStopped, UserError
+from cli import RunStopped, UserError, run_cli
 from helpers import format_1, signal_on_call, train_tiny, write_tiny_mnist
 from modules import VQVAE
 
@@ -279,3 +283,116 @@ def test_overwrite_starts_fresh_curves_and_clears_half_written_files(tiny_mnist,
     train_tiny(tiny_mnist, "--overwrite")
     assert not stale.exists()
     assert len(list((tmp_path / "logs" / "tiny").glob("events.out.tfevents.*"))) == 1
+
+
+CPU_OUT_OF_MEMORY = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                     "tried to allocate 19600000000 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def fail_on_call(monkeypatch, owner, name, call_number, error):
+    """Make owner.name raise `error` on its call_number-th call, and run as usual before."""
+    original = getattr(owner, name)
+    calls = {"count": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == call_number:
+            raise error
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+
+
+def test_out_of_memory_in_a_step_is_one_line_naming_the_flag_and_keeps_last_pt(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fail_on_call(monkeypatch, training, "training_step", 6, RuntimeError(CPU_OUT_OF_MEMORY))
+    with pytest.raises(UserError, match="out of memory while training .*lower --batch-size \\(now 64\\)") as error:
+        train_tiny(tiny_mnist, *TWO_EPOCHS)
+    assert "\n" not in str(error.value) and "models/tiny keeps what was last saved" in str(error.value)
+    assert load_checkpoint("models/tiny/last.pt")["epoch"] == 1
+
+
+def test_a_run_that_fails_in_validation_keeps_the_epochs_training(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fail_on_call(monkeypatch, training, "score_reconstructions", 1, torch.OutOfMemoryError("CUDA out of memory."))
+    with pytest.raises(UserError, match="out of memory"):
+        train_tiny(tiny_mnist, *TWO_EPOCHS)
+    checkpoint = load_checkpoint("models/tiny/last.pt")
+    assert (checkpoint["epoch"], checkpoint["step"], checkpoint["val"]) == (1, 4, None)
+
+
+def test_the_k_of_a_large_codebook_validates_and_evaluates(tiny_mnist, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist, "--k", "100000", "--init", "random", "--code-dim", "4", "--prior-epochs", "0")
+    assert load_checkpoint("models/tiny/last.pt")["val"]["codebook_usage"] > 0
+    capsys.readouterr()
+    evaluate.main(evaluate.build_parser().parse_args(["--model", "models/tiny/best.pt", "--json", "--samples", "0",
+                                                      "--data-folder", str(tiny_mnist)]))
+    assert json.loads(capsys.readouterr().out)["num_embeddings"] == 100000
+
+
+TORCH_SAVE_ON_A_FULL_DISK = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2368 vs 2256")
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tiny_mnist, tmp_path, monkeypatch,
+                                                                               capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["vqvae.py"])
+    fail_on_call(monkeypatch, torch, "save", 3, TORCH_SAVE_ON_A_FULL_DISK)  # epoch 2's last.pt
+    args = vqvae.build_parser().parse_args(["--data-folder", str(tiny_mnist), "--num-epochs", "2", "--val-size", "64",
+                                            "--hidden-size", "8", "--k", "16", "--output-folder", "tiny",
+                                            "--prior-epochs", "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(vqvae.main, args)
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]  # after the progress bars
+    assert last_line == ("vqvae.py: error: no space left on the device holding models/tiny: free space, then "
+                         "--resume; models/tiny keeps what was last saved")
+    assert load_checkpoint("models/tiny/last.pt")["epoch"] == 1
+    assert not list(Path("models/tiny").glob(".*.tmp-*")), "the temporary file was left behind"
+
+
+def test_a_full_disk_under_tensorboard_is_one_line(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    full = OSError(errno.ENOSPC, "No space left on device", "logs/tiny/events.out.tfevents.1")
+    fail_on_call(monkeypatch, SummaryWriter, "add_scalar", 10, full)
+    with pytest.raises(UserError, match="^no space left on the device holding logs/tiny: free space, then --resume"):
+        train_tiny(tiny_mnist, *TWO_EPOCHS)
+
+
+def test_a_batch_larger_than_the_training_split_is_refused_before_anything_is_made(tiny_mnist, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="--batch-size 257 is more than the 256 training images"):
+        train_tiny(tiny_mnist, "--batch-size", "257")
+    assert not Path("models").exists()
+    train_tiny(tiny_mnist, "--batch-size", "256", "--prior-epochs", "0")
+
+
+def test_resume_refuses_a_flag_typed_at_its_default_value(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RunStopped):
+        train_tiny(tiny_mnist, "--batch-size", "32", *TWO_EPOCHS, "--time-limit", "1e-9")
+    with pytest.raises(UserError, match="its own --batch-size 32: drop --batch-size 64"):
+        train_tiny(tiny_mnist, *TWO_EPOCHS, "--resume")  # train_tiny types --batch-size 64, the default
+
+
+@pytest.mark.parametrize("flags, kept", [
+    (["--beta", "1e300"], "no checkpoint of this run was saved before it"),
+    (["--beta", "1e300", "--lr-schedule", "constant"], "no checkpoint of this run was saved before it"),
+])
+def test_a_nan_at_the_first_step_says_that_nothing_was_kept_and_names_the_flags(flags, kept, tiny_mnist, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="NaN or infinite at step 1") as error:
+        train_tiny(tiny_mnist, *flags)
+    assert kept in str(error.value) and "--lr or --beta" in str(error.value)
+    assert not Path("models/tiny/last.pt").exists()
+
+
+def test_the_continue_command_is_shell_quoted(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RunStopped) as stopped:
+        train_tiny(tiny_mnist, "--output-folder", "my run", "--time-limit", "1e-9")
+    command = str(stopped.value).split("continue with: ", 1)[1]
+    assert shlex.split(command) == ["python", "vqvae.py", "--output-folder", "my run", "--resume"]

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from testers import ALL_CHECKS, random_inputs, random_quantizer
+import vector_quantizer
+from testers import ALL_CHECKS, brute_force_nearest, random_inputs, random_quantizer
 from vector_quantizer import perplexity_from_counts
 
 # (batch, D, H, W, K): MNIST's 7x7 grid, odd shapes, a single code, more codes than positions.
@@ -53,3 +54,27 @@ def test_decoding_indices_gives_the_quantized_tensor():
     assert output.indices.shape == (3, 7, 7) and output.indices.dtype == torch.int64
     # The straight-through sum z_e + (z_q - z_e) equals z_q up to float rounding.
     assert torch.allclose(quantizer.embed(output.indices), output.z_q, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("budget", [1, 100, 1000, 1 << 25])
+def test_nearest_code_search_keeps_its_distances_within_the_budget(budget, monkeypatch):
+    """Whatever K and the number of rows, each (rows, K) distance tensor holds at most the budget (or one row), and
+    the codes found are the brute-force nearest ones."""
+    quantizer = random_quantizer(64, 8)
+    z_e = random_inputs(5, 8, 7, 7)  # 245 rows
+    shapes = []
+    addmm = torch.addmm
+
+    def recording_addmm(*args, **kwargs):
+        result = addmm(*args, **kwargs)
+        shapes.append(result.shape)
+        return result
+
+    monkeypatch.setattr(vector_quantizer, "DISTANCE_BUDGET", budget)
+    monkeypatch.setattr(torch, "addmm", recording_addmm)
+    indices = quantizer.eval()(z_e).indices
+    _, expected = brute_force_nearest(z_e, quantizer.codebook().detach())
+    assert torch.equal(indices, expected)
+    assert sum(rows for rows, _ in shapes) == 245
+    assert all(rows * codes <= max(budget, codes) for rows, codes in shapes)
+    assert len(shapes) == -(-245 // max(1, budget // 64))
