@@ -1,4 +1,4 @@
-"""Fitting the prior to the code grids of the autoencoder in best.pt, epoch by epoch, and keeping its best in best.pt."""
+"""Fitting the prior to the code grids of the autoencoder in best.pt, epoch by epoch, keeping its best in best.pt."""
 import math
 import shlex
 import time

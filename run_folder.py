@@ -1,4 +1,4 @@
-"""A run's folders, logs/NAME and models/NAME: made when it starts, held while it lives, never taken from another run."""
+"""A run's folders, logs/NAME and models/NAME: made when it starts, held while it lives, never taken from another."""
 import contextlib
 import fcntl
 import os

@@ -6,9 +6,11 @@ import signal
 import struct
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+import data
 import vqvae
 from checkpoints import FORMAT_1_ARG_NAMES
 
@@ -57,18 +59,41 @@ def train_tiny(data_folder, *extra):
     vqvae.main(args)
 
 
-def signal_on_call(monkeypatch, owner, name, call_number, signum):
-    """Make owner.name raise the signal against this process on its call_number-th call, then run as usual."""
+def on_call(monkeypatch, owner, name, call_number, action):
+    """Make owner.name call action() first on its call_number-th call (which may raise), and run as usual."""
     original = getattr(owner, name)
     calls = {"count": 0}
 
     def wrapper(*args, **kwargs):
         calls["count"] += 1
         if calls["count"] == call_number:
-            signal.raise_signal(signum)
+            action()
         return original(*args, **kwargs)
 
     monkeypatch.setattr(owner, name, wrapper)
+
+
+def signal_on_call(monkeypatch, owner, name, call_number, signum):
+    """Make owner.name raise the signal against this process on its call_number-th call, then run as usual."""
+    on_call(monkeypatch, owner, name, call_number, lambda: signal.raise_signal(signum))
+
+
+def fail_on_call(monkeypatch, owner, name, call_number, error: BaseException):
+    """Make owner.name raise `error` on its call_number-th call, and run as usual before."""
+
+    def fail():
+        raise error
+
+    on_call(monkeypatch, owner, name, call_number, fail)
+
+
+def tiny_run_in(folder: Path, *flags) -> Path:
+    """Train the tiny run (train_tiny with flags) in folder, on tiny MNIST files of its own; returns folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data, "MNIST_MD5", write_tiny_mnist(folder / "data" / "MNIST" / "raw"))
+        patch.chdir(folder)
+        train_tiny(folder / "data", *flags)
+    return folder
 
 
 def format_1(checkpoint: dict) -> dict:

@@ -1,4 +1,4 @@
-"""benchmarks/speed.py times both loops, and reads what vqvae.py did from the run's run.json, not from its printed lines."""
+"""benchmarks/speed.py times both loops, and reads what vqvae.py did from the run's run.json, not its printed lines."""
 import importlib.util
 import re
 from pathlib import Path

@@ -172,7 +172,8 @@ def test_each_config_field_has_one_flag_that_sets_it():
     dests = set(vars(parser.parse_args([])))
     assert {field.name for field in fields(VQVAEConfig)} - dests == {"in_channels"}
     prior_fields = {name.removeprefix("prior_") for name in dests if name.startswith("prior_")}
-    assert {field.name for field in fields(PriorConfig)} - prior_fields == {"num_embeddings", "grid_size", "num_classes"}
+    set_from_the_autoencoder = {"num_embeddings", "grid_size", "num_classes"}
+    assert {field.name for field in fields(PriorConfig)} - prior_fields == set_from_the_autoencoder
     args = parser.parse_args(["--k", "7", "--hidden-size", "8", "--code-dim", "0", "--decay", "0.5", "--init", "random",
                               "--prior-layers", "5", "--prior-heads", "3", "--prior-width", "9"])
     assert vqvae.model_config(args) == VQVAEConfig(num_embeddings=7, hidden_size=8, code_dim=8, ema_decay=0.5,

@@ -17,14 +17,13 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-import data
 import evaluate
 import generate
 import training
 import vqvae
 from checkpoints import load_checkpoint, save_checkpoint
 from cli import RunStopped, UserError, run_cli
-from helpers import format_1, signal_on_call, train_tiny, write_tiny_mnist
+from helpers import fail_on_call, format_1, signal_on_call, tiny_run_in, train_tiny
 from modules import VQVAE
 
 TWO_EPOCHS = ("--num-epochs", "2")  # 4 steps per epoch on the tiny data
@@ -43,11 +42,7 @@ def assert_same_weights(expected, actual):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """The final weights of the tiny two-epoch run, trained once without a stop on the same tiny data."""
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(data, "MNIST_MD5", write_tiny_mnist(folder / "data" / "MNIST" / "raw"))
-        patch.chdir(folder)
-        train_tiny(folder / "data", *TWO_EPOCHS)
+    folder = tiny_run_in(tmp_path_factory.mktemp("uninterrupted"), *TWO_EPOCHS)
     return weights(folder / "models" / "tiny" / "last.pt")
 
 
@@ -157,12 +152,7 @@ def test_resume_refuses_contradicting_flags(extra, message, tiny_mnist, tmp_path
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A folder holding the tiny one-epoch run (models/tiny/last.pt), without a prior."""
-    folder = tmp_path_factory.mktemp("finished")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(data, "MNIST_MD5", write_tiny_mnist(folder / "data" / "MNIST" / "raw"))
-        patch.chdir(folder)
-        train_tiny(folder / "data", "--prior-epochs", "0", "--seed", "5")
-    return folder
+    return tiny_run_in(tmp_path_factory.mktemp("finished"), "--prior-epochs", "0", "--seed", "5")
 
 
 RESULT_FLAGS = sorted(set(vars(vqvae.build_parser().parse_args([]))) - vqvae.RUN_FLAGS)
@@ -287,20 +277,6 @@ def test_overwrite_starts_fresh_curves_and_clears_half_written_files(tiny_mnist,
 
 CPU_OUT_OF_MEMORY = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
                      "tried to allocate 19600000000 bytes. Error code 12 (Cannot allocate memory)")
-
-
-def fail_on_call(monkeypatch, owner, name, call_number, error):
-    """Make owner.name raise `error` on its call_number-th call, and run as usual before."""
-    original = getattr(owner, name)
-    calls = {"count": 0}
-
-    def wrapper(*args, **kwargs):
-        calls["count"] += 1
-        if calls["count"] == call_number:
-            raise error
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, wrapper)
 
 
 def test_out_of_memory_in_a_step_is_one_line_naming_the_flag_and_keeps_last_pt(tiny_mnist, tmp_path, monkeypatch):
