@@ -13,6 +13,7 @@ from pathlib import Path
 
 from checkpoints import exported, load_model, load_prior, save_checkpoint
 from cli import ArgumentParser, UserError, run_cli
+from files import write_failure
 
 
 def build_parser() -> ArgumentParser:
@@ -41,8 +42,8 @@ def main(args) -> None:
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(output, exported(checkpoint))
-    except OSError as error:
-        raise UserError(f"cannot write {output}: {error.strerror or error}") from None
+    except (OSError, RuntimeError) as error:  # torch.save's RuntimeError: a write that came up short
+        raise write_failure(output, error, "export again") from None
     digest = hashlib.sha256(output.read_bytes()).hexdigest()
     print(f"wrote {output}: {output.stat().st_size:,} bytes, SHA-256 {digest}")
 

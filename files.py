@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from cli import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path):
@@ -27,6 +29,13 @@ def disk_full(error: BaseException) -> bool:
     up short."""
     return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
         isinstance(error, RuntimeError) and "unexpected pos" in str(error))
+
+
+def write_failure(path, error: BaseException, then: str) -> UserError:
+    """The one line for a write that failed: a full disk names the device to free and `then` what to run again."""
+    if disk_full(error):
+        return UserError(f"no space left on the device holding {Path(path).parent}: free space, then {then}")
+    return UserError(f"cannot write {path}: {getattr(error, 'strerror', None) or error}")
 
 
 def save_torch(path, content) -> None:

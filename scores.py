@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from cli import UserError
 from modules import VQVAE, images_to_inputs
@@ -37,7 +38,9 @@ def score_reconstructions(model: VQVAE, images: Tensor, batch_size: int, device:
     shard = images[dist.get_rank()::world_size()] if distributed() else images
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # recon, codebook, commitment, squared pixel error
     counts = torch.zeros(model.config.num_embeddings, dtype=torch.int64, device=device)
-    for start in range(0, len(shard), batch_size):
+    # A bar for the long sets (the test set, a large K); process 0 alone shows it under torchrun.
+    for start in tqdm(range(0, len(shard), batch_size), desc="scoring", unit="batch", leave=False,
+                      dynamic_ncols=True, disable=distributed() and dist.get_rank() != 0):
         batch = shard[start:start + batch_size].to(device)
         x = images_to_inputs(batch)
         x_recon, quantized = model(x)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from cli import ArgumentParser, UserError, add_device_flag, positive_float, positive_int, resolve_device, run_cli
 from data import load_mnist
-from files import save_torch
+from files import save_torch, write_failure
 from modules import images_to_inputs
 from scores import DigitClassifier, classifier_accuracy
 
@@ -107,9 +107,9 @@ def main(args) -> None:
 
     try:
         save_torch(output, {"model": model.cpu().state_dict(), "test_accuracy": accuracy,
-                                 "num_epochs": args.num_epochs, "seed": args.seed})
-    except OSError as error:
-        raise UserError(f"cannot write {output}: {error.strerror or error}") from None
+                            "num_epochs": args.num_epochs, "seed": args.seed})
+    except (OSError, RuntimeError) as error:  # torch.save's RuntimeError: a write that came up short
+        raise write_failure(output, error, "train it again") from None
     print(f"wrote {output} (test accuracy {accuracy:.2%})")
 
 

@@ -11,7 +11,7 @@ import export_model
 import generate
 from checkpoints import FORMAT
 from cli import UserError
-from helpers import train_tiny
+from helpers import fail_on_call, train_tiny
 
 
 def export(*flags):
@@ -74,3 +74,13 @@ def test_export_without_a_prior_needs_to_be_asked_for(tiny_mnist, tmp_path, monk
     assert not (tmp_path / "out.pt").exists()
     export("--model", "models/tiny/best.pt", "--output", "out.pt", "--allow-no-prior")
     assert "prior" not in torch.load("out.pt", weights_only=True)
+
+
+def test_a_full_disk_during_the_export_is_one_line_and_leaves_no_file(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    fail_on_call(monkeypatch, torch, "save", 1, RuntimeError("[enforce fail at inline_container.cc:672] . unexpected "
+                                                             "pos 2368 vs 2256"))
+    with pytest.raises(UserError, match="^no space left on the device holding shared: free space, then export again$"):
+        export("--model", "models/tiny/best.pt", "--output", "shared/tiny.pt")
+    assert list((tmp_path / "shared").iterdir()) == [], "the export left a file"
