@@ -1,5 +1,5 @@
-"""What several test modules share: tiny MNIST-format files, a tiny training run, a signal at a chosen call, and
-checkpoints as format 1 wrote them."""
+"""What several test modules share: tiny MNIST-format files, a tiny training run, a signal or an error at a chosen
+call, and checkpoints as format 1 wrote them."""
 import gzip
 import hashlib
 import signal
