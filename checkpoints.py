@@ -102,9 +102,9 @@ def _upgrade(checkpoint: dict, path: Path) -> dict:
     return checkpoint
 
 
-def load_checkpoint(path, device="cpu", keys=MODEL_KEYS) -> dict:
+def load_checkpoint(path, device="cpu") -> dict:
     """Read a checkpoint with weights_only=True, which refuses pickles that would run code, in the current format;
-    a file that lacks one of `keys` is refused with one line."""
+    a file that lacks one of MODEL_KEYS is refused with one line."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}: train one with `python vqvae.py` or pass --model PATH")
@@ -119,7 +119,7 @@ def load_checkpoint(path, device="cpu", keys=MODEL_KEYS) -> dict:
     if not isinstance(checkpoint, dict) or not {"config", "model"} <= checkpoint.keys():
         raise UserError(f"{path} is not a VQ-VAE checkpoint of this project (it holds no model config and weights)")
     checkpoint = _upgrade(checkpoint, path)
-    missing = [key for key in keys if key not in checkpoint]
+    missing = [key for key in MODEL_KEYS if key not in checkpoint]
     if missing:
         raise UserError(f"{path} is an incomplete checkpoint (it lacks {', '.join(missing)}): use another one, "
                         "such as last.pt or best.pt of the run, or train again")
@@ -141,11 +141,11 @@ def load_model(path, device="cpu") -> tuple[VQVAE, dict]:
         model.load_state_dict(checkpoint["model"])
     except (RuntimeError, TypeError, AttributeError) as error:
         raise UserError(f"{path}: its weights do not fit its config ({str(error).splitlines()[0][:160]})") from None
-    check_finite(model, path)
+    check_weights_finite(model, path)
     return model.to(device).eval(), checkpoint
 
 
-def check_finite(module: torch.nn.Module, path) -> None:
+def check_weights_finite(module: torch.nn.Module, path) -> None:
     """Refuse weights that hold a NaN or an infinity: every score computed from them would be meaningless."""
     for name, tensor in module.state_dict().items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
@@ -172,7 +172,7 @@ def load_prior(checkpoint: dict, path, device="cpu") -> CodePrior:
     except (KeyError, AttributeError, ValueError, TypeError, RuntimeError) as error:
         raise UserError(f"{path}: its prior cannot be rebuilt ({str(error).splitlines()[0][:160]}); retrain it "
                         "with `python vqvae.py --prior-only`") from None
-    check_finite(prior, path)
+    check_weights_finite(prior, path)
     if prior.config.num_embeddings != checkpoint["config"]["num_embeddings"]:
         raise UserError(f"{path}: its prior models {prior.config.num_embeddings} codes but the autoencoder has "
                         f"{checkpoint['config']['num_embeddings']}; retrain it with `python vqvae.py --prior-only`")

@@ -133,7 +133,7 @@ def train_prior(args, config: PriorConfig, model_dir: Path, splits: Splits, writ
     model.to(device)
     # The codes are computed once: the autoencoder is frozen from here on. The labels follow the codes' device.
     codes = CodeSplits(encode_images(model, splits.train_images, device), splits.train_labels.to(device),
-                   encode_images(model, splits.val_images, device), splits.val_labels.to(device))
+                       encode_images(model, splits.val_images, device), splits.val_labels.to(device))
     config = replace(config, num_embeddings=model.config.num_embeddings, grid_size=codes.train_codes.shape[-1])
     run = start_prior(args, config, codes, device)
     num_parameters = sum(parameter.numel() for parameter in run.prior.parameters())

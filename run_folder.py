@@ -3,23 +3,48 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from cli import UserError
 
 
-def prepare_run_folders(name: str, overwrite: bool, resume: bool, create: bool = True) -> tuple[Path, Path]:
+class RunFolders(NamedTuple):
+    log_dir: Path  # logs/NAME: TensorBoard's events
+    model_dir: Path  # models/NAME: the checkpoints, run.json and the lock
+
+
+def run_folders(name: str) -> RunFolders:
+    """Where the run called `name` (its --output-folder) keeps its files."""
+    return RunFolders(Path("logs") / name, Path("models") / name)
+
+
+def unwritable(error: OSError, folder: Path) -> UserError:
+    """The one line for a folder that cannot be written to."""
+    return UserError(f"cannot write to {error.filename or folder}: {error.strerror}; choose a writable place")
+
+
+def make_folder(folder: Path) -> None:
+    """Create folder (and its parents) if need be; a place that cannot take it is one line."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise unwritable(error, folder) from None
+
+
+def prepare_run_folders(name: str, overwrite: bool, resume: bool, create: bool = True) -> RunFolders:
     """Make logs/NAME and models/NAME, refusing to replace an earlier run's checkpoints unless asked. Under
     torchrun every process checks, and only process 0 creates and cleans (create=True)."""
-    log_dir, model_dir = Path("logs") / name, Path("models") / name
+    log_dir, model_dir = run_folders(name)
     existing = [path for path in (model_dir / "best.pt", model_dir / "last.pt") if path.exists()]
     if existing and not (overwrite or resume):
         raise UserError(f"{existing[0]} already exists: pass --resume to continue that run, --overwrite to "
                         "replace it, or choose another --output-folder")
     if not create:
-        return log_dir, model_dir
+        return RunFolders(log_dir, model_dir)
+    for folder in (log_dir, model_dir):
+        make_folder(folder)
     try:
         for folder in (log_dir, model_dir):
-            folder.mkdir(parents=True, exist_ok=True)
             probe = folder / ".write-test"
             probe.touch()
             probe.unlink()
@@ -31,9 +56,8 @@ def prepare_run_folders(name: str, overwrite: bool, resume: bool, create: bool =
             for events in log_dir.glob("events.out.tfevents.*"):
                 events.unlink()
     except OSError as error:
-        raise UserError(f"cannot write to {error.filename or folder}: {error.strerror}; choose a writable place") \
-            from None
-    return log_dir, model_dir
+        raise unwritable(error, folder) from None
+    return RunFolders(log_dir, model_dir)
 
 
 @contextlib.contextmanager
@@ -44,12 +68,11 @@ def hold_run_folder(model_dir: Path, hold: bool = True):
     if not hold:
         yield
         return
+    make_folder(model_dir)
     try:
-        model_dir.mkdir(parents=True, exist_ok=True)
         lock = open(model_dir / ".lock", "a+")
     except OSError as error:
-        raise UserError(f"cannot write to {error.filename or model_dir}: {error.strerror}; choose a writable place") \
-            from None
+        raise unwritable(error, model_dir) from None
     with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -54,7 +54,6 @@ def log_validation(writer: SummaryWriter, model: VQVAE, scores, fixed_images: to
     writer.add_image("val/reconstructions", grid, step)
 
 
-
 def read_run_figures(model_dir) -> dict:
     """The figures a run left in models/NAME/run.json (see RunFigures); {} where it left none."""
     path = Path(model_dir) / "run.json"

@@ -16,11 +16,11 @@ reconstruction loss improves. The prior then trains on the codes of best.pt's au
 The validation set is the last --val-size images of the MNIST training set; the test set is left for evaluate.py.
 """
 import argparse
+import contextlib
 import math
 import shlex
 import time
 from dataclasses import fields
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -34,7 +34,7 @@ from data import Splits, load_splits, shard_size
 from modules import DECODER_OUTPUTS, VQVAE, VQVAEConfig
 from prior import PriorConfig
 from prior_training import train_prior
-from run_folder import hold_run_folder, prepare_run_folders
+from run_folder import hold_run_folder, make_folder, prepare_run_folders, run_folders
 from run_log import NoWriter, RunFigures
 from training import (Processes, StopOnSignal, Trainer, keep_freed_memory, make_optimizer, native_bf16,
                       process_group, running_out_is_a_user_error, run_epoch, stop_run, validate_and_save)
@@ -175,7 +175,7 @@ def resume_args(args, parser: ArgumentParser) -> tuple[argparse.Namespace, dict 
         return args, None
     if args.overwrite:
         raise UserError("--resume continues a run and --overwrite replaces it: pass only one")
-    path = Path("models") / args.output_folder / "last.pt"
+    path = run_folders(args.output_folder).model_dir / "last.pt"
     if not path.is_file():
         raise UserError(f"--resume: there is no {path} to continue; start the run without --resume")
     checkpoint = load_checkpoint(path)
@@ -257,7 +257,7 @@ def give_prior(args, device: torch.device, deadline: float, splits: Splits | Non
     """Train the prior of models/NAME/best.pt and store it there, whichever way the run comes here: after its
     autoencoder trained (with the run's splits and writer), on a --resume of a finished run, or with --prior-only.
     The splits are the autoencoder's own (its --val-size), so the prior is validated on grids it did not train on."""
-    model_dir, log_dir = Path("models") / args.output_folder, Path("logs") / args.output_folder
+    log_dir, model_dir = run_folders(args.output_folder)
     path = model_dir / "best.pt"
     if not path.is_file():
         raise UserError(f"there is no {path} to train a prior for; train the autoencoder first with python vqvae.py "
@@ -265,18 +265,13 @@ def give_prior(args, device: torch.device, deadline: float, splits: Splits | Non
     if splits is None:
         splits = load_splits(args.data_folder, load_checkpoint(path)["args"].get("val_size", args.val_size))
     figures = RunFigures(model_dir, fresh=False)
-    try:
-        log_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot write to {log_dir}: {error.strerror}; choose a writable place") from None
-    own_writer = writer is None
-    writer = SummaryWriter(log_dir) if own_writer else writer
-    with StopOnSignal(deadline) as stop, running_out_is_a_user_error(
-            f"lower --prior-batch-size (now {args.prior_batch_size}) and train the prior again", model_dir,
-            "--prior-only"):
+    make_folder(log_dir)
+    # The run's own writer when it has one, so that its curves stay in one event file; else one of the prior's own.
+    with (SummaryWriter(log_dir) if writer is None else contextlib.nullcontext(writer)) as writer, \
+            StopOnSignal(deadline) as stop, running_out_is_a_user_error(
+                f"lower --prior-batch-size (now {args.prior_batch_size}) and train the prior again", model_dir,
+                "--prior-only"):
         train_prior(args, prior_config(args), model_dir, splits, writer, stop, device, figures)
-    if own_writer:
-        writer.close()
 
 
 def prior_only(args, device: torch.device, deadline: float) -> None:
@@ -285,7 +280,7 @@ def prior_only(args, device: torch.device, deadline: float) -> None:
         raise UserError("--prior-only trains only the prior of an existing run: drop --resume and --overwrite")
     if args.prior_epochs == 0:
         raise UserError("--prior-only with --prior-epochs 0 has nothing to do: give --prior-epochs N")
-    with hold_run_folder(Path("models") / args.output_folder):
+    with hold_run_folder(run_folders(args.output_folder).model_dir):
         give_prior(args, device, deadline)
 
 
@@ -293,7 +288,8 @@ def finish_resumed(args, processes: Processes, splits: Splits, deadline: float) 
     """A --resume of a run whose autoencoder has finished its epochs: it still needs a prior, or nothing."""
     if processes.rank != 0:
         return
-    last, best = Path("models") / args.output_folder / "last.pt", Path("models") / args.output_folder / "best.pt"
+    model_dir = run_folders(args.output_folder).model_dir
+    last, best = model_dir / "last.pt", model_dir / "best.pt"
     if args.prior_epochs and "prior" not in load_checkpoint(best):
         print(f"{last} already finished its {args.num_epochs} epochs; training its prior")
         give_prior(args, processes.device, deadline, splits)
@@ -309,7 +305,7 @@ def train(args, processes: Processes, deadline: float = math.inf) -> VQVAE | Non
     if args.batch_size > shard_size(len(splits.train_images), processes.world_size):
         raise UserError(f"--batch-size {args.batch_size} is more than the {len(splits.train_images):,} training "
                         f"images{' of each process' if processes.world_size > 1 else ''}: give a smaller one")
-    with hold_run_folder(Path("models") / args.output_folder, hold=processes.rank == 0):
+    with hold_run_folder(run_folders(args.output_folder).model_dir, hold=processes.rank == 0):
         if resumed is not None and resumed["epoch"] >= args.num_epochs:
             finish_resumed(args, processes, splits, deadline)
             return None
