@@ -90,6 +90,17 @@ nonnegative_float = _number_type(float, lambda v: math.isfinite(v) and v >= 0, "
 unit_interval = _number_type(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
+def levels_list(text: str) -> tuple[int, ...]:
+    """Comma-separated integers >= 2, such as "8,8,8": the levels of finite scalar quantisation."""
+    try:
+        levels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 8,8,8, got {text!r}") from None
+    if not all(level >= 2 for level in levels):
+        raise argparse.ArgumentTypeError(f"every level must be at least 2, got {text}")
+    return levels
+
+
 def plain_name(text: str) -> str:
     """A name for files under the project's output folders: relative, without '..', so it stays inside them."""
     path = Path(text)

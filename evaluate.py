@@ -6,8 +6,13 @@ Usage:
     python evaluate.py --model models/vqvae/best.pt --json           # one JSON object, for scripts
 
 Reconstructions: the MSE in [0, 1] pixel space (averaged over every pixel of the test set), the PSNR
-10 log10(1 / MSE) in dB, the codebook usage (distinct codes used over the test set / K) and the perplexity of
-the test set's code histogram (K if all codes are used equally often, 1 if only one is).
+10 log10(1 / MSE) in dB, the SSIM (torchmetrics' structural similarity, as published MNIST tables report it), the
+codebook usage (distinct codes used over the test set / K) and the perplexity of the test set's code histogram
+(K if all codes are used equally often, 1 if only one is).
+
+Rate, in bits per image: for the codes (VQ, FSQ), the prior's negative log-likelihood of the test set's code
+grids summed over the 49 positions, without the class and given it, beside the 49 log2 K bits of a uniform code;
+for the Gaussian VAE, its KL(q(z|x) || N(0, I)).
 
 Samples (--samples N of each kind), judged by the project's MNIST classifier (train_classifier.py):
 - recognisable: the fraction classified with confidence >= 0.9;
@@ -15,6 +20,8 @@ Samples (--samples N of each kind), judged by the project's MNIST classifier (tr
 - as asked: for samples of a given class (an equal share of each digit), the fraction classified as that class;
 - Frechet distance between the classifier's penultimate features of the samples and of the whole test set.
 Five kinds are scored:
+A Gaussian VAE has one kind of its own instead of the three of the prior: its latents drawn from N(0, I) times
+--temperature, decoded (generate.py --input random), under "prior, unconditional".
 - prior, class given: an equal share of each digit asked for (generate.py --input random);
 - prior, unconditional: the prior draws each sample's class itself, then its codes (--unconditional);
 - prior, no class token: the codes sampled without a class and without guidance, at the same temperature: what
@@ -25,6 +32,7 @@ Five kinds are scored:
 import json
 import math
 import os
+from dataclasses import asdict
 
 import torch
 
@@ -32,7 +40,9 @@ from checkpoints import load_model, load_prior
 from cli import (ArgumentParser, UserError, add_device_flag, nonnegative_float, nonnegative_int, positive_float,
                  positive_int, resolve_device, run_cli)
 from data import load_mnist
+from modules import images_to_inputs
 from prior import GUIDANCE, SAMPLING_TEMPERATURE
+from prior_training import encode_images, prior_nll_bits
 from scores import (DEFAULT_CLASSIFIER, FRECHET_MIN_SAMPLES, classify, load_classifier, score_reconstructions,
                     score_samples)
 
@@ -56,8 +66,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--samples", type=nonnegative_int, default=1000,
                         help="images of each kind to score; 0 skips the sample scores, and fewer than "
                              f"{FRECHET_MIN_SAMPLES} give no Frechet distance (default: 1000)")
-    parser.add_argument("--temperature", type=positive_float, default=SAMPLING_TEMPERATURE,
-                        help=f"of the prior's samples (default: {SAMPLING_TEMPERATURE})")
+    parser.add_argument("--temperature", type=positive_float, default=None,
+                        help=f"of the prior's samples, or the Gaussian VAE's latents' standard deviation (default: "
+                             f"{SAMPLING_TEMPERATURE} for a prior, 1 for a Gaussian VAE)")
     parser.add_argument("--guidance", type=nonnegative_float, default=GUIDANCE,
                         help=f"classifier-free guidance weight of the prior's samples (default: {GUIDANCE})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples and noise (default: 0)")
@@ -84,6 +95,10 @@ def sample_scores(args, model, checkpoint, test_images, device) -> dict:
             codes = prior.sample(classes, args.temperature, guidance, generator)
             scores[kind] = score_samples(classifier, model.to_pixels(model.decode(codes)), test_features,
                                          asked if kind == "prior_conditional" else None, frechet)
+    elif not model.discrete:
+        latents = model.sample_latents(count, args.temperature, generator).to(device)
+        scores["prior_unconditional"] = score_samples(classifier, model.to_pixels(model.decode_latents(latents)),
+                                                      test_features, None, frechet)
     noise = torch.randn(count, 1, 28, 28, generator=generator).to(device)
     scores["noise"] = score_samples(classifier, model.to_pixels(model(noise).x_recon), test_features, None, frechet)
     real = torch.randperm(len(test_images), generator=generator)[:count]
@@ -92,21 +107,53 @@ def sample_scores(args, model, checkpoint, test_images, device) -> dict:
 
 
 def print_reconstructions(args, report: dict, count: int) -> None:
-    print(f"{args.model} (epoch {report['epoch']}), MNIST test set, {count:,} images")
+    print(f"{args.model} (epoch {report['epoch']}, bottleneck {report['bottleneck']}), MNIST test set, {count:,} "
+          "images")
     print(f"  test MSE ([0,1] pixels)  {report['test_mse']:.5f}")
     print(f"  PSNR                     {report['psnr']:.2f} dB")
+    print(f"  SSIM                     {report['ssim']:.4f}")
+    if report["bottleneck"] == "gaussian":
+        print(f"  rate (KL)                {report['rate_bits']:.1f} bits per image", flush=True)
+        return
     print(f"  codebook usage           {report['codebook_usage']:.1%} ({report['codes_used']} of "
           f"{report['num_embeddings']} codes)")
-    print(f"  perplexity               {report['perplexity']:.1f}", flush=True)
+    print(f"  perplexity               {report['perplexity']:.1f}")
+    if report["rate_bits"] is None:
+        print(f"  rate                     (no prior; at most {report['rate_bound_bits']:.0f} bits per image, "
+              "49 log2 K)", flush=True)
+        return
+    print(f"  rate (prior NLL)         {report['rate_bits']:.1f} bits per image, {report['rate_bits_given_class']:.1f} "
+          f"given the class (49 log2 K = {report['rate_bound_bits']:.0f})", flush=True)
 
 
-def print_samples(args, samples: dict) -> None:
-    print(f"samples: {args.samples} of each kind, prior temperature {args.temperature}, guidance {args.guidance}, "
-          f"seed {args.seed}, judged by {os.path.relpath(args.classifier)}")
+def rates(model, checkpoint: dict, scores, test_images, test_labels, args, device) -> dict:
+    """The rate in bits per image (see the module docstring); None where a discrete model has no prior."""
+    if not model.discrete:
+        return {"rate_bits": scores.kl_bits}
+    grid = model.encode(images_to_inputs(test_images[:1].to(device))).shape[1:]
+    bound = grid.numel() * math.log2(model.config.num_embeddings)
+    if "prior" not in checkpoint:
+        return {"rate_bits": None, "rate_bits_given_class": None, "rate_bound_bits": bound}
+    prior = load_prior(checkpoint, args.model, device)
+    codes = encode_images(model, test_images, device, args.batch_size)
+    labels = test_labels.to(device)
+    unconditional = prior_nll_bits(prior, codes, torch.full_like(labels, prior.no_class), args.batch_size)
+    conditional = prior_nll_bits(prior, codes, labels, args.batch_size)
+    return {"rate_bits": unconditional * grid.numel(), "rate_bits_given_class": conditional * grid.numel(),
+            "rate_bound_bits": bound}
+
+
+def print_samples(args, samples: dict, bottleneck: str) -> None:
+    sampled = (f"prior temperature {args.temperature}, guidance {args.guidance}" if "prior_conditional" in samples
+               else f"latents N(0, I) x temperature {args.temperature}")
+    print(f"samples: {args.samples} of each kind, {sampled}, seed {args.seed}, judged by "
+          f"{os.path.relpath(args.classifier)}")
     print(f"  {'':<20}  recognisable  class entropy  as asked  Frechet distance")
+    absent = ("the checkpoint has no prior" if bottleneck != "gaussian"
+              else "none: the Gaussian VAE's prior is N(0, I), without classes")
     for kind, label in SAMPLE_KINDS.items():
         if kind not in samples:
-            print(f"  {label:<20}  (the checkpoint has no prior)")
+            print(f"  {label:<20}  ({absent})")
             continue
         row = samples[kind]
         asked = f"{row['matches_class']:.1%}" if "matches_class" in row else "-"
@@ -122,7 +169,9 @@ def print_samples(args, samples: dict) -> None:
 def main(args) -> None:
     device = resolve_device(args.device)
     model, checkpoint = load_model(args.model, device)
-    test_images, _ = load_mnist(args.data_folder, train=False)
+    if args.temperature is None:
+        args.temperature = SAMPLING_TEMPERATURE if model.discrete else 1.0
+    test_images, test_labels = load_mnist(args.data_folder, train=False)
     if args.samples > len(test_images):
         raise UserError(f"--samples {args.samples} is more than the {len(test_images)} test digits it is compared "
                         "with")
@@ -131,13 +180,17 @@ def main(args) -> None:
         raise UserError(f"{args.model} reconstructs the test set with non-finite scores (MSE {scores.mse}, PSNR "
                         f"{scores.psnr}): its model is broken; use another checkpoint")
     report = {
+        "bottleneck": model.config.bottleneck,
         "test_mse": scores.mse,
         "psnr": scores.psnr,
+        "ssim": scores.ssim,
         "codebook_usage": scores.codebook_usage,
         "perplexity": scores.perplexity,
         "codes_used": scores.codes_used,
         "num_embeddings": model.config.num_embeddings,
         "epoch": checkpoint["epoch"],
+        **rates(model, checkpoint, scores, test_images, test_labels, args, device),
+        "config": asdict(model.config),
     }
     if not args.json:  # printed before the samples are scored, so that nothing computed is lost
         print_reconstructions(args, report, len(test_images))
@@ -146,7 +199,7 @@ def main(args) -> None:
                              "seed": args.seed,
                              **sample_scores(args, model, checkpoint, test_images, device)}
         if not args.json:
-            print_samples(args, report["samples"])
+            print_samples(args, report["samples"], report["bottleneck"])
     if args.json:
         print(json.dumps(report))
 

@@ -1,5 +1,6 @@
 """What a run reports as it trains: TensorBoard curves, reconstructions, and its figures in models/NAME/run.json."""
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -21,28 +22,42 @@ class NoWriter:
         return lambda *args, **kwargs: None
 
 
-def log_training(writer: SummaryWriter, progress: tqdm, means: torch.Tensor, lr: float, step: int) -> None:
-    """Mean losses since the last point (one read from the device) to TensorBoard and the progress bar."""
-    total, recon, codebook, commitment, perplexity = means.tolist()
+def log_training(writer: SummaryWriter, progress: tqdm, means: torch.Tensor, lr: float, step: int,
+                 discrete: bool = True) -> None:
+    """Mean losses since the last point (one read from the device) to TensorBoard and the progress bar: codebook and
+    commitment losses and perplexity for codes (VQ, FSQ), the KL for the Gaussian."""
+    total, recon, codebook, commitment, kl, perplexity = means.tolist()
     writer.add_scalar("train/loss", total, step)
     writer.add_scalar("train/loss_reconstruction", recon, step)
-    writer.add_scalar("train/loss_codebook", codebook, step)
-    writer.add_scalar("train/loss_commitment", commitment, step)
-    writer.add_scalar("train/perplexity", perplexity, step)
     writer.add_scalar("train/lr", lr, step)
-    progress.set_postfix(loss=f"{total:.4f}", recon=f"{recon:.4f}", perplexity=f"{perplexity:.0f}")
+    if discrete:
+        writer.add_scalar("train/loss_codebook", codebook, step)
+        writer.add_scalar("train/loss_commitment", commitment, step)
+        writer.add_scalar("train/perplexity", perplexity, step)
+        progress.set_postfix(loss=f"{total:.4f}", recon=f"{recon:.4f}", perplexity=f"{perplexity:.0f}")
+    else:
+        writer.add_scalar("train/kl_bits", kl / math.log(2), step)
+        progress.set_postfix(loss=f"{total:.4f}", recon=f"{recon:.4f}", kl=f"{kl / math.log(2):.0f} bits")
 
 
-def log_validation(writer: SummaryWriter, model: VQVAE, scores, fixed_images: torch.Tensor, step: int) -> None:
-    """Validation scores at the training step they were reached, on the same axis as the training curves."""
+def log_validation(writer: SummaryWriter, model: VQVAE, scores, fixed_images: torch.Tensor, step: int,
+                   restarts: int = 0) -> None:
+    """Validation scores at the training step they were reached, on the same axis as the training curves, with the
+    codebook's health (dead codes over the split, restarts in the epoch) or the Gaussian's KL."""
     writer.add_scalar("val/loss_reconstruction", scores.recon_loss, step)
-    writer.add_scalar("val/loss_codebook", scores.codebook_loss, step)
-    writer.add_scalar("val/loss_commitment", scores.commitment_loss, step)
     writer.add_scalar("val/mse_pixels", scores.mse, step)
-    writer.add_scalar("val/codebook_usage", scores.codebook_usage, step)
-    writer.add_scalar("val/perplexity", scores.perplexity, step)
-    codes = torch.repeat_interleave(torch.arange(len(scores.counts)), scores.counts)
-    writer.add_histogram("val/code_usage", codes, step, bins=len(scores.counts))
+    writer.add_scalar("val/ssim", scores.ssim, step)
+    if model.discrete:
+        writer.add_scalar("val/loss_codebook", scores.codebook_loss, step)
+        writer.add_scalar("val/loss_commitment", scores.commitment_loss, step)
+        writer.add_scalar("val/codebook_usage", scores.codebook_usage, step)
+        writer.add_scalar("val/perplexity", scores.perplexity, step)
+        writer.add_scalar("val/dead_codes", len(scores.counts) - scores.codes_used, step)
+        writer.add_scalar("train/restarts_per_epoch", restarts, step)
+        codes = torch.repeat_interleave(torch.arange(len(scores.counts)), scores.counts)
+        writer.add_histogram("val/code_usage", codes, step, bins=len(scores.counts))
+    else:
+        writer.add_scalar("val/kl_bits", scores.kl_bits, step)
 
     model.eval()
     with torch.no_grad():

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torchmetrics.functional.image import structural_similarity_index_measure
 from tqdm import tqdm
 
 from cli import UserError
@@ -21,10 +22,12 @@ class ReconstructionScores:
     commitment_loss: float
     mse: float  # MSE in [0, 1] pixel space, averaged over every pixel of the set
     psnr: float  # 10 log10(1 / mse), in dB
-    codes_used: int  # distinct codes used over the whole set
+    ssim: float  # mean structural similarity of a reconstruction and its image (torchmetrics, 11x11 Gaussian window)
+    codes_used: int  # distinct codes used over the whole set (0 for the Gaussian bottleneck, which has none)
     codebook_usage: float  # codes_used / K
     perplexity: float  # of the code histogram of the whole set
     counts: Tensor  # (K,) how often each code was chosen
+    kl_bits: float | None  # the Gaussian bottleneck's mean KL(q(z|x) || N(0, I)) per image, in bits; else None
 
 
 @torch.no_grad()
@@ -36,7 +39,8 @@ def score_reconstructions(model: VQVAE, images: Tensor, batch_size: int, device:
     was_training = model.training
     model.eval()
     shard = images[dist.get_rank()::world_size()] if distributed() else images
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # recon, codebook, commitment, squared pixel error
+    # recon, codebook, commitment, squared pixel error, SSIM, KL: each summed over the images
+    sums = torch.zeros(6, dtype=torch.float64, device=device)
     counts = torch.zeros(model.config.num_embeddings, dtype=torch.int64, device=device)
     # A bar for the long sets (the test set, a large K); process 0 alone shows it under torchrun.
     for start in tqdm(range(0, len(shard), batch_size), desc="scoring", unit="batch", leave=False,
@@ -44,12 +48,16 @@ def score_reconstructions(model: VQVAE, images: Tensor, batch_size: int, device:
         batch = shard[start:start + batch_size].to(device)
         x = images_to_inputs(batch)
         x_recon, quantized = model(x)
-        size = len(batch)
+        size, pixels, target = len(batch), model.to_pixels(x_recon), batch.unsqueeze(1).float() / 255
         sums[0] += model.reconstruction_loss(x_recon, x).double() * size
         sums[1] += quantized.codebook_loss.double() * size
         sums[2] += quantized.commitment_loss.double() * size
-        sums[3] += (model.to_pixels(x_recon) - batch.unsqueeze(1).float() / 255).pow(2).sum().double()
-        counts += torch.bincount(quantized.indices.flatten(), minlength=len(counts))
+        sums[3] += (pixels - target).pow(2).sum().double()
+        sums[4] += structural_similarity_index_measure(pixels, target, data_range=1.0, reduction="sum").double()
+        if quantized.kl is not None:
+            sums[5] += quantized.kl.double() * size
+        if quantized.indices is not None:
+            counts += torch.bincount(quantized.indices.flatten(), minlength=len(counts))
     model.train(was_training)
     sum_over_processes(sums)
     sum_over_processes(counts)
@@ -63,10 +71,12 @@ def score_reconstructions(model: VQVAE, images: Tensor, batch_size: int, device:
         commitment_loss=commitment_loss,
         mse=mse,
         psnr=10 * math.log10(1.0 / mse) if mse > 0 else math.inf,
+        ssim=sums[4].item() / len(images),
         codes_used=codes_used,
         codebook_usage=codes_used / len(counts),
         perplexity=perplexity_from_counts(counts).item(),
         counts=counts.cpu(),
+        kl_bits=None if model.discrete else sums[5].item() / len(images) / math.log(2),
     )
 
 # ---------------------------------------------------------------------------------------------------- the judge

@@ -37,21 +37,21 @@ def make_optimizer(model: VQVAE, lr: float, fused: bool = True) -> torch.optim.A
 def training_step(model: VQVAE, optimizer, images: Tensor, amp: bool = False, forward=None) -> Tensor:
     """One optimizer step on a batch of uint8 images (B, 28, 28) already on the model's device.
 
-    Returns the detached losses (total, reconstruction, codebook, commitment, perplexity) as one (5,) tensor on
-    the device: nothing here waits for the device. `forward` is the model's forward to call (a torch.compile'd
-    one); `amp` runs it under bf16 autocast, while the quantizer keeps its distances in fp32.
+    Returns the detached losses (total, reconstruction, codebook, commitment, KL in nats per image, perplexity) as
+    one (6,) tensor on the device: nothing here waits for the device. `forward` is the model's forward to call (a
+    torch.compile'd one); `amp` runs it under bf16 autocast, while the bottleneck computes in fp32.
     """
     x = images_to_inputs(images)
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
         x_recon, quantized = (model if forward is None else forward)(x)
     recon_loss = model.reconstruction_loss(x_recon, x)
-    # With the EMA codebook the codebook loss has no gradient: it is reported, and adds a constant.
-    loss = recon_loss + quantized.codebook_loss.float() + quantized.commitment_loss.float()
+    loss = recon_loss + model.bottleneck_loss(quantized)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    kl = quantized.kl if quantized.kl is not None else torch.zeros_like(recon_loss)
     return torch.stack([loss, recon_loss, quantized.codebook_loss.float(), quantized.commitment_loss.float(),
-                        quantized.perplexity.float()]).detach()
+                        kl.float(), quantized.perplexity.float()]).detach()
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -250,7 +250,7 @@ def run_epoch(trainer: Trainer, stop: StopOnSignal) -> None:
     trainer.model.train()
     state.shuffle_rng = trainer.shuffle_generator.get_state()
     # Running sums stay on the device and are read every --log-interval steps, not every step.
-    running = torch.zeros(5, device=device)  # total, reconstruction, codebook, commitment, perplexity
+    running = torch.zeros(6, device=device)  # as training_step returns them
     running_steps = 0
     batches = epoch_batches(trainer.train_images, args.batch_size, trainer.shuffle_generator, args.num_workers,
                             skip=state.batches_done, shard=rank, num_shards=world_size)
@@ -276,7 +276,7 @@ def run_epoch(trainer: Trainer, stop: StopOnSignal) -> None:
             check_finite(trainer)
             if trainer.main_process:
                 log_training(trainer.writer, progress, running / running_steps, trainer.schedule.get_last_lr()[0],
-                             state.step)
+                             state.step, trainer.model.discrete)
             running.zero_()
             running_steps = 0
         if stopping:
@@ -298,9 +298,10 @@ def validate_and_save(trainer: Trainer, started: float) -> None:
         if trainer.main_process:  # the epoch's training is kept, though its validation failed
             save_last(trainer, None)
         raise
+    restarts = read_restarts(trainer.model)
     if trainer.main_process:
         log_validation(trainer.writer, trainer.model, scores, trainer.val_images[:NUM_FIXED_IMAGES].to(device),
-                       state.step)
+                       state.step, restarts)
     improved = scores.recon_loss < state.best_recon_loss
     if improved:
         state.best_recon_loss, state.best_epoch = scores.recon_loss, state.epoch
@@ -315,8 +316,28 @@ def validate_and_save(trainer: Trainer, started: float) -> None:
     trainer.writer.add_scalar("time/epoch_seconds", seconds, state.step)
     trainer.writer.flush()
     trainer.figures.epoch("autoencoder", epoch=state.epoch, step=state.step, **val, psnr=scores.psnr,
-                          codes_used=scores.codes_used, seconds=seconds)
+                          ssim=scores.ssim, codes_used=scores.codes_used,
+                          dead_codes=len(scores.counts) - scores.codes_used, restarts=restarts,
+                          kl_bits=scores.kl_bits, seconds=seconds)
     tqdm.write(f"epoch {state.epoch:>2}/{args.num_epochs}  val recon loss {scores.recon_loss:.5f}  "
-               f"MSE {scores.mse:.5f} ({scores.psnr:.1f} dB)  codes used {scores.codes_used}/"
-               f"{trainer.model.config.num_embeddings} ({scores.codebook_usage:.1%})  perplexity "
-               f"{scores.perplexity:.1f}  {seconds:.1f} s" + ("  [best]" if improved else ""))
+               f"MSE {scores.mse:.5f} ({scores.psnr:.1f} dB)  {bottleneck_health(trainer.model, scores, restarts)}  "
+               f"{seconds:.1f} s" + ("  [best]" if improved else ""))
+
+
+def read_restarts(model: VQVAE) -> int:
+    """The codes the VQ restarted since the last call, which resets the count; 0 for the other bottlenecks."""
+    counter = getattr(model.quantizer, "restarts", None)
+    if counter is None:
+        return 0
+    restarts = int(counter)
+    counter.zero_()
+    return restarts
+
+
+def bottleneck_health(model: VQVAE, scores, restarts: int) -> str:
+    """The epoch line's word on the bottleneck: codebook usage, perplexity, dead codes and restarts, or the KL."""
+    if not model.discrete:
+        return f"KL {scores.kl_bits:.1f} bits"
+    dead = len(scores.counts) - scores.codes_used
+    return (f"codes used {scores.codes_used}/{model.config.num_embeddings} ({scores.codebook_usage:.1%})  "
+            f"perplexity {scores.perplexity:.1f}  dead {dead}  restarts {restarts}")

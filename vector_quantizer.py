@@ -31,10 +31,11 @@ DISTANCE_BUDGET = 1 << 25
 
 class QuantizerOutput(NamedTuple):
     z_q: Tensor  # (B, D, H, W) quantized vectors, carrying the straight-through gradient to z_e
-    indices: Tensor  # (B, H, W) int64 code index of every position
+    indices: Tensor | None  # (B, H, W) int64 code index of every position; None for a continuous bottleneck
     codebook_loss: Tensor  # ||sg[z_e] - e||^2, trains the codebook only (reported, not trained on, with EMA)
     commitment_loss: Tensor  # beta * ||z_e - sg[e]||^2, trains the encoder only
     perplexity: Tensor  # exp(entropy of the code usage in this batch), in [1, K]
+    kl: Tensor | None = None  # () KL(q(z|x) || N(0, I)) in nats per image: the Gaussian bottleneck's rate only
 
 
 def distributed() -> bool:
@@ -105,6 +106,9 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("cluster_size", torch.zeros(num_embeddings))  # EMA of each code's count per batch
         self.register_buffer("embed_sum", torch.zeros(num_embeddings, embedding_dim))  # EMA of its vectors' sum
+        # Codes restarted since the training loop last read and reset it; not persistent, so that checkpoints of
+        # before it existed still load.
+        self.register_buffer("restarts", torch.zeros((), dtype=torch.long), persistent=False)
         # A Python copy of `initialized`, so the training step does not read a device tensor back to the host.
         self.needs_init = True
         self.register_load_state_dict_post_hook(
@@ -175,6 +179,7 @@ class VectorQuantizer(nn.Module):
         if self.restart_threshold > 0:
             # Every code gets a candidate and only the dead ones take it: no host sync to count them.
             dead = (self.cluster_size < self.restart_threshold).unsqueeze(1)  # (K, 1)
+            self.restarts += dead.sum()
             candidates = from_process_zero(flat[torch.randint(len(flat), (self.num_embeddings,), device=flat.device)])
             weight.copy_(torch.where(dead, candidates.to(weight.dtype), weight))
             fair_share = len(flat) * world_size() / self.num_embeddings

@@ -8,6 +8,8 @@ Usage:
     python vqvae.py --num-epochs 1 --prior-epochs 0 --output-folder quick --overwrite
     python vqvae.py --output-folder quick --prior-only --prior-epochs 4    # a prior for an existing run
     python vqvae.py --codebook loss --init uniform --restart-threshold 0 --code-dim 0 --beta 1   # reference VQ
+    python vqvae.py --bottleneck fsq --fsq-levels 8,8,8 --output-folder fsq  # finite scalar quantisation, K = 512
+    python vqvae.py --bottleneck gaussian --kl-weight 0.1 --output-folder vae  # a continuous VAE, no prior
     torchrun --standalone --nproc_per_node=2 vqvae.py --batch-size 32 --output-folder ddp    # 2 processes
 
 Writes TensorBoard logs to logs/NAME (`tensorboard --logdir logs`) and checkpoints to models/NAME:
@@ -28,10 +30,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from checkpoints import TRAINING_KEYS, RunState, load_checkpoint, restore_training
-from cli import (ArgumentParser, Arguments, UserError, add_device_flag, nonnegative_float, nonnegative_int, plain_name,
-                 positive_float, positive_int, run_cli, unit_interval)
+from cli import (ArgumentParser, Arguments, UserError, add_device_flag, levels_list, nonnegative_float, nonnegative_int,
+                 plain_name, positive_float, positive_int, run_cli, unit_interval)
 from data import Splits, load_splits, shard_size
-from modules import DECODER_OUTPUTS, VQVAE, VQVAEConfig
+from modules import BOTTLENECKS, DECODER_OUTPUTS, VQVAE, VQVAEConfig
 from prior import PriorConfig
 from prior_training import train_prior
 from run_folder import hold_run_folder, make_folder, prepare_run_folders, run_folders
@@ -82,6 +84,15 @@ def add_model_flags(parser: ArgumentParser) -> None:
                        default=defaults.decoder_output,
                        help="last layer and loss: tanh or linear output with MSE, or logits with binary "
                             f"cross-entropy (default: {defaults.decoder_output})")
+    model.add_argument("--bottleneck", dest="bottleneck", choices=BOTTLENECKS, default=defaults.bottleneck,
+                       help="vq: the codebook; fsq: finite scalar quantisation (--fsq-levels); gaussian: a "
+                            f"continuous VAE (--kl-weight), which has no prior (default: {defaults.bottleneck})")
+    model.add_argument("--fsq-levels", dest="fsq_levels", type=levels_list, default=defaults.fsq_levels,
+                       help="fsq: levels of each code dimension; D is their number, K their product (default: "
+                            f"{','.join(map(str, defaults.fsq_levels))})")
+    model.add_argument("--kl-weight", dest="kl_weight", type=nonnegative_float, default=defaults.kl_weight,
+                       help="gaussian: weight of KL(q(z|x) || N(0, I)) against the reconstruction loss, per pixel "
+                            f"(default: {defaults.kl_weight})")
 
 
 def add_prior_flags(parser: ArgumentParser) -> None:
@@ -158,6 +169,11 @@ def build_parser() -> ArgumentParser:
 
 
 def model_config(args) -> VQVAEConfig:
+    """The autoencoder's shape from its flags; with FSQ, K and D come from --fsq-levels, so typing them is refused."""
+    typed = args.typed if isinstance(args, Arguments) else set()
+    if getattr(args, "bottleneck", "vq") == "fsq" and typed & {"num_embeddings", "code_dim"}:
+        raise UserError("--bottleneck fsq takes K and D from --fsq-levels (K their product, D their number): drop "
+                        "--k and --code-dim")
     return VQVAEConfig(**{field.name: getattr(args, field.name) for field in fields(VQVAEConfig)
                           if hasattr(args, field.name)})
 
@@ -262,8 +278,12 @@ def give_prior(args, device: torch.device, deadline: float, splits: Splits | Non
     if not path.is_file():
         raise UserError(f"there is no {path} to train a prior for; train the autoencoder first with python vqvae.py "
                         f"--output-folder {shlex.quote(args.output_folder)}")
+    checkpoint = load_checkpoint(path)
+    if checkpoint["config"].get("bottleneck") == "gaussian":
+        raise UserError(f"{path} is a Gaussian VAE: it has no codes for a prior to model, and samples its latents "
+                        "from N(0, I) (python generate.py --input random)")
     if splits is None:
-        splits = load_splits(args.data_folder, load_checkpoint(path)["args"].get("val_size", args.val_size))
+        splits = load_splits(args.data_folder, checkpoint["args"].get("val_size", args.val_size))
     figures = RunFigures(model_dir, fresh=False)
     make_folder(log_dir)
     # The run's own writer when it has one, so that its curves stay in one event file; else one of the prior's own.
@@ -290,7 +310,7 @@ def finish_resumed(args, processes: Processes, splits: Splits, deadline: float) 
         return
     model_dir = run_folders(args.output_folder).model_dir
     last, best = model_dir / "last.pt", model_dir / "best.pt"
-    if args.prior_epochs and "prior" not in load_checkpoint(best):
+    if args.prior_epochs and args.bottleneck != "gaussian" and "prior" not in load_checkpoint(best):
         print(f"{last} already finished its {args.num_epochs} epochs; training its prior")
         give_prior(args, processes.device, deadline, splits)
     else:
@@ -331,7 +351,7 @@ def train(args, processes: Processes, deadline: float = math.inf) -> VQVAE | Non
             best = trainer.model_dir / "best.pt"
             print(f"autoencoder trained in {seconds:.0f} s; best: {best} (epoch {trainer.state.best_epoch}); "
                   f"python generate.py --model {shlex.quote(str(best))} --input MNIST --filename recon")
-            if args.prior_epochs:
+            if args.prior_epochs and trainer.model.discrete:
                 # The prior is small and trains in the one process; under torchrun the others are done.
                 give_prior(args, processes.device, deadline, splits, trainer.writer)
         trainer.writer.close()
