@@ -37,7 +37,8 @@ class FiniteScalarQuantizer(nn.Module):
         """z (B, d, H, W) -> values whose rounding gives L_i integers per dimension, -(L_i // 2) .. (L_i - 1) // 2.
         An even L_i has no middle level: tanh is shifted by half a level so that z = 0 still lands on level 0."""
         levels = self._per_dim(self.levels)
-        half_range = (levels - 1) * (1 - 1e-3) / 2  # just inside the outer levels' rounding boundaries
+        # A hair over (L - 1) / 2: the outer levels stay reachable, and an even L's shift finite (L = 2 included).
+        half_range = (levels - 1) * (1 + 1e-3) / 2
         offset = torch.where(levels % 2 == 0, 0.5, 0.0)
         shift = torch.atanh(offset / half_range)
         return torch.tanh(z + shift) * half_range - offset

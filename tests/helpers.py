@@ -52,10 +52,16 @@ TINY_PRIOR = ("--prior-epochs", "1", "--prior-width", "16", "--prior-layers", "1
               "--prior-batch-size", "64")
 
 
-def train_tiny(data_folder, *extra):
+# The tiny run's bottleneck flags: 16 codes for VQ and FSQ, D = 4 for the Gaussian VAE.
+TINY_BOTTLENECKS = {"vq": ("--k", "16"), "fsq": ("--bottleneck", "fsq", "--fsq-levels", "4,4"),
+                    "gaussian": ("--bottleneck", "gaussian", "--code-dim", "4")}
+
+
+def train_tiny(data_folder, *extra, bottleneck: str = "vq"):
     args = vqvae.build_parser().parse_args([
         "--data-folder", str(data_folder), "--num-epochs", "1", "--val-size", "64", "--batch-size", "64",
-        "--hidden-size", "8", "--k", "16", "--log-interval", "1", "--output-folder", "tiny", *TINY_PRIOR, *extra])
+        "--hidden-size", "8", *TINY_BOTTLENECKS[bottleneck], "--log-interval", "1", "--output-folder", "tiny",
+        *TINY_PRIOR, *extra])
     vqvae.main(args)
 
 

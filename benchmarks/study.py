@@ -1,0 +1,178 @@
+"""What K, D and the bottleneck do: train the runs of a named study, score each with evaluate.py, and write a
+Markdown table and a distortion-rate plot.
+
+Usage (from the repository root; `python -m benchmarks.study` is the same):
+    python benchmarks/study.py --study k             # K in 16, 64, 256, 512, 1024 (VQ, all else default)
+    python benchmarks/study.py --study d             # D in 2, 4, 8, 16, 32, 64
+    python benchmarks/study.py --study bottleneck    # reference VQ, default VQ, FSQ, Gaussian VAE at 3 KL weights
+    python benchmarks/study.py --study all --epochs 3 --prior-epochs 2 --out-dir docs/images
+
+Each row is `python vqvae.py` in a subprocess, as a user runs it, with --num-epochs --epochs, --prior-epochs and
+--seed, kept in models/study/NAME; then `python evaluate.py --json` on its best.pt, whose scores are kept in
+models/study/NAME/scores.json. A study stopped part-way (Ctrl-C) resumes: a row with scores is read back, a run
+that stopped goes on with --resume. Rows with the same flags are one run, shared by the studies.
+
+Every row has the test MSE, PSNR and SSIM, the codes used and their perplexity, the rate in bits per image (the
+prior's NLL of the test codes without the class, or the Gaussian VAE's KL), the unconditional samples'
+recognisable fraction and Frechet distance (the prior's class drawn by itself, or the Gaussian's N(0, I)), and the
+seconds of training (autoencoder and prior, from its run.json). The table goes to OUT_DIR/study_NAME.md and
+stdout, the plot of test MSE against the rate to OUT_DIR/study_NAME.png.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parent.parent
+if __name__ == "__main__" and not __package__:
+    sys.path.insert(0, str(ROOT))  # the project's modules, when run as a script
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cli import nonnegative_int, positive_int  # noqa: E402
+from files import atomic_path, write_json  # noqa: E402
+from scores import FRECHET_MIN_SAMPLES  # noqa: E402
+
+
+class Row(NamedTuple):
+    label: str
+    name: str  # the run's folder under models/study/, before the epochs and seed
+    flags: tuple[str, ...]  # vqvae.py flags beside the defaults
+    bottleneck: str  # the plot's marker set
+
+
+DEFAULT = Row("default VQ (EMA, k-means++, restarts)", "default", (), "VQ")
+REFERENCE_FLAGS = ("--codebook", "loss", "--init", "uniform", "--restart-threshold", "0", "--code-dim", "0", "--beta",
+                   "1.0")
+KL_WEIGHTS = (1.0, 0.1, 0.01)
+STUDIES = {
+    "k": [DEFAULT._replace(label="K = 512 (default)") if k == 512 else Row(f"K = {k}", f"k{k}", ("--k", str(k)), "VQ")
+          for k in (16, 64, 256, 512, 1024)],
+    "d": [DEFAULT._replace(label="D = 16 (default)") if d == 16
+          else Row(f"D = {d}", f"d{d}", ("--code-dim", str(d)), "VQ") for d in (2, 4, 8, 16, 32, 64)],
+    "bottleneck": [
+        Row("reference VQ (codebook loss, beta 1)", "reference", REFERENCE_FLAGS, "VQ"),
+        DEFAULT,
+        Row("FSQ, levels 8,8,8 (512 codes)", "fsq888", ("--bottleneck", "fsq", "--fsq-levels", "8,8,8"), "FSQ"),
+        *[Row(f"Gaussian VAE, KL weight {weight:g}", f"gaussian{weight:g}",
+              ("--bottleneck", "gaussian", "--kl-weight", str(weight)), "Gaussian") for weight in KL_WEIGHTS],
+    ],
+}
+MARKERS = {"VQ": "o", "FSQ": "s", "Gaussian": "^"}
+
+
+def run(command: list[str]) -> str:
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        sys.exit(f"study.py: `{' '.join(command)}` failed with exit status {result.returncode} (its error is above)")
+    return result.stdout
+
+
+def train_and_score(row: Row, args) -> dict:
+    """The row's scores: read back from its scores.json, or trained (or resumed) and evaluated now."""
+    folder = f"study/{row.name}-e{args.epochs}-p{args.prior_epochs}-s{args.seed}"
+    model_dir = ROOT / "models" / folder
+    scores_path = model_dir / "scores.json"
+    if scores_path.is_file():
+        return json.loads(scores_path.read_text())
+    print(f"study: {row.label}: training models/{folder}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    if (model_dir / "last.pt").is_file():
+        run(["vqvae.py", "--output-folder", folder, "--device", args.device, "--resume"])
+    else:
+        run(["vqvae.py", "--output-folder", folder, "--overwrite", "--device", args.device, "--num-epochs",
+             str(args.epochs), "--prior-epochs", str(args.prior_epochs), "--seed", str(args.seed), *row.flags])
+    figures = json.loads((model_dir / "run.json").read_text())
+    scores = json.loads(run(["evaluate.py", "--model", str(model_dir / "best.pt"), "--device", args.device,
+                             "--samples", str(args.samples), "--json"]))
+    scores["seconds"] = {part: figures[part]["seconds"] for part in ("autoencoder", "prior") if part in figures}
+    scores["wall_seconds"] = time.perf_counter() - started
+    write_json(scores_path, scores)
+    return scores
+
+
+def table(rows: list[Row], results: list[dict]) -> list[str]:
+    lines = ["| run | test MSE | PSNR (dB) | SSIM | codes used | perplexity | rate (bits/image) | recognisable | "
+             "Frechet distance | train s (autoencoder + prior) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row, scores in zip(rows, results):
+        discrete = scores["bottleneck"] != "gaussian"
+        codes = f"{scores['codes_used']}/{scores['num_embeddings']}" if discrete else "-"
+        perplexity = f"{scores['perplexity']:.0f}" if discrete else "-"
+        rate = "-" if scores["rate_bits"] is None else f"{scores['rate_bits']:.1f}"
+        samples = scores.get("samples", {}).get("prior_unconditional")
+        recognisable, distance = ("-", "-") if samples is None else (
+            f"{samples['recognisable']:.1%}", f"{samples['frechet_distance']:.2f}")
+        seconds = " + ".join(f"{value:.0f}" for value in scores["seconds"].values())
+        lines.append(f"| {row.label} | {scores['test_mse']:.5f} | {scores['psnr']:.2f} | {scores['ssim']:.4f} | "
+                     f"{codes} | {perplexity} | {rate} | {recognisable} | {distance} | {seconds} |")
+    real = results[0]["samples"]["real"]
+    lines.append(f"\nSamples: {results[0]['samples']['count']} unconditional ones per row; the Frechet distance of "
+                 f"as many real test digits, the floor, is {real['frechet_distance']:.2f}, and "
+                 f"{real['recognisable']:.1%} of them are recognisable.")
+    return lines
+
+
+def plot(rows: list[Row], results: list[dict], title: str, path: Path) -> None:
+    """Test MSE against the rate, one marker set per bottleneck, each point named."""
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for bottleneck, marker in MARKERS.items():
+        points = [(scores["rate_bits"], scores["test_mse"], row.label) for row, scores in zip(rows, results)
+                  if row.bottleneck == bottleneck and scores["rate_bits"] is not None]
+        if not points:
+            continue
+        points.sort()
+        axes.plot([x for x, _, _ in points], [y for _, y, _ in points], marker=marker, label=bottleneck)
+        for x, y, label in points:
+            axes.annotate(label.split(" (")[0], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    axes.set(xlabel="rate (bits per image)", ylabel="test MSE ([0, 1] pixels)", yscale="log", title=title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120)
+    plt.close(figure)
+
+
+def main(args) -> None:
+    if args.samples < FRECHET_MIN_SAMPLES:
+        sys.exit(f"study.py: error: --samples {args.samples}: the Frechet distance needs at least "
+                 f"{FRECHET_MIN_SAMPLES}")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for name in STUDIES if args.study == "all" else [args.study]:
+        rows = STUDIES[name]
+        results = [train_and_score(row, args) for row in rows]
+        lines = table(rows, results)
+        with atomic_path(args.out_dir / f"study_{name}.md") as temporary:
+            temporary.write_text("\n".join(lines) + "\n")
+        plot(rows, results, f"study {name}: {args.epochs} epochs, prior {args.prior_epochs}, seed {args.seed}",
+             args.out_dir / f"study_{name}.png")
+        print(f"## study {name}\n\n" + "\n".join(lines) + "\n", flush=True)
+    print(f"study.py: done in {time.perf_counter() - started:.0f} s; tables and plots in {args.out_dir}",
+          file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train and score the runs of a study of K, D or the bottleneck.")
+    parser.add_argument("--study", choices=[*STUDIES, "all"], required=True, help="which study to run (required)")
+    parser.add_argument("--epochs", type=positive_int, default=3, help="autoencoder epochs of each run (default: 3)")
+    parser.add_argument("--prior-epochs", type=nonnegative_int, default=2,
+                        help="prior epochs of each discrete run; 0: no prior, so no rate or samples (default: 2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
+    parser.add_argument("--samples", type=positive_int, default=1000,
+                        help=f"samples scored per run, at least {FRECHET_MIN_SAMPLES} (default: 1000)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to train on (default: cpu)")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "models" / "study",
+                        help="where the tables and plots go (default: models/study)")
+    return parser
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())
