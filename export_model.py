@@ -28,10 +28,10 @@ def build_parser() -> ArgumentParser:
 
 
 def main(args) -> None:
-    _, checkpoint = load_model(args.model, "cpu")  # the weights must fit their config before they are shared
+    model, checkpoint = load_model(args.model, "cpu")  # the weights must fit their config before they are shared
     if "prior" in checkpoint:
         load_prior(checkpoint, args.model, "cpu")
-    elif not args.allow_no_prior:
+    elif model.discrete and not args.allow_no_prior:  # a Gaussian VAE samples N(0, I), without a prior
         raise UserError(f"{args.model} has no prior, so generate.py --input random could not use the export: "
                         "train one with vqvae.py --prior-only, or pass --allow-no-prior")
     output = Path(args.output)

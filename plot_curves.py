@@ -4,9 +4,9 @@ Usage:
     python plot_curves.py                                    # logs/vqvae -> generatedImages/curves.png
     python plot_curves.py --run logs/wide --output generatedImages/wide_curves.png
 
-Four panels: the autoencoder's reconstruction loss (training, and validation after each epoch), its validation
-MSE in [0, 1] pixels, its validation codebook perplexity, and the prior's negative log-likelihood in bits per
-code (training, and validation with and without the class). Panels whose curves the run did not log are left out.
+Panels: the autoencoder's reconstruction loss (training, and validation after each epoch), its validation MSE in
+[0, 1] pixels, its validation codebook perplexity (or a Gaussian VAE's KL), and the prior's negative
+log-likelihood in bits per code (training, and validation with and without the class). Panels whose curves the run did not log are left out.
 """
 from pathlib import Path
 
@@ -24,6 +24,8 @@ PANELS = [
      [("train/loss_reconstruction", "train"), ("val/loss_reconstruction", "validation")]),
     ("autoencoder: validation MSE in [0, 1] pixels", "step", True, [("val/mse_pixels", "validation")]),
     ("autoencoder: validation codebook perplexity", "step", False, [("val/perplexity", "validation")]),
+    ("autoencoder: KL(q(z|x) || N(0, I)), bits per image", "step", False,
+     [("train/kl_bits", "train"), ("val/kl_bits", "validation")]),
     ("prior: negative log-likelihood (bits per code)", "prior step", False,
      [("prior/train_nll_bits", "train"), ("prior/val_nll_bits", "validation, with the class"),
       ("prior/val_nll_bits_unconditional", "validation, without")]),

@@ -169,11 +169,6 @@ def build_parser() -> ArgumentParser:
 
 
 def model_config(args) -> VQVAEConfig:
-    """The autoencoder's shape from its flags; with FSQ, K and D come from --fsq-levels, so typing them is refused."""
-    typed = args.typed if isinstance(args, Arguments) else set()
-    if getattr(args, "bottleneck", "vq") == "fsq" and typed & {"num_embeddings", "code_dim"}:
-        raise UserError("--bottleneck fsq takes K and D from --fsq-levels (K their product, D their number): drop "
-                        "--k and --code-dim")
     return VQVAEConfig(**{field.name: getattr(args, field.name) for field in fields(VQVAEConfig)
                           if hasattr(args, field.name)})
 
@@ -363,6 +358,9 @@ def main(args):
     # Checked before the autoencoder trains, not after it.
     if args.prior_width % args.prior_num_heads:
         raise UserError(f"--prior-heads {args.prior_num_heads} must divide --prior-width {args.prior_width}")
+    if args.bottleneck == "fsq" and isinstance(args, Arguments) and args.typed & {"num_embeddings", "code_dim"}:
+        raise UserError("--bottleneck fsq takes K and D from --fsq-levels (K their product, D their number): drop "
+                        "--k and --code-dim")
     deadline = time.monotonic() + args.time_limit if args.time_limit else math.inf
     keep_freed_memory()
     with process_group(args.device) as processes:

@@ -93,12 +93,12 @@ def fail_on_call(monkeypatch, owner, name, call_number, error: BaseException):
     on_call(monkeypatch, owner, name, call_number, fail)
 
 
-def tiny_run_in(folder: Path, *flags) -> Path:
+def tiny_run_in(folder: Path, *flags, bottleneck: str = "vq") -> Path:
     """Train the tiny run (train_tiny with flags) in folder, on tiny MNIST files of its own; returns folder."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(data, "MNIST_MD5", write_tiny_mnist(folder / "data" / "MNIST" / "raw"))
         patch.chdir(folder)
-        train_tiny(folder / "data", *flags)
+        train_tiny(folder / "data", *flags, bottleneck=bottleneck)
     return folder
 
 

@@ -1,5 +1,7 @@
-"""benchmarks/speed.py times both loops, and reads what vqvae.py did from the run's run.json, not its printed lines."""
+"""benchmarks/speed.py times both loops, and reads what vqvae.py did from the run's run.json, not its printed lines;
+benchmarks/study.py names each run once, resumes from what it kept, and tabulates every column."""
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -45,3 +47,71 @@ def test_speed_benchmark_reads_how_long_each_part_trained(tiny_mnist, tmp_path, 
     autoencoder, prior = load_speed_benchmark().part_seconds(tmp_path / "models" / "tiny")
     assert autoencoder > 0 and prior > 0
     assert f"autoencoder trained in {autoencoder:.0f} s" in output and f"prior ({prior:.0f} s" in output
+
+
+def load_study_benchmark():
+    spec = importlib.util.spec_from_file_location("study", ROOT / "benchmarks" / "study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_studies_share_the_default_run_and_name_each_run_once():
+    study = load_study_benchmark()
+    rows = [row for rows in study.STUDIES.values() for row in rows]
+    assert sum(row.name == "default" for row in rows) == 3  # K = 512, D = 16 and the default VQ: one run
+    by_name = {}
+    for row in rows:
+        assert by_name.setdefault(row.name, row.flags) == row.flags, f"{row.name} names two runs"
+    assert [row.label for row in study.STUDIES["k"]] == ["K = 16", "K = 64", "K = 256", "K = 512 (default)", "K = 1024"]
+    assert len(study.STUDIES["d"]) == 6 and len(study.STUDIES["bottleneck"]) == 6
+
+
+def fake_scores(bottleneck: str, rate) -> dict:
+    samples = {"count": 1000, "prior_unconditional": {"recognisable": 0.5, "frechet_distance": 3.25},
+               "real": {"recognisable": 0.99, "frechet_distance": 0.5}}
+    return {"bottleneck": bottleneck, "test_mse": 0.0015, "psnr": 28.24, "ssim": 0.98765, "codes_used": 500,
+            "num_embeddings": 512, "perplexity": 400.4, "rate_bits": rate, "samples": samples,
+            "seconds": {"autoencoder": 60.4, "prior": 100.6}}
+
+
+def test_the_study_resumes_from_what_it_kept(tmp_path, monkeypatch):
+    study = load_study_benchmark()
+    monkeypatch.setattr(study, "ROOT", tmp_path)
+    commands = []
+
+    def fake_run(command):
+        commands.append(command)
+        if command[0] == "vqvae.py":
+            folder = tmp_path / "models" / command[command.index("--output-folder") + 1]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "run.json").write_text(json.dumps({"autoencoder": {"seconds": 5.0}}))
+            return ""
+        return json.dumps(fake_scores("gaussian", 12.5))
+
+    monkeypatch.setattr(study, "run", fake_run)
+    args = study.build_parser().parse_args(["--study", "bottleneck", "--epochs", "2"])
+    row = study.STUDIES["bottleneck"][-1]
+    scores = study.train_and_score(row, args)
+    assert commands[0][:3] == ["vqvae.py", "--output-folder", "study/gaussian0.01-e2-p2-s0"]
+    assert commands[0][-4:] == ["--bottleneck", "gaussian", "--kl-weight", "0.01"] and commands[1][0] == "evaluate.py"
+    assert scores["seconds"] == {"autoencoder": 5.0}
+    assert study.train_and_score(row, args) == scores and len(commands) == 2, "kept scores are read back"
+    model_dir = tmp_path / "models" / "study" / "gaussian0.01-e2-p2-s0"
+    (model_dir / "scores.json").unlink()
+    (model_dir / "last.pt").write_bytes(b"")
+    study.train_and_score(row, args)
+    assert "--resume" in commands[2] and "--overwrite" not in commands[2], "a stopped run goes on"
+
+
+def test_the_study_table_has_every_column_and_the_plot_is_written(tmp_path):
+    study = load_study_benchmark()
+    rows = study.STUDIES["bottleneck"][1:4:2]  # the default VQ and a Gaussian VAE
+    results = [fake_scores("vq", 150.25), fake_scores("gaussian", 42.0)]
+    lines = study.table(rows, results)
+    assert lines[2] == ("| default VQ (EMA, k-means++, restarts) | 0.00150 | 28.24 | 0.9877 | 500/512 | 400 | 150.2 | "
+                        "50.0% | 3.25 | 60 + 101 |")
+    assert lines[3].startswith("| Gaussian VAE, KL weight 1 | 0.00150 | 28.24 | 0.9877 | - | - | 42.0 |")
+    assert "the floor, is 0.50" in lines[-1]
+    study.plot(rows, results, "test", tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

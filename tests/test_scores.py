@@ -37,6 +37,23 @@ def test_mse_is_over_every_pixel_of_the_set():
     assert scores.psnr == pytest.approx(10 * math.log10(1 / expected), rel=1e-5)
 
 
+@pytest.mark.parametrize("bottleneck", ["vq", "gaussian"])
+def test_ssim_is_one_for_a_perfect_reconstruction_and_falls_with_noise(bottleneck, monkeypatch):
+    model = VQVAE(VQVAEConfig(hidden_size=8, num_embeddings=16, bottleneck=bottleneck)).eval()
+    images = torch.randint(0, 256, (12, 28, 28), dtype=torch.uint8)
+    forward = model.forward
+    for noise, expected in ((0.0, 1.0), (0.3, None)):
+        # The decoder replaced by the input itself, plus noise: SSIM 1 exactly when nothing is lost.
+        monkeypatch.setattr(model, "forward", lambda x: forward(x)._replace(x_recon=x + noise * torch.randn_like(x)))
+        scores = score_reconstructions(model, images, batch_size=5, device=torch.device("cpu"))
+        if expected is not None:
+            assert scores.ssim == pytest.approx(1.0, abs=1e-6) and scores.mse < 1e-12
+        else:
+            assert 0 < scores.ssim < 0.9
+    assert (scores.kl_bits is None) == (bottleneck == "vq")
+    assert bottleneck == "vq" or scores.codes_used == 0
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_frechet_distance_matches_the_closed_form_for_diagonal_covariances(seed):
     generator = torch.Generator().manual_seed(seed)

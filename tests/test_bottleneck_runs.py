@@ -1,0 +1,187 @@
+"""Every bottleneck's run trains, resumes, exports, generates and evaluates like the VQ one, on the tiny data; the codes
+go in and out of generate.py; the epoch reports its dead codes and restarts."""
+import json
+import math
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import evaluate
+import export_model
+import generate
+import training
+import vqvae
+from checkpoints import load_model
+from cli import RunStopped, UserError
+from data import load_mnist
+from helpers import TINY_BOTTLENECKS, signal_on_call, tiny_run_in, train_tiny
+from modules import images_to_inputs
+
+BOTTLENECKS = list(TINY_BOTTLENECKS)
+TWO_EPOCHS = ("--num-epochs", "2")
+
+
+def run_generate(*flags):
+    generate.main(generate.build_parser().parse_args(list(flags)))
+
+
+def run_evaluate(capsys, model, data_folder, *flags) -> dict:
+    capsys.readouterr()
+    evaluate.main(evaluate.build_parser().parse_args(["--model", str(model), "--json", "--data-folder",
+                                                      str(data_folder), *flags]))
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module", params=BOTTLENECKS)
+def tiny_run(request, tmp_path_factory):
+    """(bottleneck, folder) of the tiny two-epoch run of each bottleneck, with its prior where it has codes."""
+    folder = tmp_path_factory.mktemp(f"tiny_{request.param}")
+    return request.param, tiny_run_in(folder, *TWO_EPOCHS, bottleneck=request.param)
+
+
+def test_each_bottleneck_is_stored_and_rebuilt_from_its_checkpoint(tiny_run):
+    bottleneck, folder = tiny_run
+    model, checkpoint = load_model(folder / "models" / "tiny" / "best.pt")
+    assert model.config.bottleneck == bottleneck and checkpoint["epoch"] == 2
+    assert ("prior" in checkpoint) == (bottleneck != "gaussian"), "a prior exactly where there are codes"
+    if bottleneck == "fsq":
+        assert (model.config.num_embeddings, model.config.code_dim) == (16, 2)  # levels 4,4
+
+
+def test_each_bottleneck_evaluates_with_its_rate(tiny_run, tiny_mnist, capsys):
+    bottleneck, folder = tiny_run
+    report = run_evaluate(capsys, folder / "models" / "tiny" / "best.pt", tiny_mnist, "--samples", "70")
+    assert report["bottleneck"] == bottleneck and 0 < report["test_mse"] < 1 and -1 <= report["ssim"] <= 1
+    model, _ = load_model(folder / "models" / "tiny" / "best.pt")
+    test_images, _ = load_mnist(tiny_mnist, train=False)
+    quantized = model(images_to_inputs(test_images)).quantized
+    if bottleneck == "gaussian":  # the rate is the mean KL, recomputed here over the whole test set at once
+        assert report["rate_bits"] == pytest.approx(quantized.kl.item() / math.log(2), rel=1e-4)
+        assert {"prior_unconditional", "noise", "real"} <= set(report["samples"])
+        assert "prior_conditional" not in report["samples"]
+    else:
+        assert report["codes_used"] == len(quantized.indices.unique())
+        assert report["rate_bound_bits"] == pytest.approx(49 * math.log2(16))
+        assert 0 < report["rate_bits"] and 0 < report["rate_bits_given_class"]
+        assert {"prior_conditional", "prior_no_class"} <= set(report["samples"])
+
+
+def test_each_bottleneck_generates_and_exports(tiny_run, tiny_mnist, tmp_path, monkeypatch, capsys):
+    bottleneck, folder = tiny_run
+    monkeypatch.chdir(tmp_path)
+    model = folder / "models" / "tiny" / "best.pt"
+    for name, flags in (("recon", ["--input", "MNIST", "--data-folder", str(tiny_mnist)]),
+                        ("samples", ["--input", "random", "--temperature", "0.7"]), ("noise", ["--input", "noise"])):
+        run_generate("--model", str(model), "--filename", name, *flags)
+        assert Image.open(tmp_path / "generatedImages" / f"{name}.png").size == (302, 302)
+    export_model.main(export_model.build_parser().parse_args(["--model", str(model), "--output", "shared.pt"]))
+    assert run_evaluate(capsys, "shared.pt", tiny_mnist, "--samples", "0") == \
+        run_evaluate(capsys, model, tiny_mnist, "--samples", "0")
+
+
+def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_run, tiny_mnist, tmp_path, monkeypatch):
+    bottleneck, folder = tiny_run
+    if bottleneck == "vq":
+        pytest.skip("test_robustness.py resumes the VQ")
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as patch:
+        signal_on_call(patch, torch.optim.Adam, "step", 3, signal.SIGTERM)
+        with pytest.raises(RunStopped):
+            train_tiny(tiny_mnist, *TWO_EPOCHS, bottleneck=bottleneck)
+    train_tiny(tiny_mnist, *TWO_EPOCHS, "--resume", bottleneck=bottleneck)
+    expected = torch.load(folder / "models" / "tiny" / "last.pt", weights_only=True)["model"]
+    resumed = torch.load("models/tiny/last.pt", weights_only=True)["model"]
+    for name, tensor in expected.items():
+        assert torch.allclose(tensor.double(), resumed[name].double(), atol=1e-6), name
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".pt"])
+def test_saved_codes_are_the_encoders_and_decode_to_the_same_picture(suffix, tiny_run, tiny_mnist, tmp_path,
+                                                                    monkeypatch):
+    bottleneck, folder = tiny_run
+    if bottleneck == "gaussian":
+        pytest.skip("a Gaussian VAE has no codes")
+    monkeypatch.chdir(tmp_path)
+    model_path, data_folder = str(folder / "models" / "tiny" / "best.pt"), str(tiny_mnist)
+    run_generate("--model", model_path, "--input", "MNIST", "--data-folder", data_folder, "--save-codes",
+                 f"codes{suffix}", "--filename", "recon")
+    codes = torch.from_numpy(np.load("codes.npy")) if suffix == ".npy" else torch.load("codes.pt", weights_only=True)
+    model, _ = load_model(model_path)
+    shown = np.asarray(Image.open("generatedImages/recon_input.png"))[2:30, 2:30, 0]  # the grid's first tile
+    assert codes.shape == (100, 7, 7) and codes.dtype == torch.int64
+    assert torch.equal(codes[0], model.encode(images_to_inputs(torch.from_numpy(shown.copy())[None]))[0])
+    run_generate("--model", model_path, "--input", "codes", "--codes", f"codes{suffix}", "--filename", "decoded")
+    decoded, reconstructed = (np.asarray(Image.open(f"generatedImages/{name}.png")).astype(int)
+                              for name in ("decoded", "recon"))
+    # The same codes, decoded; the straight-through sum z_e + (z_q - z_e) may round one grey level differently.
+    assert np.abs(decoded - reconstructed).max() <= 1
+
+
+def bad_codes(kind: str, tmp_path: Path) -> str:
+    path = tmp_path / ("codes.txt" if kind == "suffix" else "codes.npy")
+    arrays = {"shape": np.zeros((3, 7, 8), dtype=np.int64), "range": np.full((2, 7, 7), 16, dtype=np.int64),
+              "negative": np.full((2, 7, 7), -1, dtype=np.int64), "float": np.zeros((2, 7, 7), dtype=np.float32),
+              "empty": np.zeros((0, 7, 7), dtype=np.int64), "suffix": np.zeros((2, 7, 7), dtype=np.int64)}
+    if kind == "corrupt":
+        path.write_bytes(b"not numpy")
+    else:
+        with open(path, "wb") as file:
+            np.save(file, arrays[kind])
+    return str(path)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("shape", "shape (3, 7, 8): code grids have shape (N, 7, 7)"), ("range", "indices from 16 to 16"),
+    ("negative", "indices from -1 to -1"), ("float", "one integer tensor"), ("empty", "shape (0, 7, 7)"),
+    ("corrupt", "is not a readable code file"), ("suffix", "a code file ends in .pt or .npy")])
+def test_unusable_code_files_are_one_line_errors(kind, message, tiny_run, tmp_path):
+    bottleneck, folder = tiny_run
+    if bottleneck != "vq":
+        pytest.skip("one model suffices")
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run_generate("--model", str(folder / "models" / "tiny" / "best.pt"), "--input", "codes", "--codes",
+                     bad_codes(kind, tmp_path))
+
+
+@pytest.mark.parametrize("flags", [["--input", "codes", "--codes", "codes.npy"], ["--save-codes", "codes.npy"],
+                                   ["--input", "random", "--digit", "3"]])
+def test_a_gaussian_vae_refuses_codes_and_classes(flags, tiny_run, tiny_mnist, tmp_path, monkeypatch):
+    bottleneck, folder = tiny_run
+    if bottleneck != "gaussian":
+        pytest.skip("the Gaussian VAE's refusals")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="is a Gaussian VAE"):
+        run_generate("--model", str(folder / "models" / "tiny" / "best.pt"), "--data-folder", str(tiny_mnist), *flags)
+    with pytest.raises(UserError, match="is a Gaussian VAE: it has no codes for a prior"):
+        monkeypatch.chdir(folder)
+        vqvae.main(vqvae.build_parser().parse_args(["--output-folder", "tiny", "--prior-only", "--data-folder",
+                                                    str(tiny_mnist)]))
+
+
+def test_fsq_refuses_a_k_or_d_of_its_own(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="--bottleneck fsq takes K and D from --fsq-levels"):
+        train_tiny(tiny_mnist, "--k", "16", bottleneck="fsq")
+    assert not (tmp_path / "models").exists()
+
+
+def test_each_epoch_reports_dead_codes_and_restarts(tiny_mnist, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    counted = []
+    original = training.read_restarts
+
+    def read_restarts(model):
+        counted.append(int(model.quantizer.restarts))
+        return original(model)
+
+    monkeypatch.setattr(training, "read_restarts", read_restarts)
+    train_tiny(tiny_mnist, *TWO_EPOCHS, "--restart-threshold", "1000")  # every code dead at every step
+    epochs = json.loads(Path("models/tiny/run.json").read_text())["autoencoder"]["epochs"]
+    assert [epoch["restarts"] for epoch in epochs] == counted == [16 * 4, 16 * 4]  # 16 codes, 4 steps an epoch
+    for epoch in epochs:
+        assert epoch["dead_codes"] == 16 - epoch["codes_used"]
+    assert f"dead {epochs[-1]['dead_codes']}  restarts 64" in capsys.readouterr().out
