@@ -20,14 +20,14 @@ Samples (--samples N of each kind), judged by the project's MNIST classifier (tr
 - as asked: for samples of a given class (an equal share of each digit), the fraction classified as that class;
 - Frechet distance between the classifier's penultimate features of the samples and of the whole test set.
 Five kinds are scored:
-A Gaussian VAE has one kind of its own instead of the three of the prior: its latents drawn from N(0, I) times
---temperature, decoded (generate.py --input random), under "prior, unconditional".
 - prior, class given: an equal share of each digit asked for (generate.py --input random);
 - prior, unconditional: the prior draws each sample's class itself, then its codes (--unconditional);
 - prior, no class token: the codes sampled without a class and without guidance, at the same temperature: what
   the class-free half of the prior, which guidance contrasts with, makes on its own;
 - noise: the reference's noise images through the autoencoder (the baseline, --input noise);
 - real: N real test digits, whose Frechet distance is the floor for that N.
+A Gaussian VAE has one kind of its own instead of the prior's three: its latents drawn from N(0, I) times
+--temperature, decoded (generate.py --input random), under "prior, unconditional".
 """
 import json
 import math

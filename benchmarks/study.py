@@ -57,14 +57,16 @@ STUDIES = {
     "d": [DEFAULT._replace(label="D = 16 (default)") if d == 16
           else Row(f"D = {d}", f"d{d}", ("--code-dim", str(d)), "VQ") for d in (2, 4, 8, 16, 32, 64)],
     "bottleneck": [
-        Row("reference VQ (codebook loss, beta 1)", "reference", REFERENCE_FLAGS, "VQ"),
+        Row("reference VQ (codebook loss, beta 1)", "reference", REFERENCE_FLAGS, "reference VQ"),
         DEFAULT,
         Row("FSQ, levels 8,8,8 (512 codes)", "fsq888", ("--bottleneck", "fsq", "--fsq-levels", "8,8,8"), "FSQ"),
         *[Row(f"Gaussian VAE, KL weight {weight:g}", f"gaussian{weight:g}",
               ("--bottleneck", "gaussian", "--kl-weight", str(weight)), "Gaussian") for weight in KL_WEIGHTS],
     ],
 }
-MARKERS = {"VQ": "o", "FSQ": "s", "Gaussian": "^"}
+# Each bottleneck's marker, and where its points' names go (offset in points, alignment), apart from the others'.
+MARKERS = {"VQ": ("o", (5, 5), "left"), "reference VQ": ("D", (5, 5), "left"), "FSQ": ("s", (-6, -12), "right"),
+           "Gaussian": ("^", (5, -12), "left")}
 
 
 def run(command: list[str]) -> str:
@@ -120,9 +122,9 @@ def table(rows: list[Row], results: list[dict]) -> list[str]:
 
 
 def plot(rows: list[Row], results: list[dict], title: str, path: Path) -> None:
-    """Test MSE against the rate, one marker set per bottleneck, each point named."""
+    """Test MSE against the rate, one marker set per bottleneck (a line through a sweep of it), each point named."""
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for bottleneck, marker in MARKERS.items():
+    for bottleneck, (marker, offset, alignment) in MARKERS.items():
         points = [(scores["rate_bits"], scores["test_mse"], row.label) for row, scores in zip(rows, results)
                   if row.bottleneck == bottleneck and scores["rate_bits"] is not None]
         if not points:
@@ -130,7 +132,8 @@ def plot(rows: list[Row], results: list[dict], title: str, path: Path) -> None:
         points.sort()
         axes.plot([x for x, _, _ in points], [y for _, y, _ in points], marker=marker, label=bottleneck)
         for x, y, label in points:
-            axes.annotate(label.split(" (")[0], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            axes.annotate(label.split(" (")[0], (x, y), textcoords="offset points", xytext=offset, ha=alignment,
+                          fontsize=7)
     axes.set(xlabel="rate (bits per image)", ylabel="test MSE ([0, 1] pixels)", yscale="log", title=title)
     axes.grid(alpha=0.3)
     axes.legend()
