@@ -36,15 +36,24 @@ def run_evaluate(capsys, model, data_folder, *flags) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-@pytest.fixture(scope="module", params=BOTTLENECKS)
-def tiny_run(request, tmp_path_factory):
-    """(bottleneck, folder) of the tiny two-epoch run of each bottleneck, with its prior where it has codes."""
-    folder = tmp_path_factory.mktemp(f"tiny_{request.param}")
-    return request.param, tiny_run_in(folder, *TWO_EPOCHS, bottleneck=request.param)
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """tiny_runs(bottleneck): the folder of that bottleneck's tiny two-epoch run (with its prior where it has codes),
+    trained on first use and shared by the module's tests."""
+    folders = {}
+
+    def folder_of(bottleneck: str) -> Path:
+        if bottleneck not in folders:
+            folders[bottleneck] = tiny_run_in(tmp_path_factory.mktemp(f"tiny_{bottleneck}"), *TWO_EPOCHS,
+                                              bottleneck=bottleneck)
+        return folders[bottleneck]
+
+    return folder_of
 
 
-def test_each_bottleneck_is_stored_and_rebuilt_from_its_checkpoint(tiny_run):
-    bottleneck, folder = tiny_run
+@pytest.mark.parametrize("bottleneck", BOTTLENECKS)
+def test_each_bottleneck_is_stored_and_rebuilt_from_its_checkpoint(bottleneck, tiny_runs):
+    folder = tiny_runs(bottleneck)
     model, checkpoint = load_model(folder / "models" / "tiny" / "best.pt")
     assert model.config.bottleneck == bottleneck and checkpoint["epoch"] == 2
     assert ("prior" in checkpoint) == (bottleneck != "gaussian"), "a prior exactly where there are codes"
@@ -52,8 +61,9 @@ def test_each_bottleneck_is_stored_and_rebuilt_from_its_checkpoint(tiny_run):
         assert (model.config.num_embeddings, model.config.code_dim) == (16, 2)  # levels 4,4
 
 
-def test_each_bottleneck_evaluates_with_its_rate(tiny_run, tiny_mnist, capsys):
-    bottleneck, folder = tiny_run
+@pytest.mark.parametrize("bottleneck", BOTTLENECKS)
+def test_each_bottleneck_evaluates_with_its_rate(bottleneck, tiny_runs, tiny_mnist, capsys):
+    folder = tiny_runs(bottleneck)
     report = run_evaluate(capsys, folder / "models" / "tiny" / "best.pt", tiny_mnist, "--samples", "70")
     assert report["bottleneck"] == bottleneck and 0 < report["test_mse"] < 1 and -1 <= report["ssim"] <= 1
     model, _ = load_model(folder / "models" / "tiny" / "best.pt")
@@ -70,8 +80,9 @@ def test_each_bottleneck_evaluates_with_its_rate(tiny_run, tiny_mnist, capsys):
         assert {"prior_conditional", "prior_no_class"} <= set(report["samples"])
 
 
-def test_each_bottleneck_generates_and_exports(tiny_run, tiny_mnist, tmp_path, monkeypatch, capsys):
-    bottleneck, folder = tiny_run
+@pytest.mark.parametrize("bottleneck", BOTTLENECKS)
+def test_each_bottleneck_generates_and_exports(bottleneck, tiny_runs, tiny_mnist, tmp_path, monkeypatch, capsys):
+    folder = tiny_runs(bottleneck)
     monkeypatch.chdir(tmp_path)
     model = folder / "models" / "tiny" / "best.pt"
     for name, flags in (("recon", ["--input", "MNIST", "--data-folder", str(tiny_mnist)]),
@@ -83,10 +94,10 @@ def test_each_bottleneck_generates_and_exports(tiny_run, tiny_mnist, tmp_path, m
         run_evaluate(capsys, model, tiny_mnist, "--samples", "0")
 
 
-def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_run, tiny_mnist, tmp_path, monkeypatch):
-    bottleneck, folder = tiny_run
-    if bottleneck == "vq":
-        pytest.skip("test_robustness.py resumes the VQ")
+@pytest.mark.parametrize("bottleneck", ["fsq", "gaussian"])  # test_robustness.py resumes the VQ
+def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(bottleneck, tiny_runs, tiny_mnist, tmp_path,
+                                                                      monkeypatch):
+    folder = tiny_runs(bottleneck)
     monkeypatch.chdir(tmp_path)
     with monkeypatch.context() as patch:
         signal_on_call(patch, torch.optim.Adam, "step", 3, signal.SIGTERM)
@@ -99,12 +110,11 @@ def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_run, 
         assert torch.allclose(tensor.double(), resumed[name].double(), atol=1e-6), name
 
 
+@pytest.mark.parametrize("bottleneck", ["vq", "fsq"])
 @pytest.mark.parametrize("suffix", [".npy", ".pt"])
-def test_saved_codes_are_the_encoders_and_decode_to_the_same_picture(suffix, tiny_run, tiny_mnist, tmp_path,
-                                                                    monkeypatch):
-    bottleneck, folder = tiny_run
-    if bottleneck == "gaussian":
-        pytest.skip("a Gaussian VAE has no codes")
+def test_saved_codes_are_the_encoders_and_decode_to_the_same_picture(suffix, bottleneck, tiny_runs, tiny_mnist,
+                                                                    tmp_path, monkeypatch):
+    folder = tiny_runs(bottleneck)
     monkeypatch.chdir(tmp_path)
     model_path, data_folder = str(folder / "models" / "tiny" / "best.pt"), str(tiny_mnist)
     run_generate("--model", model_path, "--input", "MNIST", "--data-folder", data_folder, "--save-codes",
@@ -138,10 +148,8 @@ def bad_codes(kind: str, tmp_path: Path) -> str:
     ("shape", "shape (3, 7, 8): code grids have shape (N, 7, 7)"), ("range", "indices from 16 to 16"),
     ("negative", "indices from -1 to -1"), ("float", "one integer tensor"), ("empty", "shape (0, 7, 7)"),
     ("corrupt", "is not a readable code file"), ("suffix", "a code file ends in .pt or .npy")])
-def test_unusable_code_files_are_one_line_errors(kind, message, tiny_run, tmp_path):
-    bottleneck, folder = tiny_run
-    if bottleneck != "vq":
-        pytest.skip("one model suffices")
+def test_unusable_code_files_are_one_line_errors(kind, message, tiny_runs, tmp_path):
+    folder = tiny_runs("vq")
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         run_generate("--model", str(folder / "models" / "tiny" / "best.pt"), "--input", "codes", "--codes",
                      bad_codes(kind, tmp_path))
@@ -149,10 +157,8 @@ def test_unusable_code_files_are_one_line_errors(kind, message, tiny_run, tmp_pa
 
 @pytest.mark.parametrize("flags", [["--input", "codes", "--codes", "codes.npy"], ["--save-codes", "codes.npy"],
                                    ["--input", "random", "--digit", "3"]])
-def test_a_gaussian_vae_refuses_codes_and_classes(flags, tiny_run, tiny_mnist, tmp_path, monkeypatch):
-    bottleneck, folder = tiny_run
-    if bottleneck != "gaussian":
-        pytest.skip("the Gaussian VAE's refusals")
+def test_a_gaussian_vae_refuses_codes_and_classes(flags, tiny_runs, tiny_mnist, tmp_path, monkeypatch):
+    folder = tiny_runs("gaussian")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="is a Gaussian VAE"):
         run_generate("--model", str(folder / "models" / "tiny" / "best.pt"), "--data-folder", str(tiny_mnist), *flags)
