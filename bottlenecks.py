@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from vector_quantizer import QuantizerOutput, perplexity_from_counts
+from vector_quantizer import QuantizerOutput, code_counts, perplexity_from_counts
 
 
 class FiniteScalarQuantizer(nn.Module):
@@ -23,25 +23,23 @@ class FiniteScalarQuantizer(nn.Module):
         super().__init__()
         self.num_embeddings = math.prod(levels)
         self.embedding_dim = len(levels)
-        levels_tensor = torch.tensor(levels, dtype=torch.float32)
+        # Each dimension's constants, shaped (1, d, 1, 1) against z (B, d, H, W). Not persistent: they follow from
+        # the levels, which the checkpoint's config stores.
+        per_dim = torch.tensor(levels, dtype=torch.float32).view(1, -1, 1, 1)
+        # A hair over (L - 1) / 2: the outer levels stay reachable, and an even L's shift finite (L = 2 included).
+        half_range = (per_dim - 1) * (1 + 1e-3) / 2
+        # An even L has no middle level: tanh is shifted by half a level so that z = 0 still lands on level 0.
+        offset = torch.where(per_dim % 2 == 0, 0.5, 0.0)
         # The index of digits (c_1, ..., c_d) is sum_i c_i * prod_{j<i} L_j.
-        basis = torch.tensor([math.prod(levels[:i]) for i in range(len(levels))], dtype=torch.long)
-        # Not persistent: they follow from the config, which the checkpoint stores.
-        self.register_buffer("levels", levels_tensor, persistent=False)
-        self.register_buffer("basis", basis, persistent=False)
-
-    def _per_dim(self, tensor: Tensor) -> Tensor:
-        return tensor.view(1, -1, 1, 1)  # (d,) -> (1, d, 1, 1), against z (B, d, H, W)
+        basis = torch.tensor([math.prod(levels[:i]) for i in range(len(levels))]).view(1, -1, 1, 1)
+        for name, value in (("levels", per_dim.long()), ("half_width", torch.div(per_dim, 2, rounding_mode="floor")),
+                            ("half_range", half_range), ("offset", offset),
+                            ("shift", torch.atanh(offset / half_range)), ("basis", basis)):
+            self.register_buffer(name, value, persistent=False)
 
     def bound(self, z: Tensor) -> Tensor:
-        """z (B, d, H, W) -> values whose rounding gives L_i integers per dimension, -(L_i // 2) .. (L_i - 1) // 2.
-        An even L_i has no middle level: tanh is shifted by half a level so that z = 0 still lands on level 0."""
-        levels = self._per_dim(self.levels)
-        # A hair over (L - 1) / 2: the outer levels stay reachable, and an even L's shift finite (L = 2 included).
-        half_range = (levels - 1) * (1 + 1e-3) / 2
-        offset = torch.where(levels % 2 == 0, 0.5, 0.0)
-        shift = torch.atanh(offset / half_range)
-        return torch.tanh(z + shift) * half_range - offset
+        """z (B, d, H, W) -> values whose rounding gives L_i integers per dimension, -(L_i // 2) .. (L_i - 1) // 2."""
+        return torch.tanh(z + self.shift) * self.half_range - self.offset
 
     def forward(self, z_e: Tensor) -> QuantizerOutput:
         # Bounding and rounding in fp32 even under autocast: bf16 cannot hold the levels' boundaries exactly.
@@ -50,21 +48,17 @@ class FiniteScalarQuantizer(nn.Module):
             rounded = bounded.round()
             # straight-through estimator: the forward pass uses the rounded value, the backward pass the bounded one.
             quantized = bounded + (rounded - bounded).detach()
-            half_width = self._per_dim(torch.div(self.levels, 2, rounding_mode="floor"))
-            z_q = quantized / half_width  # in [-1, 1]
-            digits = (rounded + half_width).long()  # (B, d, H, W), in 0 .. L_i - 1
-            indices = (digits * self._per_dim(self.basis)).sum(1)  # (B, H, W)
-        counts = torch.zeros(self.num_embeddings, dtype=torch.long, device=z_e.device).index_add_(
-            0, indices.flatten(), torch.ones_like(indices.flatten()))
+            z_q = quantized / self.half_width  # in [-1, 1]
+            digits = (rounded + self.half_width).long()  # (B, d, H, W), in 0 .. L_i - 1
+            indices = (digits * self.basis).sum(1)  # (B, H, W)
         zero = z_e.new_zeros((), dtype=torch.float32)
         return QuantizerOutput(z_q=z_q.to(z_e.dtype), indices=indices, codebook_loss=zero, commitment_loss=zero,
-                               perplexity=perplexity_from_counts(counts))
+                               perplexity=perplexity_from_counts(code_counts(indices, self.num_embeddings)))
 
     def embed(self, indices: Tensor) -> Tensor:
         """Code vectors of an index grid: indices (B, H, W) -> z_q (B, d, H, W), each value in [-1, 1]."""
-        digits = indices.unsqueeze(1) // self._per_dim(self.basis) % self._per_dim(self.levels).long()
-        half_width = self._per_dim(torch.div(self.levels, 2, rounding_mode="floor"))
-        return (digits - half_width) / half_width
+        digits = indices.unsqueeze(1) // self.basis % self.levels
+        return (digits - self.half_width) / self.half_width
 
     def codebook(self) -> Tensor:
         """All K codes (K, d), row k being the code of index k."""

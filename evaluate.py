@@ -40,8 +40,8 @@ from checkpoints import load_model, load_prior
 from cli import (ArgumentParser, UserError, add_device_flag, nonnegative_float, nonnegative_int, positive_float,
                  positive_int, resolve_device, run_cli)
 from data import load_mnist
-from modules import images_to_inputs
-from prior import GUIDANCE, SAMPLING_TEMPERATURE
+from modules import LATENT_SIDE
+from prior import GUIDANCE, SAMPLING_TEMPERATURE, default_temperature
 from prior_training import encode_images, prior_nll_bits
 from scores import (DEFAULT_CLASSIFIER, FRECHET_MIN_SAMPLES, classify, load_classifier, score_reconstructions,
                     score_samples)
@@ -130,8 +130,8 @@ def rates(model, checkpoint: dict, scores, test_images, test_labels, args, devic
     """The rate in bits per image (see the module docstring); None where a discrete model has no prior."""
     if not model.discrete:
         return {"rate_bits": scores.kl_bits}
-    grid = model.encode(images_to_inputs(test_images[:1].to(device))).shape[1:]
-    bound = grid.numel() * math.log2(model.config.num_embeddings)
+    positions = LATENT_SIDE ** 2
+    bound = positions * math.log2(model.config.num_embeddings)
     if "prior" not in checkpoint:
         return {"rate_bits": None, "rate_bits_given_class": None, "rate_bound_bits": bound}
     prior = load_prior(checkpoint, args.model, device)
@@ -139,7 +139,7 @@ def rates(model, checkpoint: dict, scores, test_images, test_labels, args, devic
     labels = test_labels.to(device)
     unconditional = prior_nll_bits(prior, codes, torch.full_like(labels, prior.no_class), args.batch_size)
     conditional = prior_nll_bits(prior, codes, labels, args.batch_size)
-    return {"rate_bits": unconditional * grid.numel(), "rate_bits_given_class": conditional * grid.numel(),
+    return {"rate_bits": unconditional * positions, "rate_bits_given_class": conditional * positions,
             "rate_bound_bits": bound}
 
 
@@ -170,7 +170,7 @@ def main(args) -> None:
     device = resolve_device(args.device)
     model, checkpoint = load_model(args.model, device)
     if args.temperature is None:
-        args.temperature = SAMPLING_TEMPERATURE if model.discrete else 1.0
+        args.temperature = default_temperature(model.discrete)
     test_images, test_labels = load_mnist(args.data_folder, train=False)
     if args.samples > len(test_images):
         raise UserError(f"--samples {args.samples} is more than the {len(test_images)} test digits it is compared "

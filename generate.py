@@ -37,8 +37,8 @@ from cli import (ArgumentParser, UserError, add_device_flag, nonnegative_float, 
                  positive_int, resolve_device, run_cli)
 from data import load_mnist
 from files import atomic_path, save_torch, write_failure
-from modules import images_to_inputs
-from prior import GUIDANCE, SAMPLING_TEMPERATURE
+from modules import LATENT_SIDE, images_to_inputs
+from prior import GUIDANCE, SAMPLING_TEMPERATURE, default_temperature
 
 GRID_SIDE = 10
 CODE_FILE_SUFFIXES = (".pt", ".npy")
@@ -197,7 +197,7 @@ def load_codes(path, model) -> torch.Tensor:
     integer_dtypes = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
     if not isinstance(codes, torch.Tensor) or codes.dtype not in integer_dtypes:
         raise UserError(f"{path} must hold one integer tensor of code indices (N, 7, 7)")
-    if codes.dim() != 3 or tuple(codes.shape[1:]) != (7, 7) or len(codes) == 0:
+    if codes.dim() != 3 or tuple(codes.shape[1:]) != (LATENT_SIDE, LATENT_SIDE) or len(codes) == 0:
         raise UserError(f"{path} holds a tensor of shape {tuple(codes.shape)}: code grids have shape (N, 7, 7), N >= 1")
     num_embeddings = model.config.num_embeddings
     if int(codes.min()) < 0 or int(codes.max()) >= num_embeddings:
@@ -213,7 +213,7 @@ def main(args) -> None:
     check_architecture(model.config, args)
     check_flags(args, model)
     if args.temperature is None:
-        args.temperature = SAMPLING_TEMPERATURE if model.discrete else 1.0
+        args.temperature = default_temperature(model.discrete)
     path = output_path(args.filename or args.input)
     generator = torch.Generator().manual_seed(args.seed)
     if args.input == "MNIST":

@@ -24,6 +24,7 @@ from vector_quantizer import CODEBOOK_INITS, CODEBOOK_UPDATES, QuantizerOutput, 
 DECODER_OUTPUTS = ("tanh", "linear", "logits")
 BOTTLENECKS = ("vq", "fsq", "gaussian")
 IMAGE_PIXELS = 28 * 28
+LATENT_SIDE = 28 // 4  # the latent grid (codes or the Gaussian's z) is 7x7: the encoder's two stride-2 convolutions
 
 
 @dataclass
@@ -208,8 +209,7 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def sample_latents(self, count: int, temperature: float, generator: torch.Generator) -> Tensor:
         """The Gaussian VAE's prior samples: z ~ N(0, temperature^2 I) of shape (count, D, 7, 7), on the CPU."""
-        side = 28 // 4  # the encoder's two stride-2 convolutions
-        return torch.randn(count, self.config.code_dim, side, side, generator=generator) * temperature
+        return torch.randn(count, self.config.code_dim, LATENT_SIDE, LATENT_SIDE, generator=generator) * temperature
 
     @torch.no_grad()
     def decode_latents(self, z: Tensor) -> Tensor:

@@ -6,7 +6,8 @@ Usage:
 
 Panels: the autoencoder's reconstruction loss (training, and validation after each epoch), its validation MSE in
 [0, 1] pixels, its validation codebook perplexity (or a Gaussian VAE's KL), and the prior's negative
-log-likelihood in bits per code (training, and validation with and without the class). Panels whose curves the run did not log are left out.
+log-likelihood in bits per code (training, and validation with and without the class). Panels whose curves the run
+did not log are left out.
 """
 from pathlib import Path
 

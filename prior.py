@@ -10,6 +10,12 @@ SAMPLING_TEMPERATURE = 1.0
 GUIDANCE = 0.75
 
 
+def default_temperature(discrete: bool) -> float:
+    """generate.py's and evaluate.py's --temperature when none is given: SAMPLING_TEMPERATURE for the prior over
+    codes, 1 for a Gaussian VAE, whose latents are then drawn from N(0, I) as it was trained."""
+    return SAMPLING_TEMPERATURE if discrete else 1.0
+
+
 @dataclass
 class PriorConfig:
     """The shape of the prior over code grids: all that is needed to rebuild it from a checkpoint."""

@@ -68,6 +68,13 @@ def perplexity_from_counts(counts: Tensor) -> Tensor:
     return entropy.exp().float()
 
 
+def code_counts(indices: Tensor, num_embeddings: int) -> Tensor:
+    """How often each of the K codes appears among indices (any shape): (K,) int64, on their device."""
+    # index_add_ rather than bincount: on CUDA, bincount reads the largest index back to the host.
+    flat = indices.flatten()
+    return torch.zeros(num_embeddings, dtype=torch.long, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
+
+
 def kmeans_plus_plus(points: Tensor, count: int) -> Tensor:
     """`count` rows of points (N, D) chosen by k-means++ seeding (Arthur and Vassilvitskii, 2007): each next
     centre is drawn with probability proportional to its squared distance from the nearest centre so far."""
@@ -205,9 +212,7 @@ class VectorQuantizer(nn.Module):
         # straight-through estimator: the forward pass uses z_q, the backward pass copies the gradient to z_e.
         z_q = z_e + (z_q - z_e).detach()
 
-        # index_add_ rather than bincount: on CUDA, bincount reads the largest index back to the host.
-        counts = torch.zeros(self.num_embeddings, dtype=torch.long, device=indices.device).index_add_(
-            0, indices, torch.ones_like(indices))
+        counts = code_counts(indices, self.num_embeddings)
         if self.training:
             # After z_q is taken: this step's output uses the codes its indices were chosen from.
             self.update_codebook(flat_fp32, indices, counts)
