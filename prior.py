@@ -40,6 +40,18 @@ class PriorConfig:
             raise ValueError(f"dropout must be a number in [0, 1), not {self.dropout!r}")
 
 
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float = 0.0) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v: queries (B, heads, T, d), keys and values (B, heads, T', d) -> (B, heads, T, d);
+    mask (T, T') is True where a query may not look. The scores and their softmax are fp32 under autocast.
+
+    Written out rather than F.scaled_dot_product_attention: under bf16 autocast the CPU's fused attention takes
+    longer than all the rest of the prior's step, and these 49 x 49 products are cheap (docs/speed.md)."""
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # (B, heads, T, T')
+    if mask is not None:
+        scores = scores.masked_fill(mask, float("-inf"))
+    return F.dropout(scores.softmax(dim=-1), dropout, dropout > 0).to(v.dtype) @ v
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: PriorConfig):
         super().__init__()
@@ -47,6 +59,9 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.width, 3 * config.width)
         self.out = nn.Linear(config.width, config.width)
         self.dropout = config.dropout
+        # future[t, s]: position s comes after t, so t may not attend to it.
+        length = config.grid_size ** 2
+        self.register_buffer("future", torch.ones(length, length, dtype=torch.bool).triu(1), persistent=False)
 
     def forward(self, x: Tensor, cache: dict | None = None) -> Tensor:
         """x (B, T, C) -> (B, T, C). With a cache (sampling, one position at a time), the keys and values of the
@@ -54,14 +69,12 @@ class CausalSelfAttention(nn.Module):
         batch, length, width = x.shape
         # (B, T, 3C) -> 3 x (B, heads, T, C / heads)
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, width // self.num_heads).permute(2, 0, 3, 1, 4)
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                               dropout_p=self.dropout if self.training else 0.0)
-        else:
+        if cache is not None:  # sampling: this one query sees every key so far, so no mask is needed
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
-            y = F.scaled_dot_product_attention(q, k, v)  # one query, all of it in the past: no mask needed
+        mask = self.future[:length, :length] if cache is None else None  # causal: position t sees 0..t
+        y = attention(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, heads, T, C / heads)
         return self.out(y.transpose(1, 2).reshape(batch, length, width))
 
 

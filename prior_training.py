@@ -18,9 +18,11 @@ from data import Splits
 from modules import VQVAE, images_to_inputs
 from prior import GUIDANCE, SAMPLING_TEMPERATURE, CodePrior, PriorConfig
 from run_log import RunFigures
+from threads import ThreadChooser
 from training import StopOnSignal
 
 PRIOR_WARMUP_STEPS = 200
+DEFAULT_PRIOR_BATCH_SIZE = 128
 
 
 class CodeSplits(NamedTuple):
@@ -40,6 +42,7 @@ class PriorRun:
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
     shuffle_generator: torch.Generator
+    threads: ThreadChooser
     step: int = 0
 
 
@@ -61,18 +64,36 @@ def prior_nll_bits(prior: CodePrior, codes: Tensor, classes: Tensor, batch_size:
     return total.item() / len(codes) / math.log(2)
 
 
+def make_prior_optimizer(prior: CodePrior, lr: float) -> torch.optim.AdamW:
+    """AdamW over the prior's parameters, fused: one kernel updates them all."""
+    return torch.optim.AdamW(prior.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01, fused=True)
+
+
+def prior_step(prior: CodePrior, optimizer: torch.optim.Optimizer, codes: Tensor, classes: Tensor,
+               amp: bool) -> Tensor:
+    """One optimizer step on code grids (B, 7, 7) given classes (B,); returns the detached loss, nats per code,
+    without waiting for the device. `amp` runs the transformer under bf16 autocast; the loss is taken in fp32."""
+    with torch.autocast(device_type=codes.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = prior.loss(codes, classes)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
+    optimizer.step()
+    return loss.detach()
+
+
 def start_prior(args, config: PriorConfig, codes: CodeSplits, device: torch.device) -> PriorRun:
     """A fresh prior of `config` for these codes, p(class) set from their labels, with AdamW and its schedule:
     a linear warm-up, then a cosine decay to 0 over the run's steps."""
     prior = CodePrior(config).to(device)
     labels = codes.train_labels
     prior.class_frequencies.copy_(torch.bincount(labels, minlength=config.num_classes) / len(labels))
-    optimizer = torch.optim.AdamW(prior.parameters(), lr=args.prior_lr, betas=(0.9, 0.98), weight_decay=0.01,
-                                  fused=True)
+    optimizer = make_prior_optimizer(prior, args.prior_lr)
     total_steps = args.prior_epochs * math.ceil(len(codes.train_codes) / args.prior_batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / PRIOR_WARMUP_STEPS)
                                                  * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
-    return PriorRun(prior, optimizer, schedule, torch.Generator().manual_seed(args.seed))
+    return PriorRun(prior, optimizer, schedule, torch.Generator().manual_seed(args.seed),
+                    ThreadChooser(device.type == "cpu" and not args.threads))
 
 
 def prior_epoch(run: PriorRun, codes: CodeSplits, args, writer: SummaryWriter, stop: StopOnSignal, epoch: int) -> bool:
@@ -86,15 +107,12 @@ def prior_epoch(run: PriorRun, codes: CodeSplits, args, writer: SummaryWriter, s
     for indices in progress:
         classes = codes.train_labels[indices]
         dropped = torch.rand(len(classes), device=device) < args.class_dropout
-        # float32 whatever --amp says: bf16 autocast made the prior learn worse and run slower (docs/usage.md).
-        loss = prior.loss(codes.train_codes[indices], torch.where(dropped, prior.no_class, classes))
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
-        run.optimizer.step()
+        loss = prior_step(prior, run.optimizer, codes.train_codes[indices],
+                          torch.where(dropped, prior.no_class, classes), args.amp)
         run.schedule.step()
+        run.threads.step_done()
         run.step += 1
-        running += loss.detach()
+        running += loss
         running_steps += 1
         if run.step % args.log_interval == 0:
             nll_bits = running.item() / running_steps / math.log(2)

@@ -26,6 +26,7 @@ from data import epoch_batches
 from modules import VQVAE, images_to_inputs
 from run_log import NUM_FIXED_IMAGES, NoWriter, RunFigures, log_training, log_validation
 from scores import score_reconstructions
+from threads import ThreadChooser
 from vector_quantizer import distributed
 
 
@@ -206,6 +207,7 @@ class Trainer:
     writer: SummaryWriter | NoWriter
     figures: RunFigures
     first_bad_step: Tensor  # () the first step whose loss was not finite, -1 while there is none; on the device
+    threads: ThreadChooser
     saved_step: int | None = None  # the step of the last.pt this run saved (or resumed from); None before any
 
     @property
@@ -261,6 +263,7 @@ def run_epoch(trainer: Trainer, stop: StopOnSignal) -> None:
         losses = training_step(trainer.model, trainer.optimizer, batch.to(device, non_blocking=True), amp=args.amp,
                                forward=trainer.forward)
         trainer.schedule.step()
+        trainer.threads.step_done()
         state.step += 1
         state.batches_done += 1
         # Recorded on the device, read with the logs: finding the first bad step needs no sync per step.

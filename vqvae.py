@@ -35,9 +35,10 @@ from cli import (ArgumentParser, Arguments, UserError, add_device_flag, levels_l
 from data import Splits, load_splits, shard_size
 from modules import BOTTLENECKS, DECODER_OUTPUTS, VQVAE, VQVAEConfig
 from prior import PriorConfig
-from prior_training import train_prior
+from prior_training import DEFAULT_PRIOR_BATCH_SIZE, train_prior
 from run_folder import hold_run_folder, make_folder, prepare_run_folders, run_folders
 from run_log import NoWriter, RunFigures
+from threads import ThreadChooser
 from training import (Processes, StopOnSignal, Trainer, keep_freed_memory, make_optimizer, native_bf16,
                       process_group, running_out_is_a_user_error, run_epoch, stop_run, validate_and_save)
 from vector_quantizer import CODEBOOK_INITS, CODEBOOK_UPDATES
@@ -46,7 +47,7 @@ DEFAULT_PRIOR_EPOCHS = 8
 # Flags that say how to run, not what is trained: a --resume takes them as given now. Every other flag shapes the
 # result, so a --resume takes it from the checkpoint and refuses a different value.
 RUN_FLAGS = {"output_folder", "data_folder", "device", "num_workers", "log_interval", "overwrite", "amp", "compile",
-             "channels_last", "time_limit", "resume", "prior_only"}
+             "channels_last", "threads", "time_limit", "resume", "prior_only"}
 
 
 def add_model_flags(parser: ArgumentParser) -> None:
@@ -113,8 +114,8 @@ def add_prior_flags(parser: ArgumentParser) -> None:
                        help=f"attention heads; must divide --prior-width (default: {defaults.num_heads})")
     prior.add_argument("--prior-dropout", dest="prior_dropout", type=unit_interval, default=defaults.dropout,
                        help=f"dropout in the prior (default: {defaults.dropout})")
-    prior.add_argument("--prior-batch-size", type=positive_int, default=128,
-                       help="code grids per batch of the prior (default: 128)")
+    prior.add_argument("--prior-batch-size", type=positive_int, default=DEFAULT_PRIOR_BATCH_SIZE,
+                       help=f"code grids per batch of the prior (default: {DEFAULT_PRIOR_BATCH_SIZE})")
     prior.add_argument("--prior-lr", type=positive_float, default=2e-3,
                        help="peak AdamW learning rate of the prior, after a warm-up, decayed to 0 along a cosine "
                             "(default: 2e-3)")
@@ -140,6 +141,10 @@ def add_run_flags(parser: ArgumentParser) -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="keep activations in channels-last memory format, faster for these convolutions on the "
                              "CPU (benchmarks/speed.py --ablation) (default: on)")
+    parser.add_argument("--threads", type=nonnegative_int, default=0,
+                        help="CPU threads; 0: PyTorch's one per core, with one fewer or half of them whenever a "
+                             "timed probe every 20 s finds that faster, as when another program keeps a core busy "
+                             "(default: 0)")
     parser.add_argument("--time-limit", type=nonnegative_float, default=0, metavar="SECONDS",
                         help="stop as Ctrl-C does (last.pt saved, --resume goes on) once this many seconds have "
                              "passed since the start; 0: no limit (default: 0)")
@@ -243,6 +248,7 @@ def set_up(args, processes: Processes, splits: Splits, resumed: dict | None) -> 
                    model_dir=model_dir, writer=writer,
                    figures=RunFigures(model_dir, fresh=resumed is None, enabled=rank == 0),
                    first_bad_step=torch.full((), -1, dtype=torch.long, device=device),
+                   threads=ThreadChooser(device.type == "cpu" and not args.threads),
                    saved_step=state.step if resumed is not None else None)
 
 
@@ -363,6 +369,8 @@ def main(args):
                         "--k and --code-dim")
     deadline = time.monotonic() + args.time_limit if args.time_limit else math.inf
     keep_freed_memory()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with process_group(args.device) as processes:
         if args.amp is None:
             args.amp = native_bf16(processes.device)

@@ -1,20 +1,30 @@
-"""Training speed: the reference's plain loop against the project's loop, same model and batch size, one process.
+"""Training speed against the machine's own limit: each loop's images or tokens per second and FLOP rate, the
+plain PyTorch loop of the same model beside it, and what fraction of this machine's matrix-product rate it reaches.
 
 Usage (from the repository root; `python -m benchmarks.speed` is the same):
-    python benchmarks/speed.py                        # CPU, default architecture and batch size, 3 x 200 steps each
-    python benchmarks/speed.py --ablation             # each speed setting of the project's loop alone, fresh processes
+    python benchmarks/speed.py                        # CPU: the matrix-product limits and the four loops' table
+    python benchmarks/speed.py --beside-busy          # also each project loop beside one busy single-threaded process
+    python benchmarks/speed.py --ablation             # each speed setting of the autoencoder's loop alone
+    python benchmarks/speed.py --profile prior-project --steps 20   # where a loop's time goes (torch.profiler)
     python benchmarks/speed.py --time-to-quality      # test MSE of the default run stopped at the plain loop's epoch
     python benchmarks/speed.py --full                 # also time a whole default `python vqvae.py` run (with its prior)
-    python benchmarks/speed.py --device cuda          # GPU; --no-amp, --compile, ... change the project's loop
+    python benchmarks/speed.py --device cuda          # GPU; --no-amp, --compile, ... change the autoencoder's loop
 
-(a) plain: torchvision's MNIST turned into tensors image by image (ToTensor, Normalize) by a DataLoader, Adam,
-    the loss read back with .item() every step, as the reference does;
-(b) project: what vqvae.py does: the uint8 training set in memory on the device, batches cut by index and scaled
-    on the fly, bf16 autocast where the device computes bf16 in hardware (training.native_bf16), channels-last
-    weights, fused Adam, glibc keeping freed memory (training.keep_freed_memory), and the training step
-    training.training_step, which never waits for the device.
-Both train a fresh model of the default configuration. Each loop is timed --repeats times over --steps steps after
---warmup untimed ones, the plain loop first (the memory setting of (b) lasts for the process); the median counts.
+The limit: the median GFLOP/s of --repeats products of two 2048 x 2048 matrices, in float32 and in bf16. A loop's
+FLOPs per step are counted by torch.utils.flop_counter.FlopCounterMode over one step (matrix products and
+convolutions, forward and backward), its GFLOP/s is that times its steps per second, and its fraction is of the
+limit of the precision its products run in.
+The loops (benchmarks/loops.py), each a fresh model of the default shape at its default batch size:
+- autoencoder, plain: the reference's loop, torchvision's MNIST made into tensors image by image (ToTensor,
+  Normalize) by a DataLoader, Adam, the loss read back with .item() every step;
+- autoencoder, project: vqvae.py's, the uint8 training set in memory, batches cut by index, bf16 autocast where
+  the device computes bf16 in hardware (training.native_bf16), channels-last, fused Adam, glibc keeping freed
+  memory (training.keep_freed_memory), and training.training_step, which never waits for the device;
+- prior, plain: the prior's size as nn.TransformerEncoder with a causal mask, AdamW, .item() every step, float32;
+- prior, project: vqvae.py's, prior.CodePrior and prior_training.prior_step (bf16 autocast as above).
+Each is timed --repeats times over --steps steps after --warmup untimed ones, the plain loops first (the memory
+setting lasts for the process); the median counts. --beside-busy then times each project loop again while a
+process spins on one core, as another program on a shared laptop would.
 
 --time-to-quality: the reference needs 10 of the plain loop's epochs, so a tenth of its time is one plain-loop
 epoch. It runs the default `python vqvae.py --time-limit T` in a subprocess, with T that epoch's time less the
@@ -22,6 +32,7 @@ seconds Python needs to start, then `python evaluate.py --samples 0` on the last
 stopped, and how long each part of a full run took, come from the run's models/NAME/run.json.
 """
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -30,6 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 if __name__ == "__main__" and not __package__:
@@ -39,16 +51,21 @@ if __name__ == "__main__" and not __package__:
     os.execv(sys.executable, [sys.executable, "-m", "benchmarks.speed", *sys.argv[1:]])
 
 import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from torchvision import datasets, transforms  # noqa: E402
+from torch.utils import flop_counter  # noqa: E402
 
-from data import epoch_batches, load_mnist  # noqa: E402
-from modules import VQVAE, VQVAEConfig  # noqa: E402
+from benchmarks.loops import (Loop, ProjectSettings, autoencoder_plain, autoencoder_project, prior_plain,  # noqa: E402
+                              prior_project)
+from benchmarks.profiling import print_attention, print_profile  # noqa: E402
+from data import load_mnist  # noqa: E402
+from prior import PriorConfig  # noqa: E402
+from prior_training import DEFAULT_PRIOR_BATCH_SIZE  # noqa: E402
 from run_log import read_run_figures  # noqa: E402
-from training import keep_freed_memory, make_optimizer, native_bf16, training_step  # noqa: E402
+from training import keep_freed_memory, native_bf16  # noqa: E402
 
 TRAIN_IMAGES = 60_000  # the reference trains on the whole training set each epoch
 REFERENCE_TEST_MSE = 0.0069  # the reference repository's test MSE after its 10 epochs, as the brief measured it
+MATMUL_SIZE = 2048
+LOOPS = ["autoencoder-plain", "prior-plain", "autoencoder-project", "prior-project"]  # the plain ones first
 
 # (name, flags of this script): each row changes one setting of the project's loop, in a fresh process.
 ABLATION = [
@@ -62,60 +79,92 @@ ABLATION = [
 ]
 
 
+class Measured(NamedTuple):
+    """A loop's median speed and the FLOPs of one of its steps."""
+
+    loop: Loop
+    steps_per_second: float
+    flops_per_step: int
+
+    @property
+    def items_per_second(self) -> float:
+        return self.steps_per_second * self.loop.items_per_step
+
+    @property
+    def gflops(self) -> float:
+        return self.steps_per_second * self.flops_per_step / 1e9
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def images_per_second(step_batches, args, device: torch.device) -> float:
-    """Median img/s over --repeats timings of --steps steps, after --warmup untimed ones."""
+def matmul_gflops(dtype: torch.dtype, device: torch.device, repeats: int) -> float:
+    """The median GFLOP/s of a MATMUL_SIZE-square matrix product in dtype: the machine's limit for that precision."""
+    a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device).to(dtype) for _ in range(2))
+    a @ b
+    rates = []
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        a @ b
+        synchronize(device)
+        rates.append(2 * MATMUL_SIZE ** 3 / (time.perf_counter() - started) / 1e9)
+    return statistics.median(rates)
+
+
+def steps_per_second(loop: Loop, args, device: torch.device) -> float:
+    """Median steps per second over --repeats timings of --steps steps, after --warmup untimed ones."""
     for _ in range(args.warmup):
-        next(step_batches)
+        next(loop.steps)
     speeds = []
     for _ in range(args.repeats):
         synchronize(device)
         started = time.perf_counter()
         for _ in range(args.steps):
-            next(step_batches)
+            next(loop.steps)
         synchronize(device)
-        speeds.append(args.steps * args.batch_size / (time.perf_counter() - started))
+        speeds.append(args.steps / (time.perf_counter() - started))
     return statistics.median(speeds)
 
 
-def plain_loop(data_folder: Path, batch_size: int, device: torch.device):
-    dataset = datasets.MNIST(str(data_folder), train=True, download=False, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))]))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0,
-                        pin_memory=device.type == "cuda")
-    torch.manual_seed(0)
-    model = VQVAE(VQVAEConfig()).to(device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    while True:
-        for x, _ in loader:
-            x = x.to(device)
-            x_recon, quantized = model(x)
-            loss = torch.nn.functional.mse_loss(x_recon, x) + quantized.codebook_loss + quantized.commitment_loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            loss.item()
-            yield
+def count_cpu_attention() -> None:
+    """Give FlopCounterMode torch's own attention formulas for the CPU's fused attention, which it lacks (the plain
+    prior's nn.TransformerEncoder runs it): the products of softmax(q k^T) v, forward and backward."""
+    forward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    if forward in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(forward)
+    def forward_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    @flop_counter.register_flop_formula(backward)
+    def backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
-def project_loop(images: torch.Tensor, batch_size: int, device: torch.device, args):
-    """The set-up and steps of vqvae.py's training loop."""
-    images = images.to(device)
-    torch.manual_seed(0)
-    model = VQVAE(VQVAEConfig()).to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if args.compile else model
-    optimizer = make_optimizer(model, lr=1e-3, fused=args.fused_adam)
-    generator = torch.Generator().manual_seed(0)
-    while True:
-        for batch in epoch_batches(images, batch_size, generator, num_workers=0):
-            training_step(model, optimizer, batch, amp=args.amp, forward=forward)
-            yield
+def measure(loop: Loop, args, device: torch.device) -> Measured:
+    """The loop's speed, then the FLOPs of one more of its steps as FlopCounterMode counts them."""
+    speed = steps_per_second(loop, args, device)
+    count_cpu_attention()
+    with flop_counter.FlopCounterMode(display=False) as counter:
+        next(loop.steps)
+    return Measured(loop, speed, counter.get_total_flops())
+
+
+@contextlib.contextmanager
+def busy_process():
+    """Another program on the machine: a Python process spinning on one core until the block ends."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # let it start spinning
+        yield
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def run_script(command: list[str], show_progress: bool = False) -> str:
@@ -132,7 +181,8 @@ def ablation(args) -> None:
     common = ["-m", "benchmarks.speed", "--device", args.device, "--batch-size", str(args.batch_size), "--steps",
               str(args.steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--data-folder",
               args.data_folder]
-    plain = float(re.search(r"plain loop: ([\d.]+)", run_script(common + ["--loop", "plain"])).group(1))
+    plain = float(re.search(r"autoencoder-plain: ([\d.]+)", run_script(common + ["--loop", "autoencoder-plain"]))
+                  .group(1))
     print(f"device {args.device}, default model, batch {args.batch_size}, median of {args.repeats} x {args.steps} "
           f"steps, each row a fresh process")
     print("| loop | img/s | vs the plain loop |")
@@ -140,8 +190,8 @@ def ablation(args) -> None:
     print(f"| plain (torchvision ToTensor/Normalize, DataLoader, .item() per step) | {plain:,.0f} | 1.00x |")
     for name, flags in ABLATION:
         if args.device == "cpu" or "--threads" not in flags:
-            output = run_script(common + ["--loop", "project", *flags])
-            speed = float(re.search(r"project loop: ([\d.]+)", output).group(1))
+            output = run_script(common + ["--loop", "autoencoder-project", *flags])
+            speed = float(re.search(r"autoencoder-project: ([\d.]+)", output).group(1))
             print(f"| {name} | {speed:,.0f} | {speed / plain:.2f}x |", flush=True)
 
 
@@ -188,6 +238,51 @@ def time_to_quality(plain_speed: float, device: str) -> None:
           f"against the reference's 10-epoch {REFERENCE_TEST_MSE}: {verdict}")
 
 
+def build_loop(name: str, images: torch.Tensor, args, device: torch.device) -> Loop:
+    prior_config = PriorConfig()
+    if name == "autoencoder-plain":
+        return autoencoder_plain(Path(args.data_folder), args.batch_size, device)
+    if name == "autoencoder-project":
+        settings = ProjectSettings(args.amp, args.channels_last, args.fused_adam, args.compile)
+        return autoencoder_project(images, args.batch_size, device, settings)
+    if name == "prior-plain":
+        return prior_plain(prior_config, args.prior_batch_size, device)
+    return prior_project(prior_config, args.prior_batch_size, device, args.amp)
+
+
+def print_table(results: dict[str, Measured], limits: dict[str, float], args, device: torch.device) -> None:
+    print(f"device {device}, {torch.get_num_threads()} CPU threads, default models, batch {args.batch_size} (autoencoder)"
+          f" and {args.prior_batch_size} grids (prior), median of {args.repeats} x {args.steps} steps after "
+          f"{args.warmup}; limit: {MATMUL_SIZE}-square matrix products, {limits['fp32']:,.0f} GFLOP/s in fp32 and "
+          f"{limits['bf16']:,.0f} in bf16")
+    print("| loop | precision | speed | GFLOP per step | GFLOP/s | of the limit | vs the plain loop |")
+    print("|---|---|---|---|---|---|---|")
+    for name, measured in results.items():
+        loop = measured.loop
+        plain = results[name.replace("project", "plain")]
+        print(f"| {loop.name} | {loop.precision} | {measured.items_per_second:,.0f} {loop.unit}/s | "
+              f"{measured.flops_per_step / 1e9:.2f} | {measured.gflops:,.0f} | "
+              f"{measured.gflops / limits[loop.precision]:.0%} | "
+              f"{measured.items_per_second / plain.items_per_second:.2f}x |")
+    autoencoder = results["autoencoder-plain"].items_per_second
+    print(f"the plain autoencoder loop needs {10 * TRAIN_IMAGES / autoencoder:.0f} s for 10 epochs", flush=True)
+
+
+def beside_busy(results: dict[str, Measured], args, device: torch.device) -> None:
+    """Each project loop timed again while a busy single-threaded process shares the cores."""
+    print(f"beside one busy single-threaded process (`python -c 'while True: pass'`), {torch.get_num_threads()} "
+          "CPU threads")
+    print("| loop | alone | beside the busy process | time per epoch, beside / alone |")
+    print("|---|---|---|---|")
+    for name in ("autoencoder-project", "prior-project"):
+        alone = results[name]
+        with busy_process():
+            busy = steps_per_second(alone.loop, args, device)
+        unit = alone.loop.unit
+        print(f"| {alone.loop.name} | {alone.items_per_second:,.0f} {unit}/s | "
+              f"{busy * alone.loop.items_per_step:,.0f} {unit}/s | {alone.steps_per_second / busy:.2f}x |", flush=True)
+
+
 def main(args) -> None:
     device = torch.device(args.device)
     if args.threads:
@@ -200,57 +295,64 @@ def main(args) -> None:
         ablation(args)
         return
     images, _ = load_mnist(args.data_folder, train=True)  # also checks and decompresses the files
-    if args.loop != "project":
-        plain = images_per_second(plain_loop(Path(args.data_folder), args.batch_size, device), args, device)
-        print(f"plain loop: {plain:.1f} img/s", flush=True)
-    if args.loop != "plain":
-        if args.keep_freed_memory:
+    if args.profile:
+        if args.keep_freed_memory and "project" in args.profile:
             keep_freed_memory()
-        project = images_per_second(project_loop(images, args.batch_size, device, args), args, device)
-        print(f"project loop: {project:.1f} img/s", flush=True)
-    if args.loop != "both":
+        print_profile(build_loop(args.profile, images, args, device), args.steps)
+        if args.profile.startswith("prior"):
+            print_attention(args.prior_batch_size)
         return
-    options = ", ".join(name for name, on in (("bf16 autocast", args.amp), ("--compile", args.compile)) if on)
-    print(f"device {device}, {torch.get_num_threads()} CPU threads, default model, batch {args.batch_size}, median "
-          f"of {args.repeats} x {args.steps} steps after {args.warmup}")
-    print(f"| loop | img/s | s per {TRAIN_IMAGES:,}-image epoch |")
-    print("|---|---|---|")
-    print(f"| plain (torchvision ToTensor/Normalize, DataLoader, .item() per step) | {plain:,.0f} | "
-          f"{TRAIN_IMAGES / plain:.1f} |")
-    print(f"| project (as vqvae.py{': ' + options if options else ''}) | {project:,.0f} | "
-          f"{TRAIN_IMAGES / project:.1f} |")
-    print(f"speed-up: {project / plain:.2f}x; the plain loop needs {10 * TRAIN_IMAGES / plain:.0f} s for 10 epochs",
-          flush=True)
+    names = LOOPS if args.loop == "all" else [args.loop]
+    results = {}
+    for name in names:  # the plain loops first: keep_freed_memory lasts for the process
+        if name == "autoencoder-project" and args.keep_freed_memory:
+            keep_freed_memory()
+        measured = results[name] = measure(build_loop(name, images, args, device), args, device)
+        print(f"{name}: {measured.items_per_second:.1f} {measured.loop.unit}/s", flush=True)
+    if args.loop != "all":
+        return
+    limits = {"fp32": matmul_gflops(torch.float32, device, args.repeats),
+              "bf16": matmul_gflops(torch.bfloat16, device, args.repeats)}
+    print_table(results, limits, args, device)
+    if args.beside_busy:
+        beside_busy(results, args, device)
     if args.time_to_quality:
-        time_to_quality(plain, args.device)
+        time_to_quality(results["autoencoder-plain"].items_per_second, args.device)
     if args.full:
         full_run(args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Images per second of the plain loop and of the project's loop.")
+    parser = argparse.ArgumentParser(description="Each training loop's speed and FLOP rate against the machine's.")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device (default: cpu)")
-    parser.add_argument("--batch-size", type=int, default=64, help="batch size of both loops (default: 64)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per autoencoder batch (default: 64)")
+    parser.add_argument("--prior-batch-size", type=int, default=DEFAULT_PRIOR_BATCH_SIZE,
+                        help=f"code grids per prior batch (default: {DEFAULT_PRIOR_BATCH_SIZE})")
     parser.add_argument("--steps", type=int, default=200, help="timed steps per repeat (default: 200)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (default: 20)")
     parser.add_argument("--repeats", type=int, default=3, help="timings per loop; the median counts (default: 3)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0: PyTorch's choice (default: 0)")
     parser.add_argument("--data-folder", default="data", help="MNIST folder (default: data)")
-    parser.add_argument("--loop", choices=["both", "plain", "project"], default="both",
-                        help="which loops to time (default: both)")
-    project = parser.add_argument_group("the project's loop (defaults: as vqvae.py)")
+    parser.add_argument("--loop", choices=["all", *LOOPS], default="all",
+                        help="time one loop and print its speed alone, or all and the table (default: all)")
+    project = parser.add_argument_group("the project's loops (defaults: as vqvae.py)")
     project.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                          help="bf16 autocast (default: as vqvae.py, on where the device computes bf16 in hardware)")
-    project.add_argument("--compile", action="store_true", help="torch.compile (default: off)")
+    project.add_argument("--compile", action="store_true", help="torch.compile the autoencoder (default: off)")
     project.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                         help="channels-last weights and activations (default: on)")
+                         help="channels-last weights and activations of the autoencoder (default: on)")
     project.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=True,
-                         help="Adam's fused implementation (default: on)")
+                         help="Adam's fused implementation for the autoencoder (default: on)")
     project.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
-                         help="utils.keep_freed_memory (default: on)")
+                         help="training.keep_freed_memory (default: on)")
     runs = parser.add_argument_group("what else to run")
+    runs.add_argument("--profile", choices=LOOPS, default=None,
+                      help="instead of the table, torch.profiler's costliest operators over --steps steps of one "
+                           "loop (for a prior, then its attention timed both ways)")
+    runs.add_argument("--beside-busy", action="store_true",
+                      help="time each project loop again beside a busy single-threaded process")
     runs.add_argument("--ablation", action="store_true",
-                      help="time the plain loop, then each row of ABLATION in its own process, and print the table")
+                      help="time the plain autoencoder loop, then each row of ABLATION in its own process")
     runs.add_argument("--time-to-quality", action="store_true",
                       help="stop a default vqvae.py run at a tenth of the plain loop's 10-epoch time; its test MSE")
     runs.add_argument("--full", action="store_true", help="also time a whole default vqvae.py run")

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from cli import RunStopped
 from helpers import train_tiny
@@ -20,15 +21,57 @@ def load_speed_benchmark():
     return module
 
 
-def test_speed_benchmark_times_both_loops(tiny_mnist, capsys):
+def table_rows(output: str, header: str) -> list[list[str]]:
+    """The cells of the markdown table under the line starting with header."""
+    lines = output[output.index(header):].splitlines()[2:]
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        rows.append(line.strip("| ").split(" | "))
+    return rows
+
+
+def loop_kind(name: str) -> str:
+    """"prior, plain (nn.TransformerEncoder, ...)" -> "prior plain"."""
+    model, rest = name.split(", ", 1)
+    return f"{model} {rest.split()[0]}"
+
+
+def test_speed_benchmark_tables_every_loop_against_the_limit(tiny_mnist, capsys):
     speed = load_speed_benchmark()
     speed.main(speed.build_parser().parse_args(["--data-folder", str(tiny_mnist), "--steps", "2", "--warmup", "1",
-                                                "--repeats", "2"]))
+                                                "--repeats", "2", "--prior-batch-size", "8", "--beside-busy"]))
     output = capsys.readouterr().out
-    plain = float(re.search(r"\| plain .* \| ([\d,]+) \| [\d.]+ \|", output).group(1).replace(",", ""))
-    project = float(re.search(r"\| project .* \| ([\d,]+) \| [\d.]+ \|", output).group(1).replace(",", ""))
-    assert plain > 0 and project > 0
-    assert re.search(r"speed-up: \d+\.\d\dx", output)
+    limits = re.search(r"limit: .* ([\d,]+) GFLOP/s in fp32 and ([\d,]+) in bf16", output)
+    assert limits and all(float(limit.replace(",", "")) > 0 for limit in limits.groups())
+    rows = {loop_kind(row[0]): row for row in table_rows(output, "| loop | precision")}
+    assert sorted(rows) == ["autoencoder plain", "autoencoder project", "prior plain", "prior project"]
+    for name, (_, precision, speed_cell, gflop_per_step, gflops, fraction, versus) in rows.items():
+        assert precision in ("fp32", "bf16") and float(gflop_per_step) > 0
+        assert re.fullmatch(r"[\d,]+ (img|token)/s", speed_cell) and re.fullmatch(r"\d+%", fraction)
+        assert versus == "1.00x" if "plain" in name else re.fullmatch(r"\d+\.\d\dx", versus)
+    busy = table_rows(output, "| loop | alone | beside")
+    assert [row[0] for row in busy] == [rows["autoencoder project"][0], rows["prior project"][0]]
+    assert all(re.fullmatch(r"\d+\.\d\dx", row[3]) for row in busy)
+
+
+@pytest.mark.parametrize("loop", ["prior-plain", "prior-project"])
+def test_the_prior_loops_flops_are_those_of_its_products(loop):
+    """FlopCounterMode's count against a hand count: each linear layer's weights meet every token three times
+    (forward, and the two products of the backward), 2 FLOPs a multiply-add; attention adds its 49 x 49 products."""
+    from benchmarks import loops
+    from prior import CodePrior, PriorConfig
+    speed, config = load_speed_benchmark(), PriorConfig()
+    arguments = speed.build_parser().parse_args(["--steps", "1", "--warmup", "0", "--repeats", "1"])
+    built = (loops.prior_plain(config, 4, torch.device("cpu")) if loop == "prior-plain"
+             else loops.prior_project(config, 4, torch.device("cpu"), amp=False))
+    measured = speed.measure(built, arguments, torch.device("cpu"))
+    linear = sum(m.weight.numel() for m in CodePrior(config).modules() if isinstance(m, torch.nn.Linear))
+    tokens, length = built.items_per_step, config.grid_size ** 2
+    attention = 3 * 2 * 2 * tokens * length * config.width * config.num_layers  # q k^T and weights v, fwd and bwd
+    assert measured.flops_per_step == pytest.approx(6 * tokens * linear + attention, rel=0.02)
+    assert measured.steps_per_second > 0
 
 
 def test_speed_benchmark_reads_where_the_time_limit_stopped(tiny_mnist, tmp_path, monkeypatch):

@@ -119,3 +119,33 @@ def test_loss_is_the_mean_negative_log_likelihood_of_the_codes():
     log_probabilities = torch.log_softmax(prior(codes, classes), -1)
     picked = log_probabilities.gather(-1, codes.flatten(1).unsqueeze(-1))
     torch.testing.assert_close(prior.loss(codes, classes), -picked.mean())
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_attention_is_torchs_causal_scaled_dot_product_attention(config):
+    attention = make_prior(config).blocks[0].attention
+    x = torch.randn(3, config.grid_size ** 2, config.width)
+    batch, length, width = x.shape
+    q, k, v = attention.qkv(x).view(batch, length, 3, config.num_heads, -1).permute(2, 0, 3, 1, 4)
+    expected = attention.out(torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+                             .transpose(1, 2).reshape(batch, length, width))
+    torch.testing.assert_close(attention(x), expected)
+
+
+def test_a_bf16_step_lowers_the_loss_as_a_float32_step_does():
+    from prior_training import make_prior_optimizer, prior_step
+    config = CONFIGS[0]
+    codes, classes = random_inputs(config, 32)
+    losses = {}
+    for amp in (False, True):
+        prior = make_prior(config).train()
+        optimizer = make_prior_optimizer(prior, lr=1e-2)
+        first = prior_step(prior, optimizer, codes, classes, amp)
+        assert first.requires_grad is False and first.dtype == torch.float32
+        torch.testing.assert_close(first, prior.loss(codes, classes).detach(), atol=0.5, rtol=0)  # before the step
+        for _ in range(20):
+            last = prior_step(prior, optimizer, codes, classes, amp)
+        losses[amp] = (first.item(), last.item())
+    for first, last in losses.values():
+        assert last < first - 0.5
+    assert abs(losses[True][1] - losses[False][1]) < 0.1 * losses[False][1]

@@ -1,0 +1,62 @@
+"""Choosing the CPU thread count while training runs, so that a core another program keeps busy does not stall it."""
+import time
+from collections.abc import Callable
+
+import torch
+
+PROBE_PERIOD_SECONDS = 20.0
+PROBE_STEPS = 8
+DEFAULT_THREADS = torch.get_num_threads()  # PyTorch's choice, one per core, before a chooser changes it
+
+
+def candidate_counts(threads: int) -> list[int]:
+    """The thread counts to try, most first: all of them, one fewer (another program busy on one core), half."""
+    return sorted({threads, max(1, threads - 1), max(1, threads // 2)}, reverse=True)
+
+
+class ThreadChooser:
+    """Every PROBE_PERIOD_SECONDS, time PROBE_STEPS training steps at each candidate thread count, then train on
+    at the fastest.
+
+    Alone, every core is the fastest. Beside a program busy on one core, each parallel operation waits for its
+    thread on that core, which runs a fraction of the time, so every small kernel of a step waits (docs/speed.md);
+    one thread fewer leaves that core to the other program. The probing steps are ordinary training steps. `clock`
+    and `set_threads` are for the tests; on a GPU it does nothing.
+    """
+
+    def __init__(self, enabled: bool, threads: int | None = None, clock: Callable[[], float] = time.perf_counter,
+                 set_threads: Callable[[int], None] = torch.set_num_threads):
+        self.counts = candidate_counts(threads or DEFAULT_THREADS)
+        self.enabled = enabled and len(self.counts) > 1
+        self.clock, self.set_threads = clock, set_threads
+        self.chosen = self.counts[0]
+        self.next_probe = clock()  # probe in the first steps
+        self.probing: int | None = None  # the index in counts being timed, None between probes
+        self.step_times: dict[int, float] = {}
+        self.started, self.steps = 0.0, 0
+
+    def step_done(self) -> None:
+        """Call after each training step; CPU steps are synchronous, so the clock times them."""
+        if not self.enabled:
+            return
+        now = self.clock()
+        if self.probing is None:
+            if now >= self.next_probe:
+                self._try(0, now)
+            return
+        self.steps += 1
+        if self.steps == 1:  # the first step at a new count pays for the change: it is not timed
+            self.started = now
+        if self.steps <= PROBE_STEPS:
+            return
+        self.step_times[self.counts[self.probing]] = (now - self.started) / PROBE_STEPS
+        if self.probing + 1 < len(self.counts):
+            self._try(self.probing + 1, now)
+            return
+        self.chosen = min(self.step_times, key=self.step_times.get)
+        self.set_threads(self.chosen)
+        self.probing, self.next_probe = None, now + PROBE_PERIOD_SECONDS
+
+    def _try(self, index: int, now: float) -> None:
+        self.probing, self.steps, self.started = index, 0, now
+        self.set_threads(self.counts[index])
