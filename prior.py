@@ -23,7 +23,7 @@ class PriorConfig:
     num_embeddings: int = 512  # K, the autoencoder's number of codes
     grid_size: int = 7  # the code grid is grid_size x grid_size, read in raster order
     num_classes: int = 10  # class tokens 0..num_classes-1; token num_classes means "no class"
-    width: int = 96
+    width: int = 128
     num_layers: int = 3
     num_heads: int = 4
     dropout: float = 0.0

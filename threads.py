@@ -1,4 +1,5 @@
 """Choosing the CPU thread count while training runs, so that a core another program keeps busy does not stall it."""
+import statistics
 import time
 from collections.abc import Callable
 
@@ -32,8 +33,9 @@ class ThreadChooser:
         self.chosen = self.counts[0]
         self.next_probe = clock()  # probe in the first steps
         self.probing: int | None = None  # the index in counts being timed, None between probes
-        self.step_times: dict[int, float] = {}
-        self.started, self.steps = 0.0, 0
+        self.step_times: dict[int, float] = {}  # the median seconds of a step at each count, at the last probe
+        self.durations: list[float] = []
+        self.last: float | None = None  # when the last timed step ended
 
     def step_done(self) -> None:
         """Call after each training step; CPU steps are synchronous, so the clock times them."""
@@ -44,12 +46,14 @@ class ThreadChooser:
             if now >= self.next_probe:
                 self._try(0, now)
             return
-        self.steps += 1
-        if self.steps == 1:  # the first step at a new count pays for the change: it is not timed
-            self.started = now
-        if self.steps <= PROBE_STEPS:
+        # The first step at a new count pays for the change, so it is not timed; the median leaves out a step that
+        # also logged or collected garbage.
+        if self.last is not None:
+            self.durations.append(now - self.last)
+        self.last = now
+        if len(self.durations) < PROBE_STEPS:
             return
-        self.step_times[self.counts[self.probing]] = (now - self.started) / PROBE_STEPS
+        self.step_times[self.counts[self.probing]] = statistics.median(self.durations)
         if self.probing + 1 < len(self.counts):
             self._try(self.probing + 1, now)
             return
@@ -58,5 +62,5 @@ class ThreadChooser:
         self.probing, self.next_probe = None, now + PROBE_PERIOD_SECONDS
 
     def _try(self, index: int, now: float) -> None:
-        self.probing, self.steps, self.started = index, 0, now
+        self.probing, self.durations, self.last = index, [], None
         self.set_threads(self.counts[index])

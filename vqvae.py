@@ -1,7 +1,7 @@
 """Train a VQ-VAE on MNIST, then the prior over its codes.
 
 Usage:
-    python vqvae.py                                      # defaults: CPU, 10 epochs, then 8 of the prior, run "vqvae"
+    python vqvae.py                                      # defaults: CPU, 8 epochs, then 5 of the prior, run "vqvae"
     python vqvae.py --resume                             # after Ctrl-C or SIGTERM: go on where it stopped
     python vqvae.py --time-limit 3600                    # stop and save after an hour; --resume goes on
     python vqvae.py --device cuda --amp --output-folder wide --hidden-size 128
@@ -43,7 +43,7 @@ from training import (Processes, StopOnSignal, Trainer, keep_freed_memory, make_
                       process_group, running_out_is_a_user_error, run_epoch, stop_run, validate_and_save)
 from vector_quantizer import CODEBOOK_INITS, CODEBOOK_UPDATES
 
-DEFAULT_PRIOR_EPOCHS = 8
+DEFAULT_PRIOR_EPOCHS = 5
 # Flags that say how to run, not what is trained: a --resume takes them as given now. Every other flag shapes the
 # result, so a --resume takes it from the checkpoint and refuses a different value.
 RUN_FLAGS = {"output_folder", "data_folder", "device", "num_workers", "log_interval", "overwrite", "amp", "compile",
@@ -116,9 +116,9 @@ def add_prior_flags(parser: ArgumentParser) -> None:
                        help=f"dropout in the prior (default: {defaults.dropout})")
     prior.add_argument("--prior-batch-size", type=positive_int, default=DEFAULT_PRIOR_BATCH_SIZE,
                        help=f"code grids per batch of the prior (default: {DEFAULT_PRIOR_BATCH_SIZE})")
-    prior.add_argument("--prior-lr", type=positive_float, default=2e-3,
+    prior.add_argument("--prior-lr", type=positive_float, default=4e-3,
                        help="peak AdamW learning rate of the prior, after a warm-up, decayed to 0 along a cosine "
-                            "(default: 2e-3)")
+                            "(default: 4e-3)")
     prior.add_argument("--class-dropout", type=unit_interval, default=0.1,
                        help="fraction of training grids shown to the prior without their class, so that it also "
                             "samples unconditionally (default: 0.1)")
@@ -162,8 +162,8 @@ def build_parser() -> ArgumentParser:
     add_model_flags(parser)
     add_prior_flags(parser)
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
-    parser.add_argument("--num-epochs", type=positive_int, default=10, help="epochs to train (default: 10)")
-    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    parser.add_argument("--num-epochs", type=positive_int, default=8, help="epochs to train (default: 8)")
+    parser.add_argument("--lr", type=positive_float, default=2e-3, help="Adam learning rate (default: 2e-3)")
     parser.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
                         help="cosine: decay the learning rate to 0 over the run's steps (default: cosine)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order (default: 0)")

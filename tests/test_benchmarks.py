@@ -56,6 +56,18 @@ def test_speed_benchmark_tables_every_loop_against_the_limit(tiny_mnist, capsys)
     assert all(re.fullmatch(r"\d+\.\d\dx", row[3]) for row in busy)
 
 
+def test_the_profile_names_the_costliest_operators_and_times_both_attentions(tiny_mnist, capsys):
+    speed = load_speed_benchmark()
+    speed.main(speed.build_parser().parse_args(["--data-folder", str(tiny_mnist), "--steps", "2", "--prior-batch-size",
+                                                "4", "--profile", "prior-project"]))
+    output = capsys.readouterr().out
+    assert "prior, project (as vqvae.py), 2 steps" in output and "aten::" in output and "Self CPU" in output
+    attentions = table_rows(output, "| attention |")
+    assert [row[0] for row in attentions] == ["written out, prior.attention",
+                                              "F.scaled_dot_product_attention(is_causal=True)"]
+    assert all(float(milliseconds) > 0 for row in attentions for milliseconds in row[1:])
+
+
 @pytest.mark.parametrize("loop", ["prior-plain", "prior-project"])
 def test_the_prior_loops_flops_are_those_of_its_products(loop):
     """FlopCounterMode's count against a hand count: each linear layer's weights meet every token three times
@@ -158,3 +170,46 @@ def test_the_study_table_has_every_column_and_the_plot_is_written(tmp_path):
     assert "the floor, is 0.50" in lines[-1]
     study.plot(rows, results, "test", tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def load_frontier_benchmark():
+    spec = importlib.util.spec_from_file_location("frontier", ROOT / "benchmarks" / "frontier.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_evaluation(seed: int) -> dict:
+    conditional = {"recognisable": 0.975 + seed / 1000, "matches_class": 0.99, "frechet_distance": 0.26}
+    return {"test_mse": 0.00131, "psnr": 28.83, "codes_used": 512, "num_embeddings": 512,
+            "samples": {"prior_conditional": conditional, "real": {"frechet_distance": 0.13 + seed / 100}}}
+
+
+def test_the_frontier_trains_each_preset_once_and_tabulates_each_seed(tmp_path, monkeypatch, capsys):
+    frontier = load_frontier_benchmark()
+    monkeypatch.setattr(frontier, "ROOT", tmp_path)
+    commands = []
+
+    def fake_run(command):
+        commands.append(command)
+        if command[0] == "vqvae.py":
+            folder = tmp_path / "models" / command[command.index("--output-folder") + 1]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "run.json").write_text(json.dumps({"autoencoder": {"seconds": 200.4}, "prior": {"seconds": 201}}))
+            return ""
+        return json.dumps(fake_evaluation(int(command[command.index("--seed") + 1])))
+
+    monkeypatch.setattr(frontier, "run", fake_run)
+    args = frontier.build_parser().parse_args(["--presets", "quality", "--seeds", "0", "1", "--out-dir",
+                                               str(tmp_path / "docs")])
+    frontier.main(args)
+    assert commands[0][:5] == ["vqvae.py", "--output-folder", "frontier/quality", "--overwrite", "--device"]
+    assert commands[0][-4:] == ["--num-epochs", "30", "--prior-epochs", "12"]
+    assert [command[command.index("--seed") + 1] for command in commands[1:]] == ["0", "1"]
+    row = (tmp_path / "docs" / "frontier.md").read_text().splitlines()[2]
+    assert re.fullmatch(r"\| quality \| `python vqvae\.py --num-epochs 30 --prior-epochs 12` \| \d+ \(200 \+ 201\) \| "
+                        r"0\.00131 \| 28\.83 \| 512/512 \| 97\.5% / 97\.6% \| 99\.0% / 99\.0% \| "
+                        r"0\.26 \(2\.0x\) / 0\.26 \(1\.9x\) \|", row), row
+    frontier.main(args)
+    assert len(commands) == 3, "a trained and scored preset is read back"
+    assert capsys.readouterr().out.count("| quality |") == 2

@@ -1,0 +1,124 @@
+"""Time against quality: train three presets of the default command, score each with evaluate.py at three sample
+seeds, and write one Markdown table.
+
+Usage (from the repository root; `python -m benchmarks.frontier` is the same):
+    python benchmarks/frontier.py                       # fast, default and quality, each trained once
+    python benchmarks/frontier.py --presets default     # one of them
+    python benchmarks/frontier.py --out-dir docs        # the table to docs/frontier.md
+
+Each preset is `python vqvae.py FLAGS` in a subprocess, as a user runs it, kept in models/frontier/NAME, its wall
+time taken from the outside and its autoencoder's and prior's seconds from its run.json; then `python evaluate.py
+--json --seed S` on its best.pt for each --seeds S, kept in models/frontier/NAME/scores-S.json. A preset with
+scores is read back, so a stopped run of this script goes on where it was (a stopped training starts again).
+The table gives the test MSE and codes used (the same at every seed), and for the samples with the digit asked
+for the recognisable fraction, the fraction read as asked and the Frechet distance against its floor (as many
+real test digits), at each seed.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parent.parent
+if __name__ == "__main__" and not __package__:
+    sys.path.insert(0, str(ROOT))  # the project's modules, when run as a script
+
+from files import atomic_path, write_json  # noqa: E402
+
+
+class Preset(NamedTuple):
+    name: str
+    flags: tuple[str, ...]  # vqvae.py flags beside the defaults
+    aim: str
+
+
+PRESETS = {
+    "fast": Preset("fast", ("--num-epochs", "3", "--prior-epochs", "2"), "under 3 minutes"),
+    "default": Preset("default", (), "under 8 minutes, the pretrained model's scores"),
+    "quality": Preset("quality", ("--num-epochs", "30", "--prior-epochs", "12"), "under 20 minutes"),
+}
+
+
+def run(command: list[str]) -> str:
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        sys.exit(f"frontier.py: `{' '.join(command)}` failed with exit status {result.returncode} (its error is "
+                 "above)")
+    return result.stdout
+
+
+def train(preset: Preset, model_dir: Path, args) -> dict:
+    """Train the preset unless an earlier call kept its times.json; its seconds: wall, autoencoder, prior."""
+    times_path = model_dir / "times.json"
+    if times_path.is_file():
+        return json.loads(times_path.read_text())
+    print(f"frontier: training {preset.name}: python vqvae.py {' '.join(preset.flags)}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    run(["vqvae.py", "--output-folder", f"frontier/{preset.name}", "--overwrite", "--device", args.device,
+         *preset.flags])
+    figures = json.loads((model_dir / "run.json").read_text())
+    times = {"wall": time.perf_counter() - started, "autoencoder": figures["autoencoder"]["seconds"],
+             "prior": figures["prior"]["seconds"]}
+    write_json(times_path, times)
+    return times
+
+
+def scores_at(model_dir: Path, seed: int, args) -> dict:
+    path = model_dir / f"scores-{seed}.json"
+    if not path.is_file():
+        write_json(path, json.loads(run(["evaluate.py", "--model", str(model_dir / "best.pt"), "--device",
+                                         args.device, "--seed", str(seed), "--json"])))
+    return json.loads(path.read_text())
+
+
+def row(preset: Preset, times: dict, by_seed: list[dict]) -> str:
+    first = by_seed[0]
+    command = "python vqvae.py" + "".join(f" {flag}" for flag in preset.flags)
+    conditional = [scores["samples"]["prior_conditional"] for scores in by_seed]
+    floors = [scores["samples"]["real"]["frechet_distance"] for scores in by_seed]
+    recognisable = " / ".join(f"{samples['recognisable']:.1%}" for samples in conditional)
+    asked = " / ".join(f"{samples['matches_class']:.1%}" for samples in conditional)
+    distance = " / ".join(f"{samples['frechet_distance']:.2f} ({samples['frechet_distance'] / floor:.1f}x)"
+                          for samples, floor in zip(conditional, floors))
+    return (f"| {preset.name} | `{command}` | {times['wall']:.0f} ({times['autoencoder']:.0f} + "
+            f"{times['prior']:.0f}) | {first['test_mse']:.5f} | {first['psnr']:.2f} | {first['codes_used']}/"
+            f"{first['num_embeddings']} | {recognisable} | {asked} | {distance} |")
+
+
+def main(args) -> None:
+    lines = ["| preset | command | wall s (autoencoder + prior) | test MSE | PSNR (dB) | codes used | "
+             f"recognisable, seeds {', '.join(map(str, args.seeds))} | as asked | Frechet distance (x the floor) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    floors = []
+    for name in args.presets:
+        preset, model_dir = PRESETS[name], ROOT / "models" / "frontier" / name
+        times = train(preset, model_dir, args)
+        by_seed = [scores_at(model_dir, seed, args) for seed in args.seeds]
+        floors = [scores["samples"]["real"]["frechet_distance"] for scores in by_seed]
+        lines.append(row(preset, times, by_seed))
+    lines.append(f"\nSamples: 1,000 with the digit asked for (100 of each) per seed; the floor, the Frechet distance "
+                 f"of 1,000 real test digits, is {' / '.join(f'{floor:.2f}' for floor in floors)} at the seeds.")
+    print("\n".join(lines), flush=True)
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(args.out_dir / "frontier.md") as temporary:
+            temporary.write_text("\n".join(lines) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train and score the fast, default and quality presets.")
+    parser.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(PRESETS),
+                        help="which presets, in order (default: fast default quality)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="evaluate.py --seed of each scoring (default: 0 1 2)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to train on (default: cpu)")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="also write the table to OUT_DIR/frontier.md (default: print it only)")
+    return parser
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())
