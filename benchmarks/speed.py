@@ -60,6 +60,7 @@ from data import load_mnist  # noqa: E402
 from prior import PriorConfig  # noqa: E402
 from prior_training import DEFAULT_PRIOR_BATCH_SIZE  # noqa: E402
 from run_log import read_run_figures  # noqa: E402
+from threads import ThreadChooser  # noqa: E402
 from training import keep_freed_memory, native_bf16  # noqa: E402
 
 TRAIN_IMAGES = 60_000  # the reference trains on the whole training set each epoch
@@ -268,19 +269,36 @@ def print_table(results: dict[str, Measured], limits: dict[str, float], args, de
     print(f"the plain autoencoder loop needs {10 * TRAIN_IMAGES / autoencoder:.0f} s for 10 epochs", flush=True)
 
 
+def with_chooser(loop: Loop) -> Loop:
+    """The loop with vqvae.py's thread choice (--threads 0): a ThreadChooser told of every step."""
+    chooser = ThreadChooser(enabled=True)
+
+    def steps():
+        for _ in loop.steps:
+            chooser.step_done()
+            yield
+
+    return loop._replace(steps=steps())
+
+
 def beside_busy(results: dict[str, Measured], args, device: torch.device) -> None:
-    """Each project loop timed again while a busy single-threaded process shares the cores."""
-    print(f"beside one busy single-threaded process (`python -c 'while True: pass'`), {torch.get_num_threads()} "
-          "CPU threads")
-    print("| loop | alone | beside the busy process | time per epoch, beside / alone |")
+    """Each project loop timed again while a busy single-threaded process shares the cores: at the process's
+    thread count, and with the thread count chosen as vqvae.py chooses it."""
+    threads = torch.get_num_threads()
+    print("beside one busy single-threaded process (`python -c 'while True: pass'`); time per epoch against alone")
+    print(f"| loop | alone, {threads} threads | beside it, {threads} threads | beside it, threads chosen as vqvae.py "
+          "(--threads 0) |")
     print("|---|---|---|---|")
     for name in ("autoencoder-project", "prior-project"):
         alone = results[name]
         with busy_process():
-            busy = steps_per_second(alone.loop, args, device)
-        unit = alone.loop.unit
-        print(f"| {alone.loop.name} | {alone.items_per_second:,.0f} {unit}/s | "
-              f"{busy * alone.loop.items_per_step:,.0f} {unit}/s | {alone.steps_per_second / busy:.2f}x |", flush=True)
+            fixed = steps_per_second(alone.loop, args, device)
+            chosen = steps_per_second(with_chooser(alone.loop), args, device)
+        torch.set_num_threads(threads)
+        unit, per_step = alone.loop.unit, alone.loop.items_per_step
+        print(f"| {alone.loop.name} | {alone.items_per_second:,.0f} {unit}/s | {fixed * per_step:,.0f} {unit}/s, "
+              f"{alone.steps_per_second / fixed:.2f}x | {chosen * per_step:,.0f} {unit}/s, "
+              f"{alone.steps_per_second / chosen:.2f}x |", flush=True)
 
 
 def main(args) -> None:
