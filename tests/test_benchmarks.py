@@ -14,8 +14,9 @@ from helpers import train_tiny
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_speed_benchmark():
-    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module, as its script runs it."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -39,7 +40,7 @@ def loop_kind(name: str) -> str:
 
 
 def test_speed_benchmark_tables_every_loop_against_the_limit(tiny_mnist, capsys):
-    speed = load_speed_benchmark()
+    speed = load_benchmark("speed")
     speed.main(speed.build_parser().parse_args(["--data-folder", str(tiny_mnist), "--steps", "2", "--warmup", "1",
                                                 "--repeats", "2", "--prior-batch-size", "8", "--beside-busy"]))
     output = capsys.readouterr().out
@@ -57,7 +58,7 @@ def test_speed_benchmark_tables_every_loop_against_the_limit(tiny_mnist, capsys)
 
 
 def test_the_profile_names_the_costliest_operators_and_times_both_attentions(tiny_mnist, capsys):
-    speed = load_speed_benchmark()
+    speed = load_benchmark("speed")
     speed.main(speed.build_parser().parse_args(["--data-folder", str(tiny_mnist), "--steps", "2", "--prior-batch-size",
                                                 "4", "--profile", "prior-project"]))
     output = capsys.readouterr().out
@@ -74,7 +75,7 @@ def test_the_prior_loops_flops_are_those_of_its_products(loop):
     (forward, and the two products of the backward), 2 FLOPs a multiply-add; attention adds its 49 x 49 products."""
     from benchmarks import loops
     from prior import CodePrior, PriorConfig
-    speed, config = load_speed_benchmark(), PriorConfig()
+    speed, config = load_benchmark("speed"), PriorConfig()
     arguments = speed.build_parser().parse_args(["--steps", "1", "--warmup", "0", "--repeats", "1"])
     built = (loops.prior_plain(config, 4, torch.device("cpu")) if loop == "prior-plain"
              else loops.prior_project(config, 4, torch.device("cpu"), amp=False))
@@ -90,7 +91,7 @@ def test_speed_benchmark_reads_where_the_time_limit_stopped(tiny_mnist, tmp_path
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RunStopped) as stopped:
         train_tiny(tiny_mnist, "--time-limit", "1e-9")  # over after the first step
-    where = load_speed_benchmark().stopped_at_limit(tmp_path / "models" / "tiny")
+    where = load_benchmark("speed").stopped_at_limit(tmp_path / "models" / "tiny")
     assert where == "at step 1 (epoch 1, batch 1 of 4)"
     assert f"stopped at the --time-limit {where}" in str(stopped.value)
 
@@ -99,20 +100,13 @@ def test_speed_benchmark_reads_how_long_each_part_trained(tiny_mnist, tmp_path, 
     monkeypatch.chdir(tmp_path)
     train_tiny(tiny_mnist)
     output = capsys.readouterr().out
-    autoencoder, prior = load_speed_benchmark().part_seconds(tmp_path / "models" / "tiny")
+    autoencoder, prior = load_benchmark("speed").part_seconds(tmp_path / "models" / "tiny")
     assert autoencoder > 0 and prior > 0
     assert f"autoencoder trained in {autoencoder:.0f} s" in output and f"prior ({prior:.0f} s" in output
 
 
-def load_study_benchmark():
-    spec = importlib.util.spec_from_file_location("study", ROOT / "benchmarks" / "study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_studies_share_the_default_run_and_name_each_run_once():
-    study = load_study_benchmark()
+    study = load_benchmark("study")
     rows = [row for rows in study.STUDIES.values() for row in rows]
     assert sum(row.name == "default" for row in rows) == 3  # K = 512, D = 16 and the default VQ: one run
     by_name = {}
@@ -130,21 +124,28 @@ def fake_scores(bottleneck: str, rate) -> dict:
             "seconds": {"autoencoder": 60.4, "prior": 100.6}}
 
 
-def test_the_study_resumes_from_what_it_kept(tmp_path, monkeypatch):
-    study = load_study_benchmark()
-    monkeypatch.setattr(study, "ROOT", tmp_path)
-    commands = []
+def fake_scripts(tmp_path, commands: list, run_figures: dict, evaluation):
+    """A stand-in for a benchmark's run(): vqvae.py writes run_figures to its run.json, evaluate.py prints
+    evaluation(command) as JSON; each command is appended to commands."""
 
     def fake_run(command):
         commands.append(command)
         if command[0] == "vqvae.py":
             folder = tmp_path / "models" / command[command.index("--output-folder") + 1]
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "run.json").write_text(json.dumps({"autoencoder": {"seconds": 5.0}}))
+            (folder / "run.json").write_text(json.dumps(run_figures))
             return ""
-        return json.dumps(fake_scores("gaussian", 12.5))
+        return json.dumps(evaluation(command))
 
-    monkeypatch.setattr(study, "run", fake_run)
+    return fake_run
+
+
+def test_the_study_resumes_from_what_it_kept(tmp_path, monkeypatch):
+    study = load_benchmark("study")
+    monkeypatch.setattr(study, "ROOT", tmp_path)
+    commands = []
+    monkeypatch.setattr(study, "run", fake_scripts(tmp_path, commands, {"autoencoder": {"seconds": 5.0}},
+                                                   lambda command: fake_scores("gaussian", 12.5)))
     args = study.build_parser().parse_args(["--study", "bottleneck", "--epochs", "2"])
     row = study.STUDIES["bottleneck"][-1]
     scores = study.train_and_score(row, args)
@@ -160,7 +161,7 @@ def test_the_study_resumes_from_what_it_kept(tmp_path, monkeypatch):
 
 
 def test_the_study_table_has_every_column_and_the_plot_is_written(tmp_path):
-    study = load_study_benchmark()
+    study = load_benchmark("study")
     rows = study.STUDIES["bottleneck"][1:4:2]  # the default VQ and a Gaussian VAE
     results = [fake_scores("vq", 150.25), fake_scores("gaussian", 42.0)]
     lines = study.table(rows, results)
@@ -172,13 +173,6 @@ def test_the_study_table_has_every_column_and_the_plot_is_written(tmp_path):
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def load_frontier_benchmark():
-    spec = importlib.util.spec_from_file_location("frontier", ROOT / "benchmarks" / "frontier.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def fake_evaluation(seed: int) -> dict:
     conditional = {"recognisable": 0.975 + seed / 1000, "matches_class": 0.99, "frechet_distance": 0.26}
     return {"test_mse": 0.00131, "psnr": 28.83, "codes_used": 512, "num_embeddings": 512,
@@ -186,20 +180,12 @@ def fake_evaluation(seed: int) -> dict:
 
 
 def test_the_frontier_trains_each_preset_once_and_tabulates_each_seed(tmp_path, monkeypatch, capsys):
-    frontier = load_frontier_benchmark()
+    frontier = load_benchmark("frontier")
     monkeypatch.setattr(frontier, "ROOT", tmp_path)
     commands = []
-
-    def fake_run(command):
-        commands.append(command)
-        if command[0] == "vqvae.py":
-            folder = tmp_path / "models" / command[command.index("--output-folder") + 1]
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "run.json").write_text(json.dumps({"autoencoder": {"seconds": 200.4}, "prior": {"seconds": 201}}))
-            return ""
-        return json.dumps(fake_evaluation(int(command[command.index("--seed") + 1])))
-
-    monkeypatch.setattr(frontier, "run", fake_run)
+    monkeypatch.setattr(frontier, "run", fake_scripts(
+        tmp_path, commands, {"autoencoder": {"seconds": 200.4}, "prior": {"seconds": 201}},
+        lambda command: fake_evaluation(int(command[command.index("--seed") + 1]))))
     args = frontier.build_parser().parse_args(["--presets", "quality", "--seeds", "0", "1", "--out-dir",
                                                str(tmp_path / "docs")])
     frontier.main(args)
