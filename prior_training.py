@@ -93,7 +93,7 @@ def start_prior(args, config: PriorConfig, codes: CodeSplits, device: torch.devi
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / PRIOR_WARMUP_STEPS)
                                                  * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
     return PriorRun(prior, optimizer, schedule, torch.Generator().manual_seed(args.seed),
-                    ThreadChooser(device.type == "cpu" and not args.threads))
+                    ThreadChooser.for_training(device, args.threads))
 
 
 def prior_epoch(run: PriorRun, codes: CodeSplits, args, writer: SummaryWriter, stop: StopOnSignal, epoch: int) -> bool:

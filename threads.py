@@ -37,6 +37,11 @@ class ThreadChooser:
         self.durations: list[float] = []
         self.last: float | None = None  # when the last timed step ended
 
+    @classmethod
+    def for_training(cls, device, threads_flag: int) -> "ThreadChooser":
+        """The chooser of a training loop on `device` under vqvae.py's --threads: on for the CPU when it is 0."""
+        return cls(device.type == "cpu" and not threads_flag)
+
     def step_done(self) -> None:
         """Call after each training step; CPU steps are synchronous, so the clock times them."""
         if not self.enabled:

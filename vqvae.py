@@ -248,7 +248,7 @@ def set_up(args, processes: Processes, splits: Splits, resumed: dict | None) -> 
                    model_dir=model_dir, writer=writer,
                    figures=RunFigures(model_dir, fresh=resumed is None, enabled=rank == 0),
                    first_bad_step=torch.full((), -1, dtype=torch.long, device=device),
-                   threads=ThreadChooser(device.type == "cpu" and not args.threads),
+                   threads=ThreadChooser.for_training(device, args.threads),
                    saved_step=state.step if resumed is not None else None)
 
 

@@ -16,7 +16,6 @@ real test digits), at each seed.
 """
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,28 +25,20 @@ ROOT = Path(__file__).resolve().parent.parent
 if __name__ == "__main__" and not __package__:
     sys.path.insert(0, str(ROOT))  # the project's modules, when run as a script
 
+from benchmarks.scripts import run_script  # noqa: E402
 from files import atomic_path, write_json  # noqa: E402
 
 
 class Preset(NamedTuple):
     name: str
     flags: tuple[str, ...]  # vqvae.py flags beside the defaults
-    aim: str
 
 
 PRESETS = {
-    "fast": Preset("fast", ("--num-epochs", "3", "--prior-epochs", "2"), "under 3 minutes"),
-    "default": Preset("default", (), "under 8 minutes, the pretrained model's scores"),
-    "quality": Preset("quality", ("--num-epochs", "30", "--prior-epochs", "12"), "under 20 minutes"),
+    "fast": Preset("fast", ("--num-epochs", "3", "--prior-epochs", "2")),  # aims at under 3 minutes
+    "default": Preset("default", ()),  # under 8 minutes, with the pretrained model's scores
+    "quality": Preset("quality", ("--num-epochs", "30", "--prior-epochs", "12")),  # under 20 minutes
 }
-
-
-def run(command: list[str]) -> str:
-    result = subprocess.run([sys.executable, *command], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        sys.exit(f"frontier.py: `{' '.join(command)}` failed with exit status {result.returncode} (its error is "
-                 "above)")
-    return result.stdout
 
 
 def train(preset: Preset, model_dir: Path, args) -> dict:
@@ -57,7 +48,7 @@ def train(preset: Preset, model_dir: Path, args) -> dict:
         return json.loads(times_path.read_text())
     print(f"frontier: training {preset.name}: python vqvae.py {' '.join(preset.flags)}", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    run(["vqvae.py", "--output-folder", f"frontier/{preset.name}", "--overwrite", "--device", args.device,
+    run_script(["vqvae.py", "--output-folder", f"frontier/{preset.name}", "--overwrite", "--device", args.device,
          *preset.flags])
     figures = json.loads((model_dir / "run.json").read_text())
     times = {"wall": time.perf_counter() - started, "autoencoder": figures["autoencoder"]["seconds"],
@@ -69,16 +60,15 @@ def train(preset: Preset, model_dir: Path, args) -> dict:
 def scores_at(model_dir: Path, seed: int, args) -> dict:
     path = model_dir / f"scores-{seed}.json"
     if not path.is_file():
-        write_json(path, json.loads(run(["evaluate.py", "--model", str(model_dir / "best.pt"), "--device",
+        write_json(path, json.loads(run_script(["evaluate.py", "--model", str(model_dir / "best.pt"), "--device",
                                          args.device, "--seed", str(seed), "--json"])))
     return json.loads(path.read_text())
 
 
-def row(preset: Preset, times: dict, by_seed: list[dict]) -> str:
+def row(preset: Preset, times: dict, by_seed: list[dict], floors: list[float]) -> str:
     first = by_seed[0]
     command = "python vqvae.py" + "".join(f" {flag}" for flag in preset.flags)
     conditional = [scores["samples"]["prior_conditional"] for scores in by_seed]
-    floors = [scores["samples"]["real"]["frechet_distance"] for scores in by_seed]
     recognisable = " / ".join(f"{samples['recognisable']:.1%}" for samples in conditional)
     asked = " / ".join(f"{samples['matches_class']:.1%}" for samples in conditional)
     distance = " / ".join(f"{samples['frechet_distance']:.2f} ({samples['frechet_distance'] / floor:.1f}x)"
@@ -98,7 +88,7 @@ def main(args) -> None:
         times = train(preset, model_dir, args)
         by_seed = [scores_at(model_dir, seed, args) for seed in args.seeds]
         floors = [scores["samples"]["real"]["frechet_distance"] for scores in by_seed]
-        lines.append(row(preset, times, by_seed))
+        lines.append(row(preset, times, by_seed, floors))
     lines.append(f"\nSamples: 1,000 with the digit asked for (100 of each) per seed; the floor, the Frechet distance "
                  f"of 1,000 real test digits, is {' / '.join(f'{floor:.2f}' for floor in floors)} at the seeds.")
     print("\n".join(lines), flush=True)

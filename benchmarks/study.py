@@ -20,7 +20,6 @@ stdout, the plot of test MSE against the rate to OUT_DIR/study_NAME.png.
 """
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from cli import nonnegative_int, positive_int  # noqa: E402
+from benchmarks.scripts import run_script  # noqa: E402
 from files import atomic_path, write_json  # noqa: E402
 from scores import FRECHET_MIN_SAMPLES  # noqa: E402
 
@@ -69,13 +69,6 @@ MARKERS = {"VQ": ("o", (5, 5), "left"), "reference VQ": ("D", (5, 5), "left"), "
            "Gaussian": ("^", (5, -12), "left")}
 
 
-def run(command: list[str]) -> str:
-    result = subprocess.run([sys.executable, *command], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        sys.exit(f"study.py: `{' '.join(command)}` failed with exit status {result.returncode} (its error is above)")
-    return result.stdout
-
-
 def train_and_score(row: Row, args) -> dict:
     """The row's scores: read back from its scores.json, or trained (or resumed) and evaluated now."""
     folder = f"study/{row.name}-e{args.epochs}-p{args.prior_epochs}-s{args.seed}"
@@ -86,12 +79,12 @@ def train_and_score(row: Row, args) -> dict:
     print(f"study: {row.label}: training models/{folder}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     if (model_dir / "last.pt").is_file():
-        run(["vqvae.py", "--output-folder", folder, "--device", args.device, "--resume"])
+        run_script(["vqvae.py", "--output-folder", folder, "--device", args.device, "--resume"])
     else:
-        run(["vqvae.py", "--output-folder", folder, "--overwrite", "--device", args.device, "--num-epochs",
+        run_script(["vqvae.py", "--output-folder", folder, "--overwrite", "--device", args.device, "--num-epochs",
              str(args.epochs), "--prior-epochs", str(args.prior_epochs), "--seed", str(args.seed), *row.flags])
     figures = json.loads((model_dir / "run.json").read_text())
-    scores = json.loads(run(["evaluate.py", "--model", str(model_dir / "best.pt"), "--device", args.device,
+    scores = json.loads(run_script(["evaluate.py", "--model", str(model_dir / "best.pt"), "--device", args.device,
                              "--samples", str(args.samples), "--json"]))
     scores["seconds"] = {part: figures[part]["seconds"] for part in ("autoencoder", "prior") if part in figures}
     scores["wall_seconds"] = time.perf_counter() - started

@@ -144,7 +144,7 @@ def test_the_study_resumes_from_what_it_kept(tmp_path, monkeypatch):
     study = load_benchmark("study")
     monkeypatch.setattr(study, "ROOT", tmp_path)
     commands = []
-    monkeypatch.setattr(study, "run", fake_scripts(tmp_path, commands, {"autoencoder": {"seconds": 5.0}},
+    monkeypatch.setattr(study, "run_script", fake_scripts(tmp_path, commands, {"autoencoder": {"seconds": 5.0}},
                                                    lambda command: fake_scores("gaussian", 12.5)))
     args = study.build_parser().parse_args(["--study", "bottleneck", "--epochs", "2"])
     row = study.STUDIES["bottleneck"][-1]
@@ -183,7 +183,7 @@ def test_the_frontier_trains_each_preset_once_and_tabulates_each_seed(tmp_path, 
     frontier = load_benchmark("frontier")
     monkeypatch.setattr(frontier, "ROOT", tmp_path)
     commands = []
-    monkeypatch.setattr(frontier, "run", fake_scripts(
+    monkeypatch.setattr(frontier, "run_script", fake_scripts(
         tmp_path, commands, {"autoencoder": {"seconds": 200.4}, "prior": {"seconds": 201}},
         lambda command: fake_evaluation(int(command[command.index("--seed") + 1]))))
     args = frontier.build_parser().parse_args(["--presets", "quality", "--seeds", "0", "1", "--out-dir",
