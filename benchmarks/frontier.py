@@ -35,9 +35,9 @@ class Preset(NamedTuple):
 
 
 PRESETS = {
-    "fast": Preset("fast", ("--num-epochs", "3", "--prior-epochs", "2")),  # aims at under 3 minutes
+    "fast": Preset("fast", ("--num-epochs", "2", "--prior-epochs", "2")),  # aims at under 3 minutes
     "default": Preset("default", ()),  # under 8 minutes, with the pretrained model's scores
-    "quality": Preset("quality", ("--num-epochs", "30", "--prior-epochs", "12")),  # under 20 minutes
+    "quality": Preset("quality", ("--num-epochs", "24", "--prior-epochs", "10")),  # under 20 minutes
 }
 
 

@@ -190,10 +190,11 @@ def test_the_frontier_trains_each_preset_once_and_tabulates_each_seed(tmp_path, 
                                                str(tmp_path / "docs")])
     frontier.main(args)
     assert commands[0][:5] == ["vqvae.py", "--output-folder", "frontier/quality", "--overwrite", "--device"]
-    assert commands[0][-4:] == ["--num-epochs", "30", "--prior-epochs", "12"]
+    flags = frontier.PRESETS["quality"].flags
+    assert tuple(commands[0][-len(flags):]) == flags
     assert [command[command.index("--seed") + 1] for command in commands[1:]] == ["0", "1"]
     row = (tmp_path / "docs" / "frontier.md").read_text().splitlines()[2]
-    assert re.fullmatch(r"\| quality \| `python vqvae\.py --num-epochs 30 --prior-epochs 12` \| \d+ \(200 \+ 201\) \| "
+    assert re.fullmatch(rf"\| quality \| `python vqvae\.py {re.escape(' '.join(flags))}` \| \d+ \(200 \+ 201\) \| "
                         r"0\.00131 \| 28\.83 \| 512/512 \| 97\.5% / 97\.6% \| 99\.0% / 99\.0% \| "
                         r"0\.26 \(2\.0x\) / 0\.26 \(1\.9x\) \|", row), row
     frontier.main(args)
