@@ -56,6 +56,7 @@ from torch.utils import flop_counter  # noqa: E402
 from benchmarks.loops import (Loop, ProjectSettings, autoencoder_plain, autoencoder_project, prior_plain,  # noqa: E402
                               prior_project)
 from benchmarks.profiling import print_attention, print_profile  # noqa: E402
+from benchmarks.scripts import run_script  # noqa: E402
 from data import load_mnist  # noqa: E402
 from prior import PriorConfig  # noqa: E402
 from prior_training import DEFAULT_PRIOR_BATCH_SIZE  # noqa: E402
@@ -168,22 +169,13 @@ def busy_process():
         busy.wait()
 
 
-def run_script(command: list[str], show_progress: bool = False) -> str:
-    """The script's stdout. With show_progress its stderr (progress bars, errors) goes to the terminal."""
-    result = subprocess.run([sys.executable, *command], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=None if show_progress else subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        sys.exit(f"speed.py: `{' '.join(command)}` failed" + ("" if show_progress else f":\n{result.stderr[-2000:]}"))
-    return result.stdout
-
-
 def ablation(args) -> None:
     """Each row in its own process, since keep_freed_memory cannot be undone within one."""
     common = ["-m", "benchmarks.speed", "--device", args.device, "--batch-size", str(args.batch_size), "--steps",
               str(args.steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--data-folder",
               args.data_folder]
-    plain = float(re.search(r"autoencoder-plain: ([\d.]+)", run_script(common + ["--loop", "autoencoder-plain"]))
-                  .group(1))
+    output = run_script(common + ["--loop", "autoencoder-plain"], show_progress=False)
+    plain = float(re.search(r"autoencoder-plain: ([\d.]+)", output).group(1))
     print(f"device {args.device}, default model, batch {args.batch_size}, median of {args.repeats} x {args.steps} "
           f"steps, each row a fresh process")
     print("| loop | img/s | vs the plain loop |")
@@ -191,7 +183,7 @@ def ablation(args) -> None:
     print(f"| plain (torchvision ToTensor/Normalize, DataLoader, .item() per step) | {plain:,.0f} | 1.00x |")
     for name, flags in ABLATION:
         if args.device == "cpu" or "--threads" not in flags:
-            output = run_script(common + ["--loop", "autoencoder-project", *flags])
+            output = run_script(common + ["--loop", "autoencoder-project", *flags], show_progress=False)
             speed = float(re.search(r"autoencoder-project: ([\d.]+)", output).group(1))
             print(f"| {name} | {speed:,.0f} | {speed / plain:.2f}x |", flush=True)
 
@@ -211,7 +203,7 @@ def part_seconds(model_dir) -> tuple[float, float]:
 def full_run(device: str) -> None:
     command = ["vqvae.py", "--output-folder", "speed/full", "--overwrite", "--device", device]
     started = time.perf_counter()
-    run_script(command, show_progress=True)  # a long run: its progress bars show
+    run_script(command)  # a long run: its progress bars show
     seconds = time.perf_counter() - started
     autoencoder, prior = part_seconds(ROOT / "models" / "speed" / "full")
     print(f"full default run (`{' '.join(command)}`): {seconds:.1f} s, of which the autoencoder {autoencoder:.0f} s "
@@ -221,7 +213,7 @@ def full_run(device: str) -> None:
 def time_to_quality(plain_speed: float, device: str) -> None:
     budget = TRAIN_IMAGES / plain_speed  # a tenth of the plain loop's 10 epochs
     started = time.perf_counter()
-    run_script(["-c", "import vqvae"])
+    run_script(["-c", "import vqvae"], show_progress=False)
     startup = time.perf_counter() - started  # Python and the imports, before vqvae.py's clock starts
     command = ["vqvae.py", "--output-folder", "speed/time_to_quality", "--overwrite", "--device", device,
                "--time-limit", f"{budget - startup:.1f}"]
@@ -232,7 +224,7 @@ def time_to_quality(plain_speed: float, device: str) -> None:
     if stopped.returncode != 0 or where is None:
         sys.exit(f"speed.py: `{' '.join(command)}` did not stop at its time limit:\n{stopped.stderr[-2000:]}")
     scores = json.loads(run_script(["evaluate.py", "--model", "models/speed/time_to_quality/last.pt", "--device",
-                                    device, "--samples", "0", "--json"]))
+                                    device, "--samples", "0", "--json"], show_progress=False))
     verdict = "reached" if scores["test_mse"] <= REFERENCE_TEST_MSE and seconds <= budget else "NOT reached"
     print(f"time to quality: `{' '.join(command)}` stopped {where} after {seconds:.1f} s of wall time "
           f"(budget {budget:.1f} s, a tenth of the plain loop's 10 epochs); test MSE {scores['test_mse']:.5f} "
