@@ -7,12 +7,13 @@ Usage:
 
 Reconstructions: the MSE in [0, 1] pixel space (averaged over every pixel of the test set), the PSNR
 10 log10(1 / MSE) in dB, the SSIM (torchmetrics' structural similarity, as published MNIST tables report it), the
-codebook usage (distinct codes used over the test set / K) and the perplexity of the test set's code histogram
-(K if all codes are used equally often, 1 if only one is).
+bottleneck's health figures over the test set: for codes, the codebook usage (distinct codes used over the test set
+/ K) and the perplexity of the test set's code histogram (K if all codes are used equally often, 1 if only one is);
+any other figure its bottleneck reports (modules.BOTTLENECKS), by name.
 
-Rate, in bits per image: for the codes (VQ, FSQ), the prior's negative log-likelihood of the test set's code
+Rate, in bits per image: for codes (VQ, FSQ), the prior's negative log-likelihood of the test set's code
 grids summed over the 49 positions, without the class and given it, beside the 49 log2 K bits of a uniform code;
-for the Gaussian VAE, its KL(q(z|x) || N(0, I)).
+for a continuous bottleneck, the figure it names as its rate (the Gaussian VAE's KL(q(z|x) || N(0, I))).
 
 Samples (--samples N of each kind), judged by the project's MNIST classifier (train_classifier.py):
 - recognisable: the fraction classified with confidence >= 0.9;
@@ -26,8 +27,9 @@ Five kinds are scored:
   the class-free half of the prior, which guidance contrasts with, makes on its own;
 - noise: the reference's noise images through the autoencoder (the baseline, --input noise);
 - real: N real test digits, whose Frechet distance is the floor for that N.
-A Gaussian VAE has one kind of its own instead of the prior's three: its latents drawn from N(0, I) times
---temperature, decoded (generate.py --input random), under "prior, unconditional".
+A continuous bottleneck has one kind of its own instead of the prior's three: latents drawn from its own prior
+(the Gaussian VAE's N(0, I)) times --temperature, decoded (generate.py --input random), under "prior,
+unconditional".
 """
 import json
 import math
@@ -36,14 +38,14 @@ from dataclasses import asdict
 
 import torch
 
-from checkpoints import load_model, load_prior
-from cli import (ArgumentParser, UserError, add_device_flag, nonnegative_float, nonnegative_int, positive_float,
-                 positive_int, resolve_device, run_cli)
-from data import load_mnist
-from modules import LATENT_SIDE
-from prior import GUIDANCE, SAMPLING_TEMPERATURE, default_temperature
-from prior_training import encode_images, prior_nll_bits
-from scores import (DEFAULT_CLASSIFIER, FRECHET_MIN_SAMPLES, classify, load_classifier, score_reconstructions,
+from modules import LATENT_SIDE, load_model
+from vqmnist.checkpoints import load_prior
+from vqmnist.cli import (ArgumentParser, add_device_flag, nonnegative_float, nonnegative_int, positive_float,
+                         positive_int, resolve_device, run_cli)
+from vqmnist.data import load_mnist
+from vqmnist.errors import UserError
+from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, default_temperature, encode_images, prior_nll_bits
+from vqmnist.scores import (DEFAULT_CLASSIFIER, FRECHET_MIN_SAMPLES, classify, load_classifier, score_reconstructions,
                     score_samples)
 
 SAMPLE_KINDS = {
@@ -67,8 +69,8 @@ def build_parser() -> ArgumentParser:
                         help="images of each kind to score; 0 skips the sample scores, and fewer than "
                              f"{FRECHET_MIN_SAMPLES} give no Frechet distance (default: 1000)")
     parser.add_argument("--temperature", type=positive_float, default=None,
-                        help=f"of the prior's samples, or the Gaussian VAE's latents' standard deviation (default: "
-                             f"{SAMPLING_TEMPERATURE} for a prior, 1 for a Gaussian VAE)")
+                        help=f"of the prior's samples, or a continuous bottleneck's latents' standard deviation "
+                             f"(default: {SAMPLING_TEMPERATURE} for a prior over codes, 1 for continuous latents)")
     parser.add_argument("--guidance", type=nonnegative_float, default=GUIDANCE,
                         help=f"classifier-free guidance weight of the prior's samples (default: {GUIDANCE})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples and noise (default: 0)")
@@ -87,7 +89,7 @@ def sample_scores(args, model, checkpoint, test_images, device) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     scores = {}
     if "prior" in checkpoint:
-        prior = load_prior(checkpoint, args.model, device)
+        prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device)
         asked = (torch.arange(count) % 10).to(device)
         for kind, classes, guidance in (("prior_conditional", asked, args.guidance),
                                         ("prior_unconditional", prior.draw_classes(count, generator), args.guidance),
@@ -106,18 +108,26 @@ def sample_scores(args, model, checkpoint, test_images, device) -> dict:
     return scores
 
 
+CODE_STATISTICS = ("codes_used", "codebook_usage", "perplexity", "dead_codes")
+
+
 def print_reconstructions(args, report: dict, count: int) -> None:
     print(f"{args.model} (epoch {report['epoch']}, bottleneck {report['bottleneck']}), MNIST test set, {count:,} "
           "images")
     print(f"  test MSE ([0,1] pixels)  {report['test_mse']:.5f}")
     print(f"  PSNR                     {report['psnr']:.2f} dB")
     print(f"  SSIM                     {report['ssim']:.4f}")
-    if report["bottleneck"] == "gaussian":
-        print(f"  rate (KL)                {report['rate_bits']:.1f} bits per image", flush=True)
+    if "codes_used" in report["figures"]:
+        print(f"  codebook usage           {report['codebook_usage']:.1%} ({report['codes_used']} of "
+              f"{report['num_embeddings']} codes)")
+        print(f"  perplexity               {report['perplexity']:.1f}")
+    for name, value in report["figures"].items():
+        if name not in CODE_STATISTICS and name != report["rate_figure"]:
+            print(f"  {name.replace('_', ' '):<24} {value:.4g}")
+    if report["rate_figure"] is not None:
+        label = f"rate ({report['rate_figure'].replace('_', ' ')})"
+        print(f"  {label:<24} {report['rate_bits']:.1f} bits per image", flush=True)
         return
-    print(f"  codebook usage           {report['codebook_usage']:.1%} ({report['codes_used']} of "
-          f"{report['num_embeddings']} codes)")
-    print(f"  perplexity               {report['perplexity']:.1f}")
     if report["rate_bits"] is None:
         print(f"  rate                     (no prior; at most {report['rate_bound_bits']:.0f} bits per image, "
               "49 log2 K)", flush=True)
@@ -128,29 +138,30 @@ def print_reconstructions(args, report: dict, count: int) -> None:
 
 def rates(model, checkpoint: dict, scores, test_images, test_labels, args, device) -> dict:
     """The rate in bits per image (see the module docstring); None where a discrete model has no prior."""
+    rate_figure = model.bottleneck.rate_figure
     if not model.discrete:
-        return {"rate_bits": scores.kl_bits}
+        return {"rate_figure": rate_figure, "rate_bits": scores.figures.get(rate_figure)}
     positions = LATENT_SIDE ** 2
-    bound = positions * math.log2(model.config.num_embeddings)
+    bound = positions * math.log2(model.bottleneck.num_embeddings)
     if "prior" not in checkpoint:
-        return {"rate_bits": None, "rate_bits_given_class": None, "rate_bound_bits": bound}
-    prior = load_prior(checkpoint, args.model, device)
+        return {"rate_figure": None, "rate_bits": None, "rate_bits_given_class": None, "rate_bound_bits": bound}
+    prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device)
     codes = encode_images(model, test_images, device, args.batch_size)
     labels = test_labels.to(device)
     unconditional = prior_nll_bits(prior, codes, torch.full_like(labels, prior.no_class), args.batch_size)
     conditional = prior_nll_bits(prior, codes, labels, args.batch_size)
-    return {"rate_bits": unconditional * positions, "rate_bits_given_class": conditional * positions,
+    return {"rate_figure": None, "rate_bits": unconditional * positions, "rate_bits_given_class": conditional * positions,
             "rate_bound_bits": bound}
 
 
-def print_samples(args, samples: dict, bottleneck: str) -> None:
+def print_samples(args, samples: dict, discrete: bool) -> None:
     sampled = (f"prior temperature {args.temperature}, guidance {args.guidance}" if "prior_conditional" in samples
-               else f"latents N(0, I) x temperature {args.temperature}")
+               else f"latents from the bottleneck's prior x temperature {args.temperature}")
     print(f"samples: {args.samples} of each kind, {sampled}, seed {args.seed}, judged by "
           f"{os.path.relpath(args.classifier)}")
     print(f"  {'':<20}  recognisable  class entropy  as asked  Frechet distance")
-    absent = ("the checkpoint has no prior" if bottleneck != "gaussian"
-              else "none: the Gaussian VAE's prior is N(0, I), without classes")
+    absent = ("the checkpoint has no prior" if discrete
+              else "none: a continuous bottleneck's prior knows no classes")
     for kind, label in SAMPLE_KINDS.items():
         if kind not in samples:
             print(f"  {label:<20}  ({absent})")
@@ -176,7 +187,7 @@ def main(args) -> None:
         raise UserError(f"--samples {args.samples} is more than the {len(test_images)} test digits it is compared "
                         "with")
     scores = score_reconstructions(model, test_images, args.batch_size, device)
-    if not all(math.isfinite(value) for value in (scores.mse, scores.psnr, scores.perplexity)):
+    if not all(math.isfinite(value) for value in (scores.mse, scores.psnr, *scores.figures.values())):
         raise UserError(f"{args.model} reconstructs the test set with non-finite scores (MSE {scores.mse}, PSNR "
                         f"{scores.psnr}): its model is broken; use another checkpoint")
     report = {
@@ -184,10 +195,10 @@ def main(args) -> None:
         "test_mse": scores.mse,
         "psnr": scores.psnr,
         "ssim": scores.ssim,
-        "codebook_usage": scores.codebook_usage,
-        "perplexity": scores.perplexity,
-        "codes_used": scores.codes_used,
-        "num_embeddings": model.config.num_embeddings,
+        # The bottleneck's health figures by name, also each at the top level.
+        "figures": scores.figures,
+        **scores.figures,
+        "num_embeddings": model.bottleneck.num_embeddings if model.discrete else None,
         "epoch": checkpoint["epoch"],
         **rates(model, checkpoint, scores, test_images, test_labels, args, device),
         "config": asdict(model.config),
@@ -199,7 +210,7 @@ def main(args) -> None:
                              "seed": args.seed,
                              **sample_scores(args, model, checkpoint, test_images, device)}
         if not args.json:
-            print_samples(args, report["samples"], report["bottleneck"])
+            print_samples(args, report["samples"], model.discrete)
     if args.json:
         print(json.dumps(report))
 

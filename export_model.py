@@ -3,7 +3,7 @@
 Usage:
     python export_model.py --model models/vqvae/best.pt --output pretrained/vqvae_mnist.pt
 
-The file keeps what generate.py and evaluate.py use (checkpoints.EXPORT_KEYS: the format, the autoencoder's
+The file keeps what generate.py and evaluate.py use (vqmnist.checkpoints.EXPORT_KEYS: the format, the autoencoder's
 config and weights, the prior, the epoch and step, the validation scores and the training flags) and drops what
 only --resume needs (the optimizer state, the schedule, the random-number generator states). It prints the
 file's size and SHA-256.
@@ -11,9 +11,11 @@ file's size and SHA-256.
 import hashlib
 from pathlib import Path
 
-from checkpoints import exported, load_model, load_prior, save_checkpoint
-from cli import ArgumentParser, UserError, run_cli
-from files import write_failure
+from modules import load_model
+from vqmnist.checkpoints import exported, load_prior, save_checkpoint
+from vqmnist.cli import ArgumentParser, run_cli
+from vqmnist.errors import UserError
+from vqmnist.files import write_failure
 
 
 def build_parser() -> ArgumentParser:
@@ -30,8 +32,8 @@ def build_parser() -> ArgumentParser:
 def main(args) -> None:
     model, checkpoint = load_model(args.model, "cpu")  # the weights must fit their config before they are shared
     if "prior" in checkpoint:
-        load_prior(checkpoint, args.model, "cpu")
-    elif model.discrete and not args.allow_no_prior:  # a Gaussian VAE samples N(0, I), without a prior
+        load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, "cpu")
+    elif model.discrete and not args.allow_no_prior:  # a continuous bottleneck samples its own prior
         raise UserError(f"{args.model} has no prior, so generate.py --input random could not use the export: "
                         "train one with vqvae.py --prior-only, or pass --allow-no-prior")
     output = Path(args.output)

@@ -19,7 +19,8 @@ its codes. --temperature and --guidance (classifier-free guidance) trade variety
 --save-codes FILE (.pt or .npy) also writes the (100, 7, 7) code grids behind the picture: the test digits' codes,
 the sampled ones, those of the noise. --input codes --codes FILE decodes a file of grids (N, 7, 7), the first 100
 of them, so codes edited by hand or by another model can be seen.
-A Gaussian VAE (vqvae.py --bottleneck gaussian) has no codes: its --input random decodes latents z ~ N(0, I), times
+A continuous bottleneck, such as the Gaussian VAE (vqvae.py --bottleneck gaussian), has no codes: its --input random
+decodes latents from its own prior (the Gaussian's z ~ N(0, I)), times
 --temperature.
 The architecture comes from the checkpoint; --hidden-size and --k, if given, are only checked against it.
 """
@@ -32,13 +33,14 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
-from checkpoints import load_model, load_prior
-from cli import (ArgumentParser, UserError, add_device_flag, nonnegative_float, plain_name, positive_float,
-                 positive_int, resolve_device, run_cli)
-from data import load_mnist
-from files import atomic_path, save_torch, write_failure
-from modules import LATENT_SIDE, images_to_inputs
-from prior import GUIDANCE, SAMPLING_TEMPERATURE, default_temperature
+from modules import LATENT_SIDE, load_model
+from vqmnist.checkpoints import load_prior
+from vqmnist.cli import (ArgumentParser, add_device_flag, nonnegative_float, plain_name, positive_float, positive_int,
+                         resolve_device, run_cli)
+from vqmnist.data import images_to_inputs, load_mnist
+from vqmnist.errors import UserError
+from vqmnist.files import atomic_path, save_torch, write_failure
+from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, default_temperature
 
 GRID_SIDE = 10
 CODE_FILE_SUFFIXES = (".pt", ".npy")
@@ -59,9 +61,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--seed", type=int, default=0,
                         help="picks the test digits, the samples or the noise (default: 0)")
     parser.add_argument("--temperature", type=positive_float, default=None,
-                        help="--input random: divides the prior's logits, or scales the Gaussian VAE's latents' "
+                        help="--input random: divides the prior's logits, or scales a continuous bottleneck's latents' "
                              "standard deviation; lower gives cleaner, less varied digits (default: "
-                             f"{SAMPLING_TEMPERATURE} for a prior, 1 for a Gaussian VAE)")
+                             f"{SAMPLING_TEMPERATURE} for a prior over codes, 1 for continuous latents)")
     parser.add_argument("--guidance", type=nonnegative_float, default=GUIDANCE,
                         help="--input random: classifier-free guidance weight; higher gives digits more typical of "
                              f"their class, 0 samples the prior as trained (default: {GUIDANCE})")
@@ -84,9 +86,9 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def check_architecture(config, args) -> None:
-    for flag, expected, actual in (("--hidden-size", args.hidden_size, config.hidden_size),
-                                   ("--k", args.k, config.num_embeddings)):
+def check_architecture(model, args) -> None:
+    for flag, expected, actual in (("--hidden-size", args.hidden_size, model.config.hidden_size),
+                                   ("--k", args.k, getattr(model.bottleneck, "num_embeddings", None))):
         if expected is not None and expected != actual:
             raise UserError(f"{args.model} was trained with {flag} {actual}, not {expected}: the architecture "
                             f"comes from the checkpoint, so drop {flag} or pick another --model")
@@ -122,17 +124,17 @@ def check_flags(args, model) -> None:
     for path in (args.codes, args.save_codes):
         if path is not None and Path(path).suffix.lower() not in CODE_FILE_SUFFIXES:
             raise UserError(f"{path}: a code file ends in .pt or .npy")
+    continuous = f"{args.model} has a continuous bottleneck ({model.config.bottleneck})"
     if not model.discrete and (args.input == "codes" or args.save_codes is not None):
-        raise UserError(f"{args.model} is a Gaussian VAE: its latents are continuous, so it has no code grids to "
-                        "save or decode; use --input random or MNIST without --save-codes or --codes")
+        raise UserError(f"{continuous}: it has no code grids to save or decode; use --input random or MNIST "
+                        "without --save-codes or --codes")
     if not model.discrete and (args.digit is not None or args.unconditional):
-        raise UserError(f"{args.model} is a Gaussian VAE, whose N(0, I) prior knows no classes: drop --digit and "
-                        "--unconditional")
+        raise UserError(f"{continuous}, whose prior knows no classes: drop --digit and --unconditional")
 
 
 class Picture(NamedTuple):
     pixels: torch.Tensor  # (N, 1, 28, 28) in [0, 1]
-    codes: torch.Tensor | None  # (N, 7, 7) the code grids behind them; None for a Gaussian VAE
+    codes: torch.Tensor | None  # (N, 7, 7) the code grids behind them; None for a continuous bottleneck
     what: str  # for the line that says what was written
 
 
@@ -143,18 +145,19 @@ def test_digits(args, model, generator, path: Path, device) -> Picture:
     x_recon, quantized = model(images_to_inputs(chosen))
     input_path = path.with_name(f"{path.stem}_input.png")
     save_grid(chosen.unsqueeze(1).float() / 255, input_path)
-    return Picture(model.to_pixels(x_recon), quantized.indices,
+    return Picture(model.to_pixels(x_recon), quantized.codes,
                    f"reconstructions; {input_path} holds the test digits they come from")
 
 
 def samples(args, model, checkpoint, generator, device) -> Picture:
-    """Prior samples: row i of digit i, all of --digit, or of classes the prior draws; a Gaussian VAE's N(0, I)."""
+    """Prior samples: row i of digit i, all of --digit, or of classes the prior draws; for a continuous bottleneck,
+    latents from its own prior."""
     count = GRID_SIDE ** 2
     if not model.discrete:
         latents = model.sample_latents(count, args.temperature, generator).to(device)
         return Picture(model.to_pixels(model.decode_latents(latents)), None,
-                       f"Gaussian VAE samples, latents N(0, I) x temperature {args.temperature}")
-    prior = load_prior(checkpoint, args.model, device)
+                       f"{model.config.bottleneck} samples, latents from its prior x temperature {args.temperature}")
+    prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device)
     if args.unconditional:
         classes, what = prior.draw_classes(count, generator), "unconditional prior samples"
     elif args.digit is not None:
@@ -199,7 +202,7 @@ def load_codes(path, model) -> torch.Tensor:
         raise UserError(f"{path} must hold one integer tensor of code indices (N, 7, 7)")
     if codes.dim() != 3 or tuple(codes.shape[1:]) != (LATENT_SIDE, LATENT_SIDE) or len(codes) == 0:
         raise UserError(f"{path} holds a tensor of shape {tuple(codes.shape)}: code grids have shape (N, 7, 7), N >= 1")
-    num_embeddings = model.config.num_embeddings
+    num_embeddings = model.bottleneck.num_embeddings
     if int(codes.min()) < 0 or int(codes.max()) >= num_embeddings:
         raise UserError(f"{path} holds indices from {int(codes.min())} to {int(codes.max())}, but the model "
                         f"has codes 0 to {num_embeddings - 1}")
@@ -210,7 +213,7 @@ def load_codes(path, model) -> torch.Tensor:
 def main(args) -> None:
     device = resolve_device(args.device)
     model, checkpoint = load_model(args.model, device)
-    check_architecture(model.config, args)
+    check_architecture(model, args)
     check_flags(args, model)
     if args.temperature is None:
         args.temperature = default_temperature(model.discrete)
@@ -226,7 +229,7 @@ def main(args) -> None:
     else:
         noise = torch.randn(GRID_SIDE ** 2, model.config.in_channels, 28, 28, generator=generator).to(device)
         x_recon, quantized = model(noise)
-        picture = Picture(model.to_pixels(x_recon), quantized.indices, "noise images passed through the autoencoder")
+        picture = Picture(model.to_pixels(x_recon), quantized.codes, "noise images passed through the autoencoder")
     save_grid(picture.pixels, path)
     print(f"wrote {path} ({picture.what})")
     if args.save_codes is not None:

@@ -5,9 +5,9 @@ Usage:
     python plot_curves.py --run logs/wide --output generatedImages/wide_curves.png
 
 Panels: the autoencoder's reconstruction loss (training, and validation after each epoch), its validation MSE in
-[0, 1] pixels, its validation codebook perplexity (or a Gaussian VAE's KL), and the prior's negative
-log-likelihood in bits per code (training, and validation with and without the class). Panels whose curves the run
-did not log are left out.
+[0, 1] pixels, one panel for each health figure its bottleneck logged (the codes' perplexity, a Gaussian VAE's KL,
+...: training and validation), and the prior's negative log-likelihood in bits per code (training, and validation
+with and without the class). Panels whose curves the run did not log are left out.
 """
 from pathlib import Path
 
@@ -17,20 +17,28 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cli import ArgumentParser, UserError, run_cli
-from files import atomic_path
+from vqmnist.cli import ArgumentParser, run_cli
+from vqmnist.errors import UserError
+from vqmnist.files import atomic_path
 
-PANELS = [
+AUTOENCODER_PANELS = [
     ("autoencoder: reconstruction loss (MSE in [-1, 1])", "step", True,
      [("train/loss_reconstruction", "train"), ("val/loss_reconstruction", "validation")]),
     ("autoencoder: validation MSE in [0, 1] pixels", "step", True, [("val/mse_pixels", "validation")]),
-    ("autoencoder: validation codebook perplexity", "step", False, [("val/perplexity", "validation")]),
-    ("autoencoder: KL(q(z|x) || N(0, I)), bits per image", "step", False,
-     [("train/kl_bits", "train"), ("val/kl_bits", "validation")]),
-    ("prior: negative log-likelihood (bits per code)", "prior step", False,
-     [("prior/train_nll_bits", "train"), ("prior/val_nll_bits", "validation, with the class"),
-      ("prior/val_nll_bits_unconditional", "validation, without")]),
 ]
+PRIOR_PANEL = ("prior: negative log-likelihood (bits per code)", "prior step", False,
+               [("prior/train_nll_bits", "train"), ("prior/val_nll_bits", "validation, with the class"),
+                ("prior/val_nll_bits_unconditional", "validation, without")])
+# Validation curves that are not a bottleneck's health figure, or that its perplexity panel already says.
+NOT_HEALTH = {"mse_pixels", "ssim", "codes_used", "codebook_usage", "dead_codes"}
+
+
+def health_panels(logged: set[str]) -> list:
+    """A panel for each health figure the bottleneck logged as val/NAME, with its training curve train/NAME."""
+    names = sorted(tag.removeprefix("val/") for tag in logged if tag.startswith("val/"))
+    return [(f"autoencoder: {name.replace('_', ' ')}", "step", False, [(f"train/{name}", "train"),
+                                                                       (f"val/{name}", "validation")])
+            for name in names if name not in NOT_HEALTH and not name.startswith("loss_")]
 
 
 def build_parser() -> ArgumentParser:
@@ -48,7 +56,8 @@ def main(args) -> None:
     events = EventAccumulator(str(run), size_guidance={"scalars": 0})
     events.Reload()
     logged = set(events.Tags()["scalars"])
-    panels = [panel for panel in PANELS if any(tag in logged for tag, _ in panel[3])]
+    candidates = [*AUTOENCODER_PANELS, *health_panels(logged), PRIOR_PANEL]
+    panels = [panel for panel in candidates if any(tag in logged for tag, _ in panel[3])]
     if not panels:
         raise UserError(f"{run} holds none of the curves vqvae.py logs")
 

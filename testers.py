@@ -1,7 +1,7 @@
 """Reusable checks of a vector quantizer, each computing the expected answer independently of the quantizer.
 
 Call them on any module with the interface of `vector_quantizer.VectorQuantizer` (an `embedding` of K codes and
-a forward pass returning a `QuantizerOutput`); each raises AssertionError on a fault. tests/ applies them to the
+a forward pass returning a `vqmnist.bottleneck.BottleneckOutput`); each raises AssertionError on a fault. tests/ applies them to the
 project's quantizer; the tests below show that each check catches the fault it is written for.
 """
 import contextlib
@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from vector_quantizer import QuantizerOutput, VectorQuantizer
+from vector_quantizer import VectorQuantizer
+from vqmnist.bottleneck import BottleneckOutput
 
 
 def random_quantizer(num_embeddings: int, embedding_dim: int, beta: float = 0.25, seed: int = 0,
@@ -52,15 +53,15 @@ def check_nearest_codes(quantizer, z_e: torch.Tensor) -> None:
     # The codebook as the forward pass sees it: in training mode the pass itself may update it afterwards.
     codebook = quantizer.codebook().detach().clone()
     with torch.no_grad():
-        output: QuantizerOutput = quantizer(z_e)
+        output: BottleneckOutput = quantizer(z_e)
     distances, expected = brute_force_nearest(z_e, codebook)
-    chosen = distances.gather(1, output.indices.reshape(-1, 1)).squeeze(1)
+    chosen = distances.gather(1, output.codes.reshape(-1, 1)).squeeze(1)
     # Where two codes are nearly tied, fp32 may pick either: the chosen one must then be as near as the best.
     assert torch.allclose(chosen, distances.min(dim=1).values, rtol=0, atol=1e-5), "a position got a farther code"
     sorted_distances = torch.cat([distances.sort(dim=1).values, torch.full_like(distances[:, :1], torch.inf)], 1)
     clear = (sorted_distances[:, 1] - sorted_distances[:, 0] > 1e-4).view_as(expected)
-    assert torch.equal(output.indices[clear], expected[clear]), "indices differ from the brute-force argmin"
-    decoded = codebook[output.indices].permute(0, 3, 1, 2)
+    assert torch.equal(output.codes[clear], expected[clear]), "indices differ from the brute-force argmin"
+    decoded = codebook[output.codes].permute(0, 3, 1, 2)
     assert torch.allclose(output.z_q, decoded, rtol=0, atol=1e-6), "z_q is not the codebook entry of its index"
 
 
@@ -83,7 +84,7 @@ def check_codebook_gradient(quantizer, z_e: torch.Tensor) -> None:
     before = codebook.detach().clone()
     output = quantizer(z_e)
     if not codebook.requires_grad:
-        loss = (output.z_q * torch.randn_like(output.z_q)).sum() + output.codebook_loss + output.commitment_loss
+        loss = (output.z_q * torch.randn_like(output.z_q)).sum() + output.losses["codebook"] + output.losses["commitment"]
         loss.backward()
         assert codebook.grad is None, "a gradient reached the EMA codebook"
         return
@@ -91,9 +92,9 @@ def check_codebook_gradient(quantizer, z_e: torch.Tensor) -> None:
     assert codebook.grad is None or not codebook.grad.any(), "the reconstruction gradient reached the codebook"
 
     codebook.grad = None
-    output.codebook_loss.backward()
+    output.losses["codebook"].backward()
     flat = z_e.detach().permute(0, 2, 3, 1).reshape(-1, z_e.shape[1]).double()
-    indices = output.indices.reshape(-1)
+    indices = output.codes.reshape(-1)
     expected = torch.zeros_like(codebook, dtype=torch.float64)
     expected.index_add_(0, indices, 2 * (before.double()[indices] - flat) / z_e.numel())
     assert codebook.grad is not None, "the codebook loss does not reach the codebook"
@@ -107,10 +108,10 @@ def check_commitment_loss(quantizer, z_e: torch.Tensor) -> None:
     codebook.grad = None
     before = codebook.detach().clone()
     output = quantizer(z_e)
-    chosen = before[output.indices].permute(0, 3, 1, 2)
+    chosen = before[output.codes].permute(0, 3, 1, 2)
     expected = quantizer.beta * (z_e.detach() - chosen).pow(2).mean()
-    assert torch.allclose(output.commitment_loss, expected, rtol=1e-5), "commitment loss is not beta * MSE"
-    output.commitment_loss.backward()
+    assert torch.allclose(output.losses["commitment"], expected, rtol=1e-5), "commitment loss is not beta * MSE"
+    output.losses["commitment"].backward()
     assert codebook.grad is None or not codebook.grad.any(), "the commitment loss moved the codebook"
     expected_grad = 2 * quantizer.beta * (z_e.detach() - chosen) / z_e.numel()
     assert torch.allclose(z_e.grad, expected_grad, rtol=1e-4, atol=1e-8), "wrong commitment-loss gradient"
@@ -121,16 +122,16 @@ def check_perplexity(quantizer, z_e: torch.Tensor) -> None:
     often, 1 when one code takes all, exp(H(3/4, 1/4)) when one code is hit three times as often as another."""
     num_embeddings = quantizer.embedding.weight.shape[0]
     with torch.no_grad(), evaluating(quantizer):
-        perplexity = quantizer(z_e).perplexity.item()
+        perplexity = quantizer(z_e).figures["perplexity"].item()
         assert 1 - 1e-5 <= perplexity <= num_embeddings + 1e-3, f"perplexity {perplexity} outside [1, K]"
         # Feeding code vectors in as encoder outputs makes the histogram exactly what we choose.
         codes = quantizer.codebook().detach().t().reshape(1, -1, num_embeddings, 1)
-        uniform = quantizer(codes).perplexity.item()
+        uniform = quantizer(codes).figures["perplexity"].item()
         assert uniform == pytest.approx(num_embeddings, rel=1e-4), f"uniform use gave {uniform}, not K"
-        single = quantizer(codes[:, :, [0] * 5]).perplexity.item()
+        single = quantizer(codes[:, :, [0] * 5]).figures["perplexity"].item()
         assert single == pytest.approx(1.0, abs=1e-5), f"one code used gave perplexity {single}, not 1"
         if num_embeddings > 1:
-            uneven = quantizer(codes[:, :, [0, 0, 0, 1]]).perplexity.item()
+            uneven = quantizer(codes[:, :, [0, 0, 0, 1]]).figures["perplexity"].item()
             expected = math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
             assert uneven == pytest.approx(expected, rel=1e-5), f"counts 3:1 gave {uneven}, not {expected:.4f}"
 
@@ -150,26 +151,26 @@ class FarthestCodeQuantizer(VectorQuantizer):
 class NoStraightThroughQuantizer(VectorQuantizer):
     def forward(self, z_e):
         output = super().forward(z_e)
-        return output._replace(z_q=self.embed(output.indices))
+        return output._replace(z_q=self.embed(output.codes))
 
 
 class ReconstructionTrainsCodebookQuantizer(VectorQuantizer):
     def forward(self, z_e):
         output = super().forward(z_e)
-        return output._replace(z_q=output.z_q + self.embed(output.indices) - self.embed(output.indices).detach())
+        return output._replace(z_q=output.z_q + self.embed(output.codes) - self.embed(output.codes).detach())
 
 
 class UnweightedCommitmentQuantizer(VectorQuantizer):
     def forward(self, z_e):
         output = super().forward(z_e)
-        return output._replace(commitment_loss=output.commitment_loss / self.beta)
+        return output._replace(losses={**output.losses, "commitment": output.losses["commitment"] / self.beta})
 
 
 class CommitmentTrainsCodebookQuantizer(VectorQuantizer):
     def forward(self, z_e):
         output = super().forward(z_e)
-        z_q = self.embed(output.indices)
-        return output._replace(commitment_loss=self.beta * (z_e - z_q).pow(2).mean())
+        z_q = self.embed(output.codes)
+        return output._replace(losses={**output.losses, "commitment": self.beta * (z_e - z_q).pow(2).mean()})
 
 
 class DistinctCodesPerplexityQuantizer(VectorQuantizer):
@@ -177,7 +178,7 @@ class DistinctCodesPerplexityQuantizer(VectorQuantizer):
 
     def forward(self, z_e):
         output = super().forward(z_e)
-        return output._replace(perplexity=torch.tensor(float(output.indices.unique().numel())))
+        return output._replace(figures={"perplexity": torch.tensor(float(output.codes.unique().numel()))})
 
 
 def faulty(cls, num_embeddings=16, embedding_dim=4):

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cli import ArgumentParser, UserError, add_device_flag, positive_float, positive_int, resolve_device, run_cli
-from data import load_mnist
-from files import save_torch, write_failure
-from modules import images_to_inputs
-from scores import DigitClassifier, classifier_accuracy
+from vqmnist.cli import ArgumentParser, add_device_flag, positive_float, positive_int, resolve_device, run_cli
+from vqmnist.data import images_to_inputs, load_mnist
+from vqmnist.errors import UserError
+from vqmnist.files import save_torch, write_failure
+from vqmnist.scores import DigitClassifier, classifier_accuracy
 
 OUTLIERS_PER_DIGIT = 4  # a batch of 128 digits also holds 32 textures
 OUTLIER_WEIGHT = 0.5

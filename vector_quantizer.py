@@ -16,12 +16,17 @@ the moving averages are added up over all processes every step, so they are thos
 one process had taken all of it), and the initial codes and restart candidates come from process 0's batch,
 broadcast to the others.
 """
-from typing import NamedTuple
+import argparse
+import math
+from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
+from vqmnist.cli import nonnegative_float, nonnegative_int, positive_int, unit_interval
+from vqmnist.processes import from_process_zero, sum_over_processes, world_size
 
 CODEBOOK_UPDATES = ("ema", "loss")
 CODEBOOK_INITS = ("kmeans++", "random", "uniform")
@@ -29,50 +34,44 @@ CODEBOOK_INITS = ("kmeans++", "random", "uniform")
 DISTANCE_BUDGET = 1 << 25
 
 
-class QuantizerOutput(NamedTuple):
-    z_q: Tensor  # (B, D, H, W) quantized vectors, carrying the straight-through gradient to z_e
-    indices: Tensor | None  # (B, H, W) int64 code index of every position; None for a continuous bottleneck
-    codebook_loss: Tensor  # ||sg[z_e] - e||^2, trains the codebook only (reported, not trained on, with EMA)
-    commitment_loss: Tensor  # beta * ||z_e - sg[e]||^2, trains the encoder only
-    perplexity: Tensor  # exp(entropy of the code usage in this batch), in [1, K]
-    kl: Tensor | None = None  # () KL(q(z|x) || N(0, I)) in nats per image: the Gaussian bottleneck's rate only
+@dataclass
+class VQConfig:
+    """The VQ's settings, each with its vqvae.py flag."""
 
+    num_embeddings: int = option(512, "--k", "number of codes K in the codebook (default: 512)", type=positive_int)
+    code_dim: int = option(16, "--code-dim", "dimension D of the codes, or of a continuous z; if it differs from "
+                           "--hidden-size, 1x1 convolutions project into and out of code space; 0 means D = "
+                           "--hidden-size (default: 16)", type=nonnegative_int)
+    codebook_update: str = option("ema", "--codebook", "how the codes learn: ema (moving averages of their assigned "
+                                  "vectors) or loss (codebook loss and Adam, as the reference) (default: ema)",
+                                  choices=CODEBOOK_UPDATES)
+    ema_decay: float = option(0.95, "--decay", "decay of the EMA codebook and of the per-code use counts (default: "
+                              "0.95)", type=unit_interval)
+    codebook_init: str = option("kmeans++", "--init", "codebook initialisation: kmeans++ or random picks from the "
+                                "first batch's encoder outputs, or the reference's tiny uniform values (default: "
+                                "kmeans++)", choices=CODEBOOK_INITS)
+    restart_threshold: float = option(3.0, "--restart-threshold", "a code whose moving-average use per batch falls "
+                                      "below this moves onto a random encoder output of the batch; 0 never restarts "
+                                      "(default: 3.0)", type=nonnegative_float)
+    cosine: bool = option(False, "--cosine", "L2-normalise encoder outputs and codes (default: False)",
+                          action=argparse.BooleanOptionalAction)
+    beta: float = option(0.25, "--beta", "weight of the commitment loss (default: 0.25)", type=nonnegative_float)
 
-def distributed() -> bool:
-    """True inside a process group of more than one process (torchrun)."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def world_size() -> int:
-    return dist.get_world_size() if distributed() else 1
-
-
-def sum_over_processes(tensor: Tensor) -> Tensor:
-    """The sum of tensor over all processes, in place (nothing happens in a single process)."""
-    if distributed():
-        dist.all_reduce(tensor)
-    return tensor
-
-
-def from_process_zero(tensor: Tensor) -> Tensor:
-    """Process 0's value of tensor, in place, on every process (nothing happens in a single process)."""
-    if distributed():
-        dist.broadcast(tensor, src=0)
-    return tensor
-
-
-def perplexity_from_counts(counts: Tensor) -> Tensor:
-    """exp(H(p)) of the code distribution p = counts / counts.sum(): 1 if one code is used, K if all K equally."""
-    probabilities = counts.double() / counts.sum().clamp(min=1)
-    entropy = -torch.special.xlogy(probabilities, probabilities).sum()
-    return entropy.exp().float()
-
-
-def code_counts(indices: Tensor, num_embeddings: int) -> Tensor:
-    """How often each of the K codes appears among indices (any shape): (K,) int64, on their device."""
-    # index_add_ rather than bincount: on CUDA, bincount reads the largest index back to the host.
-    flat = indices.flatten()
-    return torch.zeros(num_embeddings, dtype=torch.long, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
+    def __post_init__(self):
+        """Refuse settings that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
+        for name, smallest in (("num_embeddings", 1), ("code_dim", 0)):
+            value = getattr(self, name)
+            if type(value) is not int or value < smallest:
+                raise ValueError(f"{name} must be an integer >= {smallest}, not {value!r}")
+        for name, low, high in (("beta", 0, math.inf), ("ema_decay", 0, 1), ("restart_threshold", 0, math.inf)):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not low <= value < high:
+                raise ValueError(f"{name} must be a number in [{low}, {high}), not {value!r}")
+        for name, choices in (("codebook_update", CODEBOOK_UPDATES), ("codebook_init", CODEBOOK_INITS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, not {getattr(self, name)!r}")
+        if type(self.cosine) is not bool:
+            raise ValueError(f"cosine must be true or false, not {self.cosine!r}")
 
 
 def kmeans_plus_plus(points: Tensor, count: int) -> Tensor:
@@ -89,7 +88,12 @@ def kmeans_plus_plus(points: Tensor, count: int) -> Tensor:
     return centres
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(Bottleneck):
+    """The VQ bottleneck (`--bottleneck vq`, the default). z_e (B, D, H, W) -> BottleneckOutput with codes (B, H, W),
+    the loss terms "codebook" and "commitment", the batch's "perplexity"; `epoch_figures` gives the "restarts"."""
+
+    Config = VQConfig
+
     def __init__(self, num_embeddings: int, embedding_dim: int, beta: float, codebook_update: str = "loss",
                  decay: float = 0.99, epsilon: float = 1e-5, init: str = "uniform", restart_threshold: float = 0.0,
                  cosine: bool = False):
@@ -97,7 +101,7 @@ class VectorQuantizer(nn.Module):
         if codebook_update not in CODEBOOK_UPDATES or init not in CODEBOOK_INITS:
             raise ValueError(f"codebook_update must be one of {CODEBOOK_UPDATES} and init one of {CODEBOOK_INITS}")
         self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
+        self.input_dim = self.code_dim = self.embedding_dim = embedding_dim
         self.beta = beta
         self.codebook_update = codebook_update
         self.decay = decay
@@ -121,6 +125,23 @@ class VectorQuantizer(nn.Module):
         self.register_load_state_dict_post_hook(
             lambda module, _: setattr(module, "needs_init", not bool(module.initialized)))
 
+    @classmethod
+    def dims(cls, config: VQConfig, hidden_size: int) -> tuple[int, int]:
+        code_dim = config.code_dim or hidden_size
+        return code_dim, code_dim
+
+    @classmethod
+    def from_config(cls, config: VQConfig, hidden_size: int) -> "VectorQuantizer":
+        return cls(config.num_embeddings, config.code_dim or hidden_size, config.beta,
+                   codebook_update=config.codebook_update, decay=config.ema_decay, init=config.codebook_init,
+                   restart_threshold=config.restart_threshold, cosine=config.cosine)
+
+    def epoch_figures(self) -> dict[str, float]:
+        """{"restarts": the codes restarted since the last call}, which resets the count."""
+        restarts = int(self.restarts)
+        self.restarts.zero_()
+        return {"restarts": restarts}
+
     def codebook(self) -> Tensor:
         """The K codes (K, D) as used: the embedding's rows, L2-normalised with `cosine`."""
         weight = self.embedding.weight
@@ -140,9 +161,9 @@ class VectorQuantizer(nn.Module):
             return torch.cat([torch.addmm(squared_norms, chunk, codebook.t(), beta=1.0, alpha=-2.0).argmin(dim=1)
                               for chunk in flat.split(rows)])
 
-    def embed(self, indices: Tensor) -> Tensor:
-        """Code vectors of an index grid: indices (B, H, W) -> z_q (B, D, H, W)."""
-        return F.embedding(indices, self.codebook()).permute(0, 3, 1, 2).contiguous()
+    def embed(self, codes: Tensor) -> Tensor:
+        """Code vectors of an index grid: codes (B, H, W) -> z_q (B, D, H, W)."""
+        return F.embedding(codes, self.codebook()).permute(0, 3, 1, 2).contiguous()
 
     @torch.no_grad()
     def set_codebook(self, codes: Tensor, count: float) -> None:
@@ -193,7 +214,7 @@ class VectorQuantizer(nn.Module):
             self.cluster_size.copy_(torch.where(dead.squeeze(1), fair_share, self.cluster_size))
             self.embed_sum.copy_(torch.where(dead, weight * fair_share, self.embed_sum))
 
-    def forward(self, z_e: Tensor) -> QuantizerOutput:
+    def forward(self, z_e: Tensor) -> BottleneckOutput:
         batch, dim, height, width = z_e.shape
         # z_e (B, D, H, W) -> flat (B*H*W, D) -> indices (B*H*W,)
         flat = z_e.permute(0, 2, 3, 1).reshape(-1, dim)
@@ -216,10 +237,6 @@ class VectorQuantizer(nn.Module):
         if self.training:
             # After z_q is taken: this step's output uses the codes its indices were chosen from.
             self.update_codebook(flat_fp32, indices, counts)
-        return QuantizerOutput(
-            z_q=z_q,
-            indices=indices.view(batch, height, width),
-            codebook_loss=codebook_loss,
-            commitment_loss=commitment_loss,
-            perplexity=perplexity_from_counts(counts),
-        )
+        return BottleneckOutput(z_q=z_q, codes=indices.view(batch, height, width),
+                                losses={"codebook": codebook_loss, "commitment": commitment_loss},
+                                figures={"perplexity": perplexity_from_counts(counts)})

@@ -14,7 +14,8 @@ Usage:
 
 Writes TensorBoard logs to logs/NAME (`tensorboard --logdir logs`) and checkpoints to models/NAME:
 last.pt after every epoch (and when stopped by Ctrl-C or SIGTERM) and best.pt whenever the validation
-reconstruction loss improves. The prior then trains on the codes of best.pt's autoencoder and is stored in best.pt.
+reconstruction loss improves. The prior then trains on the codes of best.pt's autoencoder and is stored in best.pt;
+its own training state goes to prior_last.pt, so a --resume after a stop in the prior goes on where it stopped.
 The validation set is the last --val-size images of the MNIST training set; the test set is left for evaluate.py.
 """
 import argparse
@@ -29,29 +30,38 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
-from checkpoints import TRAINING_KEYS, RunState, load_checkpoint, restore_training
-from cli import (ArgumentParser, Arguments, UserError, add_device_flag, levels_list, nonnegative_float, nonnegative_int,
-                 plain_name, positive_float, positive_int, run_cli, unit_interval)
-from data import Splits, load_splits, shard_size
-from modules import BOTTLENECKS, DECODER_OUTPUTS, VQVAE, VQVAEConfig
-from prior import PriorConfig
-from prior_training import DEFAULT_PRIOR_BATCH_SIZE, train_prior
-from run_folder import hold_run_folder, make_folder, prepare_run_folders, run_folders
-from run_log import NoWriter, RunFigures
-from threads import ThreadChooser
-from training import (Processes, StopOnSignal, Trainer, keep_freed_memory, make_optimizer, native_bf16,
-                      process_group, running_out_is_a_user_error, run_epoch, stop_run, validate_and_save)
-from vector_quantizer import CODEBOOK_INITS, CODEBOOK_UPDATES
+from modules import BOTTLENECKS, DECODER_OUTPUTS, VQVAE, VQVAEConfig, load_model
+from vqmnist.autoencoder_training import AutoencoderTask, TrainingSettings, make_optimizer, make_schedule
+from vqmnist.checkpoints import TRAINING_KEYS, RunState, load_checkpoint, load_prior_training, restore_training
+from vqmnist.cli import (ArgumentParser, Arguments, add_device_flag, nonnegative_float, nonnegative_int, plain_name,
+                         positive_float, positive_int, run_cli, unit_interval)
+from vqmnist.data import Splits, load_splits, shard_size
+from vqmnist.errors import UserError, running_out_is_a_user_error
+from vqmnist.loop import LoopSettings, train_epochs
+from vqmnist.machine import keep_freed_memory, native_bf16
+from vqmnist.prior import PriorConfig
+from vqmnist.prior_training import DEFAULT_PRIOR_BATCH_SIZE, PriorSettings, resumable, train_prior
+from vqmnist.processes import Processes, process_group
+from vqmnist.run_folder import hold_run_folder, make_folder, prepare_run_folders, run_folders
+from vqmnist.run_log import NoWriter, RunFigures
+from vqmnist.stopping import StopOnSignal
+from vqmnist.threads import ThreadChooser
 
-DEFAULT_PRIOR_EPOCHS = 5
+DEFAULT_PRIOR_EPOCHS = PriorSettings.epochs
 # Flags that say how to run, not what is trained: a --resume takes them as given now. Every other flag shapes the
 # result, so a --resume takes it from the checkpoint and refuses a different value.
 RUN_FLAGS = {"output_folder", "data_folder", "device", "num_workers", "log_interval", "overwrite", "amp", "compile",
              "channels_last", "threads", "time_limit", "resume", "prior_only"}
 
 
+def bottleneck_flags(name: str) -> set[str]:
+    """The dests of the flags that set the bottleneck `name`'s Config."""
+    return {field.name for field in fields(BOTTLENECKS[name].Config)}
+
+
 def add_model_flags(parser: ArgumentParser) -> None:
-    """The autoencoder's flags; each one's dest is the VQVAEConfig field it sets (model_config reads them)."""
+    """The autoencoder's flags, each one's dest the VQVAEConfig field it sets, then every registered bottleneck's,
+    each one's dest the field of its Config (model_config reads them); a field two bottlenecks share is one flag."""
     defaults = VQVAEConfig()
     model = parser.add_argument_group("model (stored in the checkpoint)")
     model.add_argument("--hidden-size", dest="hidden_size", type=positive_int, default=defaults.hidden_size,
@@ -60,40 +70,23 @@ def add_model_flags(parser: ArgumentParser) -> None:
                        default=defaults.num_residual_blocks,
                        help=f"residual blocks in the encoder and in the decoder (default: "
                             f"{defaults.num_residual_blocks})")
-    model.add_argument("--k", dest="num_embeddings", type=positive_int, default=defaults.num_embeddings,
-                       help=f"number of codes K in the codebook (default: {defaults.num_embeddings})")
-    model.add_argument("--code-dim", dest="code_dim", type=nonnegative_int, default=defaults.code_dim,
-                       help="dimension D of the codes; if it differs from --hidden-size, 1x1 convolutions project "
-                            f"into and out of code space; 0 means D = --hidden-size (default: {defaults.code_dim})")
-    model.add_argument("--codebook", dest="codebook_update", choices=CODEBOOK_UPDATES, default=defaults.codebook_update,
-                       help="how the codes learn: ema (moving averages of their assigned vectors) or loss (codebook "
-                            f"loss and Adam, as the reference) (default: {defaults.codebook_update})")
-    model.add_argument("--decay", dest="ema_decay", type=unit_interval, default=defaults.ema_decay,
-                       help=f"decay of the EMA codebook and of the per-code use counts (default: {defaults.ema_decay})")
-    model.add_argument("--init", dest="codebook_init", choices=CODEBOOK_INITS, default=defaults.codebook_init,
-                       help="codebook initialisation: kmeans++ or random picks from the first batch's encoder "
-                            f"outputs, or the reference's tiny uniform values (default: {defaults.codebook_init})")
-    model.add_argument("--restart-threshold", dest="restart_threshold", type=nonnegative_float,
-                       default=defaults.restart_threshold,
-                       help="a code whose moving-average use per batch falls below this moves onto a random encoder "
-                            f"output of the batch; 0 never restarts (default: {defaults.restart_threshold})")
-    model.add_argument("--cosine", dest="cosine", action=argparse.BooleanOptionalAction, default=defaults.cosine,
-                       help=f"L2-normalise encoder outputs and codes (default: {defaults.cosine})")
-    model.add_argument("--beta", dest="beta", type=nonnegative_float, default=defaults.beta,
-                       help=f"weight of the commitment loss (default: {defaults.beta})")
     model.add_argument("--decoder-output", dest="decoder_output", choices=DECODER_OUTPUTS,
                        default=defaults.decoder_output,
                        help="last layer and loss: tanh or linear output with MSE, or logits with binary "
                             f"cross-entropy (default: {defaults.decoder_output})")
-    model.add_argument("--bottleneck", dest="bottleneck", choices=BOTTLENECKS, default=defaults.bottleneck,
-                       help="vq: the codebook; fsq: finite scalar quantisation (--fsq-levels); gaussian: a "
-                            f"continuous VAE (--kl-weight), which has no prior (default: {defaults.bottleneck})")
-    model.add_argument("--fsq-levels", dest="fsq_levels", type=levels_list, default=defaults.fsq_levels,
-                       help="fsq: levels of each code dimension; D is their number, K their product (default: "
-                            f"{','.join(map(str, defaults.fsq_levels))})")
-    model.add_argument("--kl-weight", dest="kl_weight", type=nonnegative_float, default=defaults.kl_weight,
-                       help="gaussian: weight of KL(q(z|x) || N(0, I)) against the reconstruction loss, per pixel "
-                            f"(default: {defaults.kl_weight})")
+    model.add_argument("--bottleneck", dest="bottleneck", choices=list(BOTTLENECKS), default=defaults.bottleneck,
+                       help="what sits between encoder and decoder, each with the flags below that apply to it: "
+                            f"{', '.join(f'{name} ({bottleneck.__name__})' for name, bottleneck in BOTTLENECKS.items())}"
+                            f" (default: {defaults.bottleneck})")
+    added = set()
+    for bottleneck in BOTTLENECKS.values():
+        for field in fields(bottleneck.Config):
+            if field.name in added:
+                continue
+            added.add(field.name)
+            options = {key: value for key, value in field.metadata.items() if key not in ("flag", "help")}
+            model.add_argument(field.metadata["flag"], dest=field.name, default=field.default,
+                               help=field.metadata["help"], **options)
 
 
 def add_prior_flags(parser: ArgumentParser) -> None:
@@ -116,12 +109,12 @@ def add_prior_flags(parser: ArgumentParser) -> None:
                        help=f"dropout in the prior (default: {defaults.dropout})")
     prior.add_argument("--prior-batch-size", type=positive_int, default=DEFAULT_PRIOR_BATCH_SIZE,
                        help=f"code grids per batch of the prior (default: {DEFAULT_PRIOR_BATCH_SIZE})")
-    prior.add_argument("--prior-lr", type=positive_float, default=4e-3,
+    prior.add_argument("--prior-lr", type=positive_float, default=PriorSettings.lr,
                        help="peak AdamW learning rate of the prior, after a warm-up, decayed to 0 along a cosine "
-                            "(default: 4e-3)")
-    prior.add_argument("--class-dropout", type=unit_interval, default=0.1,
+                            f"(default: {PriorSettings.lr})")
+    prior.add_argument("--class-dropout", type=unit_interval, default=PriorSettings.class_dropout,
                        help="fraction of training grids shown to the prior without their class, so that it also "
-                            "samples unconditionally (default: 0.1)")
+                            f"samples unconditionally (default: {PriorSettings.class_dropout})")
 
 
 def add_run_flags(parser: ArgumentParser) -> None:
@@ -149,7 +142,8 @@ def add_run_flags(parser: ArgumentParser) -> None:
                         help="stop as Ctrl-C does (last.pt saved, --resume goes on) once this many seconds have "
                              "passed since the start; 0: no limit (default: 0)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in models/NAME/last.pt where it stopped, with its own flags")
+                        help="continue the run in models/NAME where it stopped, with its own flags: its autoencoder "
+                             "(last.pt), or its prior (prior_last.pt)")
 
 
 def build_parser() -> ArgumentParser:
@@ -174,14 +168,30 @@ def build_parser() -> ArgumentParser:
 
 
 def model_config(args) -> VQVAEConfig:
+    """The model's shape from its flags: the autoencoder's fields, and the chosen bottleneck's Config."""
+    bottleneck_config = BOTTLENECKS[args.bottleneck].Config(**{name: getattr(args, name)
+                                                               for name in bottleneck_flags(args.bottleneck)})
     return VQVAEConfig(**{field.name: getattr(args, field.name) for field in fields(VQVAEConfig)
-                          if hasattr(args, field.name)})
+                          if hasattr(args, field.name)}, bottleneck_config=bottleneck_config)
 
 
 def prior_config(args) -> PriorConfig:
     """The prior's shape from its flags; train_prior sets its number of codes and grid size from the autoencoder."""
     return PriorConfig(**{field.name: getattr(args, f"prior_{field.name}") for field in fields(PriorConfig)
                           if hasattr(args, f"prior_{field.name}")})
+
+
+def training_settings(args) -> TrainingSettings:
+    return TrainingSettings(**{field.name: getattr(args, field.name) for field in fields(TrainingSettings)})
+
+
+def prior_settings(args) -> PriorSettings:
+    return PriorSettings(epochs=args.prior_epochs, batch_size=args.prior_batch_size, lr=args.prior_lr,
+                         class_dropout=args.class_dropout, seed=args.seed, amp=args.amp, log_interval=args.log_interval)
+
+
+def resume_command(name: str) -> str:
+    return f"python vqvae.py --output-folder {shlex.quote(name)} --resume"
 
 
 def resume_args(args, parser: ArgumentParser) -> tuple[argparse.Namespace, dict | None]:
@@ -212,11 +222,12 @@ def resume_args(args, parser: ArgumentParser) -> tuple[argparse.Namespace, dict 
     return argparse.Namespace(**{**vars(args), **result_flags}), checkpoint
 
 
-def set_up(args, processes: Processes, splits: Splits, resumed: dict | None) -> Trainer:
-    """The run folders, the model (wrapped by DDP and torch.compile where asked), its optimizer and schedule, and
-    where the run stands: at its start, or where the --resume checkpoint left it."""
+def set_up(args, processes: Processes, splits: Splits, resumed: dict | None) -> tuple[AutoencoderTask, RunState]:
+    """The run folders, the model (wrapped by DDP and torch.compile where asked), its optimizer and schedule as the
+    autoencoder's task, and where the run stands: at its start, or where the --resume checkpoint left it."""
     rank, world_size, device = processes
     log_dir, model_dir = prepare_run_folders(args.output_folder, args.overwrite, args.resume, create=rank == 0)
+    settings = training_settings(args)
     # The training set lives in memory as one uint8 tensor, on the training device unless workers read it.
     train_images = splits.train_images.to(device if args.num_workers == 0 else "cpu")
     model = VQVAE(model_config(args)).to(device)
@@ -224,17 +235,16 @@ def set_up(args, processes: Processes, splits: Splits, resumed: dict | None) -> 
         model = model.to(memory_format=torch.channels_last)  # before DDP, which must see the final parameters
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed 28x28 shapes: let cuDNN pick its fastest kernels once
-    # DDP averages the gradients over the processes; the quantizer keeps its codebook in step itself.
+    # DDP averages the gradients over the processes; the bottleneck keeps its own state in step itself.
     forward = model
     if world_size > 1:
         forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     # The compiled module shares the plain one's parameters and buffers; checkpoints save the plain one.
     forward = torch.compile(forward) if args.compile else forward
-    optimizer = make_optimizer(model, args.lr)
-    steps_per_epoch = math.ceil(shard_size(len(train_images), world_size) / args.batch_size)
-    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.num_epochs * steps_per_epoch)
-                if args.lr_schedule == "cosine" else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
-    shuffle_generator = torch.Generator().manual_seed(args.seed)
+    optimizer = make_optimizer(model, settings.lr)
+    steps_per_epoch = math.ceil(shard_size(len(train_images), world_size) / settings.batch_size)
+    schedule = make_schedule(optimizer, settings, steps_per_epoch)
+    shuffle_generator = torch.Generator().manual_seed(settings.seed)
     state = RunState()
     if resumed is not None:
         state = restore_training(resumed, model, optimizer, schedule, device)
@@ -242,47 +252,52 @@ def set_up(args, processes: Processes, splits: Splits, resumed: dict | None) -> 
     # purge_step drops events an interrupted run wrote after its last checkpoint, so the curves do not jump.
     writer = (SummaryWriter(log_dir, purge_step=state.step + 1 if resumed is not None else None) if rank == 0
               else NoWriter())
-    return Trainer(args=args, processes=processes, model=model, forward=forward, optimizer=optimizer,
-                   schedule=schedule, shuffle_generator=shuffle_generator, state=state, train_images=train_images,
-                   val_images=splits.val_images, steps_per_epoch=steps_per_epoch, log_dir=log_dir,
-                   model_dir=model_dir, writer=writer,
-                   figures=RunFigures(model_dir, fresh=resumed is None, enabled=rank == 0),
-                   first_bad_step=torch.full((), -1, dtype=torch.long, device=device),
-                   threads=ThreadChooser.for_training(device, args.threads),
-                   saved_step=state.step if resumed is not None else None)
+    task = AutoencoderTask(model=model, forward=forward, optimizer=optimizer, schedule=schedule,
+                           shuffle_generator=shuffle_generator, train_images=train_images,
+                           val_images=splits.val_images, settings=settings, processes=processes,
+                           steps_per_epoch=steps_per_epoch, model_dir=model_dir, flags=vars(args),
+                           resume_command=resume_command(args.output_folder), writer=writer)
+    return task, state
 
 
-def announce(trainer: Trainer) -> None:
+def announce(task: AutoencoderTask, state: RunState, args) -> None:
     """What is about to train, and where it goes: one line from process 0."""
-    if not trainer.main_process:
+    if task.processes.rank != 0:
         return
-    args, state, (_, world_size, device) = trainer.args, trainer.state, trainer.processes
+    _, world_size, device = task.processes
     if args.resume:
-        print(f"resuming {trainer.model_dir / 'last.pt'} at epoch {state.epoch + 1}, batch {state.batches_done + 1} "
+        print(f"resuming {task.last_path} at epoch {state.epoch + 1}, batch {state.batches_done + 1} "
               f"(step {state.step})")
-    config = trainer.model.config
-    num_parameters = sum(parameter.numel() for parameter in trainer.model.parameters())
+    bottleneck = task.model.bottleneck
+    codes = f"K={bottleneck.num_embeddings}, " if bottleneck.discrete else ""
+    num_parameters = sum(parameter.numel() for parameter in task.model.parameters())
     processes = f" x {world_size} processes" if world_size > 1 else ""
     precision = " in bf16 autocast" if args.amp else ""
-    print(f"training on {device}{processes}{precision}: {len(trainer.train_images):,} train / "
-          f"{len(trainer.val_images):,} validation images, K={config.num_embeddings}, D={config.code_dim}, "
-          f"{num_parameters:,} parameters; logs in {trainer.log_dir}, checkpoints in {trainer.model_dir}")
+    print(f"training on {device}{processes}{precision}: {len(task.train_images):,} train / "
+          f"{len(task.val_images):,} validation images, {codes}D={bottleneck.code_dim}, "
+          f"{num_parameters:,} parameters; logs in {run_folders(args.output_folder).log_dir}, checkpoints in "
+          f"{task.model_dir}")
 
 
 def give_prior(args, device: torch.device, deadline: float, splits: Splits | None = None,
-               writer: SummaryWriter | None = None) -> None:
+               writer: SummaryWriter | None = None, resume: bool = False) -> None:
     """Train the prior of models/NAME/best.pt and store it there, whichever way the run comes here: after its
-    autoencoder trained (with the run's splits and writer), on a --resume of a finished run, or with --prior-only.
-    The splits are the autoencoder's own (its --val-size), so the prior is validated on grids it did not train on."""
+    autoencoder trained (with the run's splits and writer), on a --resume (going on with prior_last.pt where it
+    stopped, if it did), or with --prior-only. The splits are the autoencoder's own (its --val-size), so the prior
+    is validated on grids it did not train on."""
     log_dir, model_dir = run_folders(args.output_folder)
     path = model_dir / "best.pt"
     if not path.is_file():
         raise UserError(f"there is no {path} to train a prior for; train the autoencoder first with python vqvae.py "
                         f"--output-folder {shlex.quote(args.output_folder)}")
-    checkpoint = load_checkpoint(path)
-    if checkpoint["config"].get("bottleneck") == "gaussian":
-        raise UserError(f"{path} is a Gaussian VAE: it has no codes for a prior to model, and samples its latents "
-                        "from N(0, I) (python generate.py --input random)")
+    model, checkpoint = load_model(path, "cpu")  # the checkpoint stays on the CPU: it is written back with the prior
+    model.to(device)
+    if not model.discrete:
+        raise UserError(f"{path} has a continuous bottleneck ({model.config.bottleneck}): it has no codes for a "
+                        "prior to model, and samples its latents from its own prior (python generate.py --input "
+                        "random)")
+    resumed = load_prior_training(model_dir / "prior_last.pt") if resume else None
+    resumed = resumed if resumable(resumed, checkpoint) else None
     if splits is None:
         splits = load_splits(args.data_folder, checkpoint["args"].get("val_size", args.val_size))
     figures = RunFigures(model_dir, fresh=False)
@@ -292,7 +307,9 @@ def give_prior(args, device: torch.device, deadline: float, splits: Splits | Non
             StopOnSignal(deadline) as stop, running_out_is_a_user_error(
                 f"lower --prior-batch-size (now {args.prior_batch_size}) and train the prior again", model_dir,
                 "--prior-only"):
-        train_prior(args, prior_config(args), model_dir, splits, writer, stop, device, figures)
+        train_prior(model, checkpoint, model_dir, splits, prior_settings(args), prior_config(args), resumed,
+                    resume_command(args.output_folder), writer, stop, device, figures,
+                    ThreadChooser.for_training(device, args.threads))
 
 
 def prior_only(args, device: torch.device, deadline: float) -> None:
@@ -305,13 +322,27 @@ def prior_only(args, device: torch.device, deadline: float) -> None:
         give_prior(args, device, deadline)
 
 
+def resume_prior_only(args, device: torch.device, deadline: float) -> None:
+    """A --resume of a folder whose prior alone was trained here (--prior-only beside a best.pt without last.pt)."""
+    model_dir = run_folders(args.output_folder).model_dir
+    with hold_run_folder(model_dir):
+        if resumable(load_prior_training(model_dir / "prior_last.pt"), load_checkpoint(model_dir / "best.pt")):
+            give_prior(args, device, deadline, resume=True)
+        else:
+            print(f"{model_dir / 'prior_last.pt'} already finished its prior epochs; nothing to do")
+
+
 def finish_resumed(args, processes: Processes, splits: Splits, deadline: float) -> None:
-    """A --resume of a run whose autoencoder has finished its epochs: it still needs a prior, or nothing."""
+    """A --resume of a run whose autoencoder has finished its epochs: its prior goes on where it stopped, or trains
+    if it has none yet; else there is nothing to do."""
     if processes.rank != 0:
         return
     model_dir = run_folders(args.output_folder).model_dir
-    last, best = model_dir / "last.pt", model_dir / "best.pt"
-    if args.prior_epochs and args.bottleneck != "gaussian" and "prior" not in load_checkpoint(best):
+    last, best = model_dir / "last.pt", load_checkpoint(model_dir / "best.pt")
+    discrete = BOTTLENECKS[args.bottleneck].discrete
+    if discrete and resumable(load_prior_training(model_dir / "prior_last.pt"), best):
+        give_prior(args, processes.device, deadline, splits, resume=True)
+    elif args.prior_epochs and discrete and "prior" not in best:
         print(f"{last} already finished its {args.num_epochs} epochs; training its prior")
         give_prior(args, processes.device, deadline, splits)
     else:
@@ -330,33 +361,32 @@ def train(args, processes: Processes, deadline: float = math.inf) -> VQVAE | Non
         if resumed is not None and resumed["epoch"] >= args.num_epochs:
             finish_resumed(args, processes, splits, deadline)
             return None
-        trainer = set_up(args, processes, splits, resumed)
-        announce(trainer)
+        task, state = set_up(args, processes, splits, resumed)
+        announce(task, state, args)
+        main_process = processes.rank == 0
+        figures = RunFigures(task.model_dir, fresh=resumed is None, enabled=main_process)
         if resumed is None:
-            trainer.figures.start("autoencoder")
+            figures.start("autoencoder")
         started = time.perf_counter()
         with StopOnSignal(deadline) as stop, running_out_is_a_user_error(
                 f"lower --batch-size (now {args.batch_size}), --k or --hidden-size and start again with --overwrite",
-                trainer.model_dir, "--resume"):
-            while trainer.state.epoch < args.num_epochs:
-                epoch_started = time.perf_counter()
-                run_epoch(trainer, stop)
-                validate_and_save(trainer, epoch_started)
-                if stop.agreed():
-                    stop_run(trainer, stop, f"after epoch {trainer.state.epoch}", save=False)
+                task.model_dir, "--resume"):
+            train_epochs(task, state, LoopSettings(args.num_epochs, args.log_interval, processes.device,
+                                                   main_process, processes.world_size),
+                         stop, task.writer, figures, ThreadChooser.for_training(processes.device, args.threads))
         if processes.world_size > 1:
             dist.barrier()  # the others leave only once process 0 has written the last checkpoint
-        if trainer.main_process:
+        if main_process:
             seconds = time.perf_counter() - started
-            trainer.figures.finished("autoencoder", seconds=seconds, best_epoch=trainer.state.best_epoch)
-            best = trainer.model_dir / "best.pt"
-            print(f"autoencoder trained in {seconds:.0f} s; best: {best} (epoch {trainer.state.best_epoch}); "
+            figures.finished("autoencoder", seconds=seconds, best_epoch=state.best_epoch)
+            best = task.model_dir / "best.pt"
+            print(f"autoencoder trained in {seconds:.0f} s; best: {best} (epoch {state.best_epoch}); "
                   f"python generate.py --model {shlex.quote(str(best))} --input MNIST --filename recon")
-            if args.prior_epochs and trainer.model.discrete:
+            if args.prior_epochs and task.model.discrete:
                 # The prior is small and trains in the one process; under torchrun the others are done.
-                give_prior(args, processes.device, deadline, splits, trainer.writer)
-        trainer.writer.close()
-    return trainer.model
+                give_prior(args, processes.device, deadline, splits, task.writer)
+        task.writer.close()
+    return task.model
 
 
 def main(args):
@@ -364,9 +394,15 @@ def main(args):
     # Checked before the autoencoder trains, not after it.
     if args.prior_width % args.prior_num_heads:
         raise UserError(f"--prior-heads {args.prior_num_heads} must divide --prior-width {args.prior_width}")
-    if args.bottleneck == "fsq" and isinstance(args, Arguments) and args.typed & {"num_embeddings", "code_dim"}:
-        raise UserError("--bottleneck fsq takes K and D from --fsq-levels (K their product, D their number): drop "
-                        "--k and --code-dim")
+    if isinstance(args, Arguments):
+        stray = {name for name in args.typed
+                 if any(name in bottleneck_flags(other) for other in BOTTLENECKS)} - bottleneck_flags(args.bottleneck)
+        if stray:
+            flag_names = build_parser().flag_names()
+            raise UserError(f"{' and '.join(sorted(flag_names[name] for name in stray))} "
+                            f"{'does' if len(stray) == 1 else 'do'} not apply to --bottleneck {args.bottleneck}: drop "
+                            f"{'it' if len(stray) == 1 else 'them'}, or choose the bottleneck that takes "
+                            f"{'it' if len(stray) == 1 else 'them'}")
     deadline = time.monotonic() + args.time_limit if args.time_limit else math.inf
     keep_freed_memory()
     if args.threads:
@@ -378,6 +414,11 @@ def main(args):
             if processes.world_size > 1:
                 raise UserError("--prior-only runs in one process: start it with python vqvae.py, not torchrun")
             prior_only(args, processes.device, deadline)
+            return None
+        model_dir = run_folders(args.output_folder).model_dir
+        if args.resume and not (model_dir / "last.pt").is_file() and (model_dir / "prior_last.pt").is_file() \
+                and processes.world_size == 1:
+            resume_prior_only(args, processes.device, deadline)
             return None
         return train(args, processes, deadline)
 

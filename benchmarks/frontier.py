@@ -22,11 +22,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
-if __name__ == "__main__" and not __package__:
-    sys.path.insert(0, str(ROOT))  # the project's modules, when run as a script
 
-from benchmarks.scripts import run_script  # noqa: E402
-from files import atomic_path, write_json  # noqa: E402
+from benchmarks.scripts import run_script
+from vqmnist.files import atomic_path, write_json
 
 
 class Preset(NamedTuple):

@@ -8,11 +8,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from data import epoch_batches
+from vqmnist.data import epoch_batches
 from modules import VQVAE, VQVAEConfig
-from prior import CodePrior, PriorConfig
-from prior_training import make_prior_optimizer, prior_step
-from training import make_optimizer, training_step
+from vqmnist.prior import CodePrior, PriorConfig
+from vqmnist.prior_training import make_prior_optimizer, prior_step
+from vqmnist.autoencoder_training import make_optimizer, training_step
 
 
 class Loop(NamedTuple):
@@ -49,7 +49,7 @@ def autoencoder_plain(data_folder: Path, batch_size: int, device: torch.device) 
             for x, _ in loader:
                 x = x.to(device)
                 x_recon, quantized = model(x)
-                loss = nn.functional.mse_loss(x_recon, x) + quantized.codebook_loss + quantized.commitment_loss
+                loss = nn.functional.mse_loss(x_recon, x) + quantized.losses["codebook"] + quantized.losses["commitment"]
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -12,24 +12,17 @@ features of the validation split (the last 5,000 training images); the table giv
 and the floor is 1,000 random validation digits' distance to the whole split, averaged the same way.
 """
 import argparse
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-if __name__ == "__main__" and not __package__:
-    # Run as `python benchmarks/sampling.py`: start again as `python -m benchmarks.sampling` in the repository root,
-    # where the project's modules are importable.
-    os.chdir(Path(__file__).resolve().parent.parent)
-    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.sampling", *sys.argv[1:]])
 
-import torch  # noqa: E402
+import torch
 
-from checkpoints import load_model, load_prior  # noqa: E402
-from data import load_mnist, split_train_validation  # noqa: E402
-from prior import GUIDANCE, SAMPLING_TEMPERATURE  # noqa: E402
-from scores import DEFAULT_CLASSIFIER, classify, load_classifier, score_samples  # noqa: E402
+from modules import load_model
+from vqmnist.checkpoints import load_prior
+from vqmnist.data import load_mnist, split_train_validation
+from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE
+from vqmnist.scores import DEFAULT_CLASSIFIER, classify, load_classifier, score_samples
 
 SAMPLES = 1000
 
@@ -84,7 +77,7 @@ def setting_row(model, prior, classifier, reference, temperature: float, guidanc
 
 def main(args) -> None:
     model, checkpoint = load_model(args.model, "cpu")
-    prior = load_prior(checkpoint, args.model, "cpu")
+    prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, "cpu")
     print(f"{args.model}: 100 code grids (temperature {SAMPLING_TEMPERATURE}, guidance {GUIDANCE}) in "
           f"{sampling_seconds(prior, args.repeats):.2f} s (median of {args.repeats}), {torch.get_num_threads()} CPU "
           "threads")

@@ -34,7 +34,6 @@ stopped, and how long each part of a full run took, come from the run's models/N
 import argparse
 import contextlib
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -44,25 +43,20 @@ from pathlib import Path
 from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
-if __name__ == "__main__" and not __package__:
-    # Run as `python benchmarks/speed.py`: start again as `python -m benchmarks.speed` in the repository root,
-    # where the project's modules are importable.
-    os.chdir(ROOT)
-    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.speed", *sys.argv[1:]])
 
-import torch  # noqa: E402
-from torch.utils import flop_counter  # noqa: E402
+import torch
+from torch.utils import flop_counter
 
-from benchmarks.loops import (Loop, ProjectSettings, autoencoder_plain, autoencoder_project, prior_plain,  # noqa: E402
+from benchmarks.loops import (Loop, ProjectSettings, autoencoder_plain, autoencoder_project, prior_plain,
                               prior_project)
-from benchmarks.profiling import print_attention, print_profile  # noqa: E402
-from benchmarks.scripts import run_script  # noqa: E402
-from data import load_mnist  # noqa: E402
-from prior import PriorConfig  # noqa: E402
-from prior_training import DEFAULT_PRIOR_BATCH_SIZE  # noqa: E402
-from run_log import read_run_figures  # noqa: E402
-from threads import ThreadChooser  # noqa: E402
-from training import keep_freed_memory, native_bf16  # noqa: E402
+from benchmarks.profiling import print_attention, print_profile
+from benchmarks.scripts import run_script
+from vqmnist.data import load_mnist
+from vqmnist.prior import PriorConfig
+from vqmnist.prior_training import DEFAULT_PRIOR_BATCH_SIZE
+from vqmnist.run_log import read_run_figures
+from vqmnist.threads import ThreadChooser
+from vqmnist.machine import keep_freed_memory, native_bf16
 
 TRAIN_IMAGES = 60_000  # the reference trains on the whole training set each epoch
 REFERENCE_TEST_MSE = 0.0069  # the reference repository's test MSE after its 10 epochs, as the brief measured it

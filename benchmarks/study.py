@@ -26,18 +26,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
-if __name__ == "__main__" and not __package__:
-    sys.path.insert(0, str(ROOT))  # the project's modules, when run as a script
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from cli import nonnegative_int, positive_int  # noqa: E402
-from benchmarks.scripts import run_script  # noqa: E402
-from files import atomic_path, write_json  # noqa: E402
-from scores import FRECHET_MIN_SAMPLES  # noqa: E402
+from vqmnist.cli import nonnegative_int, positive_int
+from benchmarks.scripts import run_script
+from vqmnist.files import atomic_path, write_json
+from vqmnist.scores import FRECHET_MIN_SAMPLES
 
 
 class Row(NamedTuple):
@@ -97,7 +95,7 @@ def table(rows: list[Row], results: list[dict]) -> list[str]:
              "Frechet distance | train s (autoencoder + prior) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row, scores in zip(rows, results):
-        discrete = scores["bottleneck"] != "gaussian"
+        discrete = "codes_used" in scores  # a bottleneck with codes reports their statistics
         codes = f"{scores['codes_used']}/{scores['num_embeddings']}" if discrete else "-"
         perplexity = f"{scores['perplexity']:.0f}" if discrete else "-"
         rate = "-" if scores["rate_bits"] is None else f"{scores['rate_bits']:.1f}"

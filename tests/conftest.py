@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-import data
 from helpers import write_tiny_mnist
+from vqmnist import data
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-import data
 import vqvae
-from cli import run_cli
+from vqmnist import data
+from vqmnist.cli import run_cli
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
         torch.optim.Adam.step = step_then_signal
     model = vqvae.main(vqvae.build_parser().parse_args(flags))
     if model is not None:
-        torch.save(model.quantizer.embedding.weight.detach(), Path(output) / f"codebook{os.environ['RANK']}.pt")
+        torch.save(model.bottleneck.embedding.weight.detach(), Path(output) / f"codebook{os.environ['RANK']}.pt")
 
 
 if __name__ == "__main__":

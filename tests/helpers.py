@@ -1,5 +1,6 @@
 """What several test modules share: tiny MNIST-format files, a tiny training run, a signal or an error at a chosen
 call, and checkpoints as format 1 wrote them."""
+import dataclasses
 import gzip
 import hashlib
 import signal
@@ -10,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import data
 import vqvae
-from checkpoints import FORMAT_1_ARG_NAMES
+from modules import BOTTLENECKS, VQVAEConfig
+from vqmnist import data
+from vqmnist.checkpoints import FORMAT_1_ARG_NAMES
 
 NUM_TRAIN = 320
 NUM_TEST = 120  # generate.py needs 100 test digits for its grid
@@ -57,10 +59,11 @@ TINY_BOTTLENECKS = {"vq": ("--k", "16"), "fsq": ("--bottleneck", "fsq", "--fsq-l
                     "gaussian": ("--bottleneck", "gaussian", "--code-dim", "4")}
 
 
-def train_tiny(data_folder, *extra, bottleneck: str = "vq"):
+def train_tiny(data_folder, *extra, bottleneck: str | None = "vq"):
+    """The tiny run with flags `extra`, and the tiny flags of a bottleneck of TINY_BOTTLENECKS (none for None)."""
     args = vqvae.build_parser().parse_args([
         "--data-folder", str(data_folder), "--num-epochs", "1", "--val-size", "64", "--batch-size", "64",
-        "--hidden-size", "8", *TINY_BOTTLENECKS[bottleneck], "--log-interval", "1", "--output-folder", "tiny",
+        "--hidden-size", "8", *TINY_BOTTLENECKS.get(bottleneck, ()), "--log-interval", "1", "--output-folder", "tiny",
         *TINY_PRIOR, *extra])
     vqvae.main(args)
 
@@ -102,9 +105,34 @@ def tiny_run_in(folder: Path, *flags, bottleneck: str = "vq") -> Path:
     return folder
 
 
+def model_config(bottleneck: str = "vq", **fields) -> VQVAEConfig:
+    """A VQVAEConfig from flat fields as the flags give them: the autoencoder's own, and the rest the bottleneck's."""
+    own = {field.name for field in dataclasses.fields(VQVAEConfig)}
+    bottleneck_config = BOTTLENECKS[bottleneck].Config(**{name: value for name, value in fields.items()
+                                                          if name not in own})
+    return VQVAEConfig(bottleneck=bottleneck, bottleneck_config=bottleneck_config,
+                       **{name: value for name, value in fields.items() if name in own})
+
+
+def format_2(checkpoint: dict) -> dict:
+    """The checkpoint as format 2 wrote it: one flat model config, the bottleneck's weights under "quantizer.", the
+    best validation loss as "best_recon_loss"."""
+    old = dict(checkpoint, format=2)
+    config = dict(checkpoint["config"])
+    old["config"] = {**config.pop("bottleneck_config"), **config}
+    old["model"] = {("quantizer." + key.removeprefix("bottleneck.") if key.startswith("bottleneck.") else key): value
+                    for key, value in checkpoint["model"].items()}
+    if "training" in checkpoint:
+        training = dict(checkpoint["training"])
+        training["best_recon_loss"] = training.pop("best_score")
+        old["training"] = training
+    return old
+
+
 def format_1(checkpoint: dict) -> dict:
-    """The checkpoint as the code before the format number wrote it: no "format", the flags' older names in args."""
+    """The checkpoint as the code before the format number wrote it: format 2's layout, without "format", the flags'
+    older names in args."""
     old_names = {new: old for old, new in FORMAT_1_ARG_NAMES.items()}
-    old = {key: value for key, value in checkpoint.items() if key != "format"}
+    old = {key: value for key, value in format_2(checkpoint).items() if key != "format"}
     old["args"] = {old_names.get(name, name): value for name, value in checkpoint["args"].items()}
     return old

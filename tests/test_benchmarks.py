@@ -1,6 +1,6 @@
 """benchmarks/speed.py times both loops, and reads what vqvae.py did from the run's run.json, not its printed lines;
 benchmarks/study.py names each run once, resumes from what it kept, and tabulates every column."""
-import importlib.util
+import importlib
 import json
 import re
 from pathlib import Path
@@ -8,18 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli import RunStopped
 from helpers import train_tiny
+from vqmnist.errors import RunStopped
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_benchmark(name: str):
-    """benchmarks/NAME.py as a module, as its script runs it."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/NAME.py as a module, as `python -m benchmarks.NAME` imports it."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def table_rows(output: str, header: str) -> list[list[str]]:
@@ -74,7 +71,7 @@ def test_the_prior_loops_flops_are_those_of_its_products(loop):
     """FlopCounterMode's count against a hand count: each linear layer's weights meet every token three times
     (forward, and the two products of the backward), 2 FLOPs a multiply-add; attention adds its 49 x 49 products."""
     from benchmarks import loops
-    from prior import CodePrior, PriorConfig
+    from vqmnist.prior import CodePrior, PriorConfig
     speed, config = load_benchmark("speed"), PriorConfig()
     arguments = speed.build_parser().parse_args(["--steps", "1", "--warmup", "0", "--repeats", "1"])
     built = (loops.prior_plain(config, 4, torch.device("cpu")) if loop == "prior-plain"
@@ -119,9 +116,10 @@ def test_the_studies_share_the_default_run_and_name_each_run_once():
 def fake_scores(bottleneck: str, rate) -> dict:
     samples = {"count": 1000, "prior_unconditional": {"recognisable": 0.5, "frechet_distance": 3.25},
                "real": {"recognisable": 0.99, "frechet_distance": 0.5}}
-    return {"bottleneck": bottleneck, "test_mse": 0.0015, "psnr": 28.24, "ssim": 0.98765, "codes_used": 500,
-            "num_embeddings": 512, "perplexity": 400.4, "rate_bits": rate, "samples": samples,
-            "seconds": {"autoencoder": 60.4, "prior": 100.6}}
+    codes = {"codes_used": 500, "num_embeddings": 512, "perplexity": 400.4} if bottleneck != "gaussian" else {
+        "num_embeddings": None, "kl_bits": rate}
+    return {"bottleneck": bottleneck, "test_mse": 0.0015, "psnr": 28.24, "ssim": 0.98765, **codes, "rate_bits": rate,
+            "samples": samples, "seconds": {"autoencoder": 60.4, "prior": 100.6}}
 
 
 def fake_scripts(tmp_path, commands: list, run_figures: dict, evaluation):

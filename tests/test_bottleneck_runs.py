@@ -13,13 +13,12 @@ from PIL import Image
 import evaluate
 import export_model
 import generate
-import training
 import vqvae
-from checkpoints import load_model
-from cli import RunStopped, UserError
-from data import load_mnist
 from helpers import TINY_BOTTLENECKS, signal_on_call, tiny_run_in, train_tiny
-from modules import images_to_inputs
+from modules import load_model
+from vector_quantizer import VectorQuantizer
+from vqmnist.data import images_to_inputs, load_mnist
+from vqmnist.errors import RunStopped, UserError
 
 BOTTLENECKS = list(TINY_BOTTLENECKS)
 TWO_EPOCHS = ("--num-epochs", "2")
@@ -58,7 +57,7 @@ def test_each_bottleneck_is_stored_and_rebuilt_from_its_checkpoint(bottleneck, t
     assert model.config.bottleneck == bottleneck and checkpoint["epoch"] == 2
     assert ("prior" in checkpoint) == (bottleneck != "gaussian"), "a prior exactly where there are codes"
     if bottleneck == "fsq":
-        assert (model.config.num_embeddings, model.config.code_dim) == (16, 2)  # levels 4,4
+        assert (model.bottleneck.num_embeddings, model.bottleneck.code_dim) == (16, 2)  # levels 4,4
 
 
 @pytest.mark.parametrize("bottleneck", BOTTLENECKS)
@@ -70,11 +69,11 @@ def test_each_bottleneck_evaluates_with_its_rate(bottleneck, tiny_runs, tiny_mni
     test_images, _ = load_mnist(tiny_mnist, train=False)
     quantized = model(images_to_inputs(test_images)).quantized
     if bottleneck == "gaussian":  # the rate is the mean KL, recomputed here over the whole test set at once
-        assert report["rate_bits"] == pytest.approx(quantized.kl.item() / math.log(2), rel=1e-4)
+        assert report["rate_bits"] == pytest.approx(quantized.figures["kl_bits"].item(), rel=1e-4)
         assert {"prior_unconditional", "noise", "real"} <= set(report["samples"])
         assert "prior_conditional" not in report["samples"]
     else:
-        assert report["codes_used"] == len(quantized.indices.unique())
+        assert report["codes_used"] == len(quantized.codes.unique())
         assert report["rate_bound_bits"] == pytest.approx(49 * math.log2(16))
         assert 0 < report["rate_bits"] and 0 < report["rate_bits_given_class"]
         assert {"prior_conditional", "prior_no_class"} <= set(report["samples"])
@@ -160,9 +159,9 @@ def test_unusable_code_files_are_one_line_errors(kind, message, tiny_runs, tmp_p
 def test_a_gaussian_vae_refuses_codes_and_classes(flags, tiny_runs, tiny_mnist, tmp_path, monkeypatch):
     folder = tiny_runs("gaussian")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match="is a Gaussian VAE"):
+    with pytest.raises(UserError, match="has a continuous bottleneck"):
         run_generate("--model", str(folder / "models" / "tiny" / "best.pt"), "--data-folder", str(tiny_mnist), *flags)
-    with pytest.raises(UserError, match="is a Gaussian VAE: it has no codes for a prior"):
+    with pytest.raises(UserError, match="has a continuous bottleneck \\(gaussian\\): it has no codes for a prior"):
         monkeypatch.chdir(folder)
         vqvae.main(vqvae.build_parser().parse_args(["--output-folder", "tiny", "--prior-only", "--data-folder",
                                                     str(tiny_mnist)]))
@@ -170,7 +169,7 @@ def test_a_gaussian_vae_refuses_codes_and_classes(flags, tiny_runs, tiny_mnist, 
 
 def test_fsq_refuses_a_k_or_d_of_its_own(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match="--bottleneck fsq takes K and D from --fsq-levels"):
+    with pytest.raises(UserError, match="--k does not apply to --bottleneck fsq"):
         train_tiny(tiny_mnist, "--k", "16", bottleneck="fsq")
     assert not (tmp_path / "models").exists()
 
@@ -178,13 +177,13 @@ def test_fsq_refuses_a_k_or_d_of_its_own(tiny_mnist, tmp_path, monkeypatch):
 def test_each_epoch_reports_dead_codes_and_restarts(tiny_mnist, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     counted = []
-    original = training.read_restarts
+    original = VectorQuantizer.epoch_figures
 
-    def read_restarts(model):
-        counted.append(int(model.quantizer.restarts))
-        return original(model)
+    def epoch_figures(bottleneck):
+        counted.append(int(bottleneck.restarts))
+        return original(bottleneck)
 
-    monkeypatch.setattr(training, "read_restarts", read_restarts)
+    monkeypatch.setattr(VectorQuantizer, "epoch_figures", epoch_figures)
     train_tiny(tiny_mnist, *TWO_EPOCHS, "--restart-threshold", "1000")  # every code dead at every step
     epochs = json.loads(Path("models/tiny/run.json").read_text())["autoencoder"]["epochs"]
     assert [epoch["restarts"] for epoch in epochs] == counted == [16 * 4, 16 * 4]  # 16 codes, 4 steps an epoch

@@ -7,9 +7,12 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from bottlenecks import FiniteScalarQuantizer, GaussianBottleneck
-from modules import IMAGE_PIXELS, VQVAE, VQVAEConfig
+from helpers import model_config
+from modules import VQVAE, VQVAEConfig
 from vector_quantizer import VectorQuantizer
+from vqmnist.data import IMAGE_PIXELS
+from vqmnist.fsq import FiniteScalarQuantizer
+from vqmnist.gaussian import GaussianBottleneck
 
 LEVELS = [(8, 8, 8), (5, 3), (2,), (7, 6, 4)]
 
@@ -38,9 +41,9 @@ def test_fsq_picks_the_grid_point_nearest_to_the_bounded_input(levels):
     half_width = torch.tensor([level // 2 for level in levels], dtype=torch.float32).view(1, -1, 1, 1)
     bounded = (quantizer.bound(z) / half_width).permute(0, 2, 3, 1).reshape(-1, len(levels))
     brute_force = torch.cdist(bounded, quantizer.codebook()).argmin(1)  # the nearest of all K codes
-    assert torch.equal(output.indices.flatten(), brute_force)
-    assert torch.allclose(quantizer.embed(output.indices), output.z_q)
-    assert output.codebook_loss == 0 and output.commitment_loss == 0 and output.kl is None
+    assert torch.equal(output.codes.flatten(), brute_force)
+    assert torch.allclose(quantizer.embed(output.codes), output.z_q)
+    assert output.losses == {} and "kl_bits" not in output.figures
 
 
 @pytest.mark.parametrize("levels", LEVELS)
@@ -52,7 +55,7 @@ def test_fsq_reaches_every_code_and_maps_zero_to_the_middle(levels):
     half_range = (level_counts - 1) * (1 + 1e-3) / 2
     offset = (level_counts % 2 == 0).double() * 0.5
     z = torch.atanh((level_values + offset) / half_range) - torch.atanh(offset / half_range)
-    indices = quantizer(z.float().T.reshape(1, len(levels), 1, -1)).indices.flatten()
+    indices = quantizer(z.float().T.reshape(1, len(levels), 1, -1)).codes.flatten()
     assert torch.equal(indices, torch.arange(quantizer.num_embeddings))
     assert torch.equal(quantizer(torch.zeros(1, len(levels), 1, 1)).z_q, torch.zeros(1, len(levels), 1, 1))
 
@@ -69,18 +72,18 @@ def test_fsq_passes_the_gradient_of_the_bound_straight_through_the_rounding():
 
 
 def test_gaussian_kl_is_that_of_torch_distributions_and_evaluation_decodes_the_mean():
-    bottleneck = GaussianBottleneck()
+    bottleneck = GaussianBottleneck(code_dim=4)
     statistics = inputs(8, scale=0.7)  # mean and log-variance of D = 4
     mean, log_var = statistics.chunk(2, dim=1)
     expected = kl_divergence(Normal(mean, (0.5 * log_var).exp()), Normal(0.0, 1.0)).flatten(1).sum(1).mean()
     bottleneck.eval()
     output = bottleneck(statistics)
-    assert output.kl.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert torch.equal(output.z_q, mean) and output.indices is None
+    assert output.figures["kl_bits"].item() == pytest.approx(expected.item() / math.log(2), rel=1e-5)
+    assert torch.equal(output.z_q, mean) and output.codes is None
 
 
 def test_gaussian_training_samples_have_the_posterior_moments_and_gradients():
-    bottleneck = GaussianBottleneck()
+    bottleneck = GaussianBottleneck(code_dim=3)
     mean = torch.tensor([0.5, -1.0, 2.0]).view(1, 3, 1, 1).expand(20000, 3, 1, 1)
     log_var = torch.tensor([0.0, -2.0, 1.0]).view(1, 3, 1, 1).expand(20000, 3, 1, 1)
     statistics = torch.cat([mean, log_var], dim=1).clone().requires_grad_()
@@ -95,34 +98,41 @@ def test_gaussian_training_samples_have_the_posterior_moments_and_gradients():
 
 @pytest.mark.parametrize("kl_weight", [0.0, 1.0, 0.25])
 def test_gaussian_loss_is_the_kl_weight_times_the_kl_per_pixel(kl_weight):
-    model = VQVAE(VQVAEConfig(hidden_size=8, code_dim=4, bottleneck="gaussian", kl_weight=kl_weight))
+    model = VQVAE(model_config("gaussian", hidden_size=8, code_dim=4, kl_weight=kl_weight))
     output = model(torch.rand(3, 1, 28, 28) * 2 - 1)
     assert output.quantized.z_q.shape == (3, 4, 7, 7)
     loss = model.bottleneck_loss(output.quantized)
-    assert loss.item() == pytest.approx(kl_weight * output.quantized.kl.item() / IMAGE_PIXELS, rel=1e-6, abs=1e-12)
+    kl_nats = output.quantized.figures["kl_bits"].item() * math.log(2)
+    assert loss.item() == pytest.approx(kl_weight * kl_nats / IMAGE_PIXELS, rel=1e-6, abs=1e-12)
 
 
 @pytest.mark.parametrize("levels", [(8, 8, 8), (4, 4), (3, 5, 7, 2)])
 def test_fsq_config_takes_k_and_d_from_the_levels(levels):
-    config = VQVAEConfig(bottleneck="fsq", fsq_levels=list(levels), num_embeddings=7, code_dim=33)
-    assert (config.num_embeddings, config.code_dim, config.fsq_levels) == (math.prod(levels), len(levels), levels)
+    with pytest.raises(TypeError):  # K and D are not FSQ's to choose
+        model_config("fsq", fsq_levels=list(levels), num_embeddings=7, code_dim=33)
+    config = model_config("fsq", fsq_levels=list(levels))
     model = VQVAE(config)
-    assert isinstance(model.quantizer, FiniteScalarQuantizer) and model.discrete
+    assert (model.bottleneck.num_embeddings, model.bottleneck.code_dim, config.bottleneck_config.fsq_levels) == (
+        math.prod(levels), len(levels), levels)
+    assert isinstance(model.bottleneck, FiniteScalarQuantizer) and model.discrete
     assert model.encode(torch.zeros(2, 1, 28, 28)).max() < math.prod(levels)
 
 
 def test_the_default_bottleneck_is_the_vq():
     model = VQVAE(VQVAEConfig())
-    assert isinstance(model.quantizer, VectorQuantizer) and model.discrete
+    assert isinstance(model.bottleneck, VectorQuantizer) and model.discrete
     assert not VQVAE(VQVAEConfig(bottleneck="gaussian")).discrete
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("bottleneck", "lfq", "bottleneck must be one of"),
-    ("fsq_levels", (8, 1), "fsq_levels must be integers >= 2"),
-    ("fsq_levels", (), "fsq_levels must be integers >= 2"),
-    ("kl_weight", -1.0, "kl_weight must be a number in [0, inf)"),
+@pytest.mark.parametrize("bottleneck, field, value, message", [
+    ("vq", "bottleneck", "lfq", "bottleneck must be one of"),
+    ("fsq", "fsq_levels", (8, 1), "fsq_levels must be integers >= 2"),
+    ("fsq", "fsq_levels", (), "fsq_levels must be integers >= 2"),
+    ("gaussian", "kl_weight", -1.0, "kl_weight must be a number in [0, inf)"),
 ])
-def test_a_config_that_cannot_be_built_names_its_field(field, value, message):
+def test_a_config_that_cannot_be_built_names_its_field(bottleneck, field, value, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        VQVAEConfig(**{field: value})
+        if field == "bottleneck":
+            VQVAEConfig(bottleneck=value)
+        else:
+            model_config(bottleneck, **{field: value})

@@ -6,21 +6,30 @@ import pickle
 import pytest
 import torch
 
-from modules import VQVAE, VQVAEConfig, images_to_inputs
-from checkpoints import (FORMAT, MODEL_KEYS, TRAINING_KEYS, RunState, exported, load_checkpoint,
-                         load_model, save_checkpoint, training_checkpoint)
-from cli import UserError
-from helpers import format_1
+from helpers import format_1, model_config
+from modules import VQVAE, load_model
+from vqmnist.checkpoints import (
+    FORMAT,
+    MODEL_KEYS,
+    TRAINING_KEYS,
+    RunState,
+    exported,
+    load_checkpoint,
+    save_checkpoint,
+    training_checkpoint,
+)
+from vqmnist.data import images_to_inputs
+from vqmnist.errors import UserError
 
 
 def trained_model_and_optimizer():
     torch.manual_seed(0)
-    model = VQVAE(VQVAEConfig(hidden_size=8, num_embeddings=16))
+    model = VQVAE(model_config(hidden_size=8, num_embeddings=16))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = images_to_inputs(torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8))
     for _ in range(2):
         x_recon, quantized = model(x)
-        loss = (x_recon - x).pow(2).mean() + quantized.codebook_loss + quantized.commitment_loss
+        loss = (x_recon - x).pow(2).mean() + quantized.losses["codebook"] + quantized.losses["commitment"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -185,7 +194,8 @@ def test_non_finite_weights_are_refused_naming_the_file(tmp_path):
 def test_a_hand_edited_config_that_cannot_be_built_is_one_line(field, value, message, tmp_path):
     model, optimizer, _ = trained_model_and_optimizer()
     checkpoint = make_checkpoint(model, optimizer, epoch=1, step=1)
-    checkpoint["config"][field] = value
+    config = checkpoint["config"]
+    (config if field in config else config["bottleneck_config"])[field] = value
     save_checkpoint(tmp_path / "edited.pt", checkpoint)
     with pytest.raises(UserError, match=f"edited.pt has a model config this version cannot build: {message}") as error:
         load_model(tmp_path / "edited.pt")

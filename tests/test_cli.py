@@ -10,7 +10,8 @@ import torch
 import evaluate
 import generate
 import vqvae
-from cli import RunStopped, UserError, run_cli
+from vqmnist.cli import run_cli
+from vqmnist.errors import RunStopped, UserError
 
 
 def test_digit_out_of_range_is_a_flag_error(capsys):

@@ -31,7 +31,7 @@ def test_ema_update_matches_hand_computation(epsilon, expected_code_0, expected_
     quantizer.set_codebook(torch.tensor([[0.0, 0.0], [10.0, 10.0]]), count=2.0)
     output = quantizer(rows((1, 0), (0, 1), (9, 9)))
 
-    assert output.indices.flatten().tolist() == [0, 0, 1]
+    assert output.codes.flatten().tolist() == [0, 0, 1]
     assert quantizer.cluster_size.tolist() == [2.0, 1.5]
     assert quantizer.embed_sum.tolist() == [[0.5, 0.5], [14.5, 14.5]]
     expected = torch.tensor([[expected_code_0] * 2, [expected_code_1] * 2])
@@ -138,7 +138,7 @@ def test_cosine_codes_pick_the_most_similar_direction(codebook_update):
     output = quantizer.eval()(z_e)
     flat = z_e.permute(0, 2, 3, 1).reshape(-1, 6)
     similarity = torch.nn.functional.normalize(flat, dim=1) @ codebook.t()
-    assert torch.equal(output.indices.flatten(), similarity.argmax(dim=1))
+    assert torch.equal(output.codes.flatten(), similarity.argmax(dim=1))
     unit_z_e = torch.nn.functional.normalize(z_e, dim=1)
-    assert torch.equal(output.indices, brute_force_nearest(unit_z_e, codebook)[1])
+    assert torch.equal(output.codes, brute_force_nearest(unit_z_e, codebook)[1])
     assert torch.allclose(output.z_q.norm(dim=1), torch.ones(2, 4, 4))

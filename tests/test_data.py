@@ -4,10 +4,10 @@ import gzip
 import pytest
 import torch
 
-import data
-from cli import UserError
-from data import epoch_batches
 from helpers import NUM_TEST, NUM_TRAIN, blob_images, write_tiny_mnist
+from vqmnist import data
+from vqmnist.data import epoch_batches
+from vqmnist.errors import UserError
 
 
 def test_loads_torchvision_layout_and_decompresses(tiny_mnist):

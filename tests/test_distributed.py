@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-import data
 import generate
 from helpers import TINY_PRIOR
+from vqmnist import data
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
@@ -38,7 +38,7 @@ def test_two_processes_share_one_codebook_and_write_one_usable_checkpoint(tiny_m
     checkpoint = torch.load(tmp_path / "models" / "ddp" / "last.pt", weights_only=True)
     # 256 training images: 128 per process, 4 batches of 32 per epoch.
     assert checkpoint["epoch"] == 2 and checkpoint["step"] == 8
-    assert torch.equal(checkpoint["model"]["quantizer.embedding.weight"], codebooks[0])
+    assert torch.equal(checkpoint["model"]["bottleneck.embedding.weight"], codebooks[0])
     assert "prior" in torch.load(tmp_path / "models" / "ddp" / "best.pt", weights_only=True)
 
     monkeypatch.chdir(tmp_path)

@@ -9,9 +9,9 @@ import torch
 import evaluate
 import export_model
 import generate
-from checkpoints import FORMAT
-from cli import UserError
 from helpers import fail_on_call, train_tiny
+from vqmnist.checkpoints import FORMAT
+from vqmnist.errors import UserError
 
 
 def export(*flags):

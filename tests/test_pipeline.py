@@ -12,11 +12,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import evaluate
 import generate
 import vqvae
-from cli import UserError
-from helpers import train_tiny
-from modules import VQVAEConfig
-from prior import PriorConfig
-from scores import FRECHET_MIN_SAMPLES
+from helpers import model_config, train_tiny
+from modules import BOTTLENECKS, VQVAE, VQVAEConfig, load_model
+from vqmnist.errors import UserError
+from vqmnist.prior import PriorConfig
+from vqmnist.scores import FRECHET_MIN_SAMPLES
 
 TILE, PADDING = 28, 2  # make_grid's default padding
 
@@ -38,7 +38,7 @@ def test_train_generate_evaluate(tiny_mnist, tmp_path, monkeypatch, capsys):
     for name in ("best.pt", "last.pt"):
         assert (tmp_path / "models" / "tiny" / name).is_file()
     checkpoint = torch.load(tmp_path / "models" / "tiny" / "last.pt", weights_only=True)
-    assert checkpoint["config"]["hidden_size"] == 8 and checkpoint["config"]["num_embeddings"] == 16
+    assert checkpoint["config"]["hidden_size"] == 8 and checkpoint["config"]["bottleneck_config"]["num_embeddings"] == 16
     assert checkpoint["epoch"] == 1 and checkpoint["step"] == 4  # 256 training images in batches of 64
 
     events = EventAccumulator(str(tmp_path / "logs" / "tiny"), size_guidance={"images": 0, "histograms": 0})
@@ -144,7 +144,7 @@ def test_worker_processes_do_not_change_the_result(tiny_mnist, tmp_path, monkeyp
 @pytest.mark.parametrize("flags, stored", [
     ([], {"codebook_update": "ema", "codebook_init": "kmeans++", "code_dim": 4}),
     (["--codebook", "loss", "--init", "uniform", "--restart-threshold", "0", "--code-dim", "0", "--beta", "1"],
-     {"codebook_update": "loss", "codebook_init": "uniform", "restart_threshold": 0.0, "code_dim": 8, "beta": 1.0}),
+     {"codebook_update": "loss", "codebook_init": "uniform", "restart_threshold": 0.0, "code_dim": 0, "beta": 1.0}),
     (["--cosine", "--init", "random", "--decoder-output", "logits", "--decay", "0.9"],
      {"cosine": True, "codebook_init": "random", "decoder_output": "logits", "ema_decay": 0.9}),
     (["--decoder-output", "linear", "--num-residual-blocks", "0", "--lr-schedule", "constant"],
@@ -157,7 +157,9 @@ def test_quantizer_options_are_stored_and_rebuilt(flags, stored, tiny_mnist, tmp
     path = tmp_path / "models" / "tiny" / "best.pt"
     config = torch.load(path, weights_only=True)["config"]
     for key, value in stored.items():
-        assert config[key] == value, key
+        assert {**config, **config["bottleneck_config"]}[key] == value, key
+    model, _ = load_model(path)
+    assert model.bottleneck.code_dim == (config["bottleneck_config"]["code_dim"] or 8), "D = 0 is --hidden-size's"
     capsys.readouterr()
     evaluate.main(evaluate.build_parser().parse_args(["--model", str(path), "--json", "--data-folder",
                                                       str(tiny_mnist), "--samples", "20"]))
@@ -170,14 +172,17 @@ def test_quantizer_options_are_stored_and_rebuilt(flags, stored, tiny_mnist, tmp
 def test_each_config_field_has_one_flag_that_sets_it():
     parser = vqvae.build_parser()
     dests = set(vars(parser.parse_args([])))
-    assert {field.name for field in fields(VQVAEConfig)} - dests == {"in_channels"}
+    assert {field.name for field in fields(VQVAEConfig)} - dests == {"in_channels", "bottleneck_config"}
+    for bottleneck in BOTTLENECKS.values():
+        assert {field.name for field in fields(bottleneck.Config)} <= dests
     prior_fields = {name.removeprefix("prior_") for name in dests if name.startswith("prior_")}
     set_from_the_autoencoder = {"num_embeddings", "grid_size", "num_classes"}
     assert {field.name for field in fields(PriorConfig)} - prior_fields == set_from_the_autoencoder
     args = parser.parse_args(["--k", "7", "--hidden-size", "8", "--code-dim", "0", "--decay", "0.5", "--init", "random",
                               "--prior-layers", "5", "--prior-heads", "3", "--prior-width", "9"])
-    assert vqvae.model_config(args) == VQVAEConfig(num_embeddings=7, hidden_size=8, code_dim=8, ema_decay=0.5,
-                                                   codebook_init="random")
+    assert vqvae.model_config(args) == model_config(num_embeddings=7, hidden_size=8, code_dim=0, ema_decay=0.5,
+                                                    codebook_init="random")
+    assert VQVAE(vqvae.model_config(args)).bottleneck.code_dim == 8, "--code-dim 0 means D = --hidden-size"
     assert vqvae.prior_config(args) == PriorConfig(num_layers=5, num_heads=3, width=9)
 
 

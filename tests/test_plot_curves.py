@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 import plot_curves
-from cli import UserError
 from helpers import train_tiny
+from vqmnist.errors import UserError
 
 
 def plot(*flags):

@@ -3,7 +3,7 @@ drawn classes and the loss."""
 import pytest
 import torch
 
-from prior import CodePrior, PriorConfig
+from vqmnist.prior import CodePrior, PriorConfig
 
 CONFIGS = [
     PriorConfig(num_embeddings=16, grid_size=7, width=32, num_layers=2, num_heads=4),
@@ -133,7 +133,7 @@ def test_attention_is_torchs_causal_scaled_dot_product_attention(config):
 
 
 def test_a_bf16_step_lowers_the_loss_as_a_float32_step_does():
-    from prior_training import make_prior_optimizer, prior_step
+    from vqmnist.prior_training import make_prior_optimizer, prior_step
     config = CONFIGS[0]
     codes, classes = random_inputs(config, 32)
     losses = {}

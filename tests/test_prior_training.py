@@ -10,9 +10,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import generate
 import vqvae
-from cli import RunStopped, UserError
-from helpers import TINY_PRIOR, signal_on_call, train_tiny
-from prior import CodePrior, PriorConfig
+from helpers import TINY_PRIOR, signal_on_call, tiny_run_in, train_tiny
+from vqmnist.errors import RunStopped, UserError
+from vqmnist.prior import CodePrior, PriorConfig
 
 
 def generate_grid(model, *flags):
@@ -89,12 +89,55 @@ def test_stop_during_the_prior_keeps_the_autoencoder_and_resume_trains_the_prior
     monkeypatch.chdir(tmp_path)
     with monkeypatch.context() as patch:
         signal_on_call(patch, torch.optim.AdamW, "step", 2, signal.SIGTERM)  # the prior's second step
-        with pytest.raises(RunStopped, match="in prior epoch 1.*--prior-only") as stopped:
+        with pytest.raises(RunStopped, match=r"at step 2 \(prior epoch 1, batch 2 of 4\); saved "
+                                             r"models/tiny/prior_last.pt; continue with: .* --resume") as stopped:
             train_tiny(tiny_mnist)
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     assert "prior" not in torch.load("models/tiny/best.pt", weights_only=True)
+    assert torch.load("models/tiny/prior_last.pt", weights_only=True)["step"] == 2
     train_tiny(tiny_mnist, "--resume")
     assert torch.load("models/tiny/best.pt", weights_only=True)["prior"]["epoch"] == 1
+
+
+PRIOR_TWO_EPOCHS = ("--prior-epochs", "2", "--prior-dropout", "0.1")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_prior(tmp_path_factory):
+    """best.pt's prior and prior_last.pt of the tiny run with two prior epochs, trained without a stop."""
+    folder = tiny_run_in(tmp_path_factory.mktemp("uninterrupted_prior"), *PRIOR_TWO_EPOCHS) / "models" / "tiny"
+    return (torch.load(folder / "best.pt", weights_only=True)["prior"],
+            torch.load(folder / "prior_last.pt", weights_only=True))
+
+
+@pytest.mark.parametrize("stop_at_step", [3, 4, 6])  # mid-epoch, an epoch's last step, mid second epoch
+def test_a_stop_in_the_prior_resumes_to_the_bit_of_the_unbroken_run(stop_at_step, uninterrupted_prior, tiny_mnist,
+                                                                    tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as patch:
+        signal_on_call(patch, torch.optim.AdamW, "step", stop_at_step, signal.SIGTERM)
+        with pytest.raises(RunStopped, match=f"at step {stop_at_step} "):
+            train_tiny(tiny_mnist, *PRIOR_TWO_EPOCHS)
+    train_tiny(tiny_mnist, *PRIOR_TWO_EPOCHS, "--resume")
+    best_prior, last = uninterrupted_prior
+    resumed_best = torch.load("models/tiny/best.pt", weights_only=True)["prior"]
+    resumed_last = torch.load("models/tiny/prior_last.pt", weights_only=True)
+    assert resumed_best["epoch"] == best_prior["epoch"] and resumed_best["val_nll_bits"] == best_prior["val_nll_bits"]
+    for name, tensor in last["prior"]["model"].items():
+        assert torch.equal(tensor, resumed_last["prior"]["model"][name]), name
+    for name, tensor in best_prior["model"].items():
+        assert torch.equal(tensor, resumed_best["model"][name]), name
+
+
+def test_a_resume_after_the_prior_finished_has_nothing_to_do(tiny_mnist, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    before = torch.load("models/tiny/best.pt", weights_only=True)["prior"]["model"]
+    capsys.readouterr()
+    train_tiny(tiny_mnist, "--resume")
+    assert "nothing to do" in capsys.readouterr().out
+    after = torch.load("models/tiny/best.pt", weights_only=True)["prior"]["model"]
+    assert all(torch.equal(before[name], after[name]) for name in before)
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -19,12 +19,13 @@ from torch.utils.tensorboard import SummaryWriter
 
 import evaluate
 import generate
-import training
 import vqvae
-from checkpoints import load_checkpoint, save_checkpoint
-from cli import RunStopped, UserError, run_cli
-from helpers import fail_on_call, format_1, signal_on_call, tiny_run_in, train_tiny
+from helpers import fail_on_call, format_1, format_2, signal_on_call, tiny_run_in, train_tiny
 from modules import VQVAE
+from vqmnist import autoencoder_training, stopping
+from vqmnist.checkpoints import FORMAT, load_checkpoint, save_checkpoint
+from vqmnist.cli import run_cli
+from vqmnist.errors import RunStopped, UserError
 
 TWO_EPOCHS = ("--num-epochs", "2")  # 4 steps per epoch on the tiny data
 
@@ -89,7 +90,7 @@ def clock_jumps_on_call(monkeypatch, owner, name, call_number, seconds):
 
     monkeypatch.setattr(owner, name, wrapper)
     clock_module = SimpleNamespace(monotonic=lambda: clock["now"], perf_counter=time.perf_counter)
-    for module in (vqvae, training):
+    for module in (vqvae, stopping):
         monkeypatch.setattr(module, "time", clock_module)
 
 
@@ -112,7 +113,7 @@ def test_time_limit_during_the_prior_keeps_the_autoencoder(tiny_mnist, tmp_path,
     monkeypatch.chdir(tmp_path)
     with monkeypatch.context() as patch:
         clock_jumps_on_call(patch, torch.optim.AdamW, "step", 1, seconds=61)  # the prior's first step
-        with pytest.raises(RunStopped, match="--time-limit in prior epoch 1") as stopped:
+        with pytest.raises(RunStopped, match=r"--time-limit at step 1 \(prior epoch 1, batch 1 of") as stopped:
             train_tiny(tiny_mnist, "--time-limit", "60")
     assert stopped.value.exit_code == 0
     assert "prior" not in load_checkpoint("models/tiny/best.pt", "cpu")
@@ -121,7 +122,7 @@ def test_time_limit_during_the_prior_keeps_the_autoencoder(tiny_mnist, tmp_path,
 def test_signal_during_validation_stops_after_the_epoch(uninterrupted, tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with monkeypatch.context() as patch:
-        signal_on_call(patch, training, "score_reconstructions", 1, signal.SIGTERM)
+        signal_on_call(patch, autoencoder_training, "score_reconstructions", 1, signal.SIGTERM)
         with pytest.raises(RunStopped, match="after epoch 1"):
             train_tiny(tiny_mnist, *TWO_EPOCHS)
     assert torch.load("models/tiny/last.pt", weights_only=True)["epoch"] == 1
@@ -181,15 +182,17 @@ def test_resume_takes_the_seed_from_the_checkpoint(finished_run, monkeypatch):
     assert resumed.seed == 5 and checkpoint["epoch"] == 1
 
 
-def test_a_format_1_last_pt_resumes_like_an_uninterrupted_run(uninterrupted, tiny_mnist, tmp_path, monkeypatch):
+@pytest.mark.parametrize("older", [format_1, format_2])
+def test_an_older_format_last_pt_resumes_like_an_uninterrupted_run(older, uninterrupted, tiny_mnist, tmp_path,
+                                                                   monkeypatch):
     monkeypatch.chdir(tmp_path)
     with monkeypatch.context() as patch:
         signal_on_call(patch, torch.optim.Adam, "step", 3, signal.SIGTERM)
         with pytest.raises(RunStopped):
             train_tiny(tiny_mnist, *TWO_EPOCHS)
     path = tmp_path / "models" / "tiny" / "last.pt"
-    save_checkpoint(path, format_1(torch.load(path, weights_only=True)))
-    assert "format" not in torch.load(path, weights_only=True)
+    save_checkpoint(path, older(torch.load(path, weights_only=True)))
+    assert torch.load(path, weights_only=True).get("format", 1) < FORMAT
     train_tiny(tiny_mnist, *TWO_EPOCHS, "--resume")
     assert_same_weights(uninterrupted, weights(path))
 
@@ -220,7 +223,8 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_mnist, 
 
 
 SLOW_SAVE = textwrap.dedent("""
-    import sys, time, torch, checkpoints
+    import sys, time, torch
+    from vqmnist import checkpoints
     real_save = torch.save
     def slow_save(obj, file):
         real_save(obj, file)
@@ -281,7 +285,7 @@ CPU_OUT_OF_MEMORY = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAl
 
 def test_out_of_memory_in_a_step_is_one_line_naming_the_flag_and_keeps_last_pt(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    fail_on_call(monkeypatch, training, "training_step", 6, RuntimeError(CPU_OUT_OF_MEMORY))
+    fail_on_call(monkeypatch, autoencoder_training, "training_step", 6, RuntimeError(CPU_OUT_OF_MEMORY))
     with pytest.raises(UserError, match="out of memory while training .*lower --batch-size \\(now 64\\)") as error:
         train_tiny(tiny_mnist, *TWO_EPOCHS)
     assert "\n" not in str(error.value) and "models/tiny keeps what was last saved" in str(error.value)
@@ -290,7 +294,7 @@ def test_out_of_memory_in_a_step_is_one_line_naming_the_flag_and_keeps_last_pt(t
 
 def test_a_run_that_fails_in_validation_keeps_the_epochs_training(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    fail_on_call(monkeypatch, training, "score_reconstructions", 1, torch.OutOfMemoryError("CUDA out of memory."))
+    fail_on_call(monkeypatch, autoencoder_training, "score_reconstructions", 1, torch.OutOfMemoryError("CUDA out of memory."))
     with pytest.raises(UserError, match="out of memory"):
         train_tiny(tiny_mnist, *TWO_EPOCHS)
     checkpoint = load_checkpoint("models/tiny/last.pt")

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from cli import UserError
 from helpers import train_tiny
-from run_folder import hold_run_folder
+from vqmnist.errors import UserError
+from vqmnist.run_folder import hold_run_folder
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 HOLD = """
 import sys, time
 from pathlib import Path
-from run_folder import hold_run_folder
+from vqmnist.run_folder import hold_run_folder
 with hold_run_folder(Path(sys.argv[1])):
     print("holding", flush=True)
     time.sleep(120)

@@ -6,27 +6,28 @@ import math
 import pytest
 import torch
 
-from modules import VQVAE, VQVAEConfig
-from scores import DigitClassifier, frechet_distance, score_reconstructions, score_samples
+from helpers import model_config
+from modules import VQVAE
+from vqmnist.scores import DigitClassifier, frechet_distance, score_reconstructions, score_samples
 
 
 @pytest.mark.parametrize("decoder_output", ["tanh", "linear", "logits"])
 def test_usage_and_perplexity_are_over_the_whole_set(decoder_output, monkeypatch):
-    model = VQVAE(VQVAEConfig(hidden_size=8, num_embeddings=16, decoder_output=decoder_output))
+    model = VQVAE(model_config(hidden_size=8, num_embeddings=16, decoder_output=decoder_output))
     # The first batch is quantized entirely to code 3, the second to code 5: each batch alone uses one code
     # (perplexity 1), the whole set uses two equally often (perplexity 2).
     answers = iter([3, 5])
-    monkeypatch.setattr(model.quantizer, "nearest_codes",
+    monkeypatch.setattr(model.bottleneck, "nearest_codes",
                         lambda flat: torch.full((len(flat),), next(answers), dtype=torch.long))
     images = torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8)
     scores = score_reconstructions(model, images, batch_size=10, device=torch.device("cpu"))
-    assert scores.codes_used == 2 and scores.codebook_usage == 2 / 16
-    assert scores.perplexity == pytest.approx(2.0)
+    assert scores.figures["codes_used"] == 2 and scores.figures["codebook_usage"] == 2 / 16
+    assert scores.figures["perplexity"] == pytest.approx(2.0)
     assert scores.counts.tolist() == [0, 0, 0, 490, 0, 490] + [0] * 10
 
 
 def test_mse_is_over_every_pixel_of_the_set():
-    model = VQVAE(VQVAEConfig(hidden_size=8, num_embeddings=16)).eval()
+    model = VQVAE(model_config(hidden_size=8, num_embeddings=16)).eval()
     # Uneven batches (7, 7, 3): a mean of per-batch means would weight the last three images too much.
     images = torch.randint(0, 256, (17, 28, 28), dtype=torch.uint8)
     scores = score_reconstructions(model, images, batch_size=7, device=torch.device("cpu"))
@@ -39,7 +40,7 @@ def test_mse_is_over_every_pixel_of_the_set():
 
 @pytest.mark.parametrize("bottleneck", ["vq", "gaussian"])
 def test_ssim_is_one_for_a_perfect_reconstruction_and_falls_with_noise(bottleneck, monkeypatch):
-    model = VQVAE(VQVAEConfig(hidden_size=8, num_embeddings=16, bottleneck=bottleneck)).eval()
+    model = VQVAE(model_config(bottleneck, hidden_size=8)).eval()
     images = torch.randint(0, 256, (12, 28, 28), dtype=torch.uint8)
     forward = model.forward
     for noise, expected in ((0.0, 1.0), (0.3, None)):
@@ -50,8 +51,8 @@ def test_ssim_is_one_for_a_perfect_reconstruction_and_falls_with_noise(bottlenec
             assert scores.ssim == pytest.approx(1.0, abs=1e-6) and scores.mse < 1e-12
         else:
             assert 0 < scores.ssim < 0.9
-    assert (scores.kl_bits is None) == (bottleneck == "vq")
-    assert bottleneck == "vq" or scores.codes_used == 0
+    assert ("kl_bits" in scores.figures) == (bottleneck == "gaussian")
+    assert ("codes_used" in scores.figures) == (bottleneck == "vq") == (scores.counts is not None)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -11,16 +11,18 @@ import pytest
 import torch
 
 import vqvae
-from helpers import blob_images, train_tiny
-from modules import VQVAE, VQVAEConfig, images_to_inputs
-from training import make_optimizer, native_bf16
+from helpers import blob_images, model_config, train_tiny
+from modules import VQVAE
+from vqmnist.autoencoder_training import make_optimizer
+from vqmnist.data import images_to_inputs
+from vqmnist.machine import native_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 
 FREE_HEAP_AFTER_A_FREE = """
 import ctypes, sys
 import torch
-import training
+from vqmnist import machine
 
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -29,7 +31,7 @@ class Mallinfo2(ctypes.Structure):
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = Mallinfo2
 if sys.argv[1] == "keep":
-    training.keep_freed_memory()
+    machine.keep_freed_memory()
 block = torch.empty(16 << 20, dtype=torch.uint8)
 del block
 print(libc.mallinfo2().fordblks)
@@ -41,9 +43,9 @@ def losses_and_gradients(model: VQVAE, images: torch.Tensor, dtype=torch.float32
     torch.manual_seed(0)  # the codebook's k-means++ initialisation draws random numbers
     x = images_to_inputs(images).to(dtype)
     x_recon, quantized = model(x)
-    loss = model.reconstruction_loss(x_recon, x) + quantized.commitment_loss
+    loss = model.reconstruction_loss(x_recon, x) + quantized.losses["commitment"]
     loss.backward()
-    return {"loss": loss.detach().double(), "indices": quantized.indices,
+    return {"loss": loss.detach().double(), "indices": quantized.codes,
             **{name: parameter.grad.double() for name, parameter in model.named_parameters()
                if parameter.grad is not None}}
 
@@ -55,7 +57,7 @@ def test_memory_format_computes_what_float64_computes(memory_format, hidden_size
     BatchNorm sums its batch statistics in another order: on these images, whose background is far from the mean,
     its gradients are about 1% off float64 (contiguous: 1e-5), less than a bf16 autocast changes."""
     torch.manual_seed(1)
-    model = VQVAE(VQVAEConfig(hidden_size=hidden_size, num_embeddings=32, code_dim=code_dim))
+    model = VQVAE(model_config(hidden_size=hidden_size, num_embeddings=32, code_dim=code_dim))
     images = blob_images(32, seed=3)
     expected = losses_and_gradients(copy.deepcopy(model).double(), images, torch.float64)
     converted = copy.deepcopy(model).to(memory_format=memory_format)
@@ -71,7 +73,7 @@ def test_memory_format_computes_what_float64_computes(memory_format, hidden_size
 
 def test_fused_adam_takes_the_same_steps():
     torch.manual_seed(1)
-    model = VQVAE(VQVAEConfig(hidden_size=8, num_embeddings=32, code_dim=4))
+    model = VQVAE(model_config(hidden_size=8, num_embeddings=32, code_dim=4))
     # The same gradients for both: recomputed ones would differ by rounding, which Adam turns into whole steps
     # for the biases before a BatchNorm, whose true gradient is 0.
     gradients = [{name: torch.randn_like(parameter) for name, parameter in model.named_parameters()}
@@ -88,7 +90,7 @@ def test_fused_adam_takes_the_same_steps():
     for name, value in updated[0].items():
         assert torch.allclose(value, updated[1][name], rtol=0, atol=1e-6), name
     moved = [name for name, value in updated[0].items() if not torch.equal(value, model.state_dict()[name])]
-    assert "encoder.layers.0.weight" in moved and "quantizer.embedding.weight" not in moved
+    assert "encoder.layers.0.weight" in moved and "bottleneck.embedding.weight" not in moved
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_freed_memory tunes glibc's malloc")

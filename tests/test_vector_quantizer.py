@@ -4,7 +4,7 @@ import torch
 
 import vector_quantizer
 from testers import ALL_CHECKS, brute_force_nearest, random_inputs, random_quantizer
-from vector_quantizer import perplexity_from_counts
+from vqmnist.bottleneck import perplexity_from_counts
 
 # (batch, D, H, W, K): MNIST's 7x7 grid, odd shapes, a single code, more codes than positions.
 SHAPES = [(2, 4, 3, 3, 16), (4, 40, 7, 7, 512), (1, 1, 1, 1, 1), (3, 8, 5, 2, 64)]
@@ -43,17 +43,17 @@ def test_perplexity_of_counts(num_embeddings):
 def test_distances_stay_fp32_under_autocast():
     quantizer = random_quantizer(512, 40)
     z_e = random_inputs(4, 40, 7, 7)
-    expected = quantizer(z_e).indices
+    expected = quantizer(z_e).codes
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        assert torch.equal(quantizer(z_e.bfloat16()).indices, expected)
+        assert torch.equal(quantizer(z_e.bfloat16()).codes, expected)
 
 
 def test_decoding_indices_gives_the_quantized_tensor():
     quantizer = random_quantizer(64, 8)
     output = quantizer(random_inputs(3, 8, 7, 7))
-    assert output.indices.shape == (3, 7, 7) and output.indices.dtype == torch.int64
+    assert output.codes.shape == (3, 7, 7) and output.codes.dtype == torch.int64
     # The straight-through sum z_e + (z_q - z_e) equals z_q up to float rounding.
-    assert torch.allclose(quantizer.embed(output.indices), output.z_q, rtol=0, atol=1e-6)
+    assert torch.allclose(quantizer.embed(output.codes), output.z_q, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("budget", [1, 100, 1000, 1 << 25])
@@ -72,7 +72,7 @@ def test_nearest_code_search_keeps_its_distances_within_the_budget(budget, monke
 
     monkeypatch.setattr(vector_quantizer, "DISTANCE_BUDGET", budget)
     monkeypatch.setattr(torch, "addmm", recording_addmm)
-    indices = quantizer.eval()(z_e).indices
+    indices = quantizer.eval()(z_e).codes
     _, expected = brute_force_nearest(z_e, quantizer.codebook().detach())
     assert torch.equal(indices, expected)
     assert sum(rows for rows, _ in shapes) == 245

@@ -1,4 +1,4 @@
-"""The command line every script shares: one-line errors, argument types, run_cli and the device to run on."""
+"""The command line every script shares: a parser that reports in one line, argument types, run_cli, the device."""
 import argparse
 import math
 import os
@@ -7,18 +7,7 @@ from pathlib import Path
 
 import torch
 
-
-class UserError(Exception):
-    """A problem the user can fix (a bad flag, a missing or corrupt file): reported as one line, exit status 2."""
-
-
-class RunStopped(Exception):
-    """Training stopped after saving its state: reported as one line, with exit status 128 + the signal's number
-    after a signal, 0 at the --time-limit."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
+from vqmnist.errors import RunStopped, UserError
 
 
 class Arguments(argparse.Namespace):
@@ -88,17 +77,6 @@ nonnegative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 nonnegative_float = _number_type(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
 unit_interval = _number_type(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-
-
-def levels_list(text: str) -> tuple[int, ...]:
-    """Comma-separated integers >= 2, such as "8,8,8": the levels of finite scalar quantisation."""
-    try:
-        levels = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 8,8,8, got {text!r}") from None
-    if not all(level >= 2 for level in levels):
-        raise argparse.ArgumentTypeError(f"every level must be at least 2, got {text}")
-    return levels
 
 
 def plain_name(text: str) -> str:

@@ -1,9 +1,13 @@
-"""The prior over the autoencoder's 7x7 code grids: a small class-conditional causal transformer and its sampling."""
+"""The prior over the autoencoder's 7x7 code grids: a small class-conditional causal transformer, its sampling and
+its likelihood of the grids of an image set."""
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vqmnist.data import images_to_inputs
 
 # Sampling defaults of generate.py and evaluate.py, and of the samples TensorBoard shows; see CodePrior.sample.
 SAMPLING_TEMPERATURE = 1.0
@@ -180,3 +184,22 @@ class CodePrior(nn.Module):
                 x = self.code_embedding(code.repeat(2, 1) if guided else code) + self.position_embedding[position + 1]
         side = self.config.grid_size
         return codes.view(-1, side, side)
+
+
+@torch.no_grad()
+def encode_images(model: nn.Module, images: Tensor, device: torch.device, batch_size: int = 1000) -> Tensor:
+    """uint8 images (N, 28, 28) -> the code grids (N, 7, 7) of a discrete autoencoder (its `encode`), on the device."""
+    model.eval()
+    return torch.cat([model.encode(images_to_inputs(batch.to(device))) for batch in images.split(batch_size)])
+
+
+@torch.no_grad()
+def prior_nll_bits(prior: CodePrior, codes: Tensor, classes: Tensor, batch_size: int = 1000) -> float:
+    """Mean negative log-likelihood of code grids (N, 7, 7) given classes (N,), in bits per code."""
+    was_training = prior.training
+    prior.eval()
+    total = torch.zeros((), dtype=torch.float64, device=codes.device)
+    for batch_codes, batch_classes in zip(codes.split(batch_size), classes.split(batch_size)):
+        total += prior.loss(batch_codes, batch_classes).double() * len(batch_codes)
+    prior.train(was_training)
+    return total.item() / len(codes) / math.log(2)

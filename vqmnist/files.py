@@ -1,13 +1,12 @@
 """Files written whole or not at all: each goes to a temporary file beside its target, renamed over it once complete."""
 import contextlib
-import errno
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from cli import UserError
+from vqmnist.errors import UserError, disk_full
 
 
 @contextlib.contextmanager
@@ -22,13 +21,6 @@ def atomic_path(path: Path):
     finally:
         if temporary.exists():
             temporary.unlink()
-
-
-def disk_full(error: BaseException) -> bool:
-    """Whether a failed write ran out of space: ENOSPC, or the RuntimeError torch.save raises when its writes come
-    up short."""
-    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
-        isinstance(error, RuntimeError) and "unexpected pos" in str(error))
 
 
 def write_failure(path, error: BaseException, then: str) -> UserError:

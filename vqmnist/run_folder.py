@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-from cli import UserError
+from vqmnist.errors import UserError
 
 
 class RunFolders(NamedTuple):
@@ -52,9 +52,11 @@ def prepare_run_folders(name: str, overwrite: bool, resume: bool, create: bool =
         for stale in model_dir.glob(".*.tmp-*"):
             stale.unlink()
         if overwrite:
-            # The replaced run's curves would otherwise be drawn over the new run's in TensorBoard.
+            # The replaced run's curves would otherwise be drawn over the new run's in TensorBoard, and its prior's
+            # training state taken for the new one's.
             for events in log_dir.glob("events.out.tfevents.*"):
                 events.unlink()
+            (model_dir / "prior_last.pt").unlink(missing_ok=True)
     except OSError as error:
         raise unwritable(error, folder) from None
     return RunFolders(log_dir, model_dir)

@@ -1,7 +1,6 @@
-"""MNIST for the scripts: the original IDX files checked by their MD5s, the validation split and the epoch's batches."""
+"""MNIST for the scripts: the original IDX files checked by their MD5s, the validation split, the epoch's batches."""
 import contextlib
 import gzip
-import hashlib
 import io
 import sys
 import zlib
@@ -12,9 +11,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import datasets
+from torchvision.datasets.utils import check_integrity
 
-from cli import UserError
-from files import atomic_path
+from vqmnist.errors import UserError
+from vqmnist.files import atomic_path
 
 # MD5 of the four original MNIST files after gunzip (the .gz bytes differ between mirrors, the content does not).
 MNIST_MD5 = {
@@ -23,16 +23,9 @@ MNIST_MD5 = {
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
+IMAGE_PIXELS = 28 * 28
 TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _decompress(source: Path, target: Path) -> None:
@@ -90,11 +83,21 @@ def load_mnist(data_folder, train: bool) -> tuple[Tensor, Tensor]:
                         "(or pass --data-folder where they are)")
     for name in TRAIN_FILES if train else TEST_FILES:
         path = raw_folder / name
-        if _md5(path) != MNIST_MD5[name]:
+        if not check_integrity(str(path), MNIST_MD5[name]):
             raise UserError(f"{path} is corrupt or altered (its MD5 is not that of the MNIST original): delete it "
                             "and put the original file (or its .gz) back")
     dataset = datasets.MNIST(str(data_folder), train=train, download=False)
     return dataset.data, dataset.targets
+
+
+def images_to_inputs(images: Tensor) -> Tensor:
+    """uint8 pixels (B, 28, 28) in [0, 255] -> model inputs (B, 1, 28, 28) in [-1, 1]."""
+    return images.unsqueeze(1).float().div(127.5).sub(1.0)
+
+
+def outputs_to_pixels(outputs: Tensor) -> Tensor:
+    """Outputs in [-1, 1] (clamped there if beyond) -> pixels in [0, 1]."""
+    return outputs.float().add(1.0).div(2.0).clamp(0.0, 1.0)
 
 
 def split_train_validation(images: Tensor, val_size: int) -> tuple[Tensor, Tensor]:

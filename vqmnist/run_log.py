@@ -1,6 +1,5 @@
 """What a run reports as it trains: TensorBoard curves, reconstructions, and its figures in models/NAME/run.json."""
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -8,9 +7,9 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from cli import UserError
-from files import write_json
-from modules import VQVAE, images_to_inputs
+from vqmnist.data import images_to_inputs
+from vqmnist.errors import UserError
+from vqmnist.files import write_json
 
 NUM_FIXED_IMAGES = 32  # validation digits whose reconstructions TensorBoard shows after every epoch
 
@@ -22,42 +21,32 @@ class NoWriter:
         return lambda *args, **kwargs: None
 
 
-def log_training(writer: SummaryWriter, progress: tqdm, means: torch.Tensor, lr: float, step: int,
-                 discrete: bool = True) -> None:
-    """Mean losses since the last point (one read from the device) to TensorBoard and the progress bar: codebook and
-    commitment losses and perplexity for codes (VQ, FSQ), the KL for the Gaussian."""
-    total, recon, codebook, commitment, kl, perplexity = means.tolist()
-    writer.add_scalar("train/loss", total, step)
-    writer.add_scalar("train/loss_reconstruction", recon, step)
-    writer.add_scalar("train/lr", lr, step)
-    if discrete:
-        writer.add_scalar("train/loss_codebook", codebook, step)
-        writer.add_scalar("train/loss_commitment", commitment, step)
-        writer.add_scalar("train/perplexity", perplexity, step)
-        progress.set_postfix(loss=f"{total:.4f}", recon=f"{recon:.4f}", perplexity=f"{perplexity:.0f}")
-    else:
-        writer.add_scalar("train/kl_bits", kl / math.log(2), step)
-        progress.set_postfix(loss=f"{total:.4f}", recon=f"{recon:.4f}", kl=f"{kl / math.log(2):.0f} bits")
+def log_training(writer: SummaryWriter, progress: tqdm, means: dict[str, float], step: int, prefix: str) -> None:
+    """The mean of each training figure since the last point, by name, to TensorBoard (tag prefix + name) and the
+    progress bar."""
+    for name, value in means.items():
+        writer.add_scalar(f"{prefix}{name}", value, step)
+    progress.set_postfix({name.removeprefix("loss_"): f"{value:.4g}" for name, value in means.items()
+                          if name != "lr"})
 
 
-def log_validation(writer: SummaryWriter, model: VQVAE, scores, fixed_images: torch.Tensor, step: int,
-                   restarts: int = 0) -> None:
-    """Validation scores at the training step they were reached, on the same axis as the training curves, with the
-    codebook's health (dead codes over the split, restarts in the epoch) or the Gaussian's KL."""
+def log_validation(writer: SummaryWriter, model: torch.nn.Module, scores, fixed_images: torch.Tensor, step: int,
+                   epoch_figures: dict[str, float]) -> None:
+    """Validation scores at the training step they were reached, on the same axis as the training curves: the
+    reconstruction's, the bottleneck's loss terms and health figures by name (val/NAME), the code histogram of a
+    discrete bottleneck, the figures it counted over the epoch (train/NAME_per_epoch), and reconstructions."""
     writer.add_scalar("val/loss_reconstruction", scores.recon_loss, step)
     writer.add_scalar("val/mse_pixels", scores.mse, step)
     writer.add_scalar("val/ssim", scores.ssim, step)
-    if model.discrete:
-        writer.add_scalar("val/loss_codebook", scores.codebook_loss, step)
-        writer.add_scalar("val/loss_commitment", scores.commitment_loss, step)
-        writer.add_scalar("val/codebook_usage", scores.codebook_usage, step)
-        writer.add_scalar("val/perplexity", scores.perplexity, step)
-        writer.add_scalar("val/dead_codes", len(scores.counts) - scores.codes_used, step)
-        writer.add_scalar("train/restarts_per_epoch", restarts, step)
+    for name, value in scores.losses.items():
+        writer.add_scalar(f"val/loss_{name}", value, step)
+    for name, value in scores.figures.items():
+        writer.add_scalar(f"val/{name}", value, step)
+    for name, value in epoch_figures.items():
+        writer.add_scalar(f"train/{name}_per_epoch", value, step)
+    if scores.counts is not None:
         codes = torch.repeat_interleave(torch.arange(len(scores.counts)), scores.counts)
         writer.add_histogram("val/code_usage", codes, step, bins=len(scores.counts))
-    else:
-        writer.add_scalar("val/kl_bits", scores.kl_bits, step)
 
     model.eval()
     with torch.no_grad():
@@ -84,9 +73,10 @@ def read_run_figures(model_dir) -> dict:
 class RunFigures:
     """The run's figures in models/NAME/run.json, rewritten whole whenever they change, for scripts and benchmarks
     to read instead of the printed lines:
-    {"autoencoder": {"epochs": [{"epoch", "step", "recon_loss", "mse", "psnr", "codes_used", "codebook_usage",
-    "perplexity", "seconds"}, ...], "seconds", "best_epoch"}, "prior": {"epochs": [{"epoch", "val_nll_bits",
-    "val_nll_bits_unconditional", "seconds"}, ...], "seconds"}, "stopped": {"cause", "where", "step"}}.
+    {"autoencoder": {"epochs": [{"epoch", "step", "recon_loss", "mse", "psnr", "ssim", the bottleneck's loss terms
+    (loss_NAME) and health figures (codes_used, perplexity, restarts, kl_bits, ...), "seconds"}, ...], "seconds",
+    "best_epoch"}, "prior": {"epochs": [{"epoch", "step", "val_nll_bits", "val_nll_bits_unconditional", "seconds"},
+    ...], "seconds", "best_epoch"}, "stopped": {"cause", "where", "step"}}.
     "seconds" of a part is the time its last process took (a resumed run counts from its resume). Only process 0
     writes (enabled)."""
 

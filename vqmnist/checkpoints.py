@@ -1,11 +1,14 @@
 """What a checkpoint file holds, written down once with a format number: making, checking, loading and exporting it.
 
-Three kinds of file, all plain dicts read with torch.load(..., weights_only=True):
+Four kinds of file, all plain dicts read with torch.load(..., weights_only=True):
 - a training checkpoint (models/NAME/last.pt after every epoch or stop, best.pt at the best validation epoch):
   TRAINING_KEYS, everything --resume needs;
 - best.pt with its prior: the same, plus "prior" (PRIOR_KEYS) once the prior has trained on its codes;
+- the prior's training checkpoint (models/NAME/prior_last.pt after every prior epoch or stop):
+  PRIOR_TRAINING_KEYS, everything a --resume of the prior needs;
 - an exported model (export_model.py): MODEL_KEYS and "prior", without what only --resume needs.
-generate.py and evaluate.py read any of them, since each holds MODEL_KEYS.
+generate.py and evaluate.py read any but the prior's training checkpoint, since each holds MODEL_KEYS; modules.py
+rebuilds the autoencoder from one (`modules.load_model`).
 """
 import math
 import pickle
@@ -14,70 +17,100 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from cli import UserError
-from files import save_torch
-from modules import VQVAE, VQVAEConfig
-from prior import CodePrior, PriorConfig
+from vqmnist.errors import UserError
+from vqmnist.files import save_torch
+from vqmnist.prior import CodePrior, PriorConfig
 
-FORMAT = 2  # format 1: the files of before this number existed, with the flags' older names in "args"
+# Format 1: the files of before this number existed, with the flags' older names in "args". Format 2: one flat
+# model config holding every bottleneck's fields, the bottleneck's weights under "quantizer.", "best_recon_loss".
+FORMAT = 3
 MODEL_KEYS = ("format", "config", "model", "epoch", "step", "val", "args")
 TRAINING_KEYS = MODEL_KEYS + ("optimizer", "training")
 EXPORT_KEYS = MODEL_KEYS + ("prior",)
 PRIOR_KEYS = ("config", "model", "epoch", "val_nll_bits", "val_nll_bits_unconditional")
+PRIOR_TRAINING_KEYS = ("format", "prior", "optimizer", "training", "epoch", "step", "settings", "autoencoder_step")
 # Format 1 named these training flags after the flag instead of the config field they set.
 FORMAT_1_ARG_NAMES = {"k": "num_embeddings", "codebook": "codebook_update", "decay": "ema_decay",
                       "init": "codebook_init", "prior_layers": "prior_num_layers", "prior_heads": "prior_num_heads"}
+# Formats 1 and 2 kept each bottleneck's settings among the autoencoder's: these were each one's.
+FORMAT_2_AUTOENCODER_FIELDS = ("in_channels", "hidden_size", "num_residual_blocks", "decoder_output", "bottleneck")
+FORMAT_2_BOTTLENECK_FIELDS = {
+    "vq": ("num_embeddings", "code_dim", "codebook_update", "ema_decay", "codebook_init", "restart_threshold",
+           "cosine", "beta"),
+    "fsq": ("fsq_levels",),
+    "gaussian": ("code_dim", "kl_weight"),
+}
 
 
 @dataclass
 class RunState:
     """Where a training run stands: `epoch` epochs done, then `batches_done` batches of the next, whose batch order
-    comes from the shuffle generator's state `shuffle_rng` (taken at the start of that epoch)."""
+    comes from the shuffle generator's state `shuffle_rng` (taken at the start of that epoch); the best validation
+    score so far (lower is better) and its epoch."""
 
     epoch: int = 0
     step: int = 0
     batches_done: int = 0
-    best_recon_loss: float = math.inf
+    best_score: float = math.inf
     best_epoch: int = 0
     shuffle_rng: Tensor | None = None
 
 
-def training_checkpoint(model: VQVAE, optimizer, schedule, state: RunState, args: dict, val: dict | None,
-                        device: torch.device) -> dict:
-    """A training checkpoint (TRAINING_KEYS) of the run as it stands, the random-number generators included."""
-    training = {
+def training_state(state: RunState, schedule, device: torch.device) -> dict:
+    """The "training" entry of a training checkpoint: the schedule, where the run stands, the random-number
+    generators' states."""
+    return {
         "schedule": schedule.state_dict(),
         "batches_done": state.batches_done,
         "shuffle_rng": state.shuffle_rng,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "best_recon_loss": state.best_recon_loss,
+        "best_score": state.best_score,
         "best_epoch": state.best_epoch,
     }
-    return {"format": FORMAT, "config": asdict(model.config), "model": model.state_dict(), "epoch": state.epoch,
-            "step": state.step, "val": val, "args": args, "optimizer": optimizer.state_dict(), "training": training}
 
 
-def restore_training(checkpoint: dict, model: VQVAE, optimizer, schedule, device: torch.device) -> RunState:
-    """Load a training checkpoint's whole state into the model, optimizer, schedule and generators."""
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    training = checkpoint["training"]
+def restore_training_state(training: dict, epoch: int, step: int, schedule, device: torch.device) -> RunState:
+    """Load a "training" entry into the schedule and the generators; returns where the run stands."""
     schedule.load_state_dict(training["schedule"])
     torch.set_rng_state(training["torch_rng"])
     if device.type == "cuda" and training["cuda_rng"] is not None:
         torch.cuda.set_rng_state(training["cuda_rng"], device)
-    return RunState(epoch=checkpoint["epoch"], step=checkpoint["step"], batches_done=training["batches_done"],
-                    best_recon_loss=training["best_recon_loss"], best_epoch=training["best_epoch"],
+    return RunState(epoch=epoch, step=step, batches_done=training["batches_done"],
+                    best_score=training["best_score"], best_epoch=training["best_epoch"],
                     shuffle_rng=training["shuffle_rng"])
+
+
+def training_checkpoint(model: nn.Module, optimizer, schedule, state: RunState, args: dict, val: dict | None,
+                        device: torch.device) -> dict:
+    """A training checkpoint (TRAINING_KEYS) of the run as it stands, the random-number generators included."""
+    return {"format": FORMAT, "config": asdict(model.config), "model": model.state_dict(), "epoch": state.epoch,
+            "step": state.step, "val": val, "args": args, "optimizer": optimizer.state_dict(),
+            "training": training_state(state, schedule, device)}
+
+
+def restore_training(checkpoint: dict, model: nn.Module, optimizer, schedule, device: torch.device) -> RunState:
+    """Load a training checkpoint's whole state into the model, optimizer, schedule and generators."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    return restore_training_state(checkpoint["training"], checkpoint["epoch"], checkpoint["step"], schedule, device)
 
 
 def prior_entry(prior: CodePrior, epoch: int, val_nll_bits: float, val_nll_bits_unconditional: float) -> dict:
     """The "prior" of best.pt (PRIOR_KEYS)."""
     return {"config": asdict(prior.config), "model": prior.state_dict(), "epoch": epoch,
             "val_nll_bits": val_nll_bits, "val_nll_bits_unconditional": val_nll_bits_unconditional}
+
+
+def prior_training_checkpoint(prior: CodePrior, optimizer, schedule, state: RunState, settings: dict,
+                              autoencoder_step: int, device: torch.device) -> dict:
+    """The prior's training checkpoint (PRIOR_TRAINING_KEYS): its weights, optimizer and place, its settings, and
+    the step of the autoencoder whose codes it models (best.pt's), so that it resumes only on those codes."""
+    return {"format": FORMAT, "prior": {"config": asdict(prior.config), "model": prior.state_dict()},
+            "optimizer": optimizer.state_dict(), "training": training_state(state, schedule, device),
+            "epoch": state.epoch, "step": state.step, "settings": settings, "autoencoder_step": autoencoder_step}
 
 
 def exported(checkpoint: dict) -> dict:
@@ -98,6 +131,19 @@ def _upgrade(checkpoint: dict, path: Path) -> dict:
                         f"{FORMAT}) cannot read: update the code, or use a checkpoint it wrote")
     if version == 1 and isinstance(checkpoint.get("args"), dict):
         checkpoint["args"] = {FORMAT_1_ARG_NAMES.get(name, name): value for name, value in checkpoint["args"].items()}
+    if version <= 2:
+        config = checkpoint["config"]
+        if isinstance(config, dict):
+            name = config.get("bottleneck", "vq")
+            checkpoint["config"] = {
+                **{key: value for key, value in config.items() if key in FORMAT_2_AUTOENCODER_FIELDS},
+                "bottleneck_config": {key: config[key] for key in FORMAT_2_BOTTLENECK_FIELDS.get(name, ())
+                                      if key in config}}
+        if isinstance(checkpoint["model"], dict):
+            checkpoint["model"] = {("bottleneck." + key.removeprefix("quantizer.") if key.startswith("quantizer.")
+                                    else key): value for key, value in checkpoint["model"].items()}
+        if isinstance(checkpoint.get("training"), dict) and "best_recon_loss" in checkpoint["training"]:
+            checkpoint["training"]["best_score"] = checkpoint["training"].pop("best_recon_loss")
     checkpoint["format"] = FORMAT
     return checkpoint
 
@@ -126,26 +172,24 @@ def load_checkpoint(path, device="cpu") -> dict:
     return checkpoint
 
 
-def load_model(path, device="cpu") -> tuple[VQVAE, dict]:
-    """Rebuild the model from the config stored in the checkpoint and load its weights, in eval mode."""
-    checkpoint = load_checkpoint(path, device)
-    known = {field.name for field in fields(VQVAEConfig)}
-    config = checkpoint["config"]
-    if not isinstance(config, dict) or not config.keys() <= known:
-        raise UserError(f"{path} has a model config this version does not know: {config}")
+def load_prior_training(path: Path) -> dict | None:
+    """The prior's training checkpoint at path (PRIOR_TRAINING_KEYS), or None where there is none; one that cannot
+    be read, or of another format, is refused in one line."""
+    if not path.is_file():
+        return None
     try:
-        model = VQVAE(VQVAEConfig(**config))
-    except (ValueError, TypeError) as error:
-        raise UserError(f"{path} has a model config this version cannot build: {error}") from None
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except (RuntimeError, TypeError, AttributeError) as error:
-        raise UserError(f"{path}: its weights do not fit its config ({str(error).splitlines()[0][:160]})") from None
-    check_weights_finite(model, path)
-    return model.to(device).eval(), checkpoint
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        raise UserError(f"{path} is not a readable prior training checkpoint ({type(error).__name__}): delete it "
+                        "and train the prior again with --prior-only") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT or \
+            not all(key in checkpoint for key in PRIOR_TRAINING_KEYS):
+        raise UserError(f"{path} is not a prior training checkpoint of this version: delete it and train the prior "
+                        "again with --prior-only")
+    return checkpoint
 
 
-def check_weights_finite(module: torch.nn.Module, path) -> None:
+def check_weights_finite(module: nn.Module, path) -> None:
     """Refuse weights that hold a NaN or an infinity: every score computed from them would be meaningless."""
     for name, tensor in module.state_dict().items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
@@ -153,8 +197,9 @@ def check_weights_finite(module: torch.nn.Module, path) -> None:
                             "diverged; use another checkpoint, such as best.pt of the run")
 
 
-def load_prior(checkpoint: dict, path, device="cpu") -> CodePrior:
-    """The prior stored in a checkpoint (under "prior", beside the autoencoder it was trained for), in eval mode."""
+def load_prior(checkpoint: dict, path, num_embeddings: int, device="cpu") -> CodePrior:
+    """The prior stored in a checkpoint (under "prior", beside the autoencoder of num_embeddings codes it was trained
+    for), in eval mode."""
     stored = checkpoint.get("prior")
     if stored is None:
         name = Path(path).parent.name
@@ -173,7 +218,7 @@ def load_prior(checkpoint: dict, path, device="cpu") -> CodePrior:
         raise UserError(f"{path}: its prior cannot be rebuilt ({str(error).splitlines()[0][:160]}); retrain it "
                         "with `python vqvae.py --prior-only`") from None
     check_weights_finite(prior, path)
-    if prior.config.num_embeddings != checkpoint["config"]["num_embeddings"]:
+    if prior.config.num_embeddings != num_embeddings:
         raise UserError(f"{path}: its prior models {prior.config.num_embeddings} codes but the autoencoder has "
-                        f"{checkpoint['config']['num_embeddings']}; retrain it with `python vqvae.py --prior-only`")
+                        f"{num_embeddings}; retrain it with `python vqvae.py --prior-only`")
     return prior.to(device).eval()

@@ -5,78 +5,81 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 from tqdm import tqdm
 
-from cli import UserError
-from modules import VQVAE, images_to_inputs
-from vector_quantizer import distributed, perplexity_from_counts, sum_over_processes, world_size
+from vqmnist.bottleneck import code_counts, code_statistics, perplexity_from_counts
+from vqmnist.data import images_to_inputs
+from vqmnist.errors import UserError
+from vqmnist.processes import distributed, rank, sum_over_processes, world_size
 
 
 @dataclass
 class ReconstructionScores:
     recon_loss: float  # the loss the model trains on (MSE in [-1, 1] space, or BCE for logits)
-    codebook_loss: float
-    commitment_loss: float
     mse: float  # MSE in [0, 1] pixel space, averaged over every pixel of the set
     psnr: float  # 10 log10(1 / mse), in dB
     ssim: float  # mean structural similarity of a reconstruction and its image (torchmetrics, 11x11 Gaussian window)
-    codes_used: int  # distinct codes used over the whole set (0 for the Gaussian bottleneck, which has none)
-    codebook_usage: float  # codes_used / K
-    perplexity: float  # of the code histogram of the whole set
-    counts: Tensor  # (K,) how often each code was chosen
-    kl_bits: float | None  # the Gaussian bottleneck's mean KL(q(z|x) || N(0, I)) per image, in bits; else None
+    losses: dict[str, float]  # the bottleneck's loss terms by name, means over the set
+    # The bottleneck's health over the set by name: the means of its batch figures, and for a discrete one the code
+    # statistics of the whole set (codes_used, codebook_usage, perplexity, dead_codes), which take the place of a
+    # batch figure of the same name.
+    figures: dict[str, float]
+    counts: Tensor | None  # (K,) how often each code was chosen; None for a continuous bottleneck
 
 
 @torch.no_grad()
-def score_reconstructions(model: VQVAE, images: Tensor, batch_size: int, device: torch.device) -> ReconstructionScores:
+def score_reconstructions(model: nn.Module, images: Tensor, batch_size: int,
+                          device: torch.device) -> ReconstructionScores:
     """Scores of a whole image set (N, 28, 28) uint8, from sums and code counts over all its batches.
 
     Under torchrun each process scores every world_size-th image and the sums and counts are added up over the
     processes, so every process gets the scores of the whole set."""
     was_training = model.training
     model.eval()
-    shard = images[dist.get_rank()::world_size()] if distributed() else images
-    # recon, codebook, commitment, squared pixel error, SSIM, KL: each summed over the images
-    sums = torch.zeros(6, dtype=torch.float64, device=device)
-    counts = torch.zeros(model.config.num_embeddings, dtype=torch.int64, device=device)
+    shard = images[rank()::world_size()] if distributed() else images
+    # Each figure summed over the images, by name, in float64 on the device: read once, at the end.
+    sums: dict[str, Tensor] = {}
+    counts = torch.zeros(model.bottleneck.num_embeddings if model.discrete else 0, dtype=torch.int64, device=device)
+
+    def add(name: str, value: Tensor) -> None:
+        sums[name] = sums.get(name, torch.zeros((), dtype=torch.float64, device=device)) + value.double()
+
     # A bar for the long sets (the test set, a large K); process 0 alone shows it under torchrun.
     for start in tqdm(range(0, len(shard), batch_size), desc="scoring", unit="batch", leave=False,
-                      dynamic_ncols=True, disable=distributed() and dist.get_rank() != 0):
+                      dynamic_ncols=True, disable=rank() != 0):
         batch = shard[start:start + batch_size].to(device)
         x = images_to_inputs(batch)
         x_recon, quantized = model(x)
         size, pixels, target = len(batch), model.to_pixels(x_recon), batch.unsqueeze(1).float() / 255
-        sums[0] += model.reconstruction_loss(x_recon, x).double() * size
-        sums[1] += quantized.codebook_loss.double() * size
-        sums[2] += quantized.commitment_loss.double() * size
-        sums[3] += (pixels - target).pow(2).sum().double()
-        sums[4] += structural_similarity_index_measure(pixels, target, data_range=1.0, reduction="sum").double()
-        if quantized.kl is not None:
-            sums[5] += quantized.kl.double() * size
-        if quantized.indices is not None:
-            counts += torch.bincount(quantized.indices.flatten(), minlength=len(counts))
+        add("recon", model.reconstruction_loss(x_recon, x).double() * size)
+        add("squared_error", (pixels - target).pow(2).sum())
+        add("ssim", structural_similarity_index_measure(pixels, target, data_range=1.0, reduction="sum"))
+        for name, value in quantized.losses.items():
+            add(f"loss/{name}", value.double() * size)
+        for name, value in quantized.figures.items():
+            add(f"figure/{name}", value.double() * size)
+        if quantized.codes is not None:
+            counts += code_counts(quantized.codes, len(counts))
     model.train(was_training)
-    sum_over_processes(sums)
+    names = list(sums)
+    sums = dict(zip(names, sum_over_processes(torch.stack([sums[name] for name in names])).tolist()))
     sum_over_processes(counts)
 
-    recon_loss, codebook_loss, commitment_loss = (sums[:3] / len(images)).tolist()
-    mse = sums[3].item() / images[0].numel() / len(images)
-    codes_used = int((counts > 0).sum())
+    mse = sums.pop("squared_error") / images[0].numel() / len(images)
+    totals = {name: value / len(images) for name, value in sums.items()}  # means over the images
+    figures = {name.removeprefix("figure/"): value for name, value in totals.items() if name.startswith("figure/")}
+    if model.discrete:
+        figures.update(code_statistics(counts))
     return ReconstructionScores(
-        recon_loss=recon_loss,
-        codebook_loss=codebook_loss,
-        commitment_loss=commitment_loss,
+        recon_loss=totals["recon"],
         mse=mse,
         psnr=10 * math.log10(1.0 / mse) if mse > 0 else math.inf,
-        ssim=sums[4].item() / len(images),
-        codes_used=codes_used,
-        codebook_usage=codes_used / len(counts),
-        perplexity=perplexity_from_counts(counts).item(),
-        counts=counts.cpu(),
-        kl_bits=None if model.discrete else sums[5].item() / len(images) / math.log(2),
+        ssim=totals["ssim"],
+        losses={name.removeprefix("loss/"): value for name, value in totals.items() if name.startswith("loss/")},
+        figures=figures,
+        counts=counts.cpu() if model.discrete else None,
     )
 
 # ---------------------------------------------------------------------------------------------------- the judge
@@ -108,7 +111,7 @@ class DigitClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-DEFAULT_CLASSIFIER = Path(__file__).resolve().parent / "pretrained" / "mnist_classifier.pt"
+DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "pretrained" / "mnist_classifier.pt"
 
 
 def load_classifier(path, device) -> DigitClassifier:

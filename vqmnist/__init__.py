@@ -1,0 +1,1 @@
+"""The library beneath the project's scripts: data, bottlenecks, prior, the training loop, checkpoints and scores."""

@@ -1,0 +1,49 @@
+"""The one-line failures of every script: what a user can fix, a stopped run, and running out of memory or disk."""
+import contextlib
+import errno
+from pathlib import Path
+
+import torch
+
+
+class UserError(Exception):
+    """A problem the user can fix (a bad flag, a missing or corrupt file): reported as one line, exit status 2."""
+
+
+class RunStopped(Exception):
+    """Training stopped after saving its state: reported as one line, with exit status 128 + the signal's number
+    after a signal, 0 at the --time-limit."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether a failed write ran out of space: ENOSPC, or the RuntimeError torch.save raises when its writes come
+    up short."""
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
+        isinstance(error, RuntimeError) and "unexpected pos" in str(error))
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether an error is running out of memory: on the GPU, or the CPU allocator's RuntimeError."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+@contextlib.contextmanager
+def running_out_is_a_user_error(memory_advice: str, model_dir: Path, then: str):
+    """Within the block, running out of memory or of disk space becomes one line: what ran out, what to do (for
+    memory, `memory_advice`; for the disk, free space), and `then` to go on from what model_dir keeps."""
+    try:
+        yield
+    except (MemoryError, OSError, RuntimeError) as error:
+        if out_of_memory(error):
+            raise UserError(f"out of memory while training ({type(error).__name__}): {memory_advice}, or free "
+                            f"memory and {then}; {model_dir} keeps what was last saved") from None
+        if disk_full(error):
+            where = Path(error.filename).parent if getattr(error, "filename", None) else model_dir
+            raise UserError(f"no space left on the device holding {where}: free space, then {then}; {model_dir} "
+                            "keeps what was last saved") from None
+        raise

@@ -1,0 +1,72 @@
+"""A continuous VAE's diagonal Gaussian bottleneck (Kingma and Welling, 2014), `--bottleneck gaussian`.
+
+The encoder gives the mean and log-variance of q(z|x) = N(mean, diag(var)) at each position; training decodes
+z = mean + std * eps (the reparameterisation trick, eps ~ N(0, I)), evaluation the mean. Its loss term is
+kl_weight * KL(q(z|x) || N(0, I)) per pixel, the KL in nats per image: with "logits" and weight 1 that is the
+negative ELBO per pixel; with MSE in [-1, 1], that of a Gaussian decoder of variance 1/2. It has no codes, so no
+learned prior: its samples are z ~ N(0, I) decoded.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vqmnist.bottleneck import Bottleneck, BottleneckOutput, option
+from vqmnist.cli import nonnegative_float, nonnegative_int
+from vqmnist.data import IMAGE_PIXELS
+
+
+@dataclass
+class GaussianConfig:
+    code_dim: int = option(16, "--code-dim", "dimension D of the codes, or of a continuous z; if it differs from "
+                           "--hidden-size, 1x1 convolutions project into and out of code space; 0 means D = "
+                           "--hidden-size (default: 16)", type=nonnegative_int)
+    kl_weight: float = option(1.0, "--kl-weight", "gaussian: weight of KL(q(z|x) || N(0, I)) against the "
+                              "reconstruction loss, per pixel (default: 1.0)", type=nonnegative_float)
+
+    def __post_init__(self):
+        if type(self.code_dim) is not int or self.code_dim < 0:
+            raise ValueError(f"code_dim must be an integer >= 0, not {self.code_dim!r}")
+        if type(self.kl_weight) not in (int, float) or not 0 <= self.kl_weight < math.inf:
+            raise ValueError(f"kl_weight must be a number in [0, inf), not {self.kl_weight!r}")
+
+
+class GaussianBottleneck(Bottleneck):
+    Config = GaussianConfig
+    discrete = False
+    rate_figure = "kl_bits"
+
+    def __init__(self, code_dim: int, kl_weight: float = 1.0):
+        super().__init__()
+        self.code_dim, self.kl_weight = code_dim, kl_weight
+        self.input_dim = 2 * code_dim  # a mean and a log-variance per dimension
+
+    @classmethod
+    def dims(cls, config: GaussianConfig, hidden_size: int) -> tuple[int, int]:
+        code_dim = config.code_dim or hidden_size
+        return 2 * code_dim, code_dim
+
+    @classmethod
+    def from_config(cls, config: GaussianConfig, hidden_size: int) -> "GaussianBottleneck":
+        return cls(config.code_dim or hidden_size, config.kl_weight)
+
+    def forward(self, statistics: Tensor) -> BottleneckOutput:
+        """statistics (B, 2D, H, W), the mean and log-variance of q(z|x) -> z (B, D, H, W) as `z_q` (sampled in
+        training, the mean in evaluation), the weighted KL as the loss term "kl" and the KL in bits per image as
+        the figure "kl_bits"; no codes."""
+        with torch.autocast(device_type=statistics.device.type, enabled=False):
+            mean, log_var = statistics.float().chunk(2, dim=1)
+            log_var = log_var.clamp(-30.0, 20.0)  # keeps exp() finite while the encoder is still wild
+            # KL(N(mean, var) || N(0, 1)) = (mean^2 + var - 1 - log var) / 2 per dimension, summed over an image.
+            kl = 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).flatten(1).sum(1).mean()
+            # reparameterisation trick: z = mean + std * eps, differentiable in mean and log_var.
+            z = mean + (0.5 * log_var).exp() * torch.randn_like(mean) if self.training else mean
+        return BottleneckOutput(z_q=z.to(statistics.dtype), codes=None,
+                                losses={"kl": self.kl_weight * kl / IMAGE_PIXELS},
+                                figures={"kl_bits": kl / math.log(2)})
+
+    def sample_latents(self, shape: tuple[int, int, int], temperature: float, generator: torch.Generator) -> Tensor:
+        """z ~ N(0, temperature^2 I) of shape (count, D, H, W), on the CPU."""
+        count, height, width = shape
+        return torch.randn(count, self.code_dim, height, width, generator=generator) * temperature

@@ -1,0 +1,186 @@
+"""The prior's side of the training loop: its task, whose batches are the autoencoder's code grids, and its run."""
+import math
+import shlex
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+
+from vqmnist.checkpoints import (RunState, prior_entry, prior_training_checkpoint, restore_training_state,
+                                 save_checkpoint)
+from vqmnist.data import Splits
+from vqmnist.loop import LoopSettings, Validation, train_epochs
+from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, CodePrior, PriorConfig, encode_images, prior_nll_bits
+from vqmnist.run_log import RunFigures
+from vqmnist.stopping import StopOnSignal
+from vqmnist.threads import ThreadChooser
+
+PRIOR_WARMUP_STEPS = 200
+DEFAULT_PRIOR_BATCH_SIZE = 128
+
+
+@dataclass
+class PriorSettings:
+    """How the prior trains (vqvae.py's --prior-* flags); stored in its training checkpoint, which a --resume
+    continues with them."""
+
+    epochs: int = 5
+    batch_size: int = DEFAULT_PRIOR_BATCH_SIZE
+    lr: float = 4e-3  # peak AdamW learning rate, after a warm-up, decayed to 0 along a cosine
+    class_dropout: float = 0.1  # fraction of grids shown without their class
+    seed: int = 0  # of the batch order
+    amp: bool = False  # bf16 autocast for the transformer
+    log_interval: int = 20
+
+
+class CodeSplits(NamedTuple):
+    """The training and validation splits as code grids (N, 7, 7) of the frozen autoencoder, with their labels."""
+
+    train_codes: Tensor
+    train_labels: Tensor
+    val_codes: Tensor
+    val_labels: Tensor
+
+
+def make_prior_optimizer(prior: CodePrior, lr: float) -> torch.optim.AdamW:
+    """AdamW over the prior's parameters, fused: one kernel updates them all."""
+    return torch.optim.AdamW(prior.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01, fused=True)
+
+
+def prior_step(prior: CodePrior, optimizer: torch.optim.Optimizer, codes: Tensor, classes: Tensor,
+               amp: bool) -> Tensor:
+    """One optimizer step on code grids (B, 7, 7) given classes (B,); returns the detached loss, nats per code,
+    without waiting for the device. `amp` runs the transformer under bf16 autocast; the loss is taken in fp32."""
+    with torch.autocast(device_type=codes.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = prior.loss(codes, classes)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
+    optimizer.step()
+    return loss.detach()
+
+
+@dataclass
+class PriorTask:
+    """The prior as train_epochs trains it (loop.TrainingTask): batches of code grids, validated by its NLL of the
+    validation grids; last_path is prior_last.pt, and the best epoch's prior goes into best.pt beside the autoencoder
+    whose codes it models."""
+
+    prior: CodePrior
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    shuffle_generator: torch.Generator
+    codes: CodeSplits
+    settings: PriorSettings
+    autoencoder: nn.Module  # frozen: it decodes the samples TensorBoard shows
+    best_checkpoint: dict  # best.pt's content, written back with the prior
+    best_path: Path
+    last_path: Path
+    resume_command: str
+    writer: SummaryWriter
+    part = "prior"
+    label = "prior epoch"
+    tag_prefix = "prior/train_"
+    divergence_advice = "try a lower --prior-lr"
+
+    @property
+    def module(self) -> nn.Module:
+        return self.prior
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.codes.train_codes) / self.settings.batch_size)
+
+    def batches(self, skip: int):
+        order = torch.randperm(len(self.codes.train_codes), generator=self.shuffle_generator)
+        return order.to(self.codes.train_codes.device).split(self.settings.batch_size)[skip:]
+
+    def step(self, indices: Tensor) -> dict[str, Tensor]:
+        classes = self.codes.train_labels[indices]
+        dropped = torch.rand(len(classes), device=classes.device) < self.settings.class_dropout
+        loss = prior_step(self.prior, self.optimizer, self.codes.train_codes[indices],
+                          torch.where(dropped, self.prior.no_class, classes), self.settings.amp)
+        return {"loss": loss, "nll_bits": loss / math.log(2)}
+
+    def validate(self, step: int) -> Validation:
+        """The validation NLL in bits per code with and without the class, logged with a grid of samples."""
+        prior, codes = self.prior, self.codes
+        val_nll = prior_nll_bits(prior, codes.val_codes, codes.val_labels)
+        unconditional_nll = prior_nll_bits(prior, codes.val_codes, torch.full_like(codes.val_labels, prior.no_class))
+        self.writer.add_scalar("prior/val_nll_bits", val_nll, step)
+        self.writer.add_scalar("prior/val_nll_bits_unconditional", unconditional_nll, step)
+        prior.eval()
+        sample_classes = torch.arange(10, device=codes.val_labels.device).repeat_interleave(10)
+        samples = self.autoencoder.to_pixels(self.autoencoder.decode(
+            prior.sample(sample_classes, SAMPLING_TEMPERATURE, GUIDANCE)))
+        self.writer.add_image("prior/samples", make_grid(samples, nrow=10), step)
+        return Validation(val_nll, {"val_nll_bits": val_nll, "val_nll_bits_unconditional": unconditional_nll},
+                          f"val NLL {val_nll:.3f} bits/code with the class, {unconditional_nll:.3f} without")
+
+    def save(self, state: RunState, validation: Validation | None, best: bool) -> None:
+        device = self.codes.train_codes.device
+        save_checkpoint(self.last_path, prior_training_checkpoint(
+            self.prior, self.optimizer, self.schedule, state, asdict(self.settings), self.best_checkpoint["step"],
+            device))
+        if best:
+            self.best_checkpoint["prior"] = prior_entry(self.prior, state.epoch, validation.figures["val_nll_bits"],
+                                                        validation.figures["val_nll_bits_unconditional"])
+            save_checkpoint(self.best_path, self.best_checkpoint)
+
+
+def resumable(checkpoint: dict | None, best_checkpoint: dict) -> bool:
+    """Whether a prior training checkpoint is one to go on with: unfinished, and on best.pt's autoencoder."""
+    return (checkpoint is not None and checkpoint["autoencoder_step"] == best_checkpoint["step"]
+            and checkpoint["epoch"] < checkpoint["settings"]["epochs"])
+
+
+def train_prior(autoencoder: nn.Module, best_checkpoint: dict, model_dir: Path, splits: Splits,
+                settings: PriorSettings, config: PriorConfig, resumed: dict | None, resume_command: str,
+                writer: SummaryWriter, stop: StopOnSignal, device: torch.device, figures: RunFigures,
+                threads: ThreadChooser) -> None:
+    """Fit a prior of `config` (its number of codes and grid size taken from the autoencoder) to the code grids of
+    the autoencoder of best.pt, or go on with the prior training checkpoint `resumed` (with its own settings and
+    config); store the best epoch's prior in best.pt and each epoch's state in prior_last.pt."""
+    started, best_path = time.perf_counter(), model_dir / "best.pt"
+    # The codes are computed once: the autoencoder is frozen from here on. The labels follow the codes' device.
+    codes = CodeSplits(encode_images(autoencoder, splits.train_images, device), splits.train_labels.to(device),
+                       encode_images(autoencoder, splits.val_images, device), splits.val_labels.to(device))
+    if resumed is not None:
+        settings, config = PriorSettings(**resumed["settings"]), PriorConfig(**resumed["prior"]["config"])
+    else:
+        config = replace(config, num_embeddings=autoencoder.bottleneck.num_embeddings,
+                         grid_size=codes.train_codes.shape[-1])
+    prior = CodePrior(config).to(device)
+    labels = codes.train_labels
+    prior.class_frequencies.copy_(torch.bincount(labels, minlength=config.num_classes) / len(labels))
+    optimizer = make_prior_optimizer(prior, settings.lr)
+    total_steps = settings.epochs * math.ceil(len(codes.train_codes) / settings.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / PRIOR_WARMUP_STEPS)
+                                                 * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    task = PriorTask(prior, optimizer, schedule, torch.Generator().manual_seed(settings.seed), codes, settings,
+                     autoencoder, best_checkpoint, best_path, model_dir / "prior_last.pt", resume_command, writer)
+    state = RunState()
+    if resumed is not None:
+        prior.load_state_dict(resumed["prior"]["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        state = restore_training_state(resumed["training"], resumed["epoch"], resumed["step"], schedule, device)
+        task.shuffle_generator.set_state(state.shuffle_rng)
+        print(f"resuming the prior in {task.last_path} at prior epoch {state.epoch + 1}, batch "
+              f"{state.batches_done + 1} (step {state.step})")
+    else:
+        task.last_path.unlink(missing_ok=True)  # an earlier prior's state, which this one replaces
+        figures.start("prior")
+    num_parameters = sum(parameter.numel() for parameter in prior.parameters())
+    print(f"prior: {num_parameters:,} parameters, on the codes of {best_path} (epoch {best_checkpoint['epoch']}): "
+          f"{len(codes.train_codes):,} train / {len(codes.val_codes):,} validation grids")
+    train_epochs(task, state, LoopSettings(settings.epochs, settings.log_interval, device), stop, writer, figures,
+                 threads)
+    seconds = time.perf_counter() - started
+    figures.finished("prior", seconds=seconds, best_epoch=state.best_epoch)
+    print(f"prior ({seconds:.0f} s, codes included) saved in {best_path}; next: python generate.py --model "
+          f"{shlex.quote(str(best_path))} --input random --filename samples")

@@ -1,0 +1,68 @@
+"""Stopping a run cleanly: Ctrl-C, SIGTERM or the --time-limit are noted, and the loop saves and stops at its next step."""
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from vqmnist.errors import RunStopped
+from vqmnist.processes import distributed
+
+
+class StopOnSignal:
+    """While active, Ctrl-C and SIGTERM only note the stop: the loop finishes its step, saves and stops. So does
+    passing the deadline of --time-limit (time.monotonic()). A second Ctrl-C stops at once."""
+
+    def __init__(self, deadline: float = math.inf):
+        self.deadline = deadline
+        self.received = None  # the signal, if one came
+        self.timed_out = False
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self) -> bool:
+        """Whether this process was asked to stop."""
+        self.timed_out = self.timed_out or time.monotonic() >= self.deadline
+        return self.received is not None or self.timed_out
+
+    def agreed(self) -> bool:
+        """Whether to stop now: this process or (under torchrun) any process was asked to. A collective call there,
+        so every process must make it at the same step; all of them then stop together."""
+        if not distributed():
+            return self.requested()
+        flags = torch.tensor([0 if self.received is None else self.received.value, 0])
+        flags[1] = self.requested()
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[0] and self.received is None:
+            self.received = signal.Signals(int(flags[0]))
+        self.timed_out = bool(flags[1])
+        return bool(flags.any())
+
+    def cause(self) -> tuple[str, int]:
+        """What stopped the run, and the exit status: 128 + the signal's number, or 0 for the time limit, which
+        is an expected end."""
+        if self.received is not None:
+            return f"stopped by {self.received.name}", 128 + self.received.value
+        return "stopped at the --time-limit", 0
+
+    def kind(self) -> str:
+        """What stopped the run, for run.json: the signal's name, or "time-limit"."""
+        return self.received.name if self.received is not None else "time-limit"
+
+    def stopped(self, where: str, saved: Path, resume_command: str) -> RunStopped:
+        """The one-line report of a stop after `saved` was written."""
+        cause, exit_code = self.cause()
+        return RunStopped(f"{cause} {where}; saved {saved}; continue with: {resume_command}", exit_code)
