@@ -40,10 +40,10 @@ import torch
 
 from modules import LATENT_SIDE, load_model
 from vqmnist.checkpoints import load_prior
-from vqmnist.cli import (ArgumentParser, add_device_flag, nonnegative_float, nonnegative_int, positive_float,
-                         positive_int, resolve_device, run_cli)
+from vqmnist.cli import ArgumentParser, add_device_flag, integer, number, resolve_device, run_cli
 from vqmnist.data import load_mnist
 from vqmnist.errors import UserError
+from vqmnist.limits import MAX_GUIDANCE, MAX_SAMPLES, MAX_SCORING_BATCH, MAX_SEED, MAX_TEMPERATURE, MIN_TEMPERATURE
 from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, default_temperature, encode_images, prior_nll_bits
 from vqmnist.scores import (DEFAULT_CLASSIFIER, FRECHET_MIN_SAMPLES, classify, load_classifier, score_reconstructions,
                     score_samples)
@@ -64,25 +64,25 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_device_flag(parser)
     parser.add_argument("--data-folder", default="data", help="MNIST folder (default: data)")
-    parser.add_argument("--batch-size", type=positive_int, default=1000, help="test images per batch (default: 1000)")
-    parser.add_argument("--samples", type=nonnegative_int, default=1000,
+    parser.add_argument("--batch-size", type=integer(1, MAX_SCORING_BATCH), default=1000,
+                        help=f"test images per batch, at most {MAX_SCORING_BATCH:,} (default: 1000)")
+    parser.add_argument("--samples", type=integer(0, MAX_SAMPLES), default=1000,
                         help="images of each kind to score; 0 skips the sample scores, and fewer than "
                              f"{FRECHET_MIN_SAMPLES} give no Frechet distance (default: 1000)")
-    parser.add_argument("--temperature", type=positive_float, default=None,
+    parser.add_argument("--temperature", type=number(MIN_TEMPERATURE, MAX_TEMPERATURE), default=None,
                         help=f"of the prior's samples, or a continuous bottleneck's latents' standard deviation "
                              f"(default: {SAMPLING_TEMPERATURE} for a prior over codes, 1 for continuous latents)")
-    parser.add_argument("--guidance", type=nonnegative_float, default=GUIDANCE,
+    parser.add_argument("--guidance", type=number(0, MAX_GUIDANCE), default=GUIDANCE,
                         help=f"classifier-free guidance weight of the prior's samples (default: {GUIDANCE})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the samples and noise (default: 0)")
+    parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of the samples and noise (default: 0)")
     parser.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER),
                         help="classifier written by train_classifier.py (default: pretrained/mnist_classifier.pt)")
     return parser
 
 
 @torch.no_grad()
-def sample_scores(args, model, checkpoint, test_images, device) -> dict:
+def sample_scores(args, model, checkpoint, classifier, test_images, device) -> dict:
     """The scores of each kind of sample; the prior's kinds are left out if the checkpoint has no prior."""
-    classifier = load_classifier(args.classifier, device)
     count, frechet = args.samples, args.samples >= FRECHET_MIN_SAMPLES
     test_pixels = test_images.unsqueeze(1).to(device).float() / 255
     _, test_features = classify(classifier, test_pixels)
@@ -182,6 +182,8 @@ def main(args) -> None:
     model, checkpoint = load_model(args.model, device)
     if args.temperature is None:
         args.temperature = default_temperature(model.discrete)
+    # The judge is read before anything is scored: a bad --classifier costs no work.
+    classifier = load_classifier(args.classifier, device) if args.samples else None
     test_images, test_labels = load_mnist(args.data_folder, train=False)
     if args.samples > len(test_images):
         raise UserError(f"--samples {args.samples} is more than the {len(test_images)} test digits it is compared "
@@ -208,7 +210,7 @@ def main(args) -> None:
     if args.samples:
         report["samples"] = {"count": args.samples, "temperature": args.temperature, "guidance": args.guidance,
                              "seed": args.seed,
-                             **sample_scores(args, model, checkpoint, test_images, device)}
+                             **sample_scores(args, model, checkpoint, classifier, test_images, device)}
         if not args.json:
             print_samples(args, report["samples"], model.discrete)
     if args.json:

@@ -18,16 +18,28 @@ its codes. --temperature and --guidance (classifier-free guidance) trade variety
 "random" does; it is kept for comparison.
 --save-codes FILE (.pt or .npy) also writes the (100, 7, 7) code grids behind the picture: the test digits' codes,
 the sampled ones, those of the noise. --input codes --codes FILE decodes a file of grids (N, 7, 7), the first 100
-of them, so codes edited by hand or by another model can be seen.
+of them, so codes edited by hand or by another model can be seen. If writing any of the grid, NAME_input.png and
+the --save-codes file fails, none is replaced: each goes to a temporary file first, renamed into place once all are
+whole.
 A continuous bottleneck, such as the Gaussian VAE (vqvae.py --bottleneck gaussian), has no codes: its --input random
 decodes latents from its own prior (the Gaussian's z ~ N(0, I)), times
 --temperature.
 The architecture comes from the checkpoint; --hidden-size and --k, if given, are only checked against it.
 """
+import argparse
+import contextlib
+import errno
+import math
+import os
 import pickle
+import re
+import shlex
 import time
+import tokenize
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -35,16 +47,37 @@ from torchvision.utils import make_grid, save_image
 
 from modules import LATENT_SIDE, load_model
 from vqmnist.checkpoints import load_prior
-from vqmnist.cli import (ArgumentParser, add_device_flag, nonnegative_float, plain_name, positive_float, positive_int,
-                         resolve_device, run_cli)
+from vqmnist.cli import ArgumentParser, add_device_flag, integer, number, plain_name, resolve_device, run_cli
 from vqmnist.data import images_to_inputs, load_mnist
 from vqmnist.errors import UserError
-from vqmnist.files import atomic_path, save_torch, write_failure
+from vqmnist.files import atomic_path, write_failure
+from vqmnist.limits import MAX_CODES, MAX_GUIDANCE, MAX_SEED, MAX_TEMPERATURE, MAX_WIDTH, MIN_TEMPERATURE
 from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, default_temperature
 
 GRID_SIDE = 10
 CODE_FILE_SUFFIXES = (".pt", ".npy")
 OUTPUT_FOLDER = Path("generatedImages")
+TORCH_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
+                        torch.uint64)
+# Version 3.0 differs from 2.0 only in allowing a UTF-8 header, which an integer array's plain-ASCII header never needs.
+NPY_HEADER_READERS = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0,
+                      3: np.lib.format.read_array_header_2_0}
+# What a hostile or broken file can make torch.load or numpy's header parser raise instead of loading (numpy's
+# parser runs a damaged header through tokenize).
+UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, TypeError, IndexError, KeyError,
+              NotImplementedError, OverflowError, MemoryError, SyntaxError, tokenize.TokenError)
+# numpy's tofile reports a write the disk cut short with this message and no errno.
+SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
+def grid_name(text: str) -> str:
+    """--filename: a plain name that ends in a file name, so that NAME.png is a file and not a folder."""
+    plain_name(text)
+    last = text.replace(os.sep, "/").split("/")[-1]  # pathlib would drop a trailing "/" or "." and hide them
+    if last in ("", ".") or last.lower() == ".png":
+        raise argparse.ArgumentTypeError(f"give a file name such as 'recon' or 'sweep/seed1', not {text!r}, which "
+                                         "names a folder or a PNG without a name")
+    return text
 
 
 def build_parser() -> ArgumentParser:
@@ -56,17 +89,19 @@ def build_parser() -> ArgumentParser:
                              "noise images as the reference does; codes: decode the grids of --codes "
                              "(default: MNIST)")
     add_device_flag(parser)
-    parser.add_argument("--filename", type=plain_name, default=None,
+    parser.add_argument("--filename", type=grid_name, default=None,
                         help="name of the PNG written to generatedImages/ (default: the --input value)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="picks the test digits, the samples or the noise (default: 0)")
-    parser.add_argument("--temperature", type=positive_float, default=None,
-                        help="--input random: divides the prior's logits, or scales a continuous bottleneck's latents' "
-                             "standard deviation; lower gives cleaner, less varied digits (default: "
-                             f"{SAMPLING_TEMPERATURE} for a prior over codes, 1 for continuous latents)")
-    parser.add_argument("--guidance", type=nonnegative_float, default=GUIDANCE,
-                        help="--input random: classifier-free guidance weight; higher gives digits more typical of "
-                             f"their class, 0 samples the prior as trained (default: {GUIDANCE})")
+    parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                        help=f"picks the test digits, the samples or the noise, 0 to {MAX_SEED:,} (default: 0)")
+    parser.add_argument("--temperature", type=number(MIN_TEMPERATURE, MAX_TEMPERATURE), default=None,
+                        help="--input random: divides the prior's logits, or scales a continuous bottleneck's "
+                             f"latents' standard deviation, {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}; lower gives "
+                             f"cleaner, less varied digits (default: {SAMPLING_TEMPERATURE} for a prior over codes, 1 "
+                             "for continuous latents)")
+    parser.add_argument("--guidance", type=number(0, MAX_GUIDANCE), default=GUIDANCE,
+                        help=f"--input random: classifier-free guidance weight, 0 to {MAX_GUIDANCE:g}; higher gives "
+                             "digits more typical of their class, 0 samples the prior as trained (default: "
+                             f"{GUIDANCE})")
     parser.add_argument("--digit", type=int, choices=range(10), default=None, metavar="D",
                         help="--input random: all 100 samples are of digit D (default: row i holds digit i)")
     parser.add_argument("--unconditional", action="store_true",
@@ -79,10 +114,12 @@ def build_parser() -> ArgumentParser:
                              "written)")
     parser.add_argument("--data-folder", default="data",
                         help="MNIST folder, for --input MNIST (default: data)")
-    parser.add_argument("--hidden-size", type=positive_int, default=None,
-                        help="optional: fail unless the checkpoint has this hidden size (default: not checked)")
-    parser.add_argument("--k", type=positive_int, default=None,
-                        help="optional: fail unless the checkpoint has this many codes (default: not checked)")
+    parser.add_argument("--hidden-size", type=integer(1, MAX_WIDTH), default=None,
+                        help=f"optional: fail unless the checkpoint has this hidden size, 1 to {MAX_WIDTH:,} "
+                             "(default: not checked)")
+    parser.add_argument("--k", type=integer(1, MAX_CODES), default=None,
+                        help=f"optional: fail unless the checkpoint has this many codes, 1 to {MAX_CODES:,} (default: "
+                             "not checked)")
     return parser
 
 
@@ -92,15 +129,6 @@ def check_architecture(model, args) -> None:
         if expected is not None and expected != actual:
             raise UserError(f"{args.model} was trained with {flag} {actual}, not {expected}: the architecture "
                             f"comes from the checkpoint, so drop {flag} or pick another --model")
-
-
-def save_grid(images: torch.Tensor, path: Path) -> None:
-    """Save (100, 1, 28, 28) pixels in [0, 1] as a 10x10 PNG, atomically."""
-    try:
-        with atomic_path(path) as temporary:
-            save_image(make_grid(images, nrow=GRID_SIDE), temporary, format="png")
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def output_path(filename: str) -> Path:
@@ -132,21 +160,44 @@ def check_flags(args, model) -> None:
         raise UserError(f"{continuous}, whose prior knows no classes: drop --digit and --unconditional")
 
 
+def check_targets(targets: dict[Path, str], args) -> None:
+    """Refuse, before any work, files that cannot be written whole: {path: the flag that names it}. Checked first so
+    that a failure comes before sampling, not after some files have been replaced."""
+    for path, flag in targets.items():
+        if path.is_dir():
+            raise UserError(f"{path} is a folder: pick another {flag}")
+    if args.save_codes is None:
+        return
+    codes_path = Path(args.save_codes)
+    if args.save_codes.endswith(("/", os.sep)):  # Path() drops the slash that says a folder was meant
+        raise UserError(f"--save-codes {args.save_codes} names a folder: give a file name such as codes.npy")
+    if not codes_path.parent.is_dir():
+        raise UserError(f"cannot write {codes_path}: {codes_path.parent} is not a folder; create it or pick another "
+                        "--save-codes")
+    if codes_path.exists() and os.path.samefile(codes_path, args.model):
+        raise UserError(f"--save-codes {args.save_codes} is the --model checkpoint: saving codes there would replace "
+                        "it; pick another file")
+
+
 class Picture(NamedTuple):
     pixels: torch.Tensor  # (N, 1, 28, 28) in [0, 1]
     codes: torch.Tensor | None  # (N, 7, 7) the code grids behind them; None for a continuous bottleneck
     what: str  # for the line that says what was written
+    inputs: torch.Tensor | None = None  # (N, 1, 28, 28) in [0, 1]: the test digits reconstructed, for NAME_input.png
+
+
+def input_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}_input.png")
 
 
 def test_digits(args, model, generator, path: Path, device) -> Picture:
-    """Reconstructions of GRID_SIDE^2 test digits picked by the seed; the digits themselves go to NAME_input.png."""
+    """Reconstructions of GRID_SIDE^2 test digits picked by the seed, and the digits themselves for NAME_input.png."""
     test_images, _ = load_mnist(args.data_folder, train=False)
     chosen = test_images[torch.randperm(len(test_images), generator=generator)[:GRID_SIDE ** 2]].to(device)
     x_recon, quantized = model(images_to_inputs(chosen))
-    input_path = path.with_name(f"{path.stem}_input.png")
-    save_grid(chosen.unsqueeze(1).float() / 255, input_path)
     return Picture(model.to_pixels(x_recon), quantized.codes,
-                   f"reconstructions; {input_path} holds the test digits they come from")
+                   f"reconstructions; {input_path(path)} holds the test digits they come from",
+                   chosen.unsqueeze(1).float() / 255)
 
 
 def samples(args, model, checkpoint, generator, device) -> Picture:
@@ -172,41 +223,116 @@ def samples(args, model, checkpoint, generator, device) -> Picture:
                    f"{seconds:.2f} s to sample")
 
 
-def save_codes(path, codes: torch.Tensor) -> None:
-    """Code grids (N, 7, 7) as int64, to a .npy (numpy.save) or .pt (torch.save) file, atomically."""
+def grid_writer(images: torch.Tensor) -> Callable[[BinaryIO], None]:
+    """Writes (100, 1, 28, 28) pixels in [0, 1] as a 10x10 PNG."""
+    return lambda file: save_image(make_grid(images, nrow=GRID_SIDE), file, format="png")
+
+
+def codes_writer(path, codes: torch.Tensor) -> Callable[[BinaryIO], None]:
+    """Writes code grids (N, 7, 7) as int64, with numpy.save for a .npy path, torch.save for a .pt one."""
     codes = codes.cpu().long()
+    if Path(path).suffix.lower() == ".npy":
+        return lambda file: np.save(file, codes.numpy())
+    return lambda file: torch.save(codes, file)
+
+
+def write_failure_of(path, error: BaseException) -> UserError:
+    """write_failure's line, with numpy's short write, what a disk that fills up mid-write gives, as a full disk."""
+    if isinstance(error, OSError) and error.errno is None and SHORT_WRITE.fullmatch(str(error)):
+        error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return write_failure(path, error, "run generate.py again")
+
+
+def write_outputs(outputs: dict[Path, Callable[[BinaryIO], None]]) -> None:
+    """Write every output to a temporary file beside it, and rename them over their targets only once all are whole:
+    a failure to write any (an unwritable place, a full disk) leaves no new or replaced file. The renames run in
+    reverse order (the ExitStack's), so the last output, the one in a place of the user's choosing, goes first."""
     try:
-        if Path(path).suffix.lower() == ".npy":
-            with atomic_path(Path(path)) as temporary, open(temporary, "wb") as file:
-                np.save(file, codes.numpy())
-        else:
-            save_torch(path, codes)
-    except (OSError, RuntimeError) as error:
-        raise write_failure(path, error, "run generate.py again") from None
+        with contextlib.ExitStack() as renames:
+            for path, write in outputs.items():
+                temporary = renames.enter_context(atomic_path(path))
+                try:
+                    with open(temporary, "wb") as file:
+                        write(file)
+                        file.flush()
+                        os.fsync(file.fileno())
+                except (OSError, RuntimeError) as error:
+                    raise write_failure_of(path, error) from None
+    except OSError as error:  # a rename; os.replace names its target second
+        raise write_failure_of(error.filename2 or error.filename, error) from None
+
+
+def refuse_unless_integer(path: Path, integer_type: bool, what: str) -> None:
+    if not integer_type:
+        raise UserError(f"{path} must hold one integer tensor of code indices (N, 7, 7), not {what}")
+
+
+def refuse_unless_grid_shape(path: Path, shape: tuple) -> None:
+    if len(shape) != 3 or tuple(shape[1:]) != (LATENT_SIDE, LATENT_SIDE) or shape[0] < 1:
+        raise UserError(f"{path} holds a tensor of shape {tuple(shape)}: code grids have shape (N, 7, 7), N >= 1")
+
+
+def read_npy_grids(path: Path) -> np.ndarray:
+    """The first GRID_SIDE^2 grids of a .npy file, in its own dtype. Its header is checked before any values are
+    read: a header may claim any shape, and numpy.load would allocate it all before finding the file too short."""
+    with open(path, "rb") as file:
+        major, _ = np.lib.format.read_magic(file)
+        if major not in NPY_HEADER_READERS:
+            raise ValueError(f".npy format version {major}")
+        shape, fortran_order, dtype = NPY_HEADER_READERS[major](file)
+        refuse_unless_integer(path, dtype.kind in "iu", str(dtype))
+        refuse_unless_grid_shape(path, shape)
+        offset = file.tell()
+        claimed, held = math.prod(shape) * dtype.itemsize, os.fstat(file.fileno()).st_size - offset
+    if claimed > held:
+        raise UserError(f"{path}'s header claims {shape[0]:,} code grids, {claimed:,} bytes, but the file holds "
+                        f"{held:,}: it is cut short or damaged; write it again (numpy.save or generate.py "
+                        "--save-codes)")
+    # A memory map reads only the pages of the grids used, also when a Fortran-order file spreads them out.
+    grids = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
+    return np.array(grids[:GRID_SIDE ** 2])
+
+
+def read_pt_grids(path: Path) -> np.ndarray:
+    """The first GRID_SIDE^2 grids of a .pt file's one tensor, in its own dtype."""
+    # torch warns of what it notices on the way (a sparse tensor it validates, an odd pickle protocol in a damaged
+    # file); what it returns is checked below, and a warning would be a second line beside the one that says why.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        codes = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(codes, torch.Tensor):
+        refuse_unless_integer(path, False, f"a {type(codes).__name__}")
+    refuse_unless_integer(path, codes.dtype in TORCH_INTEGER_DTYPES, str(codes.dtype))
+    # A sparse or nested tensor stores some of its values and the indices of those, a meta tensor none at all.
+    if codes.layout != torch.strided:
+        raise UserError(f"{path} holds a {codes.layout} tensor: code grids are a dense tensor with a value at every "
+                        "index; save codes.to_dense() instead")
+    if codes.device.type != "cpu":
+        raise UserError(f"{path} holds a tensor on the {codes.device.type} device, which has no values: save the code "
+                        "grids themselves")
+    refuse_unless_grid_shape(path, tuple(codes.shape))
+    return codes[:GRID_SIDE ** 2].numpy()
 
 
 def load_codes(path, model) -> torch.Tensor:
-    """The first GRID_SIDE^2 code grids of a .npy or .pt file, refused in one line unless they are integer grids
-    (N, 7, 7) of indices below K."""
+    """The first GRID_SIDE^2 code grids of a .npy or .pt file as int64, refused in one line unless they are integer
+    grids (N, 7, 7) of indices below K. Only those grids are read and checked: the rest are never used. Every integer
+    type converts exactly, big-endian and unsigned 64-bit included, since the check runs in the file's own dtype."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"no code file at {path}: write one with generate.py --save-codes {path}")
+        what = ("is a folder, not a code file" if path.is_dir() else "is not a regular file" if path.exists()
+                else "does not exist")
+        raise UserError(f"{path} {what}: write a code file with generate.py --save-codes {shlex.quote(str(path))}")
     try:
-        codes = (torch.from_numpy(np.load(path, allow_pickle=False)) if path.suffix.lower() == ".npy"
-                 else torch.load(path, map_location="cpu", weights_only=True))
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        grids = read_npy_grids(path) if path.suffix.lower() == ".npy" else read_pt_grids(path)
+    except UNREADABLE as error:
         raise UserError(f"{path} is not a readable code file ({type(error).__name__}): write one with "
                         "generate.py --save-codes") from None
-    integer_dtypes = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-    if not isinstance(codes, torch.Tensor) or codes.dtype not in integer_dtypes:
-        raise UserError(f"{path} must hold one integer tensor of code indices (N, 7, 7)")
-    if codes.dim() != 3 or tuple(codes.shape[1:]) != (LATENT_SIDE, LATENT_SIDE) or len(codes) == 0:
-        raise UserError(f"{path} holds a tensor of shape {tuple(codes.shape)}: code grids have shape (N, 7, 7), N >= 1")
     num_embeddings = model.bottleneck.num_embeddings
-    if int(codes.min()) < 0 or int(codes.max()) >= num_embeddings:
-        raise UserError(f"{path} holds indices from {int(codes.min())} to {int(codes.max())}, but the model "
-                        f"has codes 0 to {num_embeddings - 1}")
-    return codes[:GRID_SIDE ** 2].long()
+    low, high = int(grids.min()), int(grids.max())
+    if low < 0 or high >= num_embeddings:
+        raise UserError(f"{path} holds indices from {low} to {high}, but the model has codes 0 to {num_embeddings - 1}")
+    return torch.from_numpy(grids.astype(np.int64))
 
 
 @torch.no_grad()
@@ -218,6 +344,12 @@ def main(args) -> None:
     if args.temperature is None:
         args.temperature = default_temperature(model.discrete)
     path = output_path(args.filename or args.input)
+    targets = {path: "--filename"}
+    if args.input == "MNIST":
+        targets[input_path(path)] = "--filename"
+    if args.save_codes is not None:
+        targets[Path(args.save_codes)] = "--save-codes"
+    check_targets(targets, args)
     generator = torch.Generator().manual_seed(args.seed)
     if args.input == "MNIST":
         picture = test_digits(args, model, generator, path, device)
@@ -230,12 +362,16 @@ def main(args) -> None:
         noise = torch.randn(GRID_SIDE ** 2, model.config.in_channels, 28, 28, generator=generator).to(device)
         x_recon, quantized = model(noise)
         picture = Picture(model.to_pixels(x_recon), quantized.codes, "noise images passed through the autoencoder")
-    save_grid(picture.pixels, path)
+    outputs = {path: grid_writer(picture.pixels)}
+    if picture.inputs is not None:
+        outputs[input_path(path)] = grid_writer(picture.inputs)
+    if args.save_codes is not None:
+        outputs[Path(args.save_codes)] = codes_writer(args.save_codes, picture.codes)
+    write_outputs(outputs)
     print(f"wrote {path} ({picture.what})")
     if args.save_codes is not None:
-        save_codes(args.save_codes, picture.codes)
         print(f"wrote {args.save_codes}: the {len(picture.codes)} code grids behind it, shape "
-              f"{tuple(picture.codes.shape)}; decode them with --input codes --codes {args.save_codes}")
+              f"{tuple(picture.codes.shape)}; decode them with --input codes --codes {shlex.quote(args.save_codes)}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from vqmnist.data import outputs_to_pixels
 from vqmnist.errors import UserError
 from vqmnist.fsq import FiniteScalarQuantizer
 from vqmnist.gaussian import GaussianBottleneck
+from vqmnist.limits import MAX_DEPTH, MAX_WIDTH
+from vqmnist.prior import check_size
 
 # The bottlenecks by name: vqvae.py's --bottleneck choices, and the name a checkpoint stores.
 BOTTLENECKS: dict[str, type[Bottleneck]] = {
@@ -52,10 +54,11 @@ class VQVAEConfig:
 
     def __post_init__(self):
         """Refuse a shape that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
-        for name, smallest in (("in_channels", 1), ("hidden_size", 1), ("num_residual_blocks", 0)):
+        for name, smallest, largest in (("in_channels", 1, MAX_WIDTH), ("hidden_size", 1, MAX_WIDTH),
+                                        ("num_residual_blocks", 0, MAX_DEPTH)):
             value = getattr(self, name)
-            if type(value) is not int or value < smallest:
-                raise ValueError(f"{name} must be an integer >= {smallest}, not {value!r}")
+            if type(value) is not int or not smallest <= value <= largest:
+                raise ValueError(f"{name} must be an integer from {smallest} to {largest:,}, not {value!r}")
         if self.decoder_output not in DECODER_OUTPUTS:
             raise ValueError(f"decoder_output must be one of {DECODER_OUTPUTS}, not {self.decoder_output!r}")
         if self.bottleneck not in BOTTLENECKS:
@@ -198,7 +201,9 @@ def load_model(path, device="cpu") -> tuple[VQVAE, dict]:
     if not isinstance(config, dict) or not config.keys() <= known:
         raise UserError(f"{path} has a model config this version does not know: {config}")
     try:
-        model = VQVAE(VQVAEConfig(**config))
+        config = VQVAEConfig(**config)
+        check_size(lambda: VQVAE(config), "the autoencoder")
+        model = VQVAE(config)
     except (ValueError, TypeError) as error:
         raise UserError(f"{path} has a model config this version cannot build: {error}") from None
     try:

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vqmnist.cli import ArgumentParser, add_device_flag, positive_float, positive_int, resolve_device, run_cli
+from vqmnist.cli import ArgumentParser, add_device_flag, integer, number, resolve_device, run_cli
 from vqmnist.data import images_to_inputs, load_mnist
-from vqmnist.errors import UserError
-from vqmnist.files import save_torch, write_failure
+from vqmnist.files import check_writable, save_torch, write_failure
+from vqmnist.limits import MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SEED
 from vqmnist.scores import DigitClassifier, classifier_accuracy
 
 OUTLIERS_PER_DIGIT = 4  # a batch of 128 digits also holds 32 textures
@@ -36,11 +36,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--output", default="pretrained/mnist_classifier.pt",
                         help="file to write (default: pretrained/mnist_classifier.pt)")
     add_device_flag(parser, "train on")
-    parser.add_argument("--num-epochs", type=positive_int, default=4, help="epochs to train (default: 4)")
-    parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
-    parser.add_argument("--lr", type=positive_float, default=3e-3,
+    parser.add_argument("--num-epochs", type=integer(1, MAX_EPOCHS), default=4, help="epochs to train (default: 4)")
+    parser.add_argument("--batch-size", type=integer(1, MAX_BATCH), default=128,
+                        help=f"images per batch, at most {MAX_BATCH} (default: 128)")
+    parser.add_argument("--lr", type=number(0, MAX_LEARNING_RATE, above_low=True), default=3e-3,
                         help="peak AdamW learning rate of the one-cycle schedule (default: 3e-3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order (default: 0)")
+    parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of the weights and the batch order (default: 0)")
     return parser
 
 
@@ -70,15 +71,12 @@ def textures(count: int, generator: torch.Generator) -> torch.Tensor:
 
 def main(args) -> None:
     device = resolve_device(args.device)
+    output = Path(args.output)
+    check_writable(output)  # before training, not after it
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     train_images, train_labels = load_mnist(args.data_folder, train=True)
     test_images, test_labels = load_mnist(args.data_folder, train=False)
-    output = Path(args.output)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create {output.parent}: {error.strerror}") from None
 
     model = DigitClassifier().to(device)
     steps_per_epoch = math.ceil(len(train_images) / args.batch_size)

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
-from vqmnist.cli import nonnegative_float, nonnegative_int, positive_int, unit_interval
+from vqmnist.cli import integer, number, unit_interval
+from vqmnist.limits import MAX_CODES, MAX_LOSS_WEIGHT, MAX_WIDTH
 from vqmnist.processes import from_process_zero, sum_over_processes, world_size
 
 CODEBOOK_UPDATES = ("ema", "loss")
@@ -38,10 +39,11 @@ DISTANCE_BUDGET = 1 << 25
 class VQConfig:
     """The VQ's settings, each with its vqvae.py flag."""
 
-    num_embeddings: int = option(512, "--k", "number of codes K in the codebook (default: 512)", type=positive_int)
+    num_embeddings: int = option(512, "--k", f"number of codes K in the codebook, at most {MAX_CODES:,} (default: 512)",
+                                 type=integer(1, MAX_CODES))
     code_dim: int = option(16, "--code-dim", "dimension D of the codes, or of a continuous z; if it differs from "
                            "--hidden-size, 1x1 convolutions project into and out of code space; 0 means D = "
-                           "--hidden-size (default: 16)", type=nonnegative_int)
+                           "--hidden-size (default: 16)", type=integer(0, MAX_WIDTH))
     codebook_update: str = option("ema", "--codebook", "how the codes learn: ema (moving averages of their assigned "
                                   "vectors) or loss (codebook loss and Adam, as the reference) (default: ema)",
                                   choices=CODEBOOK_UPDATES)
@@ -52,17 +54,18 @@ class VQConfig:
                                 "kmeans++)", choices=CODEBOOK_INITS)
     restart_threshold: float = option(3.0, "--restart-threshold", "a code whose moving-average use per batch falls "
                                       "below this moves onto a random encoder output of the batch; 0 never restarts "
-                                      "(default: 3.0)", type=nonnegative_float)
+                                      "(default: 3.0)", type=number(0, MAX_LOSS_WEIGHT))
     cosine: bool = option(False, "--cosine", "L2-normalise encoder outputs and codes (default: False)",
                           action=argparse.BooleanOptionalAction)
-    beta: float = option(0.25, "--beta", "weight of the commitment loss (default: 0.25)", type=nonnegative_float)
+    beta: float = option(0.25, "--beta", "weight of the commitment loss (default: 0.25)",
+                        type=number(0, MAX_LOSS_WEIGHT))
 
     def __post_init__(self):
         """Refuse settings that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
-        for name, smallest in (("num_embeddings", 1), ("code_dim", 0)):
+        for name, smallest, largest in (("num_embeddings", 1, MAX_CODES), ("code_dim", 0, MAX_WIDTH)):
             value = getattr(self, name)
-            if type(value) is not int or value < smallest:
-                raise ValueError(f"{name} must be an integer >= {smallest}, not {value!r}")
+            if type(value) is not int or not smallest <= value <= largest:
+                raise ValueError(f"{name} must be an integer from {smallest} to {largest:,}, not {value!r}")
         for name, low, high in (("beta", 0, math.inf), ("ema_decay", 0, 1), ("restart_threshold", 0, math.inf)):
             value = getattr(self, name)
             if type(value) not in (int, float) or not low <= value < high:

@@ -23,7 +23,7 @@ import contextlib
 import math
 import shlex
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import torch
 import torch.distributed as dist
@@ -33,19 +33,20 @@ from torch.utils.tensorboard import SummaryWriter
 from modules import BOTTLENECKS, DECODER_OUTPUTS, VQVAE, VQVAEConfig, load_model
 from vqmnist.autoencoder_training import AutoencoderTask, TrainingSettings, make_optimizer, make_schedule
 from vqmnist.checkpoints import TRAINING_KEYS, RunState, load_checkpoint, load_prior_training, restore_training
-from vqmnist.cli import (ArgumentParser, Arguments, add_device_flag, nonnegative_float, nonnegative_int, plain_name,
-                         positive_float, positive_int, run_cli, unit_interval)
+from vqmnist.cli import ArgumentParser, Arguments, add_device_flag, integer, number, plain_name, run_cli, unit_interval
 from vqmnist.data import Splits, load_splits, shard_size
 from vqmnist.errors import UserError, running_out_is_a_user_error
 from vqmnist.loop import LoopSettings, train_epochs
+from vqmnist.limits import (MAX_BATCH, MAX_DEPTH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SECONDS, MAX_SEED,
+                            MAX_STEPS_BETWEEN_LOGS, MAX_THREADS, MAX_VALIDATION, MAX_WIDTH, MAX_WORKERS)
 from vqmnist.machine import keep_freed_memory, native_bf16
-from vqmnist.prior import PriorConfig
+from vqmnist.prior import CodePrior, PriorConfig, check_size
 from vqmnist.prior_training import DEFAULT_PRIOR_BATCH_SIZE, PriorSettings, resumable, train_prior
 from vqmnist.processes import Processes, process_group
 from vqmnist.run_folder import hold_run_folder, make_folder, prepare_run_folders, run_folders
 from vqmnist.run_log import NoWriter, RunFigures
 from vqmnist.stopping import StopOnSignal
-from vqmnist.threads import ThreadChooser
+from vqmnist.threads import DEFAULT_THREADS, ThreadChooser
 
 DEFAULT_PRIOR_EPOCHS = PriorSettings.epochs
 # Flags that say how to run, not what is trained: a --resume takes them as given now. Every other flag shapes the
@@ -64,9 +65,9 @@ def add_model_flags(parser: ArgumentParser) -> None:
     each one's dest the field of its Config (model_config reads them); a field two bottlenecks share is one flag."""
     defaults = VQVAEConfig()
     model = parser.add_argument_group("model (stored in the checkpoint)")
-    model.add_argument("--hidden-size", dest="hidden_size", type=positive_int, default=defaults.hidden_size,
+    model.add_argument("--hidden-size", dest="hidden_size", type=integer(1, MAX_WIDTH), default=defaults.hidden_size,
                        help=f"channels of the encoder and decoder (default: {defaults.hidden_size})")
-    model.add_argument("--num-residual-blocks", dest="num_residual_blocks", type=nonnegative_int,
+    model.add_argument("--num-residual-blocks", dest="num_residual_blocks", type=integer(0, MAX_DEPTH),
                        default=defaults.num_residual_blocks,
                        help=f"residual blocks in the encoder and in the decoder (default: "
                             f"{defaults.num_residual_blocks})")
@@ -93,23 +94,23 @@ def add_prior_flags(parser: ArgumentParser) -> None:
     """The prior's flags; a dest prior_FIELD sets the PriorConfig field FIELD (prior_config reads them)."""
     defaults = PriorConfig()
     prior = parser.add_argument_group("prior over the codes (trained after the autoencoder, stored in best.pt)")
-    prior.add_argument("--prior-epochs", type=nonnegative_int, default=DEFAULT_PRIOR_EPOCHS,
+    prior.add_argument("--prior-epochs", type=integer(0, MAX_EPOCHS), default=DEFAULT_PRIOR_EPOCHS,
                        help="epochs of the prior on the codes of the best autoencoder; 0 skips it "
                             f"(default: {DEFAULT_PRIOR_EPOCHS})")
     prior.add_argument("--prior-only", action="store_true",
                        help="train (or retrain) only the prior of the existing models/NAME/best.pt, replacing its "
                             "prior if it has one")
-    prior.add_argument("--prior-width", dest="prior_width", type=positive_int, default=defaults.width,
+    prior.add_argument("--prior-width", dest="prior_width", type=integer(1, MAX_WIDTH), default=defaults.width,
                        help=f"width of the prior's transformer (default: {defaults.width})")
-    prior.add_argument("--prior-layers", dest="prior_num_layers", type=positive_int, default=defaults.num_layers,
+    prior.add_argument("--prior-layers", dest="prior_num_layers", type=integer(1, MAX_DEPTH), default=defaults.num_layers,
                        help=f"layers of the prior's transformer (default: {defaults.num_layers})")
-    prior.add_argument("--prior-heads", dest="prior_num_heads", type=positive_int, default=defaults.num_heads,
+    prior.add_argument("--prior-heads", dest="prior_num_heads", type=integer(1, MAX_WIDTH), default=defaults.num_heads,
                        help=f"attention heads; must divide --prior-width (default: {defaults.num_heads})")
     prior.add_argument("--prior-dropout", dest="prior_dropout", type=unit_interval, default=defaults.dropout,
                        help=f"dropout in the prior (default: {defaults.dropout})")
-    prior.add_argument("--prior-batch-size", type=positive_int, default=DEFAULT_PRIOR_BATCH_SIZE,
-                       help=f"code grids per batch of the prior (default: {DEFAULT_PRIOR_BATCH_SIZE})")
-    prior.add_argument("--prior-lr", type=positive_float, default=PriorSettings.lr,
+    prior.add_argument("--prior-batch-size", type=integer(1, MAX_BATCH), default=DEFAULT_PRIOR_BATCH_SIZE,
+                       help=f"code grids per batch of the prior, at most {MAX_BATCH} (default: {DEFAULT_PRIOR_BATCH_SIZE})")
+    prior.add_argument("--prior-lr", type=number(0, MAX_LEARNING_RATE, above_low=True), default=PriorSettings.lr,
                        help="peak AdamW learning rate of the prior, after a warm-up, decayed to 0 along a cosine "
                             f"(default: {PriorSettings.lr})")
     prior.add_argument("--class-dropout", type=unit_interval, default=PriorSettings.class_dropout,
@@ -119,9 +120,9 @@ def add_prior_flags(parser: ArgumentParser) -> None:
 
 def add_run_flags(parser: ArgumentParser) -> None:
     """How to run (RUN_FLAGS): they may change on a --resume."""
-    parser.add_argument("--num-workers", type=nonnegative_int, default=0,
+    parser.add_argument("--num-workers", type=integer(0, MAX_WORKERS), default=0,
                         help="DataLoader worker processes; the data is already in memory (default: 0)")
-    parser.add_argument("--log-interval", type=positive_int, default=20,
+    parser.add_argument("--log-interval", type=integer(1, MAX_STEPS_BETWEEN_LOGS), default=20,
                         help="steps between TensorBoard points and progress-bar updates (default: 20)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the checkpoints of an earlier run with the same --output-folder")
@@ -134,11 +135,13 @@ def add_run_flags(parser: ArgumentParser) -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="keep activations in channels-last memory format, faster for these convolutions on the "
                              "CPU (benchmarks/speed.py --ablation) (default: on)")
-    parser.add_argument("--threads", type=nonnegative_int, default=0,
-                        help="CPU threads; 0: PyTorch's one per core, with one fewer or half of them whenever a "
-                             "timed probe every 20 s finds that faster, as when another program keeps a core busy "
-                             "(default: 0)")
-    parser.add_argument("--time-limit", type=nonnegative_float, default=0, metavar="SECONDS",
+    parser.add_argument("--threads", type=integer(0, MAX_THREADS), default=DEFAULT_THREADS,
+                        help=f"CPU threads, 1 to {MAX_THREADS}; 0: PyTorch's one per core, with one fewer or half of "
+                             "them whenever a timed probe every 20 s finds that faster, as when another program "
+                             "keeps a core busy; faster on a shared machine, but sums split differently between "
+                             "thread counts, so the weights then depend on the load: the same seed no longer gives "
+                             f"the same model (default: {DEFAULT_THREADS}, one per core: reproducible)")
+    parser.add_argument("--time-limit", type=number(0, MAX_SECONDS), default=0, metavar="SECONDS",
                         help="stop as Ctrl-C does (last.pt saved, --resume goes on) once this many seconds have "
                              "passed since the start; 0: no limit (default: 0)")
     parser.add_argument("--resume", action="store_true",
@@ -155,13 +158,15 @@ def build_parser() -> ArgumentParser:
     add_device_flag(parser, "train on")
     add_model_flags(parser)
     add_prior_flags(parser)
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default: 64)")
-    parser.add_argument("--num-epochs", type=positive_int, default=8, help="epochs to train (default: 8)")
-    parser.add_argument("--lr", type=positive_float, default=2e-3, help="Adam learning rate (default: 2e-3)")
+    parser.add_argument("--batch-size", type=integer(1, MAX_BATCH), default=64,
+                        help=f"images per batch, at most {MAX_BATCH} (default: 64)")
+    parser.add_argument("--num-epochs", type=integer(1, MAX_EPOCHS), default=8, help="epochs to train (default: 8)")
+    parser.add_argument("--lr", type=number(0, MAX_LEARNING_RATE, above_low=True), default=2e-3, help="Adam learning rate (default: 2e-3)")
     parser.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
                         help="cosine: decay the learning rate to 0 over the run's steps (default: cosine)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order (default: 0)")
-    parser.add_argument("--val-size", type=positive_int, default=5000,
+    parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                        help="seed of the weights and the batch order (default: 0)")
+    parser.add_argument("--val-size", type=integer(1, MAX_VALIDATION), default=5000,
                         help="last training images held out for validation (default: 5000)")
     add_run_flags(parser)
     return parser
@@ -190,8 +195,29 @@ def prior_settings(args) -> PriorSettings:
                          class_dropout=args.class_dropout, seed=args.seed, amp=args.amp, log_interval=args.log_interval)
 
 
+def check_sizes(args) -> None:
+    """Refuse flags whose autoencoder or prior would be larger than this project builds, before anything trains:
+    both are counted on the meta device, where nothing is allocated."""
+    try:
+        config = model_config(args)
+        check_size(lambda: VQVAE(config), "the autoencoder")
+        if BOTTLENECKS[config.bottleneck].discrete and args.prior_epochs:
+            with torch.device("meta"):
+                num_embeddings = VQVAE(config).bottleneck.num_embeddings
+            prior = replace(prior_config(args), num_embeddings=num_embeddings)
+            check_size(lambda: CodePrior(prior), "the prior")
+    except ValueError as error:
+        raise UserError(f"{error}: lower --hidden-size, --num-residual-blocks, --k, --code-dim or the --prior-* "
+                        "sizes") from None
+
+
 def resume_command(name: str) -> str:
     return f"python vqvae.py --output-folder {shlex.quote(name)} --resume"
+
+
+def as_typed(value) -> str:
+    """A flag's value as it is typed on the command line: 8,8,8 rather than (8, 8, 8)."""
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 def resume_args(args, parser: ArgumentParser) -> tuple[argparse.Namespace, dict | None]:
@@ -217,8 +243,8 @@ def resume_args(args, parser: ArgumentParser) -> tuple[argparse.Namespace, dict 
         given = getattr(args, name)
         if name in typed and given != kept:
             flag = flag_names[name]
-            raise UserError(f"--resume continues {path} with its own {flag} {kept}: drop {flag} {given}, or start "
-                            "a new run")
+            raise UserError(f"--resume continues {path} with its own {flag} {as_typed(kept)}: drop {flag} "
+                            f"{as_typed(given)}, or start a new run")
     return argparse.Namespace(**{**vars(args), **result_flags}), checkpoint
 
 
@@ -318,7 +344,13 @@ def prior_only(args, device: torch.device, deadline: float) -> None:
         raise UserError("--prior-only trains only the prior of an existing run: drop --resume and --overwrite")
     if args.prior_epochs == 0:
         raise UserError("--prior-only with --prior-epochs 0 has nothing to do: give --prior-epochs N")
-    with hold_run_folder(run_folders(args.output_folder).model_dir):
+    model_dir = run_folders(args.output_folder).model_dir
+    if not (model_dir / "best.pt").is_file():  # checked before the lock would make the folder
+        raise UserError(f"there is no {model_dir / 'best.pt'} to train a prior for; train the autoencoder first "
+                        f"with python vqvae.py --output-folder {shlex.quote(args.output_folder)}")
+    # A new process's generator starts from a random seed: the prior's first weights come from --seed instead.
+    torch.manual_seed(args.seed)
+    with hold_run_folder(model_dir):
         give_prior(args, device, deadline)
 
 
@@ -403,6 +435,8 @@ def main(args):
                             f"{'does' if len(stray) == 1 else 'do'} not apply to --bottleneck {args.bottleneck}: drop "
                             f"{'it' if len(stray) == 1 else 'them'}, or choose the bottleneck that takes "
                             f"{'it' if len(stray) == 1 else 'them'}")
+    if not args.resume:  # a resumed run's sizes are its checkpoint's
+        check_sizes(args)
     deadline = time.monotonic() + args.time_limit if args.time_limit else math.inf
     keep_freed_memory()
     if args.threads:

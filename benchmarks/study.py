@@ -17,9 +17,15 @@ prior's NLL of the test codes without the class, or the Gaussian VAE's KL), the 
 recognisable fraction and Frechet distance (the prior's class drawn by itself, or the Gaussian's N(0, I)), and the
 seconds of training (autoencoder and prior, from its run.json). The table goes to OUT_DIR/study_NAME.md and
 stdout, the plot of test MSE against the rate to OUT_DIR/study_NAME.png.
+
+A kept scores.json the table cannot read is scored again. One study runs at a time: it holds models/study (its
+.lock) while it runs, and a second one stops at once.
 """
 import argparse
+import contextlib
+import fcntl
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,9 +38,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from vqmnist.cli import nonnegative_int, positive_int
+from vqmnist.cli import ArgumentParser, integer, resolve_device, run_cli
 from benchmarks.scripts import run_script
-from vqmnist.files import atomic_path, write_json
+from vqmnist.errors import UserError
+from vqmnist.files import atomic_path, write_failure, write_json
+from vqmnist.limits import MAX_EPOCHS, MAX_SAMPLES, MAX_SEED
+from vqmnist.run_folder import make_folder, unwritable
 from vqmnist.scores import FRECHET_MIN_SAMPLES
 
 
@@ -67,26 +76,95 @@ MARKERS = {"VQ": ("o", (5, 5), "left"), "reference VQ": ("D", (5, 5), "left"), "
            "Gaussian": ("^", (5, -12), "left")}
 
 
+# evaluate.py's scores and vqvae.py's run.json are a few kilobytes; a kept file far larger is not one of theirs,
+# and is not read whole into memory.
+MAX_KEPT_BYTES = 1 << 20
+
+
+def read_kept_json(path: Path):
+    """The JSON value in path; OSError, ValueError (not UTF-8 or not JSON, or too large) or RecursionError (nested
+    too deep) if it has none."""
+    with open(path, "rb") as file:
+        content = file.read(MAX_KEPT_BYTES + 1)
+    if len(content) > MAX_KEPT_BYTES:
+        raise ValueError(f"over {MAX_KEPT_BYTES} bytes")
+    return json.loads(content)
+
+
+def tabulable(row: Row, scores) -> bool:
+    """Whether the table (and so the plot, which reads the same figures) can show scores as row's."""
+    # Rendering the row is the check that cannot drift from what table() reads.
+    try:
+        table([row], [scores])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return False
+    return True
+
+
+def kept_scores(row: Row, path: Path, shown: str) -> dict | None:
+    """The scores kept at path, or None where there are none the table can use (said on stderr if a file is
+    there), so that the row is scored again."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        scores = read_kept_json(path)
+    except (OSError, ValueError, RecursionError):
+        scores = None
+    if tabulable(row, scores):
+        return scores
+    print(f"study: {shown} is unreadable; scoring the row again", file=sys.stderr, flush=True)
+    return None
+
+
+def part_seconds(model_dir: Path, shown: str) -> dict:
+    """{"autoencoder": s, "prior": s} (the parts trained) from the run.json vqvae.py has just written."""
+    try:
+        figures = read_kept_json(model_dir / "run.json")
+        if not isinstance(figures, dict):
+            raise TypeError
+        seconds = {part: figures[part]["seconds"] for part in ("autoencoder", "prior") if part in figures}
+        if not all(isinstance(value, (int, float)) for value in seconds.values()):
+            raise TypeError
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+        raise UserError(f"{shown}/run.json is missing or unreadable after vqvae.py trained it: delete {shown} and "
+                        "run the study again to train the row anew") from None
+    return seconds
+
+
 def train_and_score(row: Row, args) -> dict:
     """The row's scores: read back from its scores.json, or trained (or resumed) and evaluated now."""
     folder = f"study/{row.name}-e{args.epochs}-p{args.prior_epochs}-s{args.seed}"
     model_dir = ROOT / "models" / folder
     scores_path = model_dir / "scores.json"
-    if scores_path.is_file():
-        return json.loads(scores_path.read_text())
+    kept = kept_scores(row, scores_path, f"models/{folder}/scores.json")
+    if kept is not None:
+        return kept
     print(f"study: {row.label}: training models/{folder}", file=sys.stderr, flush=True)
     started = time.perf_counter()
+    # A finished run's --resume has nothing to train, so a row kept without its scores is only evaluated again.
     if (model_dir / "last.pt").is_file():
         run_script(["vqvae.py", "--output-folder", folder, "--device", args.device, "--resume"])
     else:
         run_script(["vqvae.py", "--output-folder", folder, "--overwrite", "--device", args.device, "--num-epochs",
              str(args.epochs), "--prior-epochs", str(args.prior_epochs), "--seed", str(args.seed), *row.flags])
-    figures = json.loads((model_dir / "run.json").read_text())
-    scores = json.loads(run_script(["evaluate.py", "--model", str(model_dir / "best.pt"), "--device", args.device,
-                             "--samples", str(args.samples), "--json"]))
-    scores["seconds"] = {part: figures[part]["seconds"] for part in ("autoencoder", "prior") if part in figures}
-    scores["wall_seconds"] = time.perf_counter() - started
-    write_json(scores_path, scores)
+    seconds = part_seconds(model_dir, f"models/{folder}")
+    command = ["evaluate.py", "--model", str(model_dir / "best.pt"), "--device", args.device, "--samples",
+               str(args.samples), "--json"]
+    try:
+        scores = json.loads(run_script(command))
+    except ValueError:
+        scores = None
+    if isinstance(scores, dict):
+        scores["seconds"] = seconds
+        scores["wall_seconds"] = time.perf_counter() - started
+    # Kept, scores the table cannot read would be scored again on every run of the study.
+    if not tabulable(row, scores):
+        raise UserError(f"`python {' '.join(command)}` printed no scores the study's table can read: run it "
+                        "yourself to see what it prints")
+    try:
+        write_json(scores_path, scores)
+    except OSError as error:
+        raise write_failure(scores_path, error, "run the study again") from None
     return scores
 
 
@@ -134,34 +212,83 @@ def plot(rows: list[Row], results: list[dict], title: str, path: Path) -> None:
     plt.close(figure)
 
 
+@contextlib.contextmanager
+def hold_study_folder(folder: Path):
+    """Hold folder (models/study) for the block: an exclusive lock on its .lock file, which the operating system
+    releases when this process ends, however it ends. Two studies at once would train the same runs (the studies
+    share them) and write the same scores.json, so another study holding it is an error naming its process."""
+    make_folder(folder)
+    try:
+        lock = open(folder / ".lock", "a+")
+    except OSError as error:
+        raise unwritable(error, folder) from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read(64).strip() or "unknown"
+            raise UserError(f"{folder} is in use by another study (process {holder}): wait until it ends, then run "
+                            "this one") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out-dir {out_dir} is a file, not a folder: give a folder for the tables and plots")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out-dir {out_dir}: cannot make it ({error.strerror}): give a folder that can be "
+                        "written to") from None
+
+
 def main(args) -> None:
-    if args.samples < FRECHET_MIN_SAMPLES:
-        sys.exit(f"study.py: error: --samples {args.samples}: the Frechet distance needs at least "
-                 f"{FRECHET_MIN_SAMPLES}")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    resolve_device(args.device)  # here, not after vqvae.py has failed on it in a subprocess
+    prepare_out_dir(args.out_dir)
     started = time.perf_counter()
-    for name in STUDIES if args.study == "all" else [args.study]:
-        rows = STUDIES[name]
-        results = [train_and_score(row, args) for row in rows]
-        lines = table(rows, results)
-        with atomic_path(args.out_dir / f"study_{name}.md") as temporary:
-            temporary.write_text("\n".join(lines) + "\n")
-        plot(rows, results, f"study {name}: {args.epochs} epochs, prior {args.prior_epochs}, seed {args.seed}",
-             args.out_dir / f"study_{name}.png")
-        print(f"## study {name}\n\n" + "\n".join(lines) + "\n", flush=True)
+    with hold_study_folder(ROOT / "models" / "study"):
+        for name in STUDIES if args.study == "all" else [args.study]:
+            rows = STUDIES[name]
+            results = [train_and_score(row, args) for row in rows]
+            lines = table(rows, results)
+            path = args.out_dir / f"study_{name}.md"
+            try:
+                with atomic_path(path) as temporary:
+                    temporary.write_text("\n".join(lines) + "\n")
+                path = args.out_dir / f"study_{name}.png"
+                plot(rows, results, f"study {name}: {args.epochs} epochs, prior {args.prior_epochs}, seed {args.seed}",
+                     path)
+            except OSError as error:
+                raise write_failure(path, error, "run the study again; its scores are kept") from None
+            print(f"## study {name}\n\n" + "\n".join(lines) + "\n", flush=True)
     print(f"study.py: done in {time.perf_counter() - started:.0f} s; tables and plots in {args.out_dir}",
           file=sys.stderr)
 
 
+def sample_count(text: str) -> int:
+    """An argparse type: a number of samples the Frechet distance and evaluate.py can take."""
+    try:
+        return integer(FRECHET_MIN_SAMPLES, MAX_SAMPLES)(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error}: the Frechet distance needs at least {FRECHET_MIN_SAMPLES}, and "
+                                         f"the test set has {MAX_SAMPLES:,} digits to compare them with") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train and score the runs of a study of K, D or the bottleneck.")
+    parser = ArgumentParser(description="Train and score the runs of a study of K, D or the bottleneck.")
     parser.add_argument("--study", choices=[*STUDIES, "all"], required=True, help="which study to run (required)")
-    parser.add_argument("--epochs", type=positive_int, default=3, help="autoencoder epochs of each run (default: 3)")
-    parser.add_argument("--prior-epochs", type=nonnegative_int, default=2,
+    parser.add_argument("--epochs", type=integer(1, MAX_EPOCHS), default=3,
+                        help="autoencoder epochs of each run (default: 3)")
+    parser.add_argument("--prior-epochs", type=integer(0, MAX_EPOCHS), default=2,
                         help="prior epochs of each discrete run; 0: no prior, so no rate or samples (default: 2)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
-    parser.add_argument("--samples", type=positive_int, default=1000,
-                        help=f"samples scored per run, at least {FRECHET_MIN_SAMPLES} (default: 1000)")
+    parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of every run (default: 0)")
+    parser.add_argument("--samples", type=sample_count, default=1000,
+                        help=f"samples scored per run, {FRECHET_MIN_SAMPLES} to {MAX_SAMPLES:,} (default: 1000)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to train on (default: cpu)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "models" / "study",
                         help="where the tables and plots go (default: models/study)")
@@ -169,4 +296,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    run_cli(main, build_parser().parse_args())

@@ -185,8 +185,8 @@ def test_non_finite_weights_are_refused_naming_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("num_embeddings", -5, "num_embeddings must be an integer >= 1, not -5"),
-    ("hidden_size", 8.5, "hidden_size must be an integer >= 1, not 8.5"),
+    ("num_embeddings", -5, "num_embeddings must be an integer from 1 to 131,072, not -5"),
+    ("hidden_size", 8.5, "hidden_size must be an integer from 1 to 65,536, not 8.5"),
     ("ema_decay", 1.5, "ema_decay must be a number in \\[0, 1\\), not 1.5"),
     ("decoder_output", "sigmoid", "decoder_output must be one of"),
     ("codebook_init", "zeros", "codebook_init must be one of"),

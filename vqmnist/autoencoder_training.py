@@ -129,7 +129,9 @@ class AutoencoderTask:
         figures = {"recon_loss": scores.recon_loss, "mse": scores.mse, "psnr": scores.psnr, "ssim": scores.ssim,
                    **{f"loss_{name}": value for name, value in scores.losses.items()}, **scores.figures,
                    **epoch_figures}
-        health = health_line({**scores.figures, **epoch_figures}, getattr(self.model.bottleneck, "num_embeddings", None))
+        bottleneck = self.model.bottleneck
+        health = health_line({**scores.figures, **epoch_figures},
+                             bottleneck.num_embeddings if bottleneck.discrete else None)
         return Validation(scores.recon_loss, figures, f"val recon loss {scores.recon_loss:.5f}  MSE {scores.mse:.5f} "
                                                       f"({scores.psnr:.1f} dB)  {health}")
 

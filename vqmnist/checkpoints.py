@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from vqmnist.errors import UserError
 from vqmnist.files import save_torch
-from vqmnist.prior import CodePrior, PriorConfig
+from vqmnist.prior import CodePrior, PriorConfig, check_size
 
 # Format 1: the files of before this number existed, with the flags' older names in "args". Format 2: one flat
 # model config holding every bottleneck's fields, the bottleneck's weights under "quantizer.", "best_recon_loss".
@@ -197,14 +197,25 @@ def check_weights_finite(module: nn.Module, path) -> None:
                             "diverged; use another checkpoint, such as best.pt of the run")
 
 
+def prior_hint(path: Path) -> str:
+    """How to give the checkpoint at path a prior: --prior-only for the run folder it sits in, models/NAME (NAME may
+    hold a slash, as models/study/NAME does); for a file elsewhere, how to make it one."""
+    try:
+        run = path.resolve().parent.relative_to(Path("models").resolve())
+    except ValueError:
+        run = None
+    if run is not None and run.parts and path.name == "best.pt":
+        return f"train one for it with `python vqvae.py --output-folder {shlex.quote(str(run))} --prior-only`"
+    return ("copy it to models/NAME/best.pt and train one for it with `python vqvae.py --output-folder NAME "
+            "--prior-only`")
+
+
 def load_prior(checkpoint: dict, path, num_embeddings: int, device="cpu") -> CodePrior:
     """The prior stored in a checkpoint (under "prior", beside the autoencoder of num_embeddings codes it was trained
     for), in eval mode."""
     stored = checkpoint.get("prior")
     if stored is None:
-        name = Path(path).parent.name
-        raise UserError(f"{path} holds no prior over the codes: train one for it with `python vqvae.py "
-                        f"--output-folder {shlex.quote(name)} --prior-only`, or use --input noise")
+        raise UserError(f"{path} holds no prior over the codes: {prior_hint(Path(path))}, or use --input noise")
     known = {field.name for field in fields(PriorConfig)}
     try:
         missing = [key for key in PRIOR_KEYS if key not in stored]
@@ -212,7 +223,9 @@ def load_prior(checkpoint: dict, path, num_embeddings: int, device="cpu") -> Cod
             raise ValueError(f"it lacks {', '.join(missing)}")
         if not stored["config"].keys() <= known:
             raise ValueError(f"unknown fields {sorted(stored['config'].keys() - known)}")
-        prior = CodePrior(PriorConfig(**stored["config"]))
+        config = PriorConfig(**stored["config"])
+        check_size(lambda: CodePrior(config), "the prior")
+        prior = CodePrior(config)
         prior.load_state_dict(stored["model"])
     except (KeyError, AttributeError, ValueError, TypeError, RuntimeError) as error:
         raise UserError(f"{path}: its prior cannot be rebuilt ({str(error).splitlines()[0][:160]}); retrain it "

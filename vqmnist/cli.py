@@ -72,6 +72,18 @@ def _number_type(cast, check, requirement):
     return parse
 
 
+def integer(low: int, high: int):
+    """An argparse type: an integer from low to high."""
+    return _number_type(int, lambda v: low <= v <= high, f"an integer from {low} to {high:,}")
+
+
+def number(low: float, high: float, above_low: bool = False):
+    """An argparse type: a finite number from low (or, with above_low, above it) to high."""
+    bounds = f"above {low:g} and at most {high:g}" if above_low else f"from {low:g} to {high:g}"
+    return _number_type(float, lambda v: math.isfinite(v) and (v > low if above_low else v >= low) and v <= high,
+                        f"a number {bounds}")
+
+
 positive_int = _number_type(int, lambda v: v > 0, "a positive integer")
 nonnegative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
@@ -82,7 +94,7 @@ unit_interval = _number_type(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 def plain_name(text: str) -> str:
     """A name for files under the project's output folders: relative, without '..', so it stays inside them."""
     path = Path(text)
-    if not text or path.is_absolute() or ".." in path.parts:
+    if not path.parts or path.is_absolute() or ".." in path.parts:
         raise argparse.ArgumentTypeError(f"give a plain name such as 'vqvae', not {text!r}")
     return text
 

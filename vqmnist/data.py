@@ -10,8 +10,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
-from torchvision import datasets
-from torchvision.datasets.utils import check_integrity
 
 from vqmnist.errors import UserError
 from vqmnist.files import atomic_path
@@ -59,6 +57,9 @@ def _ensure_raw_files(data_folder: Path, names) -> bool:
 
 
 def _download(data_folder: Path, train: bool) -> bool:
+    # Imported here: torchvision's import loads its model zoo, which --help and a flag error need
+    # not wait for.
+    from torchvision import datasets
     print(f"MNIST is not in {data_folder}; trying torchvision's download", file=sys.stderr)
     # torchvision prints a line per failed mirror; the one line that matters is ours.
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -74,6 +75,11 @@ def load_mnist(data_folder, train: bool) -> tuple[Tensor, Tensor]:
 
     The files may sit in DATA/MNIST/raw (torchvision's layout) or in DATA itself, gzipped or not.
     """
+    # Imported here: torchvision's import loads its model zoo, which --help and a flag error need
+    # not wait for.
+    from torchvision import datasets
+    from torchvision.datasets.utils import check_integrity
+
     data_folder = Path(data_folder)
     raw_folder = data_folder / "MNIST" / "raw"
     # torchvision's MNIST wants all four files present, whichever split it reads.

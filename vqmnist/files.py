@@ -30,6 +30,21 @@ def write_failure(path, error: BaseException, then: str) -> UserError:
     return UserError(f"cannot write {path}: {getattr(error, 'strerror', None) or error}")
 
 
+def check_writable(path) -> None:
+    """Refuse, before any work, a file path that names a folder or whose folder cannot take a file: its folder is
+    made, and a probe file written there and removed."""
+    path = Path(path)
+    if path.is_dir() or not path.name:
+        raise UserError(f"{path} is a folder: give a file name, such as {path / 'classifier.pt'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".{path.name}.probe-{os.getpid()}")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}; choose a writable place") from None
+
+
 def save_torch(path, content) -> None:
     """torch.save through atomic_path, flushed to the disk before the rename: a crash mid-save leaves the
     previous file intact."""

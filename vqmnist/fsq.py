@@ -1,4 +1,5 @@
-"""Finite scalar quantisation (Mentzer et al., 2023, "Finite Scalar Quantization: VQ-VAE Made Simple"), `--bottleneck fsq`.
+"""Finite scalar quantisation, `--bottleneck fsq` (Mentzer et al., 2023, "Finite Scalar Quantization: VQ-VAE Made
+Simple").
 
 Each of the d = len(levels) dimensions of z_e is squashed into a bounded range and rounded to one of L_i levels, with
 the straight-through estimator. The codes are the points of that fixed grid, K = prod(L_i) of them: nothing to learn,
@@ -12,6 +13,7 @@ import torch
 from torch import Tensor
 
 from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
+from vqmnist.limits import MAX_CODES
 
 
 def levels_list(text: str) -> tuple[int, ...]:
@@ -22,6 +24,9 @@ def levels_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 8,8,8, got {text!r}") from None
     if not all(level >= 2 for level in levels):
         raise argparse.ArgumentTypeError(f"every level must be at least 2, got {text}")
+    if math.prod(levels) > MAX_CODES:
+        raise argparse.ArgumentTypeError(f"the levels' product is K, the number of codes: {math.prod(levels):,} is "
+                                         f"more than {MAX_CODES:,}; give fewer or smaller levels, got {text}")
     return levels
 
 
@@ -35,6 +40,9 @@ class FSQConfig:
         self.fsq_levels = tuple(self.fsq_levels)  # a checkpoint may hand back a list
         if not self.fsq_levels or not all(type(level) is int and level >= 2 for level in self.fsq_levels):
             raise ValueError(f"fsq_levels must be integers >= 2, not {self.fsq_levels!r}")
+        if math.prod(self.fsq_levels) > MAX_CODES:
+            raise ValueError(f"fsq_levels {self.fsq_levels!r} make {math.prod(self.fsq_levels):,} codes, more than "
+                             f"{MAX_CODES:,}")
 
 
 class FiniteScalarQuantizer(Bottleneck):

@@ -126,7 +126,8 @@ def train_epochs(task: TrainingTask, state: RunState, settings: LoopSettings, st
             tqdm.write(f"{task.label} {state.epoch:>2}/{settings.epochs}  {validation.line}  {seconds:.1f} s"
                        + ("  [best]" if improved else ""))
         if stop_now():
-            stop_run(task, state, settings, stop, writer, figures, save=False, where=f"after {task.label} {state.epoch}")
+            stop_run(task, state, settings, stop, writer, figures, save=False,
+                     where=f"after {task.label} {state.epoch}")
 
 
 def check_finite(task: TrainingTask, first_bad_step: Tensor, saved_step: int | None) -> None:

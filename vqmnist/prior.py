@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqmnist.data import images_to_inputs
+from vqmnist.limits import MAX_CLASSES, MAX_CODES, MAX_DEPTH, MAX_GRID_SIDE, MAX_MODEL_VALUES, MAX_WIDTH
 
 # Sampling defaults of generate.py and evaluate.py, and of the samples TensorBoard shows; see CodePrior.sample.
 SAMPLING_TEMPERATURE = 1.0
@@ -34,10 +35,11 @@ class PriorConfig:
 
     def __post_init__(self):
         """Refuse a shape that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
-        for name in ("num_embeddings", "grid_size", "num_classes", "width", "num_layers", "num_heads"):
+        for name, largest in (("num_embeddings", MAX_CODES), ("grid_size", MAX_GRID_SIDE), ("num_classes", MAX_CLASSES),
+                              ("width", MAX_WIDTH), ("num_layers", MAX_DEPTH), ("num_heads", MAX_WIDTH)):
             value = getattr(self, name)
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
+            if type(value) is not int or not 1 <= value <= largest:
+                raise ValueError(f"{name} must be an integer from 1 to {largest:,}, not {value!r}")
         if self.width % self.num_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must divide width ({self.width})")
         if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
@@ -184,6 +186,21 @@ class CodePrior(nn.Module):
                 x = self.code_embedding(code.repeat(2, 1) if guided else code) + self.position_embedding[position + 1]
         side = self.config.grid_size
         return codes.view(-1, side, side)
+
+
+def values_of(build) -> int:
+    """How many values (weights and buffers) the module `build()` makes would hold, counted on the meta device, where
+    nothing is allocated and no random number is drawn."""
+    with torch.device("meta"):
+        return sum(tensor.numel() for tensor in build().state_dict().values())
+
+
+def check_size(build, what: str) -> None:
+    """Refuse (ValueError) a module larger than MAX_MODEL_VALUES values before anything of it is allocated."""
+    values = values_of(build)
+    if values > MAX_MODEL_VALUES:
+        raise ValueError(f"{what} would hold {values:,} values, more than the {MAX_MODEL_VALUES:,} this project "
+                         "builds")
 
 
 @torch.no_grad()

@@ -9,7 +9,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import make_grid
 
 from vqmnist.checkpoints import (RunState, prior_entry, prior_training_checkpoint, restore_training_state,
                                  save_checkpoint)
@@ -109,6 +108,10 @@ class PriorTask:
 
     def validate(self, step: int) -> Validation:
         """The validation NLL in bits per code with and without the class, logged with a grid of samples."""
+        # Imported here: torchvision's import loads its model zoo, which --help and a flag error need
+        # not wait for.
+        from torchvision.utils import make_grid
+
         prior, codes = self.prior, self.codes
         val_nll = prior_nll_bits(prior, codes.val_codes, codes.val_labels)
         unconditional_nll = prior_nll_bits(prior, codes.val_codes, torch.full_like(codes.val_labels, prior.no_class))

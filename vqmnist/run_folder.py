@@ -52,11 +52,13 @@ def prepare_run_folders(name: str, overwrite: bool, resume: bool, create: bool =
         for stale in model_dir.glob(".*.tmp-*"):
             stale.unlink()
         if overwrite:
-            # The replaced run's curves would otherwise be drawn over the new run's in TensorBoard, and its prior's
-            # training state taken for the new one's.
+            # Nothing of the replaced run may be taken for the new one's: its curves would be drawn over the new
+            # ones in TensorBoard, and a best.pt, prior_last.pt or run.json of it would stand beside the new last.pt
+            # until the new run wrote its own.
             for events in log_dir.glob("events.out.tfevents.*"):
                 events.unlink()
-            (model_dir / "prior_last.pt").unlink(missing_ok=True)
+            for name in ("best.pt", "last.pt", "prior_last.pt", "run.json"):
+                (model_dir / name).unlink(missing_ok=True)
     except OSError as error:
         raise unwritable(error, folder) from None
     return RunFolders(log_dir, model_dir)

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from vqmnist.data import images_to_inputs
@@ -47,6 +46,10 @@ def log_validation(writer: SummaryWriter, model: torch.nn.Module, scores, fixed_
     if scores.counts is not None:
         codes = torch.repeat_interleave(torch.arange(len(scores.counts)), scores.counts)
         writer.add_histogram("val/code_usage", codes, step, bins=len(scores.counts))
+
+    # Imported here: torchvision's import loads its model zoo, which --help and a flag error need
+    # not wait for.
+    from torchvision.utils import make_grid
 
     model.eval()
     with torch.no_grad():

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.functional.image import structural_similarity_index_measure
 from tqdm import tqdm
 
 from vqmnist.bottleneck import code_counts, code_statistics, perplexity_from_counts
@@ -36,6 +35,9 @@ def score_reconstructions(model: nn.Module, images: Tensor, batch_size: int,
 
     Under torchrun each process scores every world_size-th image and the sums and counts are added up over the
     processes, so every process gets the scores of the whole set."""
+    # imported here: torchmetrics' image metrics load torchvision, which --help and a flag error need not wait for
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     was_training = model.training
     model.eval()
     shard = images[rank()::world_size()] if distributed() else images

@@ -1,4 +1,4 @@
-"""Stopping a run cleanly: Ctrl-C, SIGTERM or the --time-limit are noted, and the loop saves and stops at its next step."""
+"""Stopping a run cleanly: Ctrl-C, SIGTERM or the --time-limit are noted; the loop saves and stops at its next step."""
 import math
 import signal
 import time

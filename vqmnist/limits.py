@@ -1,0 +1,26 @@
+"""The largest sizes and values a flag or a file may ask for: what a run on one machine can honour."""
+import os
+
+MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes 64 bits
+MAX_CODES = 2 ** 17  # K: a codebook, FSQ's product of levels, the prior's vocabulary
+# Values (weights and buffers) an autoencoder or a prior from a flag or a file may hold: 256 MB of float32.
+MAX_MODEL_VALUES = 2 ** 26
+MAX_WIDTH = 2 ** 16  # channels, code dimensions, a transformer's width: each size of one layer
+MAX_DEPTH = 256  # residual blocks, transformer layers
+MAX_GRID_SIDE = 28  # a code grid is never larger than the image
+MAX_CLASSES = 1000
+MAX_BATCH = 4096  # images or grids of one training step: more would not fit a laptop's memory at the default sizes
+MAX_SCORING_BATCH = 10_000  # images of one batch without gradients (scoring)
+MAX_VALIDATION = 59_999  # of MNIST's 60,000 training images, at least one is left to train on
+MAX_LEARNING_RATE = 10.0
+MAX_LOSS_WEIGHT = 1e6  # --beta, --kl-weight, --restart-threshold: far beyond any useful value, still finite
+MAX_EPOCHS = 100_000
+MAX_STEPS_BETWEEN_LOGS = 1_000_000
+MAX_SECONDS = 10 ** 8  # --time-limit: three years
+MAX_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+MAX_WORKERS = 64
+MAX_SAMPLES = 10_000  # the MNIST test set, which sample scores are compared with
+# Sampling: a temperature below this turns softmax(logits / T) into a one-hot of the largest logit in float32 and
+# then overflows; above MAX_TEMPERATURE or MAX_GUIDANCE the logits say nothing any more.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
+MAX_GUIDANCE = 100.0
