@@ -5,6 +5,7 @@ Usage:
     python generate.py --model models/vqvae/best.pt --input random --filename samples # row i: ten samples of digit i
     python generate.py --model models/vqvae/best.pt --input random --digit 7 --temperature 0.8 --seed 1
     python generate.py --model models/vqvae/best.pt --input random --unconditional
+    python generate.py --model models/vqvae/best.pt --input complete --keep-rows 3  # half-drawn digits completed
     python generate.py --model models/vqvae/best.pt --input noise --filename noise
     python generate.py --model models/vqvae/best.pt --input random --save-codes codes.npy   # the 100 sampled grids
     python generate.py --model models/vqvae/best.pt --input codes --codes codes.npy --filename decoded
@@ -14,6 +15,8 @@ Usage:
 autoencoder) and decodes them: row i holds ten samples of digit i, or with --digit D all 100 are Ds, or with
 --unconditional the prior draws each sample's class itself (from the training set's class frequencies) and then
 its codes. --temperature and --guidance (classifier-free guidance) trade variety for clean, typical digits.
+--input complete shows, in row i, a test digit i picked by --seed, then nine completions: the top --keep-rows rows
+of its code grid kept, the rest drawn by the prior, given the digit's class (or, --unconditional, without it).
 --input noise decodes what the autoencoder makes of standard-normal noise images, as the reference repository's
 "random" does; it is kept for comparison.
 --save-codes FILE (.pt or .npy) also writes the (100, 7, 7) code grids behind the picture: the test digits' codes,
@@ -55,6 +58,7 @@ from vqmnist.limits import MAX_CODES, MAX_GUIDANCE, MAX_SEED, MAX_TEMPERATURE, M
 from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, default_temperature
 
 GRID_SIDE = 10
+DEFAULT_KEPT_ROWS = 3
 CODE_FILE_SUFFIXES = (".pt", ".npy")
 OUTPUT_FOLDER = Path("generatedImages")
 TORCH_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
@@ -84,9 +88,10 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Write a 10x10 grid of VQ-VAE reconstructions or random images.")
     parser.add_argument("--model", default="models/vqvae/best.pt",
                         help="checkpoint written by vqvae.py (default: models/vqvae/best.pt)")
-    parser.add_argument("--input", choices=["MNIST", "random", "noise", "codes"], default="MNIST",
-                        help="MNIST: reconstruct test digits; random: samples of the learned prior; noise: decode "
-                             "noise images as the reference does; codes: decode the grids of --codes "
+    parser.add_argument("--input", choices=["MNIST", "random", "complete", "noise", "codes"], default="MNIST",
+                        help="MNIST: reconstruct test digits; random: samples of the learned prior; complete: the "
+                             "prior completes test digits of which it is shown the top --keep-rows rows of codes; "
+                             "noise: decode noise images as the reference does; codes: decode the grids of --codes "
                              "(default: MNIST)")
     add_device_flag(parser)
     parser.add_argument("--filename", type=grid_name, default=None,
@@ -106,7 +111,11 @@ def build_parser() -> ArgumentParser:
                         help="--input random: all 100 samples are of digit D (default: row i holds digit i)")
     parser.add_argument("--unconditional", action="store_true",
                         help="--input random: no class is asked for: the prior draws each sample's class itself, "
-                             "so the grid shows whatever digits it produces")
+                             "so the grid shows whatever digits it produces; --input complete: the prior completes "
+                             "each digit without being told its class")
+    parser.add_argument("--keep-rows", type=integer(1, LATENT_SIDE - 1), default=None, metavar="N",
+                        help=f"--input complete: rows of each digit's {LATENT_SIDE}x{LATENT_SIDE} code grid kept, 1 to "
+                             f"{LATENT_SIDE - 1}; the prior draws the rest (default: {DEFAULT_KEPT_ROWS})")
     parser.add_argument("--codes", default=None, metavar="FILE",
                         help="--input codes: a .pt or .npy file of code grids (N, 7, 7) to decode (default: none)")
     parser.add_argument("--save-codes", default=None, metavar="FILE",
@@ -143,8 +152,13 @@ def output_path(filename: str) -> Path:
 
 def check_flags(args, model) -> None:
     """Refuse flags that do not fit together, or that this model cannot follow."""
-    if args.input != "random" and (args.digit is not None or args.unconditional):
+    if args.input != "random" and args.digit is not None:
         raise UserError("--digit and --unconditional choose prior samples: use them with --input random")
+    if args.input not in ("random", "complete") and args.unconditional:
+        raise UserError("--digit and --unconditional choose prior samples: use them with --input random (or "
+                        "--unconditional with --input complete)")
+    if args.input != "complete" and args.keep_rows is not None:
+        raise UserError("--keep-rows says how much of each digit the prior completes: use it with --input complete")
     if args.digit is not None and args.unconditional:
         raise UserError("--digit D asks for one class and --unconditional for none: pass only one")
     if (args.input == "codes") != (args.codes is not None):
@@ -153,9 +167,9 @@ def check_flags(args, model) -> None:
         if path is not None and Path(path).suffix.lower() not in CODE_FILE_SUFFIXES:
             raise UserError(f"{path}: a code file ends in .pt or .npy")
     continuous = f"{args.model} has a continuous bottleneck ({model.config.bottleneck})"
-    if not model.discrete and (args.input == "codes" or args.save_codes is not None):
-        raise UserError(f"{continuous}: it has no code grids to save or decode; use --input random or MNIST "
-                        "without --save-codes or --codes")
+    if not model.discrete and (args.input in ("codes", "complete") or args.save_codes is not None):
+        raise UserError(f"{continuous}: it has no code grids to save, decode or complete; use --input random or "
+                        "MNIST without --save-codes or --codes")
     if not model.discrete and (args.digit is not None or args.unconditional):
         raise UserError(f"{continuous}, whose prior knows no classes: drop --digit and --unconditional")
 
@@ -221,6 +235,32 @@ def samples(args, model, checkpoint, generator, device) -> Picture:
     return Picture(model.to_pixels(model.decode(codes)), codes,
                    f"{what}, temperature {args.temperature}, guidance {args.guidance}; the 100 code grids took "
                    f"{seconds:.2f} s to sample")
+
+
+def completions(args, model, checkpoint, generator, device) -> Picture:
+    """Row i: a test digit of class i picked by the seed, then nine completions by the prior of its code grid's top
+    --keep-rows rows, given the digit's class (or, --unconditional, without it)."""
+    prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device)
+    test_images, test_labels = load_mnist(args.data_folder, train=False)
+    order = torch.randperm(len(test_images), generator=generator)
+    if len(set(test_labels.tolist())) < GRID_SIDE:
+        raise UserError(f"the test set in {args.data_folder} lacks some of the ten digits: --input complete shows one "
+                        "of each")
+    picks = torch.stack([order[test_labels[order] == digit][0] for digit in range(GRID_SIDE)])  # (10,)
+    originals = test_images[picks].to(device)
+    codes = model.encode(images_to_inputs(originals))  # (10, 7, 7)
+    per_digit, kept = GRID_SIDE - 1, args.keep_rows or DEFAULT_KEPT_ROWS
+    prefix = codes[:, :kept].flatten(1).repeat_interleave(per_digit, 0)  # (90, kept * 7): the kept rows, raster order
+    classes = torch.full((len(prefix),), prior.no_class, device=device) if args.unconditional else \
+        test_labels[picks].to(device).repeat_interleave(per_digit)
+    completed = prior.sample(classes, args.temperature, args.guidance, generator, prefix)  # (90, 7, 7)
+    pixels = model.to_pixels(model.decode(completed)).view(GRID_SIDE, per_digit, 1, 28, 28)
+    originals = originals.unsqueeze(1).float().div(255).unsqueeze(1)  # (10, 1, 1, 28, 28)
+    grids = torch.cat([codes.unsqueeze(1), completed.view(GRID_SIDE, per_digit, LATENT_SIDE, LATENT_SIDE)], 1)
+    given = "without their classes" if args.unconditional else "given their classes"
+    return Picture(torch.cat([originals, pixels], 1).flatten(0, 1), grids.flatten(0, 1),
+                   f"row i: a test digit i, then nine completions {given} of its top {kept} of {LATENT_SIDE} code "
+                   f"rows, temperature {args.temperature}, guidance {args.guidance}")
 
 
 def grid_writer(images: torch.Tensor) -> Callable[[BinaryIO], None]:
@@ -355,6 +395,8 @@ def main(args) -> None:
         picture = test_digits(args, model, generator, path, device)
     elif args.input == "random":
         picture = samples(args, model, checkpoint, generator, device)
+    elif args.input == "complete":
+        picture = completions(args, model, checkpoint, generator, device)
     elif args.input == "codes":
         codes = load_codes(args.codes, model).to(device)
         picture = Picture(model.to_pixels(model.decode(codes)), codes, f"the {len(codes)} code grids of {args.codes}")

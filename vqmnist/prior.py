@@ -157,9 +157,10 @@ class CodePrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, classes: Tensor, temperature: float = 1.0, guidance: float = 0.0,
-               generator: torch.Generator | None = None) -> Tensor:
+               generator: torch.Generator | None = None, prefix: Tensor | None = None) -> Tensor:
         """Classes (B,) -> code grids (B, 7, 7), all B at once in 49 steps, each step reusing the keys and values
-        of the earlier ones.
+        of the earlier ones. With a prefix (B, P) of codes in raster order, the first P codes of each grid are the
+        prefix's and only the rest are drawn, each given the class and all the codes before it.
 
         Each code is drawn from softmax(logits / temperature), where with guidance w > 0 the logits are
         classifier-free guided: (1 + w) log p(code | class, ...) - w log p(code | ...), which favours codes
@@ -172,15 +173,19 @@ class CodePrior(nn.Module):
         caches = [{} for _ in self.blocks]
         codes = torch.empty(count, self.sequence_length, dtype=torch.long, device=classes.device)
         x = self.class_embedding(classes)[:, None] + self.position_embedding[0]  # (B, 1, C)
+        kept = 0 if prefix is None else prefix.shape[1]
         for position in range(self.sequence_length):
             for block, cache in zip(self.blocks, caches):
                 x = block(x, cache)
-            logits = torch.log_softmax(self.head(self.norm(x[:, -1])).float(), dim=-1)  # (B or 2B, K)
-            if guided:
-                conditional, unconditional = logits[:count], logits[count:]
-                logits = conditional + guidance * (conditional - unconditional)
-            probabilities = torch.softmax(logits / temperature, dim=-1)
-            code = torch.multinomial(probabilities.cpu(), 1, generator=generator).to(classes.device)  # (B, 1)
+            if position < kept:  # a code of the prefix: it is fed in as it is, and nothing is drawn
+                code = prefix[:, position:position + 1].to(classes.device)  # (B, 1)
+            else:
+                logits = torch.log_softmax(self.head(self.norm(x[:, -1])).float(), dim=-1)  # (B or 2B, K)
+                if guided:
+                    conditional, unconditional = logits[:count], logits[count:]
+                    logits = conditional + guidance * (conditional - unconditional)
+                probabilities = torch.softmax(logits / temperature, dim=-1)
+                code = torch.multinomial(probabilities.cpu(), 1, generator=generator).to(classes.device)  # (B, 1)
             codes[:, position] = code[:, 0]
             if position + 1 < self.sequence_length:
                 x = self.code_embedding(code.repeat(2, 1) if guided else code) + self.position_embedding[position + 1]
