@@ -74,7 +74,8 @@ def build_parser() -> ArgumentParser:
                              f"(default: {SAMPLING_TEMPERATURE} for a prior over codes, 1 for continuous latents)")
     parser.add_argument("--guidance", type=number(0, MAX_GUIDANCE), default=GUIDANCE,
                         help=f"classifier-free guidance weight of the prior's samples (default: {GUIDANCE})")
-    parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of the samples and noise (default: 0)")
+    parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                        help="seed of the samples and noise (default: 0)")
     parser.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER),
                         help="classifier written by train_classifier.py (default: pretrained/mnist_classifier.pt)")
     return parser
@@ -150,8 +151,8 @@ def rates(model, checkpoint: dict, scores, test_images, test_labels, args, devic
     labels = test_labels.to(device)
     unconditional = prior_nll_bits(prior, codes, torch.full_like(labels, prior.no_class), args.batch_size)
     conditional = prior_nll_bits(prior, codes, labels, args.batch_size)
-    return {"rate_figure": None, "rate_bits": unconditional * positions, "rate_bits_given_class": conditional * positions,
-            "rate_bound_bits": bound}
+    return {"rate_figure": None, "rate_bits": unconditional * positions,
+            "rate_bits_given_class": conditional * positions, "rate_bound_bits": bound}
 
 
 def print_samples(args, samples: dict, discrete: bool) -> None:

@@ -1,8 +1,8 @@
 """Reusable checks of a vector quantizer, each computing the expected answer independently of the quantizer.
 
 Call them on any module with the interface of `vector_quantizer.VectorQuantizer` (an `embedding` of K codes and
-a forward pass returning a `vqmnist.bottleneck.BottleneckOutput`); each raises AssertionError on a fault. tests/ applies them to the
-project's quantizer; the tests below show that each check catches the fault it is written for.
+a forward pass returning a `vqmnist.bottleneck.BottleneckOutput`); each raises AssertionError on a fault. tests/
+applies them to the project's quantizer; the tests below show that each check catches the fault it is written for.
 """
 import contextlib
 import math
@@ -84,7 +84,8 @@ def check_codebook_gradient(quantizer, z_e: torch.Tensor) -> None:
     before = codebook.detach().clone()
     output = quantizer(z_e)
     if not codebook.requires_grad:
-        loss = (output.z_q * torch.randn_like(output.z_q)).sum() + output.losses["codebook"] + output.losses["commitment"]
+        loss = ((output.z_q * torch.randn_like(output.z_q)).sum() + output.losses["codebook"]
+                + output.losses["commitment"])
         loss.backward()
         assert codebook.grad is None, "a gradient reached the EMA codebook"
         return

@@ -41,7 +41,8 @@ def build_parser() -> ArgumentParser:
                         help=f"images per batch, at most {MAX_BATCH} (default: 128)")
     parser.add_argument("--lr", type=number(0, MAX_LEARNING_RATE, above_low=True), default=3e-3,
                         help="peak AdamW learning rate of the one-cycle schedule (default: 3e-3)")
-    parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of the weights and the batch order (default: 0)")
+    parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                        help="seed of the weights and the batch order (default: 0)")
     return parser
 
 

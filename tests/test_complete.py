@@ -41,7 +41,8 @@ def test_the_kept_rows_are_the_digits_own_codes(keep_rows, tiny_run, tiny_mnist,
 
 
 @pytest.mark.parametrize("flags", [[], ["--unconditional"]])
-def test_the_completed_rows_are_the_priors_own_sampling_from_the_prefix(flags, tiny_run, tiny_mnist, tmp_path, monkeypatch):
+def test_the_completed_rows_are_the_priors_own_sampling_from_the_prefix(flags, tiny_run, tiny_mnist, tmp_path,
+                                                                         monkeypatch):
     best = tiny_run
     monkeypatch.chdir(tmp_path)
     grids = complete(tiny_mnist, best, "--seed", "5", *flags)

@@ -38,7 +38,8 @@ def test_train_generate_evaluate(tiny_mnist, tmp_path, monkeypatch, capsys):
     for name in ("best.pt", "last.pt"):
         assert (tmp_path / "models" / "tiny" / name).is_file()
     checkpoint = torch.load(tmp_path / "models" / "tiny" / "last.pt", weights_only=True)
-    assert checkpoint["config"]["hidden_size"] == 8 and checkpoint["config"]["bottleneck_config"]["num_embeddings"] == 16
+    config = checkpoint["config"]
+    assert config["hidden_size"] == 8 and config["bottleneck_config"]["num_embeddings"] == 16
     assert checkpoint["epoch"] == 1 and checkpoint["step"] == 4  # 256 training images in batches of 64
 
     events = EventAccumulator(str(tmp_path / "logs" / "tiny"), size_guidance={"images": 0, "histograms": 0})

@@ -296,7 +296,8 @@ def test_out_of_memory_in_a_step_is_one_line_naming_the_flag_and_keeps_last_pt(t
 
 def test_a_run_that_fails_in_validation_keeps_the_epochs_training(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    fail_on_call(monkeypatch, autoencoder_training, "score_reconstructions", 1, torch.OutOfMemoryError("CUDA out of memory."))
+    fail_on_call(monkeypatch, autoencoder_training, "score_reconstructions", 1,
+                 torch.OutOfMemoryError("CUDA out of memory."))
     with pytest.raises(UserError, match="out of memory"):
         train_tiny(tiny_mnist, *TWO_EPOCHS)
     checkpoint = load_checkpoint("models/tiny/last.pt")
