@@ -22,8 +22,6 @@ A kept scores.json the table cannot read is scored again. One study runs at a ti
 .lock) while it runs, and a second one stops at once.
 """
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import sys
@@ -43,7 +41,7 @@ from benchmarks.scripts import run_script
 from vqmnist.errors import UserError
 from vqmnist.files import atomic_path, write_failure, write_json
 from vqmnist.limits import MAX_EPOCHS, MAX_SAMPLES, MAX_SEED
-from vqmnist.run_folder import make_folder, unwritable
+from vqmnist.run_folder import hold_folder
 from vqmnist.scores import FRECHET_MIN_SAMPLES
 
 
@@ -212,29 +210,11 @@ def plot(rows: list[Row], results: list[dict], title: str, path: Path) -> None:
     plt.close(figure)
 
 
-@contextlib.contextmanager
 def hold_study_folder(folder: Path):
-    """Hold folder (models/study) for the block: an exclusive lock on its .lock file, which the operating system
-    releases when this process ends, however it ends. Two studies at once would train the same runs (the studies
-    share them) and write the same scores.json, so another study holding it is an error naming its process."""
-    make_folder(folder)
-    try:
-        lock = open(folder / ".lock", "a+")
-    except OSError as error:
-        raise unwritable(error, folder) from None
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read(64).strip() or "unknown"
-            raise UserError(f"{folder} is in use by another study (process {holder}): wait until it ends, then run "
-                            "this one") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
-        yield
+    """Hold folder (models/study) for the block: two studies at once would train the same runs (the studies share
+    them) and write the same scores.json."""
+    return hold_folder(folder, lambda holder: f"{folder} is in use by another study (process {holder}): wait until "
+                                              "it ends, then run this one")
 
 
 def prepare_out_dir(out_dir: Path) -> None:

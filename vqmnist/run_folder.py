@@ -3,6 +3,7 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import NamedTuple
 
 from vqmnist.errors import UserError
@@ -65,28 +66,34 @@ def prepare_run_folders(name: str, overwrite: bool, resume: bool, create: bool =
 
 
 @contextlib.contextmanager
-def hold_run_folder(model_dir: Path, hold: bool = True):
-    """Hold models/NAME for the block: an exclusive lock on its .lock file, which the operating system releases when
-    this process ends, however it ends (kill -9 included). Another run holding it is an error naming its process.
-    Under torchrun process 0 holds it for all of them (hold=False on the others)."""
-    if not hold:
-        yield
-        return
-    make_folder(model_dir)
+def hold_folder(folder: Path, in_use: Callable[[str], str]):
+    """Hold folder for the block: an exclusive lock on its .lock file, which the operating system releases when this
+    process ends, however it ends (kill -9 included). Another process holding it is the error in_use(its process)."""
+    make_folder(folder)
     try:
-        lock = open(model_dir / ".lock", "a+")
+        lock = open(folder / ".lock", "a+")
     except OSError as error:
-        raise unwritable(error, model_dir) from None
+        raise unwritable(error, folder) from None
     with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.seek(0)
-            holder = lock.read().strip() or "unknown"
-            raise UserError(f"{model_dir} is in use by another run (process {holder}): wait until it ends, or "
-                            "choose another --output-folder") from None
+            raise UserError(in_use(lock.read(64).strip() or "unknown")) from None
         lock.seek(0)
         lock.truncate()
         lock.write(f"{os.getpid()}\n")
         lock.flush()
+        yield
+
+
+@contextlib.contextmanager
+def hold_run_folder(model_dir: Path, hold: bool = True):
+    """Hold models/NAME for the block (hold_folder), so that no other run writes there. Under torchrun process 0
+    holds it for all of them (hold=False on the others)."""
+    if not hold:
+        yield
+        return
+    with hold_folder(model_dir, lambda holder: f"{model_dir} is in use by another run (process {holder}): wait until "
+                                               "it ends, or choose another --output-folder"):
         yield
