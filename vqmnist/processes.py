@@ -47,11 +47,12 @@ def from_process_zero(tensor: Tensor) -> Tensor:
 
 @contextlib.contextmanager
 def process_group(device_name: str):
-    """Yield the Processes. Under torchrun (WORLD_SIZE > 1) join the process group first: gloo on
-    CPU, nccl on CUDA with one GPU per process (LOCAL_RANK); a plain `python vqvae.py` is rank 0 of 1."""
+    """Yield the Processes. Under torchrun join the process group first: gloo on CPU, nccl on CUDA with one GPU per
+    process (LOCAL_RANK); a plain `python vqvae.py` is rank 0 of 1."""
     device = resolve_device(device_name)
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1:
+    # Under torchrun (LOCAL_RANK set) the group is joined even by a single process, so that one GPU proves nccl.
+    if size == 1 and "LOCAL_RANK" not in os.environ:
         yield Processes(0, 1, device)
         return
     if device.type == "cuda":

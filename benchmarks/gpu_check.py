@@ -1,0 +1,91 @@
+"""The CUDA path checked in one go, for the few minutes a GPU is lent: every step's output to one log.
+
+Usage (from the repository root):
+    python -m benchmarks.gpu_check --out-dir gpu_check              # on a GPU: at most about 8 minutes
+    python -m benchmarks.gpu_check --device cpu --quick --out-dir x  # the rehearsal on the CPU, at a tiny size
+
+Steps, each a command as a user types it, its output and exit status and seconds in OUT_DIR/gpu_check.log:
+the machine (nvidia-smi, torch and CUDA versions); the test suite, CUDA tests included (--quick: tests/test_cuda.py
+alone); benchmarks/speed.py on the device; a timed default run of vqvae.py (autoencoder, then prior) and
+evaluate.py on it; one epoch under torchrun --nproc_per_node=1, which joins a process group (nccl on CUDA, gloo on
+the CPU). A failed step does not stop the others; the exit status is 1 if any failed. tests/test_gpu_check.py runs
+the rehearsal, so the script cannot rot.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# --quick's run: 128 training images (two steps), a tiny model and prior, on the committed MNIST files.
+QUICK_RUN = ["--num-epochs", "1", "--prior-epochs", "1", "--val-size", "59872", "--hidden-size", "8", "--k", "16",
+             "--prior-width", "16", "--prior-layers", "1", "--prior-heads", "2"]
+
+
+def steps(args) -> list[tuple[str, list[str]]]:
+    """(what, command) of each step, in order."""
+    python, device, data = sys.executable, ["--device", args.device], ["--data-folder", str(ROOT / "data")]
+    run = QUICK_RUN if args.quick else []
+    versions = ("import torch; print('torch', torch.__version__, '| CUDA', torch.version.cuda, '| GPU', "
+                "torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')")
+    return [
+        ("the machine", ["nvidia-smi"] if shutil.which("nvidia-smi") else ["echo", "nvidia-smi: not on this machine"]),
+        ("torch and CUDA", [python, "-c", versions]),
+        ("the tests, CUDA tests included", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+                                            *([str(ROOT / "tests" / "test_cuda.py")] if args.quick else [])]),
+        ("each training loop's speed", [python, "-m", "benchmarks.speed", *device, *data,
+                                        *(["--steps", "2", "--warmup", "1", "--repeats", "1",
+                                           "--prior-batch-size", "8"] if args.quick else [])]),
+        ("a timed default run: the autoencoder, then the prior",
+         [python, str(ROOT / "vqvae.py"), *device, *data, *run, "--output-folder", "gpu_check", "--overwrite"]),
+        ("its scorecard", [python, str(ROOT / "evaluate.py"), *device, *data, "--model", "models/gpu_check/best.pt",
+                           *(["--samples", "65"] if args.quick else [])]),
+        ("one epoch under torchrun, in a process group (nccl on CUDA)",
+         [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", str(ROOT / "vqvae.py"),
+          *device, *data, *(run or ["--num-epochs", "1"]), "--prior-epochs", "0", "--output-folder", "gpu_check_ddp",
+          "--overwrite"]),
+    ]
+
+
+def main(args) -> int:
+    out_dir = Path(args.out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "gpu_check.log"
+    # The runs' folders (models/, logs/) go to out_dir; the project is found on PYTHONPATH.
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    failed = []
+    with open(log_path, "w") as log:
+        for what, command in steps(args):
+            started = time.perf_counter()
+            log.write(f"## {what}\n$ {' '.join(command)}\n")
+            log.flush()
+            result = subprocess.run(command, cwd=ROOT if "pytest" in command or "benchmarks.speed" in command
+                                    else out_dir, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, errors="replace")
+            seconds = time.perf_counter() - started
+            # A progress bar redraws its line after each \r: the log keeps what it showed last.
+            log.writelines(line.rsplit("\r", 1)[-1] + "\n" for line in result.stdout.splitlines())
+            log.write(f"(exit status {result.returncode}, {seconds:.1f} s)\n\n")
+            log.flush()
+            print(f"gpu_check: {what}: exit status {result.returncode}, {seconds:.1f} s", file=sys.stderr, flush=True)
+            if result.returncode != 0:
+                failed.append(what)
+    print(f"gpu_check: {len(failed)} of the steps failed{': ' + ', '.join(failed) if failed else ''}; the log is "
+          f"{log_path}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Check the CUDA path in one go, into one log.")
+    parser.add_argument("--out-dir", required=True, help="folder for gpu_check.log and the runs' folders (required)")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="device to check (default: cuda)")
+    parser.add_argument("--quick", action="store_true",
+                        help="every step at a tiny size, and only tests/test_cuda.py: the rehearsal (default: off)")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main(build_parser().parse_args()))
