@@ -110,3 +110,26 @@ def test_class_entropy_is_one_for_balanced_predictions():
     scores = score_samples(PixelClassifier(), pixels, torch.rand(50, 784))
     assert scores["class_entropy"] == pytest.approx(1.0)
     assert scores["recognisable"] == 1.0
+
+
+def test_the_published_protocol_averages_psnr_and_ssim_over_8bit_images(monkeypatch):
+    """Each image's reconstruction k_i grey levels above its digit: PSNR_i = 10 log10(255^2 / k_i^2), averaged over
+    the images, which is not the PSNR of the mean squared error; a reconstruction equal to its digit has SSIM 1."""
+    model = VQVAE(model_config(hidden_size=8, num_embeddings=16)).eval()
+    images = torch.randint(0, 200, (6, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    offsets = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 32.0])  # grey levels, one per image
+    forward = model.forward
+    shift = {"levels": offsets}
+
+    def shifted(x):  # inputs x = pixels / 127.5 - 1, tanh outputs map back by (y + 1) / 2
+        return forward(x)._replace(x_recon=x + 2 * shift["levels"][:len(x)].view(-1, 1, 1, 1) / 255)
+
+    monkeypatch.setattr(model, "forward", shifted)
+    scores = score_reconstructions(model, images, batch_size=6, device=torch.device("cpu"), per_image_8bit=True)
+    expected = sum(10 * math.log10(255 ** 2 / k ** 2) for k in offsets.tolist()) / len(offsets)
+    assert scores.per_image_8bit["psnr"] == pytest.approx(expected, abs=1e-4)
+    assert scores.per_image_8bit["psnr"] != pytest.approx(scores.psnr, abs=0.5), "per image, not of the mean MSE"
+    shift["levels"] = torch.zeros(6)
+    exact = score_reconstructions(model, images, batch_size=4, device=torch.device("cpu"), per_image_8bit=True)
+    assert exact.per_image_8bit["ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert score_reconstructions(model, images, 6, torch.device("cpu")).per_image_8bit is None

@@ -26,12 +26,17 @@ class ReconstructionScores:
     # batch figure of the same name.
     figures: dict[str, float]
     counts: Tensor | None  # (K,) how often each code was chosen; None for a continuous bottleneck
+    # With per_image_8bit: {"psnr", "ssim"} as published MNIST tables compute them: each reconstruction rounded to 8
+    # bits, PSNR 10 log10(255^2 / MSE) and SSIM (11-pixel Gaussian window) per image against its 8-bit digit, then
+    # averaged over the images. Else None.
+    per_image_8bit: dict[str, float] | None = None
 
 
 @torch.no_grad()
-def score_reconstructions(model: nn.Module, images: Tensor, batch_size: int,
-                          device: torch.device) -> ReconstructionScores:
-    """Scores of a whole image set (N, 28, 28) uint8, from sums and code counts over all its batches.
+def score_reconstructions(model: nn.Module, images: Tensor, batch_size: int, device: torch.device,
+                          per_image_8bit: bool = False) -> ReconstructionScores:
+    """Scores of a whole image set (N, 28, 28) uint8, from sums and code counts over all its batches; with
+    per_image_8bit also the published tables' PSNR and SSIM (ReconstructionScores.per_image_8bit).
 
     Under torchrun each process scores every world_size-th image and the sums and counts are added up over the
     processes, so every process gets the scores of the whole set."""
@@ -58,6 +63,11 @@ def score_reconstructions(model: nn.Module, images: Tensor, batch_size: int,
         add("recon", model.reconstruction_loss(x_recon, x).double() * size)
         add("squared_error", (pixels - target).pow(2).sum())
         add("ssim", structural_similarity_index_measure(pixels, target, data_range=1.0, reduction="sum"))
+        if per_image_8bit:
+            levels, digit = (pixels * 255).round(), batch.unsqueeze(1).float()  # both in 0..255, whole levels
+            image_mse = (levels - digit).pow(2).flatten(1).mean(1)  # (B,)
+            add("8bit/psnr", (10 * torch.log10(255 ** 2 / image_mse)).sum())
+            add("8bit/ssim", structural_similarity_index_measure(levels, digit, data_range=255.0, reduction="sum"))
         for name, value in quantized.losses.items():
             add(f"loss/{name}", value.double() * size)
         for name, value in quantized.figures.items():
@@ -82,6 +92,8 @@ def score_reconstructions(model: nn.Module, images: Tensor, batch_size: int,
         losses={name.removeprefix("loss/"): value for name, value in totals.items() if name.startswith("loss/")},
         figures=figures,
         counts=counts.cpu() if model.discrete else None,
+        per_image_8bit={name.removeprefix("8bit/"): value for name, value in totals.items()
+                        if name.startswith("8bit/")} if per_image_8bit else None,
     )
 
 # ---------------------------------------------------------------------------------------------------- the judge
