@@ -31,15 +31,9 @@ The architecture comes from the checkpoint; --hidden-size and --k, if given, are
 """
 import argparse
 import contextlib
-import errno
-import math
 import os
-import pickle
-import re
 import shlex
 import time
-import tokenize
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -51,6 +45,7 @@ from torchvision.utils import make_grid, save_image
 from modules import LATENT_SIDE, load_model
 from vqmnist.checkpoints import load_prior
 from vqmnist.cli import ArgumentParser, add_device_flag, integer, number, plain_name, resolve_device, run_cli
+from vqmnist.code_files import load_codes
 from vqmnist.data import images_to_inputs, load_mnist
 from vqmnist.errors import UserError
 from vqmnist.files import atomic_path, write_failure
@@ -61,17 +56,6 @@ GRID_SIDE = 10
 DEFAULT_KEPT_ROWS = 3
 CODE_FILE_SUFFIXES = (".pt", ".npy")
 OUTPUT_FOLDER = Path("generatedImages")
-TORCH_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
-                        torch.uint64)
-# Version 3.0 differs from 2.0 only in allowing a UTF-8 header, which an integer array's plain-ASCII header never needs.
-NPY_HEADER_READERS = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0,
-                      3: np.lib.format.read_array_header_2_0}
-# What a hostile or broken file can make torch.load or numpy's header parser raise instead of loading (numpy's
-# parser runs a damaged header through tokenize).
-UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, TypeError, IndexError, KeyError,
-              NotImplementedError, OverflowError, MemoryError, SyntaxError, tokenize.TokenError)
-# numpy's tofile reports a write the disk cut short with this message and no errno.
-SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 
 
 def grid_name(text: str) -> str:
@@ -276,13 +260,6 @@ def codes_writer(path, codes: torch.Tensor) -> Callable[[BinaryIO], None]:
     return lambda file: torch.save(codes, file)
 
 
-def write_failure_of(path, error: BaseException) -> UserError:
-    """write_failure's line, with numpy's short write, what a disk that fills up mid-write gives, as a full disk."""
-    if isinstance(error, OSError) and error.errno is None and SHORT_WRITE.fullmatch(str(error)):
-        error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    return write_failure(path, error, "run generate.py again")
-
-
 def write_outputs(outputs: dict[Path, Callable[[BinaryIO], None]]) -> None:
     """Write every output to a temporary file beside it, and rename them over their targets only once all are whole:
     a failure to write any (an unwritable place, a full disk) leaves no new or replaced file. The renames run in
@@ -297,82 +274,9 @@ def write_outputs(outputs: dict[Path, Callable[[BinaryIO], None]]) -> None:
                         file.flush()
                         os.fsync(file.fileno())
                 except (OSError, RuntimeError) as error:
-                    raise write_failure_of(path, error) from None
+                    raise write_failure(path, error, "run generate.py again") from None
     except OSError as error:  # a rename; os.replace names its target second
-        raise write_failure_of(error.filename2 or error.filename, error) from None
-
-
-def refuse_unless_integer(path: Path, integer_type: bool, what: str) -> None:
-    if not integer_type:
-        raise UserError(f"{path} must hold one integer tensor of code indices (N, 7, 7), not {what}")
-
-
-def refuse_unless_grid_shape(path: Path, shape: tuple) -> None:
-    if len(shape) != 3 or tuple(shape[1:]) != (LATENT_SIDE, LATENT_SIDE) or shape[0] < 1:
-        raise UserError(f"{path} holds a tensor of shape {tuple(shape)}: code grids have shape (N, 7, 7), N >= 1")
-
-
-def read_npy_grids(path: Path) -> np.ndarray:
-    """The first GRID_SIDE^2 grids of a .npy file, in its own dtype. Its header is checked before any values are
-    read: a header may claim any shape, and numpy.load would allocate it all before finding the file too short."""
-    with open(path, "rb") as file:
-        major, _ = np.lib.format.read_magic(file)
-        if major not in NPY_HEADER_READERS:
-            raise ValueError(f".npy format version {major}")
-        shape, fortran_order, dtype = NPY_HEADER_READERS[major](file)
-        refuse_unless_integer(path, dtype.kind in "iu", str(dtype))
-        refuse_unless_grid_shape(path, shape)
-        offset = file.tell()
-        claimed, held = math.prod(shape) * dtype.itemsize, os.fstat(file.fileno()).st_size - offset
-    if claimed > held:
-        raise UserError(f"{path}'s header claims {shape[0]:,} code grids, {claimed:,} bytes, but the file holds "
-                        f"{held:,}: it is cut short or damaged; write it again (numpy.save or generate.py "
-                        "--save-codes)")
-    # A memory map reads only the pages of the grids used, also when a Fortran-order file spreads them out.
-    grids = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
-    return np.array(grids[:GRID_SIDE ** 2])
-
-
-def read_pt_grids(path: Path) -> np.ndarray:
-    """The first GRID_SIDE^2 grids of a .pt file's one tensor, in its own dtype."""
-    # torch warns of what it notices on the way (a sparse tensor it validates, an odd pickle protocol in a damaged
-    # file); what it returns is checked below, and a warning would be a second line beside the one that says why.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        codes = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(codes, torch.Tensor):
-        refuse_unless_integer(path, False, f"a {type(codes).__name__}")
-    refuse_unless_integer(path, codes.dtype in TORCH_INTEGER_DTYPES, str(codes.dtype))
-    # A sparse or nested tensor stores some of its values and the indices of those, a meta tensor none at all.
-    if codes.layout != torch.strided:
-        raise UserError(f"{path} holds a {codes.layout} tensor: code grids are a dense tensor with a value at every "
-                        "index; save codes.to_dense() instead")
-    if codes.device.type != "cpu":
-        raise UserError(f"{path} holds a tensor on the {codes.device.type} device, which has no values: save the code "
-                        "grids themselves")
-    refuse_unless_grid_shape(path, tuple(codes.shape))
-    return codes[:GRID_SIDE ** 2].numpy()
-
-
-def load_codes(path, model) -> torch.Tensor:
-    """The first GRID_SIDE^2 code grids of a .npy or .pt file as int64, refused in one line unless they are integer
-    grids (N, 7, 7) of indices below K. Only those grids are read and checked: the rest are never used. Every integer
-    type converts exactly, big-endian and unsigned 64-bit included, since the check runs in the file's own dtype."""
-    path = Path(path)
-    if not path.is_file():
-        what = ("is a folder, not a code file" if path.is_dir() else "is not a regular file" if path.exists()
-                else "does not exist")
-        raise UserError(f"{path} {what}: write a code file with generate.py --save-codes {shlex.quote(str(path))}")
-    try:
-        grids = read_npy_grids(path) if path.suffix.lower() == ".npy" else read_pt_grids(path)
-    except UNREADABLE as error:
-        raise UserError(f"{path} is not a readable code file ({type(error).__name__}): write one with "
-                        "generate.py --save-codes") from None
-    num_embeddings = model.bottleneck.num_embeddings
-    low, high = int(grids.min()), int(grids.max())
-    if low < 0 or high >= num_embeddings:
-        raise UserError(f"{path} holds indices from {low} to {high}, but the model has codes 0 to {num_embeddings - 1}")
-    return torch.from_numpy(grids.astype(np.int64))
+        raise write_failure(error.filename2 or error.filename, error, "run generate.py again") from None
 
 
 @torch.no_grad()
@@ -398,7 +302,7 @@ def main(args) -> None:
     elif args.input == "complete":
         picture = completions(args, model, checkpoint, generator, device)
     elif args.input == "codes":
-        codes = load_codes(args.codes, model).to(device)
+        codes = load_codes(args.codes, model.bottleneck.num_embeddings, GRID_SIDE ** 2).to(device)
         picture = Picture(model.to_pixels(model.decode(codes)), codes, f"the {len(codes)} code grids of {args.codes}")
     else:
         noise = torch.randn(GRID_SIDE ** 2, model.config.in_channels, 28, 28, generator=generator).to(device)

@@ -15,6 +15,7 @@ import generate
 from helpers import tiny_run_in
 from modules import load_model
 from vqmnist import limits
+from vqmnist.code_files import load_codes
 from vqmnist.errors import UserError
 
 K = 16  # the tiny run's codebook
@@ -58,7 +59,7 @@ def test_a_npy_header_claiming_more_than_the_file_holds_is_one_line(shape, data_
     claimed = shape[0] * 7 * 7 * 8
     with pytest.raises(UserError, match=f"claims {shape[0]:,} code grids, {claimed:,} bytes, but the file holds "
                                         f"{data_grids * 49 * 8:,}"):
-        generate.load_codes(path, model)
+        load_codes(path, model.bottleneck.num_embeddings, 100)
 
 
 @pytest.mark.parametrize("dtype", [">i8", ">i4", ">i2", "i1", "u1", "<u2", ">u2", "<u4", "<u8", ">u8", "<i4"])
@@ -66,7 +67,7 @@ def test_a_npy_header_claiming_more_than_the_file_holds_is_one_line(shape, data_
 def test_npy_codes_of_any_integer_type_and_order_load_exactly(dtype, order, model, tmp_path):
     original = grids(130, dtype)
     np.save(tmp_path / "codes.npy", np.asarray(original, order=order))
-    loaded = generate.load_codes(tmp_path / "codes.npy", model)
+    loaded = load_codes(tmp_path / "codes.npy", model.bottleneck.num_embeddings, 100)
     expected = [[[int(value) for value in row] for row in grid] for grid in original[:100]]
     assert loaded.dtype == torch.int64 and loaded.tolist() == expected
 
@@ -75,7 +76,7 @@ def test_npy_codes_of_any_integer_type_and_order_load_exactly(dtype, order, mode
 def test_pt_codes_of_any_integer_type_load_exactly(dtype, model, tmp_path):
     original = grids(7)
     torch.save(torch.from_numpy(original).to(dtype), tmp_path / "codes.pt")
-    assert generate.load_codes(tmp_path / "codes.pt", model).tolist() == original.tolist()
+    assert load_codes(tmp_path / "codes.pt", model.bottleneck.num_embeddings, 100).tolist() == original.tolist()
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".pt"])
@@ -84,7 +85,7 @@ def test_only_the_hundred_grids_used_are_read_and_checked(suffix, model, tmp_pat
     original[100:] = 2 ** 40  # out of range, but never decoded
     path = tmp_path / f"codes{suffix}"
     np.save(path, original) if suffix == ".npy" else torch.save(torch.from_numpy(original), path)
-    assert generate.load_codes(path, model).tolist() == original[:100].tolist()
+    assert load_codes(path, model.bottleneck.num_embeddings, 100).tolist() == original[:100].tolist()
 
 
 @pytest.mark.parametrize("dtype, value", [("<u8", 2 ** 64 - 1), (">u8", 2 ** 63), (">i8", -(2 ** 63)),
@@ -95,7 +96,7 @@ def test_indices_out_of_range_are_named_exactly_in_any_integer_type(dtype, value
     np.save(tmp_path / "codes.npy", original)
     low, high = min(value, int(original.min())), max(value, int(original.max()))
     with pytest.raises(UserError, match=f"holds indices from {low} to {high}, but the model has codes 0 to {K - 1}"):
-        generate.load_codes(tmp_path / "codes.npy", model)
+        load_codes(tmp_path / "codes.npy", model.bottleneck.num_embeddings, 100)
 
 
 def sparse_coo():
@@ -117,7 +118,7 @@ def test_a_pt_file_of_anything_but_a_dense_integer_tensor_is_one_line(content, m
     torch.save(content(), tmp_path / "codes.pt")
     recwarn.clear()
     with pytest.raises(UserError, match=message):
-        generate.load_codes(tmp_path / "codes.pt", model)
+        load_codes(tmp_path / "codes.pt", model.bottleneck.num_embeddings, 100)
     assert [str(warning.message) for warning in recwarn] == [], "a warning would be a second line"
 
 
@@ -140,7 +141,7 @@ def test_damaged_code_files_load_or_are_one_line(suffix, model, tmp_path):
     for seed in range(300):
         path.write_bytes(corrupted(buffer.getvalue(), seed))
         try:
-            loaded = generate.load_codes(path, model)
+            loaded = load_codes(path, model.bottleneck.num_embeddings, 100)
         except UserError as error:
             refused += 1
             assert "\n" not in str(error)

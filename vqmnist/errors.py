@@ -1,6 +1,7 @@
 """The one-line failures of every script: what a user can fix, a stopped run, and running out of memory or disk."""
 import contextlib
 import errno
+import re
 from pathlib import Path
 
 import torch
@@ -19,10 +20,15 @@ class RunStopped(Exception):
         self.exit_code = exit_code
 
 
+# numpy's save reports a write the disk cut short with this message and no errno.
+NUMPY_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
 def disk_full(error: BaseException) -> bool:
-    """Whether a failed write ran out of space: ENOSPC, or the RuntimeError torch.save raises when its writes come
-    up short."""
-    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
+    """Whether a failed write ran out of space: ENOSPC, the RuntimeError torch.save raises when its writes come up
+    short, or the errno-less OSError numpy.save raises then."""
+    return (isinstance(error, OSError) and (error.errno == errno.ENOSPC or (
+        error.errno is None and NUMPY_SHORT_WRITE.fullmatch(str(error)) is not None))) or (
         isinstance(error, RuntimeError) and "unexpected pos" in str(error))
 
 
