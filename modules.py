@@ -27,8 +27,7 @@ from vqmnist.data import outputs_to_pixels
 from vqmnist.errors import UserError
 from vqmnist.fsq import FiniteScalarQuantizer
 from vqmnist.gaussian import GaussianBottleneck
-from vqmnist.limits import MAX_DEPTH, MAX_WIDTH
-from vqmnist.prior import check_size
+from vqmnist.limits import MAX_DEPTH, MAX_WIDTH, check_size
 
 # The bottlenecks by name: vqvae.py's --bottleneck choices, and the name a checkpoint stores.
 BOTTLENECKS: dict[str, type[Bottleneck]] = {

@@ -24,6 +24,7 @@ import math
 import shlex
 import time
 from dataclasses import fields, replace
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -38,9 +39,9 @@ from vqmnist.data import Splits, load_splits, shard_size
 from vqmnist.errors import UserError, running_out_is_a_user_error
 from vqmnist.loop import LoopSettings, train_epochs
 from vqmnist.limits import (MAX_BATCH, MAX_DEPTH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SECONDS, MAX_SEED,
-                            MAX_STEPS_BETWEEN_LOGS, MAX_THREADS, MAX_VALIDATION, MAX_WIDTH, MAX_WORKERS)
+                            MAX_STEPS_BETWEEN_LOGS, MAX_THREADS, MAX_VALIDATION, MAX_WIDTH, MAX_WORKERS, check_size)
 from vqmnist.machine import keep_freed_memory, native_bf16
-from vqmnist.prior import CodePrior, PriorConfig, check_size
+from vqmnist.prior import CodePrior, PriorConfig
 from vqmnist.prior_training import DEFAULT_PRIOR_BATCH_SIZE, PriorSettings, resumable, train_prior
 from vqmnist.processes import Processes, process_group
 from vqmnist.run_folder import hold_run_folder, make_folder, prepare_run_folders, run_folders
@@ -75,10 +76,10 @@ def add_model_flags(parser: ArgumentParser) -> None:
                        default=defaults.decoder_output,
                        help="last layer and loss: tanh or linear output with MSE, or logits with binary "
                             f"cross-entropy (default: {defaults.decoder_output})")
+    registered = ", ".join(f"{name} ({bottleneck.__name__})" for name, bottleneck in BOTTLENECKS.items())
     model.add_argument("--bottleneck", dest="bottleneck", choices=list(BOTTLENECKS), default=defaults.bottleneck,
                        help="what sits between encoder and decoder, each with the flags below that apply to it: "
-                            f"{', '.join(f'{name} ({bottleneck.__name__})' for name, bottleneck in BOTTLENECKS.items())}"
-                            f" (default: {defaults.bottleneck})")
+                            f"{registered} (default: {defaults.bottleneck})")
     added = set()
     for bottleneck in BOTTLENECKS.values():
         for field in fields(bottleneck.Config):
@@ -102,14 +103,16 @@ def add_prior_flags(parser: ArgumentParser) -> None:
                             "prior if it has one")
     prior.add_argument("--prior-width", dest="prior_width", type=integer(1, MAX_WIDTH), default=defaults.width,
                        help=f"width of the prior's transformer (default: {defaults.width})")
-    prior.add_argument("--prior-layers", dest="prior_num_layers", type=integer(1, MAX_DEPTH), default=defaults.num_layers,
+    prior.add_argument("--prior-layers", dest="prior_num_layers", type=integer(1, MAX_DEPTH),
+                       default=defaults.num_layers,
                        help=f"layers of the prior's transformer (default: {defaults.num_layers})")
     prior.add_argument("--prior-heads", dest="prior_num_heads", type=integer(1, MAX_WIDTH), default=defaults.num_heads,
                        help=f"attention heads; must divide --prior-width (default: {defaults.num_heads})")
     prior.add_argument("--prior-dropout", dest="prior_dropout", type=unit_interval, default=defaults.dropout,
                        help=f"dropout in the prior (default: {defaults.dropout})")
     prior.add_argument("--prior-batch-size", type=integer(1, MAX_BATCH), default=DEFAULT_PRIOR_BATCH_SIZE,
-                       help=f"code grids per batch of the prior, at most {MAX_BATCH} (default: {DEFAULT_PRIOR_BATCH_SIZE})")
+                       help=f"code grids per batch of the prior, at most {MAX_BATCH} (default: "
+                            f"{DEFAULT_PRIOR_BATCH_SIZE})")
     prior.add_argument("--prior-lr", type=number(0, MAX_LEARNING_RATE, above_low=True), default=PriorSettings.lr,
                        help="peak AdamW learning rate of the prior, after a warm-up, decayed to 0 along a cosine "
                             f"(default: {PriorSettings.lr})")
@@ -161,7 +164,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--batch-size", type=integer(1, MAX_BATCH), default=64,
                         help=f"images per batch, at most {MAX_BATCH} (default: 64)")
     parser.add_argument("--num-epochs", type=integer(1, MAX_EPOCHS), default=8, help="epochs to train (default: 8)")
-    parser.add_argument("--lr", type=number(0, MAX_LEARNING_RATE, above_low=True), default=2e-3, help="Adam learning rate (default: 2e-3)")
+    parser.add_argument("--lr", type=number(0, MAX_LEARNING_RATE, above_low=True), default=2e-3,
+                        help="Adam learning rate (default: 2e-3)")
     parser.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
                         help="cosine: decay the learning rate to 0 over the run's steps (default: cosine)")
     parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
@@ -200,11 +204,9 @@ def check_sizes(args) -> None:
     both are counted on the meta device, where nothing is allocated."""
     try:
         config = model_config(args)
-        check_size(lambda: VQVAE(config), "the autoencoder")
-        if BOTTLENECKS[config.bottleneck].discrete and args.prior_epochs:
-            with torch.device("meta"):
-                num_embeddings = VQVAE(config).bottleneck.num_embeddings
-            prior = replace(prior_config(args), num_embeddings=num_embeddings)
+        bottleneck = check_size(lambda: VQVAE(config), "the autoencoder").bottleneck
+        if bottleneck.discrete and args.prior_epochs:
+            prior = replace(prior_config(args), num_embeddings=bottleneck.num_embeddings)
             check_size(lambda: CodePrior(prior), "the prior")
     except ValueError as error:
         raise UserError(f"{error}: lower --hidden-size, --num-residual-blocks, --k, --code-dim or the --prior-* "
@@ -305,25 +307,29 @@ def announce(task: AutoencoderTask, state: RunState, args) -> None:
           f"{task.model_dir}")
 
 
-def give_prior(args, device: torch.device, deadline: float, splits: Splits | None = None,
-               writer: SummaryWriter | None = None, resume: bool = False) -> None:
-    """Train the prior of models/NAME/best.pt and store it there, whichever way the run comes here: after its
-    autoencoder trained (with the run's splits and writer), on a --resume (going on with prior_last.pt where it
-    stopped, if it did), or with --prior-only. The splits are the autoencoder's own (its --val-size), so the prior
-    is validated on grids it did not train on."""
-    log_dir, model_dir = run_folders(args.output_folder)
-    path = model_dir / "best.pt"
+def best_to_give_a_prior(args) -> Path:
+    """models/NAME/best.pt, whose autoencoder the prior is trained for; one line if there is none."""
+    path = run_folders(args.output_folder).model_dir / "best.pt"
     if not path.is_file():
         raise UserError(f"there is no {path} to train a prior for; train the autoencoder first with python vqvae.py "
                         f"--output-folder {shlex.quote(args.output_folder)}")
+    return path
+
+
+def give_prior(args, device: torch.device, deadline: float, splits: Splits | None = None,
+               writer: SummaryWriter | None = None, resumed: dict | None = None) -> None:
+    """Train the prior of models/NAME/best.pt and store it there, whichever way the run comes here: after its
+    autoencoder trained (with the run's splits and writer), on a --resume (going on with `resumed`, the
+    prior_last.pt of a prior that stopped), or with --prior-only. The splits are the autoencoder's own (its
+    --val-size), so the prior is validated on grids it did not train on."""
+    log_dir, model_dir = run_folders(args.output_folder)
+    path = best_to_give_a_prior(args)
     model, checkpoint = load_model(path, "cpu")  # the checkpoint stays on the CPU: it is written back with the prior
     model.to(device)
     if not model.discrete:
         raise UserError(f"{path} has a continuous bottleneck ({model.config.bottleneck}): it has no codes for a "
                         "prior to model, and samples its latents from its own prior (python generate.py --input "
                         "random)")
-    resumed = load_prior_training(model_dir / "prior_last.pt") if resume else None
-    resumed = resumed if resumable(resumed, checkpoint) else None
     if splits is None:
         splits = load_splits(args.data_folder, checkpoint["args"].get("val_size", args.val_size))
     figures = RunFigures(model_dir, fresh=False)
@@ -344,13 +350,10 @@ def prior_only(args, device: torch.device, deadline: float) -> None:
         raise UserError("--prior-only trains only the prior of an existing run: drop --resume and --overwrite")
     if args.prior_epochs == 0:
         raise UserError("--prior-only with --prior-epochs 0 has nothing to do: give --prior-epochs N")
-    model_dir = run_folders(args.output_folder).model_dir
-    if not (model_dir / "best.pt").is_file():  # checked before the lock would make the folder
-        raise UserError(f"there is no {model_dir / 'best.pt'} to train a prior for; train the autoencoder first "
-                        f"with python vqvae.py --output-folder {shlex.quote(args.output_folder)}")
+    best_to_give_a_prior(args)  # checked before the lock would make the folder
     # A new process's generator starts from a random seed: the prior's first weights come from --seed instead.
     torch.manual_seed(args.seed)
-    with hold_run_folder(model_dir):
+    with hold_run_folder(run_folders(args.output_folder).model_dir):
         give_prior(args, device, deadline)
 
 
@@ -358,8 +361,9 @@ def resume_prior_only(args, device: torch.device, deadline: float) -> None:
     """A --resume of a folder whose prior alone was trained here (--prior-only beside a best.pt without last.pt)."""
     model_dir = run_folders(args.output_folder).model_dir
     with hold_run_folder(model_dir):
-        if resumable(load_prior_training(model_dir / "prior_last.pt"), load_checkpoint(model_dir / "best.pt")):
-            give_prior(args, device, deadline, resume=True)
+        resumed = load_prior_training(model_dir / "prior_last.pt")
+        if resumable(resumed, load_checkpoint(model_dir / "best.pt")):
+            give_prior(args, device, deadline, resumed=resumed)
         else:
             print(f"{model_dir / 'prior_last.pt'} already finished its prior epochs; nothing to do")
 
@@ -372,8 +376,9 @@ def finish_resumed(args, processes: Processes, splits: Splits, deadline: float) 
     model_dir = run_folders(args.output_folder).model_dir
     last, best = model_dir / "last.pt", load_checkpoint(model_dir / "best.pt")
     discrete = BOTTLENECKS[args.bottleneck].discrete
-    if discrete and resumable(load_prior_training(model_dir / "prior_last.pt"), best):
-        give_prior(args, processes.device, deadline, splits, resume=True)
+    resumed = load_prior_training(model_dir / "prior_last.pt") if discrete else None
+    if resumable(resumed, best):
+        give_prior(args, processes.device, deadline, splits, resumed=resumed)
     elif args.prior_epochs and discrete and "prior" not in best:
         print(f"{last} already finished its {args.num_epochs} epochs; training its prior")
         give_prior(args, processes.device, deadline, splits)

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from vqmnist.errors import UserError
 from vqmnist.files import save_torch
-from vqmnist.prior import CodePrior, PriorConfig, check_size
+from vqmnist.limits import check_size
+from vqmnist.prior import CodePrior, PriorConfig
 
 # Format 1: the files of before this number existed, with the flags' older names in "args". Format 2: one flat
 # model config holding every bottleneck's fields, the bottleneck's weights under "quantizer.", "best_recon_loss".

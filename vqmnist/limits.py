@@ -1,5 +1,9 @@
 """The largest sizes and values a flag or a file may ask for: what a run on one machine can honour."""
 import os
+from collections.abc import Callable
+
+import torch
+from torch import nn
 
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes 64 bits
 MAX_CODES = 2 ** 17  # K: a codebook, FSQ's product of levels, the prior's vocabulary
@@ -24,3 +28,15 @@ MAX_SAMPLES = 10_000  # the MNIST test set, which sample scores are compared wit
 # then overflows; above MAX_TEMPERATURE or MAX_GUIDANCE the logits say nothing any more.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 MAX_GUIDANCE = 100.0
+
+
+def check_size(build: Callable[[], nn.Module], what: str) -> nn.Module:
+    """The module build() makes, built on the meta device, where nothing is allocated and no random number is drawn;
+    refused (ValueError) if it would hold more than MAX_MODEL_VALUES values (weights and buffers)."""
+    with torch.device("meta"):
+        module = build()
+    values = sum(tensor.numel() for tensor in module.state_dict().values())
+    if values > MAX_MODEL_VALUES:
+        raise ValueError(f"{what} would hold {values:,} values, more than the {MAX_MODEL_VALUES:,} this project "
+                         "builds")
+    return module

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqmnist.data import images_to_inputs
-from vqmnist.limits import MAX_CLASSES, MAX_CODES, MAX_DEPTH, MAX_GRID_SIDE, MAX_MODEL_VALUES, MAX_WIDTH
+from vqmnist.limits import MAX_CLASSES, MAX_CODES, MAX_DEPTH, MAX_GRID_SIDE, MAX_WIDTH
 
 # Sampling defaults of generate.py and evaluate.py, and of the samples TensorBoard shows; see CodePrior.sample.
 SAMPLING_TEMPERATURE = 1.0
@@ -191,21 +191,6 @@ class CodePrior(nn.Module):
                 x = self.code_embedding(code.repeat(2, 1) if guided else code) + self.position_embedding[position + 1]
         side = self.config.grid_size
         return codes.view(-1, side, side)
-
-
-def values_of(build) -> int:
-    """How many values (weights and buffers) the module `build()` makes would hold, counted on the meta device, where
-    nothing is allocated and no random number is drawn."""
-    with torch.device("meta"):
-        return sum(tensor.numel() for tensor in build().state_dict().values())
-
-
-def check_size(build, what: str) -> None:
-    """Refuse (ValueError) a module larger than MAX_MODEL_VALUES values before anything of it is allocated."""
-    values = values_of(build)
-    if values > MAX_MODEL_VALUES:
-        raise ValueError(f"{what} would hold {values:,} values, more than the {MAX_MODEL_VALUES:,} this project "
-                         "builds")
 
 
 @torch.no_grad()
