@@ -41,6 +41,7 @@ from dataclasses import asdict
 import torch
 
 from modules import LATENT_SIDE, load_model
+from vqmnist.bottleneck import CODE_STATISTICS
 from vqmnist.checkpoints import load_prior
 from vqmnist.cli import ArgumentParser, add_device_flag, integer, number, resolve_device, run_cli
 from vqmnist.data import load_mnist
@@ -109,9 +110,6 @@ def sample_scores(args, model, checkpoint, classifier, test_images, device) -> d
     real = torch.randperm(len(test_images), generator=generator)[:count]
     scores["real"] = score_samples(classifier, test_pixels[real.to(device)], test_features, None, frechet)
     return scores
-
-
-CODE_STATISTICS = ("codes_used", "codebook_usage", "perplexity", "dead_codes")
 
 
 def print_reconstructions(args, report: dict, count: int) -> None:

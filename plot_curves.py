@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from vqmnist.bottleneck import CODE_STATISTICS
 from vqmnist.cli import ArgumentParser, run_cli
 from vqmnist.errors import UserError
 from vqmnist.files import atomic_path
@@ -30,7 +31,7 @@ PRIOR_PANEL = ("prior: negative log-likelihood (bits per code)", "prior step", F
                [("prior/train_nll_bits", "train"), ("prior/val_nll_bits", "validation, with the class"),
                 ("prior/val_nll_bits_unconditional", "validation, without")])
 # Validation curves that are not a bottleneck's health figure, or that its perplexity panel already says.
-NOT_HEALTH = {"mse_pixels", "ssim", "codes_used", "codebook_usage", "dead_codes"}
+NOT_HEALTH = {"mse_pixels", "ssim", *CODE_STATISTICS} - {"perplexity"}
 
 
 def health_panels(logged: set[str]) -> list:

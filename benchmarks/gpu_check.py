@@ -25,28 +25,31 @@ QUICK_RUN = ["--num-epochs", "1", "--prior-epochs", "1", "--val-size", "59872", 
              "--prior-width", "16", "--prior-layers", "1", "--prior-heads", "2"]
 
 
-def steps(args) -> list[tuple[str, list[str]]]:
-    """(what, command) of each step, in order."""
+def steps(args, out_dir: Path) -> list[tuple[str, list[str], Path]]:
+    """(what, command, the folder it runs in) of each step, in order: the tests and the speed table run in the
+    repository, the runs in out_dir, where their models/ and logs/ go."""
     python, device, data = sys.executable, ["--device", args.device], ["--data-folder", str(ROOT / "data")]
     run = QUICK_RUN if args.quick else []
     versions = ("import torch; print('torch', torch.__version__, '| CUDA', torch.version.cuda, '| GPU', "
                 "torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')")
     return [
-        ("the machine", ["nvidia-smi"] if shutil.which("nvidia-smi") else ["echo", "nvidia-smi: not on this machine"]),
-        ("torch and CUDA", [python, "-c", versions]),
+        ("the machine", ["nvidia-smi"] if shutil.which("nvidia-smi") else ["echo", "nvidia-smi: not on this machine"],
+         out_dir),
+        ("torch and CUDA", [python, "-c", versions], out_dir),
         ("the tests, CUDA tests included", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-                                            *([str(ROOT / "tests" / "test_cuda.py")] if args.quick else [])]),
+                                            *([str(ROOT / "tests" / "test_cuda.py")] if args.quick else [])], ROOT),
         ("each training loop's speed", [python, "-m", "benchmarks.speed", *device, *data,
                                         *(["--steps", "2", "--warmup", "1", "--repeats", "1",
-                                           "--prior-batch-size", "8"] if args.quick else [])]),
+                                           "--prior-batch-size", "8"] if args.quick else [])], ROOT),
         ("a timed default run: the autoencoder, then the prior",
-         [python, str(ROOT / "vqvae.py"), *device, *data, *run, "--output-folder", "gpu_check", "--overwrite"]),
+         [python, str(ROOT / "vqvae.py"), *device, *data, *run, "--output-folder", "gpu_check", "--overwrite"],
+         out_dir),
         ("its scorecard", [python, str(ROOT / "evaluate.py"), *device, *data, "--model", "models/gpu_check/best.pt",
-                           *(["--samples", "65"] if args.quick else [])]),
+                           *(["--samples", "65"] if args.quick else [])], out_dir),
         ("one epoch under torchrun, in a process group (nccl on CUDA)",
          [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", str(ROOT / "vqvae.py"),
           *device, *data, *(run or ["--num-epochs", "1"]), "--prior-epochs", "0", "--output-folder", "gpu_check_ddp",
-          "--overwrite"]),
+          "--overwrite"], out_dir),
     ]
 
 
@@ -58,13 +61,12 @@ def main(args) -> int:
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     failed = []
     with open(log_path, "w") as log:
-        for what, command in steps(args):
+        for what, command, folder in steps(args, out_dir):
             started = time.perf_counter()
             log.write(f"## {what}\n$ {' '.join(command)}\n")
             log.flush()
-            result = subprocess.run(command, cwd=ROOT if "pytest" in command or "benchmarks.speed" in command
-                                    else out_dir, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, errors="replace")
+            result = subprocess.run(command, cwd=folder, env=environment, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, errors="replace")
             seconds = time.perf_counter() - started
             # A progress bar redraws its line after each \r: the log keeps what it showed last.
             log.writelines(line.rsplit("\r", 1)[-1] + "\n" for line in result.stdout.splitlines())

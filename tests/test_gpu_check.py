@@ -16,8 +16,8 @@ def test_the_rehearsal_runs_every_step_into_one_log(tmp_path):
     log = (tmp_path / "gpu_check.log").read_text()
     assert result.returncode == 0, log[-3000:]
     ran = re.findall(r"^## (.+)$", log, flags=re.M)
-    planned = [what for what, _ in gpu_check.steps(gpu_check.build_parser().parse_args(
-        ["--device", "cpu", "--quick", "--out-dir", str(tmp_path)]))]
+    planned = [what for what, _, _ in gpu_check.steps(gpu_check.build_parser().parse_args(
+        ["--device", "cpu", "--quick", "--out-dir", str(tmp_path)]), tmp_path)]
     assert ran == planned and log.count("(exit status 0, ") == len(planned)
     assert "\r" not in log, "progress bars are kept as their last state"
     assert "| autoencoder, project (as vqvae.py) |" in log and "test MSE ([0,1] pixels)" in log

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
+from vqmnist.bottleneck import CODE_STATISTICS
 from vqmnist.checkpoints import RunState, save_checkpoint, training_checkpoint
 from vqmnist.data import epoch_batches, images_to_inputs
 from vqmnist.loop import Validation
@@ -70,7 +71,7 @@ def health_line(figures: dict[str, float], num_embeddings: int | None) -> str:
         words.append(f"codes used {figures['codes_used']}/{num_embeddings} ({figures['codebook_usage']:.1%})  "
                      f"perplexity {figures['perplexity']:.1f}  dead {figures['dead_codes']}")
     for name, value in figures.items():
-        if name not in ("codes_used", "codebook_usage", "perplexity", "dead_codes"):
+        if name not in CODE_STATISTICS:
             words.append(f"{name.replace('_', ' ')} {value}" if isinstance(value, int)
                          else f"{name.replace('_', ' ')} {value:.1f}")
     return "  ".join(words)

@@ -84,8 +84,12 @@ def code_counts(indices: Tensor, num_embeddings: int) -> Tensor:
     return torch.zeros(num_embeddings, dtype=torch.long, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
 
 
+# The figures code_statistics gives, which the epoch line and evaluate.py show in their own words.
+CODE_STATISTICS = ("codes_used", "codebook_usage", "perplexity", "dead_codes")
+
+
 def code_statistics(counts: Tensor) -> dict[str, float]:
-    """The health of a discrete bottleneck over a whole image set, from its code counts (K,)."""
+    """The health of a discrete bottleneck over a whole image set, from its code counts (K,): CODE_STATISTICS."""
     codes_used = int((counts > 0).sum())
     return {"codes_used": codes_used, "codebook_usage": codes_used / len(counts),
             "perplexity": perplexity_from_counts(counts).item(), "dead_codes": len(counts) - codes_used}
