@@ -136,3 +136,16 @@ def test_a_config_that_cannot_be_built_names_its_field(bottleneck, field, value,
             VQVAEConfig(bottleneck=value)
         else:
             model_config(bottleneck, **{field: value})
+
+
+def test_a_bottleneck_without_its_dims_or_constructor_cannot_be_made():
+    """dims and from_config are the interface's abstract methods: a new bottleneck missing them fails when it is
+    made, not later inside the autoencoder."""
+    from vqmnist.bottleneck import Bottleneck
+
+    class Incomplete(Bottleneck):
+        def forward(self, z_e):
+            return z_e
+
+    with pytest.raises(TypeError, match="dims, from_config"):
+        Incomplete()

@@ -5,6 +5,7 @@ A bottleneck is one module: a subclass of `Bottleneck` with a `Config` dataclass
 `modules.BOTTLENECKS`. The autoencoder, the training loop, TensorBoard, run.json, evaluate.py, generate.py and the
 study read only what this interface declares, so none of them names a particular bottleneck.
 """
+import abc
 from dataclasses import Field, field
 from typing import ClassVar, NamedTuple
 
@@ -25,7 +26,7 @@ def option(default, flag: str, help: str, **argparse_options) -> Field:
     return field(default=default, metadata={"flag": flag, "help": help, **argparse_options})
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(nn.Module, abc.ABC):
     """What sits between encoder and decoder, on the 7x7 grid.
 
     A subclass declares:
@@ -46,16 +47,16 @@ class Bottleneck(nn.Module):
     num_embeddings: int
 
     @classmethod
+    @abc.abstractmethod
     def dims(cls, config, hidden_size: int) -> tuple[int, int]:
         """(input_dim, code_dim) of the bottleneck `config` would build behind an encoder of hidden_size channels.
         The autoencoder builds its projection into code space before the bottleneck, so that the weights are drawn
         in the order of the layers."""
-        raise NotImplementedError
 
     @classmethod
+    @abc.abstractmethod
     def from_config(cls, config, hidden_size: int) -> "Bottleneck":
         """The bottleneck of `config` (an instance of cls.Config) behind an encoder of hidden_size channels."""
-        raise NotImplementedError
 
     def embed(self, codes: Tensor) -> Tensor:
         """Discrete: code indices (B, H, W) -> code vectors z_q (B, D, H, W)."""
