@@ -10,11 +10,13 @@ Reconstructions: the MSE in [0, 1] pixel space (averaged over every pixel of the
 published MNIST tables compute them (`published_protocol` in --json: each reconstruction rounded to 8 bits, PSNR
 10 log10(255^2 / MSE) and SSIM per image against its 8-bit digit, then averaged over the images), the
 bottleneck's health figures over the test set: for codes, the codebook usage (distinct codes used over the test set
-/ K) and the perplexity of the test set's code histogram (K if all codes are used equally often, 1 if only one is);
+/ K, over L K codes with L levels) and the perplexity of the test set's code histogram (K if all codes are used
+equally often, 1 if only one is);
 any other figure its bottleneck reports (modules.BOTTLENECKS), by name.
 
 Rate, in bits per image: for codes (VQ, FSQ), the prior's negative log-likelihood of the test set's code
-grids summed over the 49 positions, without the class and given it, beside the 49 log2 K bits of a uniform code;
+grids summed over the 49 positions (49 L codes with L levels), without the class and given it, beside the 49 L
+log2 K bits of uniform codes;
 for a continuous bottleneck, the figure it names as its rate (the Gaussian VAE's KL(q(z|x) || N(0, I))).
 
 Samples (--samples N of each kind), judged by the project's MNIST classifier (train_classifier.py):
@@ -93,7 +95,8 @@ def sample_scores(args, model, checkpoint, classifier, test_images, device) -> d
     generator = torch.Generator().manual_seed(args.seed)
     scores = {}
     if "prior" in checkpoint:
-        prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device)
+        prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device,
+                       levels=model.bottleneck.code_levels)
         asked = (torch.arange(count) % 10).to(device)
         for kind, classes, guidance in (("prior_conditional", asked, args.guidance),
                                         ("prior_unconditional", prior.draw_classes(count, generator), args.guidance),
@@ -122,8 +125,9 @@ def print_reconstructions(args, report: dict, count: int) -> None:
     print(f"  PSNR, per 8-bit image    {published['psnr']:.2f} dB  (as published tables compute it)")
     print(f"  SSIM, per 8-bit image    {published['ssim']:.4f}     (as published tables compute it)")
     if "codes_used" in report["figures"]:
+        levels = f", {report['code_levels']} levels of {report['num_embeddings']}" if report["code_levels"] > 1 else ""
         print(f"  codebook usage           {report['codebook_usage']:.1%} ({report['codes_used']} of "
-              f"{report['num_embeddings']} codes)")
+              f"{report['num_embeddings'] * report['code_levels']} codes{levels})")
         print(f"  perplexity               {report['perplexity']:.1f}")
     for name, value in report["figures"].items():
         if name not in CODE_STATISTICS and name != report["rate_figure"]:
@@ -134,10 +138,10 @@ def print_reconstructions(args, report: dict, count: int) -> None:
         return
     if report["rate_bits"] is None:
         print(f"  rate                     (no prior; at most {report['rate_bound_bits']:.0f} bits per image, "
-              "49 log2 K)", flush=True)
+              f"{report['code_positions']} log2 K)", flush=True)
         return
     print(f"  rate (prior NLL)         {report['rate_bits']:.1f} bits per image, {report['rate_bits_given_class']:.1f} "
-          f"given the class (49 log2 K = {report['rate_bound_bits']:.0f})", flush=True)
+          f"given the class ({report['code_positions']} log2 K = {report['rate_bound_bits']:.0f})", flush=True)
 
 
 def rates(model, checkpoint: dict, scores, test_images, test_labels, args, device) -> dict:
@@ -145,17 +149,19 @@ def rates(model, checkpoint: dict, scores, test_images, test_labels, args, devic
     rate_figure = model.bottleneck.rate_figure
     if not model.discrete:
         return {"rate_figure": rate_figure, "rate_bits": scores.figures.get(rate_figure)}
-    positions = LATENT_SIDE ** 2
+    positions = LATENT_SIDE ** 2 * model.bottleneck.code_levels  # codes an image: 49 L
     bound = positions * math.log2(model.bottleneck.num_embeddings)
     if "prior" not in checkpoint:
-        return {"rate_figure": None, "rate_bits": None, "rate_bits_given_class": None, "rate_bound_bits": bound}
-    prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device)
+        return {"rate_figure": None, "rate_bits": None, "rate_bits_given_class": None, "rate_bound_bits": bound,
+                "code_positions": positions}
+    prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device,
+                       levels=model.bottleneck.code_levels)
     codes = encode_images(model, test_images, device, args.batch_size)
     labels = test_labels.to(device)
     unconditional = prior_nll_bits(prior, codes, torch.full_like(labels, prior.no_class), args.batch_size)
     conditional = prior_nll_bits(prior, codes, labels, args.batch_size)
     return {"rate_figure": None, "rate_bits": unconditional * positions,
-            "rate_bits_given_class": conditional * positions, "rate_bound_bits": bound}
+            "rate_bits_given_class": conditional * positions, "rate_bound_bits": bound, "code_positions": positions}
 
 
 def print_samples(args, samples: dict, discrete: bool) -> None:
@@ -207,6 +213,7 @@ def main(args) -> None:
         "figures": scores.figures,
         **scores.figures,
         "num_embeddings": model.bottleneck.num_embeddings if model.discrete else None,
+        "code_levels": model.bottleneck.code_levels if model.discrete else None,
         "epoch": checkpoint["epoch"],
         **rates(model, checkpoint, scores, test_images, test_labels, args, device),
         "config": asdict(model.config),

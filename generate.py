@@ -206,7 +206,8 @@ def samples(args, model, checkpoint, generator, device) -> Picture:
         latents = model.sample_latents(count, args.temperature, generator).to(device)
         return Picture(model.to_pixels(model.decode_latents(latents)), None,
                        f"{model.config.bottleneck} samples, latents from its prior x temperature {args.temperature}")
-    prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device)
+    prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device,
+                       levels=model.bottleneck.code_levels)
     if args.unconditional:
         classes, what = prior.draw_classes(count, generator), "unconditional prior samples"
     elif args.digit is not None:
@@ -214,7 +215,7 @@ def samples(args, model, checkpoint, generator, device) -> Picture:
     else:
         classes, what = torch.arange(GRID_SIDE).repeat_interleave(GRID_SIDE), "prior samples, row i = digit i"
     started = time.perf_counter()
-    codes = prior.sample(classes.to(device), args.temperature, args.guidance, generator)  # (100, 7, 7)
+    codes = prior.sample(classes.to(device), args.temperature, args.guidance, generator)  # (100, [L,] 7, 7)
     seconds = time.perf_counter() - started
     return Picture(model.to_pixels(model.decode(codes)), codes,
                    f"{what}, temperature {args.temperature}, guidance {args.guidance}; the 100 code grids took "
@@ -224,7 +225,8 @@ def samples(args, model, checkpoint, generator, device) -> Picture:
 def completions(args, model, checkpoint, generator, device) -> Picture:
     """Row i: a test digit of class i picked by the seed, then nine completions by the prior of its code grid's top
     --keep-rows rows, given the digit's class (or, --unconditional, without it)."""
-    prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device)
+    prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device,
+                       levels=model.bottleneck.code_levels)
     test_images, test_labels = load_mnist(args.data_folder, train=False)
     order = torch.randperm(len(test_images), generator=generator)
     if len(set(test_labels.tolist())) < GRID_SIDE:
@@ -232,15 +234,16 @@ def completions(args, model, checkpoint, generator, device) -> Picture:
                         "of each")
     picks = torch.stack([order[test_labels[order] == digit][0] for digit in range(GRID_SIDE)])  # (10,)
     originals = test_images[picks].to(device)
-    codes = model.encode(images_to_inputs(originals))  # (10, 7, 7)
+    codes = model.encode(images_to_inputs(originals))  # (10, 7, 7), or (10, L, 7, 7)
     per_digit, kept = GRID_SIDE - 1, args.keep_rows or DEFAULT_KEPT_ROWS
-    prefix = codes[:, :kept].flatten(1).repeat_interleave(per_digit, 0)  # (90, kept * 7): the kept rows, raster order
+    # (90, kept * 7 * L): the kept rows' codes, in the prior's order
+    prefix = prior.to_sequence(codes)[:, :kept * LATENT_SIDE * prior.config.levels].repeat_interleave(per_digit, 0)
     classes = torch.full((len(prefix),), prior.no_class, device=device) if args.unconditional else \
         test_labels[picks].to(device).repeat_interleave(per_digit)
-    completed = prior.sample(classes, args.temperature, args.guidance, generator, prefix)  # (90, 7, 7)
+    completed = prior.sample(classes, args.temperature, args.guidance, generator, prefix)  # (90, [L,] 7, 7)
     pixels = model.to_pixels(model.decode(completed)).view(GRID_SIDE, per_digit, 1, 28, 28)
     originals = originals.unsqueeze(1).float().div(255).unsqueeze(1)  # (10, 1, 1, 28, 28)
-    grids = torch.cat([codes.unsqueeze(1), completed.view(GRID_SIDE, per_digit, LATENT_SIDE, LATENT_SIDE)], 1)
+    grids = torch.cat([codes.unsqueeze(1), completed.view(GRID_SIDE, per_digit, *codes.shape[1:])], 1)
     given = "without their classes" if args.unconditional else "given their classes"
     return Picture(torch.cat([originals, pixels], 1).flatten(0, 1), grids.flatten(0, 1),
                    f"row i: a test digit i, then nine completions {given} of its top {kept} of {LATENT_SIDE} code "
@@ -253,7 +256,8 @@ def grid_writer(images: torch.Tensor) -> Callable[[BinaryIO], None]:
 
 
 def codes_writer(path, codes: torch.Tensor) -> Callable[[BinaryIO], None]:
-    """Writes code grids (N, 7, 7) as int64, with numpy.save for a .npy path, torch.save for a .pt one."""
+    """Writes code grids (N, 7, 7) or (N, L, 7, 7) as int64, with numpy.save for a .npy path, torch.save for a .pt
+    one."""
     codes = codes.cpu().long()
     if Path(path).suffix.lower() == ".npy":
         return lambda file: np.save(file, codes.numpy())
@@ -302,7 +306,8 @@ def main(args) -> None:
     elif args.input == "complete":
         picture = completions(args, model, checkpoint, generator, device)
     elif args.input == "codes":
-        codes = load_codes(args.codes, model.bottleneck.num_embeddings, GRID_SIDE ** 2).to(device)
+        codes = load_codes(args.codes, model.bottleneck.num_embeddings, GRID_SIDE ** 2,
+                           model.bottleneck.code_levels).to(device)
         picture = Picture(model.to_pixels(model.decode(codes)), codes, f"the {len(codes)} code grids of {args.codes}")
     else:
         noise = torch.randn(GRID_SIDE ** 2, model.config.in_channels, 28, 28, generator=generator).to(device)

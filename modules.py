@@ -1,8 +1,9 @@
 """The VQ-VAE for 28x28 MNIST digits: encoder, decoder, the registry of bottlenecks between them, and loading it.
 
 Between encoder and decoder sits the config's `bottleneck`, one of BOTTLENECKS, all on the same 7x7 grid: "vq", the
-vector quantizer (the default, vector_quantizer.py), "fsq", finite scalar quantisation, or "gaussian", a continuous
-VAE's diagonal Gaussian (both in vqmnist/). Each is a `vqmnist.bottleneck.Bottleneck`; a new one is its own file and
+vector quantizer (the default, vector_quantizer.py), "rvq", a residual stack of them (residual_vq.py), "fsq", "lfq"
+and "simvq", finite scalar, lookup-free and SimVQ quantisation, or "gaussian", a continuous VAE's diagonal Gaussian
+(these four in vqmnist/). Each is a `vqmnist.bottleneck.Bottleneck`; a new one is its own file and
 one line in BOTTLENECKS (docs/code.md).
 
 The encoder reads images in [-1, 1] (`images_to_inputs`). What the decoder's last layer outputs, and so which
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from residual_vq import ResidualVectorQuantizer
 from vector_quantizer import VectorQuantizer
 from vqmnist.bottleneck import Bottleneck, BottleneckOutput
 from vqmnist.checkpoints import check_weights_finite, load_checkpoint
@@ -27,13 +29,18 @@ from vqmnist.data import outputs_to_pixels
 from vqmnist.errors import UserError
 from vqmnist.fsq import FiniteScalarQuantizer
 from vqmnist.gaussian import GaussianBottleneck
+from vqmnist.lfq import LookupFreeQuantizer
 from vqmnist.limits import MAX_DEPTH, MAX_WIDTH, check_size
+from vqmnist.simvq import SimVQ
 
 # The bottlenecks by name: vqvae.py's --bottleneck choices, and the name a checkpoint stores.
 BOTTLENECKS: dict[str, type[Bottleneck]] = {
     "vq": VectorQuantizer,
     "fsq": FiniteScalarQuantizer,
+    "lfq": LookupFreeQuantizer,
+    "simvq": SimVQ,
     "gaussian": GaussianBottleneck,
+    "rvq": ResidualVectorQuantizer,
 }
 DECODER_OUTPUTS = ("tanh", "linear", "logits")
 LATENT_SIDE = 28 // 4  # the latent grid (codes or the Gaussian's z) is 7x7: the encoder's two stride-2 convolutions

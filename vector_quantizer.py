@@ -27,12 +27,11 @@ from torch import Tensor, nn
 from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
 from vqmnist.cli import integer, number, unit_interval
 from vqmnist.limits import MAX_CODES, MAX_LOSS_WEIGHT, MAX_WIDTH
+from vqmnist.nearest_code import ESTIMATORS, nearest_codes, pass_gradient
 from vqmnist.processes import from_process_zero, sum_over_processes, world_size
 
 CODEBOOK_UPDATES = ("ema", "loss")
 CODEBOOK_INITS = ("kmeans++", "random", "uniform")
-# Most values of the (rows, K) distance tensor of one chunk of the nearest-code search: 128 MB of fp32.
-DISTANCE_BUDGET = 1 << 25
 
 
 @dataclass
@@ -59,6 +58,9 @@ class VQConfig:
                           action=argparse.BooleanOptionalAction)
     beta: float = option(0.25, "--beta", "weight of the commitment loss (default: 0.25)",
                         type=number(0, MAX_LOSS_WEIGHT))
+    estimator: str = option("straight-through", "--gradient", "how the gradient passes the choice of code: "
+                            "straight-through (copied onto z_e) or rotation (the rotation trick: rotated and rescaled "
+                            "from z_q's direction onto z_e's) (default: straight-through)", choices=ESTIMATORS)
 
     def __post_init__(self):
         """Refuse settings that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
@@ -70,7 +72,8 @@ class VQConfig:
             value = getattr(self, name)
             if type(value) not in (int, float) or not low <= value < high:
                 raise ValueError(f"{name} must be a number in [{low}, {high}), not {value!r}")
-        for name, choices in (("codebook_update", CODEBOOK_UPDATES), ("codebook_init", CODEBOOK_INITS)):
+        for name, choices in (("codebook_update", CODEBOOK_UPDATES), ("codebook_init", CODEBOOK_INITS),
+                              ("estimator", ESTIMATORS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, not {getattr(self, name)!r}")
         if type(self.cosine) is not bool:
@@ -99,10 +102,11 @@ class VectorQuantizer(Bottleneck):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, beta: float, codebook_update: str = "loss",
                  decay: float = 0.99, epsilon: float = 1e-5, init: str = "uniform", restart_threshold: float = 0.0,
-                 cosine: bool = False):
+                 cosine: bool = False, estimator: str = "straight-through"):
         super().__init__()
-        if codebook_update not in CODEBOOK_UPDATES or init not in CODEBOOK_INITS:
-            raise ValueError(f"codebook_update must be one of {CODEBOOK_UPDATES} and init one of {CODEBOOK_INITS}")
+        if codebook_update not in CODEBOOK_UPDATES or init not in CODEBOOK_INITS or estimator not in ESTIMATORS:
+            raise ValueError(f"codebook_update must be one of {CODEBOOK_UPDATES}, init one of {CODEBOOK_INITS} and "
+                             f"estimator one of {ESTIMATORS}")
         self.num_embeddings = num_embeddings
         self.input_dim = self.code_dim = self.embedding_dim = embedding_dim
         self.beta = beta
@@ -112,6 +116,7 @@ class VectorQuantizer(Bottleneck):
         self.init = init
         self.restart_threshold = restart_threshold
         self.cosine = cosine
+        self.estimator = estimator
         self.embedding = nn.Embedding(num_embeddings, embedding_dim)
         self.embedding.weight.data.uniform_(-1.0 / num_embeddings, 1.0 / num_embeddings)
         # With EMA the codebook is set from the moving averages below, never by the optimizer.
@@ -137,7 +142,8 @@ class VectorQuantizer(Bottleneck):
     def from_config(cls, config: VQConfig, hidden_size: int) -> "VectorQuantizer":
         return cls(config.num_embeddings, config.code_dim or hidden_size, config.beta,
                    codebook_update=config.codebook_update, decay=config.ema_decay, init=config.codebook_init,
-                   restart_threshold=config.restart_threshold, cosine=config.cosine)
+                   restart_threshold=config.restart_threshold, cosine=config.cosine,
+                   estimator=config.estimator)
 
     def epoch_figures(self) -> dict[str, float]:
         """{"restarts": the codes restarted since the last call}, which resets the count."""
@@ -151,18 +157,8 @@ class VectorQuantizer(Bottleneck):
         return F.normalize(weight, dim=1) if self.cosine else weight
 
     def nearest_codes(self, flat: Tensor) -> Tensor:
-        """Index of the nearest code for each row of flat (N, D), by Euclidean distance, in chunks of rows whose
-        (rows, K) distance tensor holds at most DISTANCE_BUDGET values, whatever N and K."""
-        # Distances in fp32 even under autocast: in bf16 the near-ties between codes would round to the same value.
-        with torch.autocast(device_type=flat.device.type, enabled=False):
-            flat = flat.float()
-            codebook = self.codebook().float()
-            squared_norms = codebook.pow(2).sum(1)
-            rows = max(1, DISTANCE_BUDGET // len(codebook))
-            # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2 as one fused matrix product: (rows, K), never (rows, K, D).
-            # ||z||^2 is the same for every code of a row, so the argmin leaves it out: one (rows, K) tensor, not two.
-            return torch.cat([torch.addmm(squared_norms, chunk, codebook.t(), beta=1.0, alpha=-2.0).argmin(dim=1)
-                              for chunk in flat.split(rows)])
+        """Index of the nearest code for each row of flat (N, D), by Euclidean distance: (N,) int64."""
+        return nearest_codes(flat, self.codebook())
 
     def embed(self, codes: Tensor) -> Tensor:
         """Code vectors of an index grid: codes (B, H, W) -> z_q (B, D, H, W)."""
@@ -233,8 +229,7 @@ class VectorQuantizer(Bottleneck):
 
         codebook_loss = F.mse_loss(z_q, z_e.detach())
         commitment_loss = self.beta * F.mse_loss(z_e, z_q.detach())
-        # straight-through estimator: the forward pass uses z_q, the backward pass copies the gradient to z_e.
-        z_q = z_e + (z_q - z_e).detach()
+        z_q = pass_gradient(z_e, z_q, self.estimator)  # the straight-through estimator or the rotation trick
 
         counts = code_counts(indices, self.num_embeddings)
         if self.training:

@@ -10,6 +10,10 @@ Usage:
     python vqvae.py --codebook loss --init uniform --restart-threshold 0 --code-dim 0 --beta 1   # reference VQ
     python vqvae.py --bottleneck fsq --fsq-levels 8,8,8 --output-folder fsq  # finite scalar quantisation, K = 512
     python vqvae.py --bottleneck gaussian --kl-weight 0.1 --output-folder vae  # a continuous VAE, no prior
+    python vqvae.py --gradient rotation --output-folder rotation    # the VQ with the rotation trick
+    python vqvae.py --bottleneck simvq --output-folder simvq        # SimVQ: a learned map of a frozen codebook
+    python vqvae.py --bottleneck lfq --lfq-bits 9 --output-folder lfq   # lookup-free quantisation, K = 512
+    python vqvae.py --bottleneck rvq --depth 2 --output-folder rvq  # residual VQ: 2 levels of 512 codes
     torchrun --standalone --nproc_per_node=2 vqvae.py --batch-size 32 --output-folder ddp    # 2 processes
 
 Writes TensorBoard logs to logs/NAME (`tensorboard --logdir logs`) and checkpoints to models/NAME:
@@ -206,7 +210,7 @@ def check_sizes(args) -> None:
         config = model_config(args)
         bottleneck = check_size(lambda: VQVAE(config), "the autoencoder").bottleneck
         if bottleneck.discrete and args.prior_epochs:
-            prior = replace(prior_config(args), num_embeddings=bottleneck.num_embeddings)
+            prior = replace(prior_config(args), num_embeddings=bottleneck.num_embeddings, levels=bottleneck.code_levels)
             check_size(lambda: CodePrior(prior), "the prior")
     except ValueError as error:
         raise UserError(f"{error}: lower --hidden-size, --num-residual-blocks, --k, --code-dim or the --prior-* "
@@ -297,7 +301,8 @@ def announce(task: AutoencoderTask, state: RunState, args) -> None:
         print(f"resuming {task.last_path} at epoch {state.epoch + 1}, batch {state.batches_done + 1} "
               f"(step {state.step})")
     bottleneck = task.model.bottleneck
-    codes = f"K={bottleneck.num_embeddings}, " if bottleneck.discrete else ""
+    levels = f" in each of {bottleneck.code_levels} levels" if bottleneck.code_levels > 1 else ""
+    codes = f"K={bottleneck.num_embeddings}{levels}, " if bottleneck.discrete else ""
     num_parameters = sum(parameter.numel() for parameter in task.model.parameters())
     processes = f" x {world_size} processes" if world_size > 1 else ""
     precision = " in bf16 autocast" if args.amp else ""

@@ -1,10 +1,11 @@
-"""What K, D and the bottleneck do: train the runs of a named study, score each with evaluate.py, and write a
-Markdown table and a distortion-rate plot.
+"""What K, D, the bottleneck and the quantizer do: train the runs of a named study, score each with evaluate.py, and
+write a Markdown table and a distortion-rate plot.
 
 Usage (from the repository root; `python -m benchmarks.study` is the same):
     python benchmarks/study.py --study k             # K in 16, 64, 256, 512, 1024 (VQ, all else default)
     python benchmarks/study.py --study d             # D in 2, 4, 8, 16, 32, 64
     python benchmarks/study.py --study bottleneck    # reference VQ, default VQ, FSQ, Gaussian VAE at 3 KL weights
+    python benchmarks/study.py --study quantizers    # VQs, rotation trick, SimVQ, LFQ, residual VQ, FSQ: 512 codes
     python benchmarks/study.py --study all --epochs 3 --prior-epochs 2 --out-dir docs/images
 
 Each row is `python vqvae.py` in a subprocess, as a user runs it, with --num-epochs --epochs, --prior-epochs and
@@ -12,11 +13,14 @@ Each row is `python vqvae.py` in a subprocess, as a user runs it, with --num-epo
 models/study/NAME/scores.json. A study stopped part-way (Ctrl-C) resumes: a row with scores is read back, a run
 that stopped goes on with --resume. Rows with the same flags are one run, shared by the studies.
 
-Every row has the test MSE, PSNR and SSIM, the codes used and their perplexity, the rate in bits per image (the
+Every row has the test MSE, PSNR and SSIM, PSNR and SSIM as published MNIST tables compute them (per 8-bit image,
+then averaged), the codes used and their perplexity, the rate in bits per image (the
 prior's NLL of the test codes without the class, or the Gaussian VAE's KL), the unconditional samples'
 recognisable fraction and Frechet distance (the prior's class drawn by itself, or the Gaussian's N(0, I)), and the
 seconds of training (autoencoder and prior, from its run.json). The table goes to OUT_DIR/study_NAME.md and
-stdout, the plot of test MSE against the rate to OUT_DIR/study_NAME.png.
+stdout, the plot of test MSE against the rate to OUT_DIR/study_NAME.png. Each scored run also goes to TensorBoard's
+hparams dashboard, its flags beside its scores, in its own logs/study/NAME folder: `tensorboard --logdir logs/study`
+sets the rows side by side.
 
 A kept scores.json the table cannot read is scored again. One study runs at a time: it holds models/study (its
 .lock) while it runs, and a second one stops at once.
@@ -35,6 +39,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from torch.utils.tensorboard import SummaryWriter
 
 from vqmnist.cli import ArgumentParser, integer, resolve_device, run_cli
 from benchmarks.scripts import run_script
@@ -56,22 +62,39 @@ DEFAULT = Row("default VQ (EMA, k-means++, restarts)", "default", (), "VQ")
 REFERENCE_FLAGS = ("--codebook", "loss", "--init", "uniform", "--restart-threshold", "0", "--code-dim", "0", "--beta",
                    "1.0")
 KL_WEIGHTS = (1.0, 0.1, 0.01)
+REFERENCE = Row("reference VQ (codebook loss, beta 1)", "reference", REFERENCE_FLAGS, "reference VQ")
+FSQ = Row("FSQ, levels 8,8,8 (512 codes)", "fsq888", ("--bottleneck", "fsq", "--fsq-levels", "8,8,8"), "FSQ")
 STUDIES = {
     "k": [DEFAULT._replace(label="K = 512 (default)") if k == 512 else Row(f"K = {k}", f"k{k}", ("--k", str(k)), "VQ")
           for k in (16, 64, 256, 512, 1024)],
     "d": [DEFAULT._replace(label="D = 16 (default)") if d == 16
           else Row(f"D = {d}", f"d{d}", ("--code-dim", str(d)), "VQ") for d in (2, 4, 8, 16, 32, 64)],
     "bottleneck": [
-        Row("reference VQ (codebook loss, beta 1)", "reference", REFERENCE_FLAGS, "reference VQ"),
+        REFERENCE,
         DEFAULT,
-        Row("FSQ, levels 8,8,8 (512 codes)", "fsq888", ("--bottleneck", "fsq", "--fsq-levels", "8,8,8"), "FSQ"),
+        FSQ,
         *[Row(f"Gaussian VAE, KL weight {weight:g}", f"gaussian{weight:g}",
               ("--bottleneck", "gaussian", "--kl-weight", str(weight)), "Gaussian") for weight in KL_WEIGHTS],
+    ],
+    # 512 codes a level, the same encoder and decoder; each new quantizer with its paper's (or its reference code's)
+    # settings, and the rotation trick beside the row it changes only the gradient of.
+    "quantizers": [
+        REFERENCE,
+        Row("rotation trick, codebook loss (reference VQ + --gradient rotation)", "reference-rotation",
+            (*REFERENCE_FLAGS, "--gradient", "rotation"), "rotation trick"),
+        DEFAULT,
+        Row("rotation trick, EMA (default VQ + --gradient rotation)", "rotation", ("--gradient", "rotation"),
+            "rotation trick"),
+        Row("SimVQ (codebook = learned linear map of a frozen basis)", "simvq", ("--bottleneck", "simvq"), "SimVQ"),
+        Row("LFQ, 9 sign bits (512 codes)", "lfq9", ("--bottleneck", "lfq", "--lfq-bits", "9"), "LFQ"),
+        Row("residual VQ, 2 levels of 512", "rvq2", ("--bottleneck", "rvq", "--depth", "2"), "residual VQ"),
+        FSQ,
     ],
 }
 # Each bottleneck's marker, and where its points' names go (offset in points, alignment), apart from the others'.
 MARKERS = {"VQ": ("o", (5, 5), "left"), "reference VQ": ("D", (5, 5), "left"), "FSQ": ("s", (-6, -12), "right"),
-           "Gaussian": ("^", (5, -12), "left")}
+           "Gaussian": ("^", (5, -12), "left"), "rotation trick": ("v", (5, -12), "left"),
+           "SimVQ": ("P", (-6, 5), "right"), "LFQ": ("X", (-6, -12), "right"), "residual VQ": ("*", (5, 5), "left")}
 
 
 # evaluate.py's scores and vqvae.py's run.json are a few kilobytes; a kept file far larger is not one of theirs,
@@ -163,24 +186,42 @@ def train_and_score(row: Row, args) -> dict:
         write_json(scores_path, scores)
     except OSError as error:
         raise write_failure(scores_path, error, "run the study again") from None
+    log_hparams(row, args, scores, ROOT / "logs" / folder)
     return scores
 
 
+def log_hparams(row: Row, args, scores: dict, log_dir: Path) -> None:
+    """The run's flags and scores on TensorBoard's hparams dashboard, in the run's own log folder."""
+    hparams = {"row": row.label, "flags": " ".join(row.flags) or "(defaults)", "bottleneck": scores["bottleneck"],
+               "epochs": args.epochs, "prior_epochs": args.prior_epochs, "seed": args.seed}
+    samples = scores.get("samples", {}).get("prior_unconditional") or {}
+    metrics = {"test_mse": scores["test_mse"], "psnr": scores["psnr"], "ssim": scores["ssim"],
+               "psnr_8bit": scores["published_protocol"]["psnr"], "ssim_8bit": scores["published_protocol"]["ssim"],
+               "codebook_usage": scores.get("codebook_usage"), "rate_bits": scores["rate_bits"],
+               "recognisable": samples.get("recognisable"), "frechet_distance": samples.get("frechet_distance")}
+    with SummaryWriter(log_dir) as writer:
+        writer.add_hparams(hparams, {f"hparam/{name}": value for name, value in metrics.items() if value is not None},
+                           run_name=".")
+
+
 def table(rows: list[Row], results: list[dict]) -> list[str]:
-    lines = ["| run | test MSE | PSNR (dB) | SSIM | codes used | perplexity | rate (bits/image) | recognisable | "
-             "Frechet distance | train s (autoencoder + prior) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | test MSE | PSNR (dB) | SSIM | PSNR / SSIM per 8-bit image | codes used | perplexity | "
+             "rate (bits/image) | recognisable | Frechet distance | train s (autoencoder + prior) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row, scores in zip(rows, results):
         discrete = "codes_used" in scores  # a bottleneck with codes reports their statistics
-        codes = f"{scores['codes_used']}/{scores['num_embeddings']}" if discrete else "-"
+        codes = f"{scores['codes_used']}/{scores['num_embeddings'] * (scores.get('code_levels') or 1)}" if discrete \
+            else "-"
         perplexity = f"{scores['perplexity']:.0f}" if discrete else "-"
         rate = "-" if scores["rate_bits"] is None else f"{scores['rate_bits']:.1f}"
         samples = scores.get("samples", {}).get("prior_unconditional")
         recognisable, distance = ("-", "-") if samples is None else (
             f"{samples['recognisable']:.1%}", f"{samples['frechet_distance']:.2f}")
         seconds = " + ".join(f"{value:.0f}" for value in scores["seconds"].values())
+        published = scores["published_protocol"]
         lines.append(f"| {row.label} | {scores['test_mse']:.5f} | {scores['psnr']:.2f} | {scores['ssim']:.4f} | "
-                     f"{codes} | {perplexity} | {rate} | {recognisable} | {distance} | {seconds} |")
+                     f"{published['psnr']:.2f} / {published['ssim']:.4f} | {codes} | {perplexity} | {rate} | "
+                     f"{recognisable} | {distance} | {seconds} |")
     real = results[0]["samples"]["real"]
     lines.append(f"\nSamples: {results[0]['samples']['count']} unconditional ones per row; the Frechet distance of "
                  f"as many real test digits, the floor, is {real['frechet_distance']:.2f}, and "
@@ -260,7 +301,7 @@ def sample_count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description="Train and score the runs of a study of K, D or the bottleneck.")
+    parser = ArgumentParser(description="Train and score the runs of a study of K, D, the bottleneck or the quantizer.")
     parser.add_argument("--study", choices=[*STUDIES, "all"], required=True, help="which study to run (required)")
     parser.add_argument("--epochs", type=integer(1, MAX_EPOCHS), default=3,
                         help="autoencoder epochs of each run (default: 3)")

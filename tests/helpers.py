@@ -54,8 +54,11 @@ TINY_PRIOR = ("--prior-epochs", "1", "--prior-width", "16", "--prior-layers", "1
               "--prior-batch-size", "64")
 
 
-# The tiny run's bottleneck flags: 16 codes for VQ and FSQ, D = 4 for the Gaussian VAE.
+# The tiny run's bottleneck flags: 16 codes (a level) for the discrete ones, D = 4 for the Gaussian VAE.
 TINY_BOTTLENECKS = {"vq": ("--k", "16"), "fsq": ("--bottleneck", "fsq", "--fsq-levels", "4,4"),
+                    "lfq": ("--bottleneck", "lfq", "--lfq-bits", "4"),
+                    "simvq": ("--bottleneck", "simvq", "--k", "16"),
+                    "rvq": ("--bottleneck", "rvq", "--k", "16"),
                     "gaussian": ("--bottleneck", "gaussian", "--code-dim", "4")}
 
 

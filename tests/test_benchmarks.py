@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers import train_tiny
 from vqmnist.errors import RunStopped
@@ -105,12 +106,17 @@ def test_speed_benchmark_reads_how_long_each_part_trained(tiny_mnist, tmp_path, 
 def test_the_studies_share_the_default_run_and_name_each_run_once():
     study = load_benchmark("study")
     rows = [row for rows in study.STUDIES.values() for row in rows]
-    assert sum(row.name == "default" for row in rows) == 3  # K = 512, D = 16 and the default VQ: one run
+    assert sum(row.name == "default" for row in rows) == 4  # K = 512, D = 16 and the default VQ twice: one run
     by_name = {}
     for row in rows:
         assert by_name.setdefault(row.name, row.flags) == row.flags, f"{row.name} names two runs"
     assert [row.label for row in study.STUDIES["k"]] == ["K = 16", "K = 64", "K = 256", "K = 512 (default)", "K = 1024"]
     assert len(study.STUDIES["d"]) == 6 and len(study.STUDIES["bottleneck"]) == 6
+    quantizers = study.STUDIES["quantizers"]
+    assert len(quantizers) == 8 and {row.bottleneck for row in quantizers} <= set(study.MARKERS)
+    # Each rotation-trick row is the row beside it with only the gradient changed.
+    for plain, rotated in ((quantizers[0], quantizers[1]), (quantizers[2], quantizers[3])):
+        assert rotated.flags == (*plain.flags, "--gradient", "rotation")
 
 
 def fake_scores(bottleneck: str, rate) -> dict:
@@ -119,7 +125,8 @@ def fake_scores(bottleneck: str, rate) -> dict:
     codes = {"codes_used": 500, "num_embeddings": 512, "perplexity": 400.4} if bottleneck != "gaussian" else {
         "num_embeddings": None, "kl_bits": rate}
     return {"bottleneck": bottleneck, "test_mse": 0.0015, "psnr": 28.24, "ssim": 0.98765, **codes, "rate_bits": rate,
-            "samples": samples, "seconds": {"autoencoder": 60.4, "prior": 100.6}}
+            "published_protocol": {"psnr": 29.125, "ssim": 0.99012}, "samples": samples,
+            "seconds": {"autoencoder": 60.4, "prior": 100.6}}
 
 
 def fake_scripts(tmp_path, commands: list, run_figures: dict, evaluation):
@@ -156,6 +163,11 @@ def test_the_study_resumes_from_what_it_kept(tmp_path, monkeypatch):
     (model_dir / "last.pt").write_bytes(b"")
     study.train_and_score(row, args)
     assert "--resume" in commands[2] and "--overwrite" not in commands[2], "a stopped run goes on"
+    # Each scoring also put the run's flags and scores on TensorBoard's hparams dashboard, in its log folder.
+    accumulator = EventAccumulator(str(tmp_path / "logs" / "study" / "gaussian0.01-e2-p2-s0")).Reload()
+    assert accumulator.Scalars("hparam/test_mse")[-1].value == pytest.approx(0.0015)
+    assert accumulator.Scalars("hparam/psnr_8bit")[-1].value == pytest.approx(29.125)
+    assert "_hparams_/experiment" in accumulator.summary_metadata
 
 
 def test_the_study_table_has_every_column_and_the_plot_is_written(tmp_path):
@@ -163,9 +175,11 @@ def test_the_study_table_has_every_column_and_the_plot_is_written(tmp_path):
     rows = study.STUDIES["bottleneck"][1:4:2]  # the default VQ and a Gaussian VAE
     results = [fake_scores("vq", 150.25), fake_scores("gaussian", 42.0)]
     lines = study.table(rows, results)
-    assert lines[2] == ("| default VQ (EMA, k-means++, restarts) | 0.00150 | 28.24 | 0.9877 | 500/512 | 400 | 150.2 | "
-                        "50.0% | 3.25 | 60 + 101 |")
-    assert lines[3].startswith("| Gaussian VAE, KL weight 1 | 0.00150 | 28.24 | 0.9877 | - | - | 42.0 |")
+    assert lines[2] == ("| default VQ (EMA, k-means++, restarts) | 0.00150 | 28.24 | 0.9877 | 29.12 / 0.9901 | 500/512 | "
+                        "400 | 150.2 | 50.0% | 3.25 | 60 + 101 |")
+    assert lines[3].startswith("| Gaussian VAE, KL weight 1 | 0.00150 | 28.24 | 0.9877 | 29.12 / 0.9901 | - | - | 42.0 |")
+    residual = fake_scores("rvq", 300.0) | {"code_levels": 2, "codes_used": 1000}
+    assert "| 1000/1024 |" in study.table(study.STUDIES["quantizers"][6:7], [residual])[2]
     assert "the floor, is 0.50" in lines[-1]
     study.plot(rows, results, "test", tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -73,8 +73,12 @@ def test_each_bottleneck_evaluates_with_its_rate(bottleneck, tiny_runs, tiny_mni
         assert {"prior_unconditional", "noise", "real"} <= set(report["samples"])
         assert "prior_conditional" not in report["samples"]
     else:
-        assert report["codes_used"] == len(quantized.codes.unique())
-        assert report["rate_bound_bits"] == pytest.approx(49 * math.log2(16))
+        codes = quantized.codes if quantized.codes.dim() == 4 else quantized.codes.unsqueeze(1)  # (N, L, 7, 7)
+        levels = torch.arange(codes.shape[1]).view(1, -1, 1, 1).expand_as(codes)
+        # A code is a (level, index) pair: each level's codebook is its own.
+        assert report["codes_used"] == len(torch.stack([levels.flatten(), codes.flatten()]).unique(dim=1).T)
+        assert report["code_levels"] == codes.shape[1] == (2 if bottleneck == "rvq" else 1)
+        assert report["rate_bound_bits"] == pytest.approx(49 * codes.shape[1] * math.log2(16))
         assert 0 < report["rate_bits"] and 0 < report["rate_bits_given_class"]
         assert {"prior_conditional", "prior_no_class"} <= set(report["samples"])
 
@@ -93,7 +97,7 @@ def test_each_bottleneck_generates_and_exports(bottleneck, tiny_runs, tiny_mnist
         run_evaluate(capsys, model, tiny_mnist, "--samples", "0")
 
 
-@pytest.mark.parametrize("bottleneck", ["fsq", "gaussian"])  # test_robustness.py resumes the VQ
+@pytest.mark.parametrize("bottleneck", ["fsq", "lfq", "simvq", "gaussian", "rvq"])  # test_robustness.py resumes the VQ
 def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(bottleneck, tiny_runs, tiny_mnist, tmp_path,
                                                                       monkeypatch):
     folder = tiny_runs(bottleneck)
@@ -109,7 +113,7 @@ def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(bottleneck
         assert torch.allclose(tensor.double(), resumed[name].double(), atol=1e-6), name
 
 
-@pytest.mark.parametrize("bottleneck", ["vq", "fsq"])
+@pytest.mark.parametrize("bottleneck", ["vq", "fsq", "lfq", "simvq", "rvq"])
 @pytest.mark.parametrize("suffix", [".npy", ".pt"])
 def test_saved_codes_are_the_encoders_and_decode_to_the_same_picture(suffix, bottleneck, tiny_runs, tiny_mnist,
                                                                     tmp_path, monkeypatch):
@@ -121,7 +125,7 @@ def test_saved_codes_are_the_encoders_and_decode_to_the_same_picture(suffix, bot
     codes = torch.from_numpy(np.load("codes.npy")) if suffix == ".npy" else torch.load("codes.pt", weights_only=True)
     model, _ = load_model(model_path)
     shown = np.asarray(Image.open("generatedImages/recon_input.png"))[2:30, 2:30, 0]  # the grid's first tile
-    assert codes.shape == (100, 7, 7) and codes.dtype == torch.int64
+    assert codes.shape == ((100, 2, 7, 7) if bottleneck == "rvq" else (100, 7, 7)) and codes.dtype == torch.int64
     assert torch.equal(codes[0], model.encode(images_to_inputs(torch.from_numpy(shown.copy())[None]))[0])
     run_generate("--model", model_path, "--input", "codes", "--codes", f"codes{suffix}", "--filename", "decoded")
     decoded, reconstructed = (np.asarray(Image.open(f"generatedImages/{name}.png")).astype(int)

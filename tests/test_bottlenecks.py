@@ -125,7 +125,7 @@ def test_the_default_bottleneck_is_the_vq():
 
 
 @pytest.mark.parametrize("bottleneck, field, value, message", [
-    ("vq", "bottleneck", "lfq", "bottleneck must be one of"),
+    ("vq", "bottleneck", "vqgan", "bottleneck must be one of"),
     ("fsq", "fsq_levels", (8, 1), "fsq_levels must be integers >= 2"),
     ("fsq", "fsq_levels", (), "fsq_levels must be integers >= 2"),
     ("gaussian", "kl_weight", -1.0, "kl_weight must be a number in [0, inf)"),

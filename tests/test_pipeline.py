@@ -177,7 +177,7 @@ def test_each_config_field_has_one_flag_that_sets_it():
     for bottleneck in BOTTLENECKS.values():
         assert {field.name for field in fields(bottleneck.Config)} <= dests
     prior_fields = {name.removeprefix("prior_") for name in dests if name.startswith("prior_")}
-    set_from_the_autoencoder = {"num_embeddings", "grid_size", "num_classes"}
+    set_from_the_autoencoder = {"num_embeddings", "grid_size", "levels", "num_classes"}
     assert {field.name for field in fields(PriorConfig)} - prior_fields == set_from_the_autoencoder
     args = parser.parse_args(["--k", "7", "--hidden-size", "8", "--code-dim", "0", "--decay", "0.5", "--init", "random",
                               "--prior-layers", "5", "--prior-heads", "3", "--prior-width", "9"])

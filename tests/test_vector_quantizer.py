@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import vector_quantizer
+import vqmnist.nearest_code
 from testers import ALL_CHECKS, brute_force_nearest, random_inputs, random_quantizer
 from vqmnist.bottleneck import perplexity_from_counts
 
@@ -70,7 +70,7 @@ def test_nearest_code_search_keeps_its_distances_within_the_budget(budget, monke
         shapes.append(result.shape)
         return result
 
-    monkeypatch.setattr(vector_quantizer, "DISTANCE_BUDGET", budget)
+    monkeypatch.setattr(vqmnist.nearest_code, "DISTANCE_BUDGET", budget)
     monkeypatch.setattr(torch, "addmm", recording_addmm)
     indices = quantizer.eval()(z_e).codes
     _, expected = brute_force_nearest(z_e, quantizer.codebook().detach())

@@ -15,7 +15,9 @@ from torch import Tensor, nn
 
 class BottleneckOutput(NamedTuple):
     z_q: Tensor  # (B, D, H, W) what the decoder reads; its gradient reaches z_e as the bottleneck chooses
-    codes: Tensor | None  # (B, H, W) int64 code index of every position; None for a continuous bottleneck
+    # (B, H, W) int64 code index of every position, (B, L, H, W) with L = code_levels > 1 codes a position;
+    # None for a continuous bottleneck
+    codes: Tensor | None
     losses: dict[str, Tensor]  # () loss terms by name, each a mean over the batch, added to the reconstruction loss
     figures: dict[str, Tensor]  # () the batch's health figures by name (perplexity, KL in bits per image, ...)
 
@@ -32,7 +34,8 @@ class Bottleneck(nn.Module, abc.ABC):
     A subclass declares:
     - `Config`, a dataclass of its settings (fields made with `option`), checked in its __post_init__ (ValueError
       naming the field), so that a bad flag or checkpoint fails in one line;
-    - `discrete`: True if it gives codes, which the prior models; then `num_embeddings` (K) and `embed(codes)`.
+    - `discrete`: True if it gives codes, which the prior models; then `num_embeddings` (K) and `embed(codes)`,
+      and `code_levels` (L), the codes of each position, each from its own K (a residual VQ's levels; 1 by default).
       A continuous one gives `sample_latents` (its prior's samples) and names its rate in `rate_figure`;
     - `input_dim` (channels of z_e it reads) and `code_dim` (channels of the z_q it gives), known from its config
       (`dims`); the autoencoder projects the encoder's hidden channels into and out of them where they differ.
@@ -42,6 +45,7 @@ class Bottleneck(nn.Module, abc.ABC):
     Config: ClassVar[type]
     discrete: ClassVar[bool] = True
     rate_figure: ClassVar[str | None] = None  # continuous: the figure that is its rate, in bits per image
+    code_levels: int = 1
     input_dim: int
     code_dim: int
     num_embeddings: int
@@ -59,8 +63,15 @@ class Bottleneck(nn.Module, abc.ABC):
         """The bottleneck of `config` (an instance of cls.Config) behind an encoder of hidden_size channels."""
 
     def embed(self, codes: Tensor) -> Tensor:
-        """Discrete: code indices (B, H, W) -> code vectors z_q (B, D, H, W)."""
+        """Discrete: code indices (B, H, W), or (B, L, H, W) -> code vectors z_q (B, D, H, W)."""
         raise NotImplementedError(f"{type(self).__name__} gives no codes")
+
+    def count_codes(self, codes: Tensor) -> Tensor:
+        """Discrete: how often each code appears in a code grid (B, H, W) or (B, L, H, W): (L * K,) int64, level l's
+        codes at l * K to l * K + K - 1, so that each level's codebook counts as its own."""
+        if self.code_levels > 1:  # (B, L, H, W): level l's indices shifted by l * K
+            codes = codes + torch.arange(self.code_levels, device=codes.device).view(1, -1, 1, 1) * self.num_embeddings
+        return code_counts(codes, self.code_levels * self.num_embeddings)
 
     def sample_latents(self, shape: tuple[int, int, int], temperature: float, generator: torch.Generator) -> Tensor:
         """Continuous: (count, H, W) latents z (count, D, H, W) drawn from its prior, on the CPU."""

@@ -211,9 +211,9 @@ def prior_hint(path: Path) -> str:
             "--prior-only`")
 
 
-def load_prior(checkpoint: dict, path, num_embeddings: int, device="cpu") -> CodePrior:
-    """The prior stored in a checkpoint (under "prior", beside the autoencoder of num_embeddings codes it was trained
-    for), in eval mode."""
+def load_prior(checkpoint: dict, path, num_embeddings: int, device="cpu", levels: int = 1) -> CodePrior:
+    """The prior stored in a checkpoint (under "prior", beside the autoencoder of num_embeddings codes, `levels` of
+    them a position, it was trained for), in eval mode."""
     stored = checkpoint.get("prior")
     if stored is None:
         raise UserError(f"{path} holds no prior over the codes: {prior_hint(Path(path))}, or use --input noise")
@@ -235,4 +235,7 @@ def load_prior(checkpoint: dict, path, num_embeddings: int, device="cpu") -> Cod
     if prior.config.num_embeddings != num_embeddings:
         raise UserError(f"{path}: its prior models {prior.config.num_embeddings} codes but the autoencoder has "
                         f"{num_embeddings}; retrain it with `python vqvae.py --prior-only`")
+    if prior.config.levels != levels:
+        raise UserError(f"{path}: its prior models {prior.config.levels} codes a position but the autoencoder gives "
+                        f"{levels}; retrain it with `python vqvae.py --prior-only`")
     return prior.to(device).eval()

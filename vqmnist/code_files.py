@@ -24,17 +24,27 @@ UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSErro
               NotImplementedError, OverflowError, MemoryError, SyntaxError, tokenize.TokenError)
 
 
-def refuse_unless_integer(path: Path, integer_type: bool, what: str) -> None:
+def grid_shape(levels: int) -> tuple[int, ...]:
+    """The shape of one code grid: (7, 7), or (L, 7, 7) with L > 1 codes a position (a residual VQ's levels)."""
+    return (CODE_GRID_SIDE, CODE_GRID_SIDE) if levels == 1 else (levels, CODE_GRID_SIDE, CODE_GRID_SIDE)
+
+
+def shown_shape(levels: int) -> str:
+    return str(("N", *grid_shape(levels))).replace("'", "")
+
+
+def refuse_unless_integer(path: Path, integer_type: bool, what: str, levels: int) -> None:
     if not integer_type:
-        raise UserError(f"{path} must hold one integer tensor of code indices (N, 7, 7), not {what}")
+        raise UserError(f"{path} must hold one integer tensor of code indices {shown_shape(levels)}, not {what}")
 
 
-def refuse_unless_grid_shape(path: Path, shape: tuple) -> None:
-    if len(shape) != 3 or tuple(shape[1:]) != (CODE_GRID_SIDE, CODE_GRID_SIDE) or shape[0] < 1:
-        raise UserError(f"{path} holds a tensor of shape {tuple(shape)}: code grids have shape (N, 7, 7), N >= 1")
+def refuse_unless_grid_shape(path: Path, shape: tuple, levels: int) -> None:
+    if tuple(shape[1:]) != grid_shape(levels) or len(shape) != 1 + len(grid_shape(levels)) or shape[0] < 1:
+        raise UserError(f"{path} holds a tensor of shape {tuple(shape)}: code grids have shape {shown_shape(levels)}, "
+                        "N >= 1")
 
 
-def read_npy_grids(path: Path, first: int) -> np.ndarray:
+def read_npy_grids(path: Path, first: int, levels: int) -> np.ndarray:
     """The `first` grids of a .npy file, in its own dtype. Its header is checked before any values are
     read: a header may claim any shape, and numpy.load would allocate it all before finding the file too short."""
     with open(path, "rb") as file:
@@ -42,8 +52,8 @@ def read_npy_grids(path: Path, first: int) -> np.ndarray:
         if major not in NPY_HEADER_READERS:
             raise ValueError(f".npy format version {major}")
         shape, fortran_order, dtype = NPY_HEADER_READERS[major](file)
-        refuse_unless_integer(path, dtype.kind in "iu", str(dtype))
-        refuse_unless_grid_shape(path, shape)
+        refuse_unless_integer(path, dtype.kind in "iu", str(dtype), levels)
+        refuse_unless_grid_shape(path, shape, levels)
         offset = file.tell()
         claimed, held = math.prod(shape) * dtype.itemsize, os.fstat(file.fileno()).st_size - offset
     if claimed > held:
@@ -55,7 +65,7 @@ def read_npy_grids(path: Path, first: int) -> np.ndarray:
     return np.array(grids[:first])
 
 
-def read_pt_grids(path: Path, first: int) -> np.ndarray:
+def read_pt_grids(path: Path, first: int, levels: int) -> np.ndarray:
     """The `first` grids of a .pt file's one tensor, in its own dtype."""
     # torch warns of what it notices on the way (a sparse tensor it validates, an odd pickle protocol in a damaged
     # file); what it returns is checked below, and a warning would be a second line beside the one that says why.
@@ -63,8 +73,8 @@ def read_pt_grids(path: Path, first: int) -> np.ndarray:
         warnings.simplefilter("ignore")
         codes = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(codes, torch.Tensor):
-        refuse_unless_integer(path, False, f"a {type(codes).__name__}")
-    refuse_unless_integer(path, codes.dtype in TORCH_INTEGER_DTYPES, str(codes.dtype))
+        refuse_unless_integer(path, False, f"a {type(codes).__name__}", levels)
+    refuse_unless_integer(path, codes.dtype in TORCH_INTEGER_DTYPES, str(codes.dtype), levels)
     # A sparse or nested tensor stores some of its values and the indices of those, a meta tensor none at all.
     if codes.layout != torch.strided:
         raise UserError(f"{path} holds a {codes.layout} tensor: code grids are a dense tensor with a value at every "
@@ -72,21 +82,23 @@ def read_pt_grids(path: Path, first: int) -> np.ndarray:
     if codes.device.type != "cpu":
         raise UserError(f"{path} holds a tensor on the {codes.device.type} device, which has no values: save the code "
                         "grids themselves")
-    refuse_unless_grid_shape(path, tuple(codes.shape))
+    refuse_unless_grid_shape(path, tuple(codes.shape), levels)
     return codes[:first].numpy()
 
 
-def load_codes(path, num_embeddings: int, first: int) -> torch.Tensor:
+def load_codes(path, num_embeddings: int, first: int, levels: int = 1) -> torch.Tensor:
     """The `first` code grids of a .npy or .pt file as int64, refused in one line unless they are integer
-    grids (N, 7, 7) of indices below K. Only those grids are read and checked: the rest are never used. Every integer
-    type converts exactly, big-endian and unsigned 64-bit included, since the check runs in the file's own dtype."""
+    grids (N, 7, 7) (or (N, L, 7, 7) with `levels` L > 1) of indices below K. Only those grids are read and
+    checked: the rest are never used. Every integer type converts exactly, big-endian and unsigned 64-bit included,
+    since the check runs in the file's own dtype."""
     path = Path(path)
     if not path.is_file():
         what = ("is a folder, not a code file" if path.is_dir() else "is not a regular file" if path.exists()
                 else "does not exist")
         raise UserError(f"{path} {what}: write a code file with generate.py --save-codes {shlex.quote(str(path))}")
     try:
-        grids = read_npy_grids(path, first) if path.suffix.lower() == ".npy" else read_pt_grids(path, first)
+        read = read_npy_grids if path.suffix.lower() == ".npy" else read_pt_grids
+        grids = read(path, first, levels)
     except UNREADABLE as error:
         raise UserError(f"{path} is not a readable code file ({type(error).__name__}): write one with "
                         "generate.py --save-codes") from None

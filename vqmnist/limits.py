@@ -11,6 +11,7 @@ MAX_CODES = 2 ** 17  # K: a codebook, FSQ's product of levels, the prior's vocab
 MAX_MODEL_VALUES = 2 ** 26
 MAX_WIDTH = 2 ** 16  # channels, code dimensions, a transformer's width: each size of one layer
 MAX_DEPTH = 256  # residual blocks, transformer layers
+MAX_CODE_LEVELS = 8  # codes per position: a residual VQ's codebooks; the prior reads levels x positions codes
 MAX_GRID_SIDE = 28  # a code grid is never larger than the image
 MAX_CLASSES = 1000
 MAX_BATCH = 4096  # images or grids of one training step: more would not fit a laptop's memory at the default sizes

@@ -1,5 +1,9 @@
 """The prior over the autoencoder's 7x7 code grids: a small class-conditional causal transformer, its sampling and
-its likelihood of the grids of an image set."""
+its likelihood of the grids of an image set.
+
+A grid with L > 1 codes a position (a residual VQ's levels, (B, L, 7, 7)) is read position by position, each
+position's L codes in level order: a sequence of 49 L codes, each level's indices its own tokens.
+"""
 import math
 from dataclasses import dataclass
 
@@ -8,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqmnist.data import images_to_inputs
-from vqmnist.limits import MAX_CLASSES, MAX_CODES, MAX_DEPTH, MAX_GRID_SIDE, MAX_WIDTH
+from vqmnist.limits import MAX_CLASSES, MAX_CODE_LEVELS, MAX_CODES, MAX_DEPTH, MAX_GRID_SIDE, MAX_WIDTH
 
 # Sampling defaults of generate.py and evaluate.py, and of the samples TensorBoard shows; see CodePrior.sample.
 SAMPLING_TEMPERATURE = 1.0
@@ -25,8 +29,9 @@ def default_temperature(discrete: bool) -> float:
 class PriorConfig:
     """The shape of the prior over code grids: all that is needed to rebuild it from a checkpoint."""
 
-    num_embeddings: int = 512  # K, the autoencoder's number of codes
+    num_embeddings: int = 512  # K, the autoencoder's number of codes (of each level)
     grid_size: int = 7  # the code grid is grid_size x grid_size, read in raster order
+    levels: int = 1  # codes a position, L
     num_classes: int = 10  # class tokens 0..num_classes-1; token num_classes means "no class"
     width: int = 128
     num_layers: int = 3
@@ -35,8 +40,9 @@ class PriorConfig:
 
     def __post_init__(self):
         """Refuse a shape that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
-        for name, largest in (("num_embeddings", MAX_CODES), ("grid_size", MAX_GRID_SIDE), ("num_classes", MAX_CLASSES),
-                              ("width", MAX_WIDTH), ("num_layers", MAX_DEPTH), ("num_heads", MAX_WIDTH)):
+        for name, largest in (("num_embeddings", MAX_CODES), ("grid_size", MAX_GRID_SIDE), ("levels", MAX_CODE_LEVELS),
+                              ("num_classes", MAX_CLASSES), ("width", MAX_WIDTH), ("num_layers", MAX_DEPTH),
+                              ("num_heads", MAX_WIDTH)):
             value = getattr(self, name)
             if type(value) is not int or not 1 <= value <= largest:
                 raise ValueError(f"{name} must be an integer from 1 to {largest:,}, not {value!r}")
@@ -66,7 +72,7 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(config.width, config.width)
         self.dropout = config.dropout
         # future[t, s]: position s comes after t, so t may not attend to it.
-        length = config.grid_size ** 2
+        length = config.grid_size ** 2 * config.levels
         self.register_buffer("future", torch.ones(length, length, dtype=torch.bool).triu(1), persistent=False)
 
     def forward(self, x: Tensor, cache: dict | None = None) -> Tensor:
@@ -102,24 +108,28 @@ class CodePrior(nn.Module):
     """An autoregressive prior p(class) p(codes | class) over the autoencoder's code grid: a small causal
     transformer.
 
-    The sequence is the class token followed by the 49 codes in raster order; the output at position t is the
-    distribution of code t given the class and codes 0..t-1. The class token num_classes means "no class": training
-    shows some grids without their class, so the model also knows p(codes) alone, which classifier-free guidance
-    contrasts with p(codes | class). p(class) is the class frequencies of the training set (`class_frequencies`),
-    so the prior can also draw a sample's class itself.
+    The sequence is the class token followed by the 49 codes in raster order (49 L with L levels, see the module
+    docstring); the output at position t is the distribution of code t given the class and codes 0..t-1. The class
+    token num_classes means "no class": training shows some grids without their class, so the model also knows
+    p(codes) alone, which classifier-free guidance contrasts with p(codes | class). p(class) is the class
+    frequencies of the training set (`class_frequencies`), so the prior can also draw a sample's class itself.
     """
 
     def __init__(self, config: PriorConfig):
         super().__init__()
         self.config = config
-        self.sequence_length = config.grid_size ** 2
+        self.sequence_length = config.grid_size ** 2 * config.levels
         self.class_embedding = nn.Embedding(config.num_classes + 1, config.width)
-        self.code_embedding = nn.Embedding(config.num_embeddings, config.width)
+        # Each level's K codes are tokens of their own: level l's code k is token l * K + k.
+        self.code_embedding = nn.Embedding(config.num_embeddings * config.levels, config.width)
         self.position_embedding = nn.Parameter(torch.zeros(self.sequence_length, config.width))
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(config.width)
         self.head = nn.Linear(config.width, config.num_embeddings)
         self.register_buffer("class_frequencies", torch.full((config.num_classes,), 1.0 / config.num_classes))
+        # (49 L,) the token offset l * K of each place in the sequence; not persistent, it follows from the config.
+        self.register_buffer("token_offsets", torch.arange(config.levels).repeat(config.grid_size ** 2)
+                             * config.num_embeddings, persistent=False)
         self.apply(self._init_weights)
         nn.init.normal_(self.position_embedding, std=0.02)
 
@@ -134,13 +144,26 @@ class CodePrior(nn.Module):
     def no_class(self) -> int:
         return self.config.num_classes
 
+    def to_sequence(self, codes: Tensor) -> Tensor:
+        """Code grids (B, 7, 7), or (B, L, 7, 7) -> sequences (B, 49 L) in the prior's order."""
+        if self.config.levels > 1:
+            codes = codes.permute(0, 2, 3, 1)  # (B, L, 7, 7) -> (B, 7, 7, L): a position's levels side by side
+        return codes.flatten(1)
+
+    def from_sequence(self, sequence: Tensor) -> Tensor:
+        """Sequences (B, 49 L) -> code grids (B, 7, 7), or (B, L, 7, 7): to_sequence undone."""
+        side, levels = self.config.grid_size, self.config.levels
+        if levels > 1:
+            return sequence.view(-1, side, side, levels).permute(0, 3, 1, 2).contiguous()
+        return sequence.view(-1, side, side)
+
     def forward(self, codes: Tensor, classes: Tensor) -> Tensor:
-        """Codes (B, 7, 7) and classes (B,) -> logits (B, 49, K) of each code given the class and the codes
-        before it in raster order."""
-        codes = codes.flatten(1)  # (B, 7, 7) -> (B, 49)
+        """Codes (B, 7, 7) or (B, L, 7, 7) and classes (B,) -> logits (B, 49 L, K) of each code given the class and
+        the codes before it in the prior's order."""
+        sequence = self.to_sequence(codes) + self.token_offsets  # (B, 49 L) tokens
         # The input is shifted right by one: [class, code 0, ..., code 47] predicts [code 0, ..., code 48].
-        x = torch.cat([self.class_embedding(classes)[:, None], self.code_embedding(codes[:, :-1])], dim=1)
-        x = x + self.position_embedding  # (B, 49, C)
+        x = torch.cat([self.class_embedding(classes)[:, None], self.code_embedding(sequence[:, :-1])], dim=1)
+        x = x + self.position_embedding  # (B, 49 L, C)
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
@@ -148,7 +171,7 @@ class CodePrior(nn.Module):
     def loss(self, codes: Tensor, classes: Tensor) -> Tensor:
         """Mean negative log-likelihood per code, in nats."""
         logits = self(codes, classes)
-        return F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())
+        return F.cross_entropy(logits.float().flatten(0, 1), self.to_sequence(codes).flatten())
 
     def draw_classes(self, count: int, generator: torch.Generator | None = None) -> Tensor:
         """count classes (count,) drawn from p(class), the training set's class frequencies."""
@@ -158,9 +181,10 @@ class CodePrior(nn.Module):
     @torch.no_grad()
     def sample(self, classes: Tensor, temperature: float = 1.0, guidance: float = 0.0,
                generator: torch.Generator | None = None, prefix: Tensor | None = None) -> Tensor:
-        """Classes (B,) -> code grids (B, 7, 7), all B at once in 49 steps, each step reusing the keys and values
-        of the earlier ones. With a prefix (B, P) of codes in raster order, the first P codes of each grid are the
-        prefix's and only the rest are drawn, each given the class and all the codes before it.
+        """Classes (B,) -> code grids (B, 7, 7) or (B, L, 7, 7), all B at once in 49 L steps, each step reusing the
+        keys and values of the earlier ones. With a prefix (B, P) of codes in the prior's order (`to_sequence`), the
+        first P codes of each grid are the prefix's and only the rest are drawn, each given the class and all the
+        codes before it.
 
         Each code is drawn from softmax(logits / temperature), where with guidance w > 0 the logits are
         classifier-free guided: (1 + w) log p(code | class, ...) - w log p(code | ...), which favours codes
@@ -188,21 +212,22 @@ class CodePrior(nn.Module):
                 code = torch.multinomial(probabilities.cpu(), 1, generator=generator).to(classes.device)  # (B, 1)
             codes[:, position] = code[:, 0]
             if position + 1 < self.sequence_length:
-                x = self.code_embedding(code.repeat(2, 1) if guided else code) + self.position_embedding[position + 1]
-        side = self.config.grid_size
-        return codes.view(-1, side, side)
+                token = (code.repeat(2, 1) if guided else code) + self.token_offsets[position]
+                x = self.code_embedding(token) + self.position_embedding[position + 1]
+        return self.from_sequence(codes)
 
 
 @torch.no_grad()
 def encode_images(model: nn.Module, images: Tensor, device: torch.device, batch_size: int = 1000) -> Tensor:
-    """uint8 images (N, 28, 28) -> the code grids (N, 7, 7) of a discrete autoencoder (its `encode`), on the device."""
+    """uint8 images (N, 28, 28) -> the code grids (N, 7, 7) or (N, L, 7, 7) of a discrete autoencoder (its
+    `encode`), on the device."""
     model.eval()
     return torch.cat([model.encode(images_to_inputs(batch.to(device))) for batch in images.split(batch_size)])
 
 
 @torch.no_grad()
 def prior_nll_bits(prior: CodePrior, codes: Tensor, classes: Tensor, batch_size: int = 1000) -> float:
-    """Mean negative log-likelihood of code grids (N, 7, 7) given classes (N,), in bits per code."""
+    """Mean negative log-likelihood of code grids (N, 7, 7) or (N, L, 7, 7) given classes (N,), in bits per code."""
     was_training = prior.training
     prior.eval()
     total = torch.zeros((), dtype=torch.float64, device=codes.device)

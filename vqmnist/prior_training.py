@@ -157,7 +157,7 @@ def train_prior(autoencoder: nn.Module, best_checkpoint: dict, model_dir: Path, 
         settings, config = PriorSettings(**resumed["settings"]), PriorConfig(**resumed["prior"]["config"])
     else:
         config = replace(config, num_embeddings=autoencoder.bottleneck.num_embeddings,
-                         grid_size=codes.train_codes.shape[-1])
+                         levels=autoencoder.bottleneck.code_levels, grid_size=codes.train_codes.shape[-1])
     prior = CodePrior(config).to(device)
     labels = codes.train_labels
     prior.class_frequencies.copy_(torch.bincount(labels, minlength=config.num_classes) / len(labels))

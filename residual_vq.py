@@ -1,0 +1,106 @@
+"""Residual vector quantisation, `--bottleneck rvq`: a stack of VQ codebooks, each quantising what the ones before it
+left (Zeghidour et al., 2021, "SoundStream"; Lee et al., 2022, "Autoregressive Image Generation using Residual
+Quantization").
+
+Level 1 picks the code nearest to z_e, level 2 the code nearest to the residual z_e - e_1, and so on; z_q is the sum
+e_1 + ... + e_L. Each level is a `VectorQuantizer` with the VQ's settings (its EMA or codebook loss, k-means++ start,
+restarts), so the flags of `--bottleneck vq` apply to each level. Each position then has L codes, one a level, each
+from its level's own K: the code grid is (L, 7, 7), and the prior models all L codes of every position.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vector_quantizer import VectorQuantizer, VQConfig
+from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
+from vqmnist.cli import integer
+from vqmnist.limits import MAX_CODE_LEVELS, MAX_CODES
+from vqmnist.nearest_code import pass_gradient
+
+
+@dataclass
+class ResidualVQConfig(VQConfig):
+    """The VQ's settings, which each level takes, and the number of levels."""
+
+    depth: int = option(2, "--depth", f"rvq: codebooks in the stack, each of --k codes quantising what those before "
+                        f"it left, 2 to {MAX_CODE_LEVELS} (default: 2)", type=integer(2, MAX_CODE_LEVELS))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if type(self.depth) is not int or not 2 <= self.depth <= MAX_CODE_LEVELS:
+            raise ValueError(f"depth must be an integer from 2 to {MAX_CODE_LEVELS}, not {self.depth!r}")
+        if self.depth * self.num_embeddings > MAX_CODES:
+            raise ValueError(f"depth x num_embeddings is {self.depth * self.num_embeddings:,} codes, more than "
+                             f"{MAX_CODES:,}")
+        if self.cosine:
+            raise ValueError("cosine must be false: a residual is not a direction, so its levels cannot be normalised")
+
+
+class ResidualVectorQuantizer(Bottleneck):
+    """The residual VQ bottleneck. z_e (B, D, H, W) -> BottleneckOutput with codes (B, L, H, W), level l's indices
+    into its own K codes; the loss terms "codebook" (each level's against the residual it quantised, summed) and
+    "commitment" (beta times z_e's against the sum of its codes); the "perplexity" of the L * K codes."""
+
+    Config = ResidualVQConfig
+
+    def __init__(self, config: ResidualVQConfig, embedding_dim: int):
+        super().__init__()
+        self.num_embeddings, self.code_levels = config.num_embeddings, config.depth
+        self.input_dim = self.code_dim = embedding_dim
+        self.beta, self.estimator = config.beta, config.estimator
+        self.levels = nn.ModuleList(
+            VectorQuantizer(config.num_embeddings, embedding_dim, config.beta, codebook_update=config.codebook_update,
+                            decay=config.ema_decay, init=config.codebook_init,
+                            restart_threshold=config.restart_threshold)
+            for _ in range(config.depth))
+
+    @classmethod
+    def dims(cls, config: ResidualVQConfig, hidden_size: int) -> tuple[int, int]:
+        code_dim = config.code_dim or hidden_size
+        return code_dim, code_dim
+
+    @classmethod
+    def from_config(cls, config: ResidualVQConfig, hidden_size: int) -> "ResidualVectorQuantizer":
+        return cls(config, config.code_dim or hidden_size)
+
+    def epoch_figures(self) -> dict[str, float]:
+        """{"restarts": the codes restarted on every level since the last call}, which resets the counts."""
+        return {"restarts": sum(level.epoch_figures()["restarts"] for level in self.levels)}
+
+    def embed(self, codes: Tensor) -> Tensor:
+        """Code vectors of a grid of levels: codes (B, L, H, W) -> z_q (B, D, H, W), the sum of each level's code."""
+        return sum(level.embed(codes[:, index]) for index, level in enumerate(self.levels))
+
+    def forward(self, z_e: Tensor) -> BottleneckOutput:
+        batch, dim, height, width = z_e.shape
+        # z_e (B, D, H, W) -> flat (B*H*W, D); each level: residual (B*H*W, D) -> indices (B*H*W,)
+        flat = z_e.permute(0, 2, 3, 1).reshape(-1, dim)
+        # The codebooks' own computations (init, search, updates) take no gradient and run in fp32.
+        residual = flat.detach().float()
+        quantized = torch.zeros_like(residual)
+        codebook_loss = torch.zeros((), device=z_e.device)
+        indices, counts = [], []
+        for level in self.levels:
+            if self.training and level.needs_init:
+                level.initialize_codebook(residual)
+            chosen = level.nearest_codes(residual)
+            code = F.embedding(chosen, level.codebook())  # (B*H*W, D), with the codebook's gradient
+            codebook_loss = codebook_loss + F.mse_loss(code, residual)
+            level_counts = code_counts(chosen, self.num_embeddings)
+            if self.training:
+                # After its code is taken: this step's output uses the codes its indices were chosen from.
+                level.update_codebook(residual, chosen, level_counts)
+            residual = residual - code.detach()
+            quantized = quantized + code
+            indices.append(chosen)
+            counts.append(level_counts)
+        z_q = quantized.view(batch, height, width, dim).permute(0, 3, 1, 2).to(z_e.dtype)
+        commitment_loss = self.beta * F.mse_loss(z_e, z_q.detach())
+        z_q = pass_gradient(z_e, z_q, self.estimator)  # the straight-through estimator or the rotation trick
+        # L x (B*H*W,) -> (L, B, H, W) -> codes (B, L, H, W)
+        codes = torch.stack(indices).view(self.code_levels, batch, height, width).transpose(0, 1).contiguous()
+        return BottleneckOutput(z_q=z_q, codes=codes,
+                                losses={"codebook": codebook_loss, "commitment": commitment_loss},
+                                figures={"perplexity": perplexity_from_counts(torch.cat(counts))})

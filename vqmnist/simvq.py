@@ -1,0 +1,106 @@
+"""SimVQ, `--bottleneck simvq`: vector quantisation whose codes are one learned linear map of a frozen random basis.
+
+Zhu et al., 2024, "Addressing Representation Collapse in Vector Quantized Models with One Linear Layer". The codebook
+is C = W(B): B (K, D) is drawn once from N(0, 1/D) and never trained, W is a learned nn.Linear(D, D). The codebook
+loss ||C[k] - sg[z_e]||^2 moves W, and so every code at once, not only the codes the batch chose: the whole codebook
+follows the encoder, which is how the paper keeps codes from going unused, with no EMA, initialisation from data or
+restarts. The choice of code, the commitment loss and the gradient estimator are the VQ's.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
+from vqmnist.cli import integer, number
+from vqmnist.limits import MAX_CODES, MAX_LOSS_WEIGHT, MAX_WIDTH
+from vqmnist.nearest_code import ESTIMATORS, nearest_codes, pass_gradient
+
+
+@dataclass
+class SimVQConfig:
+    """SimVQ's settings. Each field, flag, default and help is the VQ's of the same name: one flag sets both."""
+
+    num_embeddings: int = option(512, "--k", f"number of codes K in the codebook, at most {MAX_CODES:,} (default: 512)",
+                                 type=integer(1, MAX_CODES))
+    code_dim: int = option(16, "--code-dim", "dimension D of the codes, or of a continuous z; if it differs from "
+                           "--hidden-size, 1x1 convolutions project into and out of code space; 0 means D = "
+                           "--hidden-size (default: 16)", type=integer(0, MAX_WIDTH))
+    beta: float = option(0.25, "--beta", "weight of the commitment loss (default: 0.25)",
+                         type=number(0, MAX_LOSS_WEIGHT))
+    estimator: str = option("straight-through", "--gradient", "how the gradient passes the choice of code: "
+                            "straight-through (copied onto z_e) or rotation (the rotation trick: rotated and rescaled "
+                            "from z_q's direction onto z_e's) (default: straight-through)", choices=ESTIMATORS)
+
+    def __post_init__(self):
+        """Refuse settings that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
+        for name, smallest, largest in (("num_embeddings", 1, MAX_CODES), ("code_dim", 0, MAX_WIDTH)):
+            value = getattr(self, name)
+            if type(value) is not int or not smallest <= value <= largest:
+                raise ValueError(f"{name} must be an integer from {smallest} to {largest:,}, not {value!r}")
+        if type(self.beta) not in (int, float) or not 0 <= self.beta < math.inf:
+            raise ValueError(f"beta must be a number in [0, inf), not {self.beta!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, not {self.estimator!r}")
+
+
+class SimVQ(Bottleneck):
+    """The SimVQ bottleneck. Built with K codes of dimension D, the commitment weight beta and the gradient estimator
+    (one of ESTIMATORS). forward: z_e (B, D, H, W) -> BottleneckOutput with z_q (B, D, H, W), codes (B, H, W) int64,
+    the loss terms "codebook" (mean of ||C[k] - sg[z_e]||^2, which trains W) and "commitment" (beta times the mean of
+    ||z_e - sg[C[k]]||^2), and the batch's "perplexity". embed: codes (B, H, W) -> (B, D, H, W); codebook(): C (K, D).
+    """
+
+    Config = SimVQConfig
+
+    def __init__(self, num_embeddings: int, code_dim: int, beta: float = 0.25, estimator: str = "straight-through"):
+        super().__init__()
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, not {estimator!r}")
+        self.num_embeddings = num_embeddings
+        self.input_dim = self.code_dim = code_dim
+        self.beta = beta
+        self.estimator = estimator
+        # Persistent: the basis is drawn once, and a checkpoint must give back the same codes.
+        self.register_buffer("basis", torch.randn(num_embeddings, code_dim) * code_dim ** -0.5)  # (K, D)
+        self.projection = nn.Linear(code_dim, code_dim)  # W, with a bias as in the authors' code
+
+    @classmethod
+    def dims(cls, config: SimVQConfig, hidden_size: int) -> tuple[int, int]:
+        code_dim = config.code_dim or hidden_size
+        return code_dim, code_dim
+
+    @classmethod
+    def from_config(cls, config: SimVQConfig, hidden_size: int) -> "SimVQ":
+        return cls(config.num_embeddings, config.code_dim or hidden_size, config.beta, config.estimator)
+
+    def codebook(self) -> Tensor:
+        """The K codes C = W(B) (K, D), in fp32 even under autocast, with the gradient to W."""
+        with torch.autocast(device_type=self.basis.device.type, enabled=False):
+            return self.projection(self.basis.float())
+
+    def embed(self, codes: Tensor) -> Tensor:
+        """Code vectors of an index grid: codes (B, H, W) -> z_q (B, D, H, W)."""
+        return F.embedding(codes, self.codebook()).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, z_e: Tensor) -> BottleneckOutput:
+        batch, dim, height, width = z_e.shape
+        # Search and losses in fp32 even under autocast: bf16 would round near-ties between codes, and W's gradient.
+        with torch.autocast(device_type=z_e.device.type, enabled=False):
+            z_e_fp32 = z_e.float()
+            codebook = self.codebook()  # (K, D)
+            flat = z_e_fp32.permute(0, 2, 3, 1).reshape(-1, dim)  # (B*H*W, D)
+            with torch.no_grad():
+                indices = nearest_codes(flat, codebook)  # (B*H*W,)
+            # Indexed from the live codebook, so that the codebook loss reaches W.
+            quantized = codebook[indices].view(batch, height, width, dim).permute(0, 3, 1, 2)  # (B, D, H, W)
+            codebook_loss = F.mse_loss(quantized, z_e_fp32.detach())
+            commitment_loss = self.beta * F.mse_loss(z_e_fp32, quantized.detach())
+        # The straight-through estimator or the rotation trick; neither lets the decoder's gradient reach W.
+        z_q = pass_gradient(z_e, quantized.to(z_e.dtype), self.estimator)
+        return BottleneckOutput(z_q=z_q, codes=indices.view(batch, height, width),
+                                losses={"codebook": codebook_loss, "commitment": commitment_loss},
+                                figures={"perplexity": perplexity_from_counts(code_counts(indices,
+                                                                                          self.num_embeddings))})
