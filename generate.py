@@ -21,7 +21,8 @@ of its code grid kept, the rest drawn by the prior, given the digit's class (or,
 "random" does; it is kept for comparison.
 --save-codes FILE (.pt or .npy) also writes the (100, 7, 7) code grids behind the picture: the test digits' codes,
 the sampled ones, those of the noise. --input codes --codes FILE decodes a file of grids (N, 7, 7), the first 100
-of them, so codes edited by hand or by another model can be seen. If writing any of the grid, NAME_input.png and
+of them, so codes edited by hand or by another model can be seen. A residual VQ of L levels has L codes a position:
+its grids are (N, L, 7, 7), in both directions. If writing any of the grid, NAME_input.png and
 the --save-codes file fails, none is replaced: each goes to a temporary file first, renamed into place once all are
 whole.
 A continuous bottleneck, such as the Gaussian VAE (vqvae.py --bottleneck gaussian), has no codes: its --input random
@@ -101,7 +102,8 @@ def build_parser() -> ArgumentParser:
                         help=f"--input complete: rows of each digit's {LATENT_SIDE}x{LATENT_SIDE} code grid kept, 1 to "
                              f"{LATENT_SIDE - 1}; the prior draws the rest (default: {DEFAULT_KEPT_ROWS})")
     parser.add_argument("--codes", default=None, metavar="FILE",
-                        help="--input codes: a .pt or .npy file of code grids (N, 7, 7) to decode (default: none)")
+                        help="--input codes: a .pt or .npy file of code grids (N, 7, 7), (N, L, 7, 7) for a residual "
+                             "VQ, to decode (default: none)")
     parser.add_argument("--save-codes", default=None, metavar="FILE",
                         help="also write the grid's 100 code grids (100, 7, 7) to FILE, .pt or .npy (default: not "
                              "written)")

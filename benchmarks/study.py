@@ -81,10 +81,10 @@ STUDIES = {
     "quantizers": [
         REFERENCE,
         Row("rotation trick, codebook loss (reference VQ + --gradient rotation)", "reference-rotation",
-            (*REFERENCE_FLAGS, "--gradient", "rotation"), "rotation trick"),
+            (*REFERENCE_FLAGS, "--gradient", "rotation"), "rotation trick, codebook loss"),
         DEFAULT,
         Row("rotation trick, EMA (default VQ + --gradient rotation)", "rotation", ("--gradient", "rotation"),
-            "rotation trick"),
+            "rotation trick, EMA"),
         Row("SimVQ (codebook = learned linear map of a frozen basis)", "simvq", ("--bottleneck", "simvq"), "SimVQ"),
         Row("LFQ, 9 sign bits (512 codes)", "lfq9", ("--bottleneck", "lfq", "--lfq-bits", "9"), "LFQ"),
         Row("residual VQ, 2 levels of 512", "rvq2", ("--bottleneck", "rvq", "--depth", "2"), "residual VQ"),
@@ -92,8 +92,10 @@ STUDIES = {
     ],
 }
 # Each bottleneck's marker, and where its points' names go (offset in points, alignment), apart from the others'.
+# A line joins the points of one marker set, so each set is one sweep of a setting (KL weights) or one point.
 MARKERS = {"VQ": ("o", (5, 5), "left"), "reference VQ": ("D", (5, 5), "left"), "FSQ": ("s", (-6, -12), "right"),
-           "Gaussian": ("^", (5, -12), "left"), "rotation trick": ("v", (5, -12), "left"),
+           "Gaussian": ("^", (5, -12), "left"), "rotation trick, codebook loss": ("<", (5, -12), "left"),
+           "rotation trick, EMA": (">", (5, -12), "left"),
            "SimVQ": ("P", (-6, 5), "right"), "LFQ": ("X", (-6, -12), "right"), "residual VQ": ("*", (5, 5), "left")}
 
 

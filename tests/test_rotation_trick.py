@@ -1,12 +1,17 @@
 """The rotation trick (`--gradient rotation`): its forward value is the code, and the gradient reaching z_e is the
 one at z_q turned by the rotation of z_e's direction onto the code's and scaled by ||q|| / ||e||, as Fifty et al.
 (2024) define it; checked against a hand-worked example and against the rotation built as a matrix."""
+import signal
+
 import pytest
 import torch
 
-from helpers import model_config
-from modules import VQVAE
+import evaluate
+import generate
+from helpers import model_config, signal_on_call, train_tiny
+from modules import VQVAE, load_model
 from vector_quantizer import VectorQuantizer
+from vqmnist.errors import RunStopped
 from vqmnist.nearest_code import pass_gradient, rotation_trick
 
 
@@ -79,3 +84,27 @@ def test_the_estimator_is_stored_in_the_model_config():
     assert model.bottleneck.estimator == "rotation"
     with pytest.raises(ValueError, match="estimator must be one of"):
         model_config(estimator="sideways")
+
+
+def test_a_run_with_the_rotation_trick_resumes_to_the_same_weights_and_samples(tiny_mnist, tmp_path, monkeypatch,
+                                                                             capsys):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist, "--num-epochs", "2", "--gradient", "rotation", "--output-folder", "whole")
+    with monkeypatch.context() as patch:
+        signal_on_call(patch, torch.optim.Adam, "step", 3, signal.SIGTERM)
+        with pytest.raises(RunStopped):
+            train_tiny(tiny_mnist, "--num-epochs", "2", "--gradient", "rotation")
+    train_tiny(tiny_mnist, "--num-epochs", "2", "--resume")
+    whole, resumed = (torch.load(f"models/{name}/last.pt", weights_only=True)["model"] for name in ("whole", "tiny"))
+    for name, tensor in whole.items():
+        assert torch.equal(tensor, resumed[name]), name
+    model, checkpoint = load_model("models/tiny/best.pt")
+    assert model.bottleneck.estimator == "rotation" and "prior" in checkpoint
+    for mode in ("random", "complete"):
+        generate.main(generate.build_parser().parse_args(["--model", "models/tiny/best.pt", "--input", mode,
+                                                          "--data-folder", str(tiny_mnist), "--filename", mode]))
+        assert (tmp_path / "generatedImages" / f"{mode}.png").is_file()
+    capsys.readouterr()
+    evaluate.main(evaluate.build_parser().parse_args(["--model", "models/tiny/best.pt", "--data-folder",
+                                                      str(tiny_mnist), "--samples", "0"]))
+    assert "codebook usage" in capsys.readouterr().out
