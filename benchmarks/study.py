@@ -233,7 +233,7 @@ def table(rows: list[Row], results: list[dict]) -> list[str]:
 
 def plot(rows: list[Row], results: list[dict], title: str, path: Path) -> None:
     """Test MSE against the rate, one marker set per bottleneck (a line through a sweep of it), each point named."""
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = plt.subplots(figsize=(9, 4.5))
     for bottleneck, (marker, offset, alignment) in MARKERS.items():
         points = [(scores["rate_bits"], scores["test_mse"], row.label) for row, scores in zip(rows, results)
                   if row.bottleneck == bottleneck and scores["rate_bits"] is not None]
@@ -246,7 +246,7 @@ def plot(rows: list[Row], results: list[dict], title: str, path: Path) -> None:
                           fontsize=7)
     axes.set(xlabel="rate (bits per image)", ylabel="test MSE ([0, 1] pixels)", yscale="log", title=title)
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes, clear of the names
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=120)
