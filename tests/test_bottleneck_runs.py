@@ -89,7 +89,9 @@ def test_each_bottleneck_generates_and_exports(bottleneck, tiny_runs, tiny_mnist
     monkeypatch.chdir(tmp_path)
     model = folder / "models" / "tiny" / "best.pt"
     for name, flags in (("recon", ["--input", "MNIST", "--data-folder", str(tiny_mnist)]),
-                        ("samples", ["--input", "random", "--temperature", "0.7"]), ("noise", ["--input", "noise"])):
+                        ("samples", ["--input", "random", "--temperature", "0.7"]), ("noise", ["--input", "noise"]),
+                        *([("complete", ["--input", "complete", "--data-folder", str(tiny_mnist)])]
+                          if bottleneck != "gaussian" else [])):
         run_generate("--model", str(model), "--filename", name, *flags)
         assert Image.open(tmp_path / "generatedImages" / f"{name}.png").size == (302, 302)
     export_model.main(export_model.build_parser().parse_args(["--model", str(model), "--output", "shared.pt"]))
