@@ -25,9 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
-from vqmnist.cli import integer, number, unit_interval
-from vqmnist.limits import MAX_CODES, MAX_LOSS_WEIGHT, MAX_WIDTH
+from vqmnist.cli import number, unit_interval
+from vqmnist.limits import MAX_LOSS_WEIGHT
 from vqmnist.nearest_code import ESTIMATORS, nearest_codes, pass_gradient
+from vqmnist.shared_options import (beta_option, check_shared_fields, code_dim_option, estimator_option,
+                                    num_embeddings_option)
 from vqmnist.processes import from_process_zero, sum_over_processes, world_size
 
 CODEBOOK_UPDATES = ("ema", "loss")
@@ -38,11 +40,8 @@ CODEBOOK_INITS = ("kmeans++", "random", "uniform")
 class VQConfig:
     """The VQ's settings, each with its vqvae.py flag."""
 
-    num_embeddings: int = option(512, "--k", f"number of codes K in the codebook, at most {MAX_CODES:,} (default: 512)",
-                                 type=integer(1, MAX_CODES))
-    code_dim: int = option(16, "--code-dim", "dimension D of the codes, or of a continuous z; if it differs from "
-                           "--hidden-size, 1x1 convolutions project into and out of code space; 0 means D = "
-                           "--hidden-size (default: 16)", type=integer(0, MAX_WIDTH))
+    num_embeddings: int = num_embeddings_option()
+    code_dim: int = code_dim_option()
     codebook_update: str = option("ema", "--codebook", "how the codes learn: ema (moving averages of their assigned "
                                   "vectors) or loss (codebook loss and Adam, as the reference) (default: ema)",
                                   choices=CODEBOOK_UPDATES)
@@ -56,24 +55,17 @@ class VQConfig:
                                       "(default: 3.0)", type=number(0, MAX_LOSS_WEIGHT))
     cosine: bool = option(False, "--cosine", "L2-normalise encoder outputs and codes (default: False)",
                           action=argparse.BooleanOptionalAction)
-    beta: float = option(0.25, "--beta", "weight of the commitment loss (default: 0.25)",
-                        type=number(0, MAX_LOSS_WEIGHT))
-    estimator: str = option("straight-through", "--gradient", "how the gradient passes the choice of code: "
-                            "straight-through (copied onto z_e) or rotation (the rotation trick: rotated and rescaled "
-                            "from z_q's direction onto z_e's) (default: straight-through)", choices=ESTIMATORS)
+    beta: float = beta_option()
+    estimator: str = estimator_option()
 
     def __post_init__(self):
         """Refuse settings that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
-        for name, smallest, largest in (("num_embeddings", 1, MAX_CODES), ("code_dim", 0, MAX_WIDTH)):
-            value = getattr(self, name)
-            if type(value) is not int or not smallest <= value <= largest:
-                raise ValueError(f"{name} must be an integer from {smallest} to {largest:,}, not {value!r}")
-        for name, low, high in (("beta", 0, math.inf), ("ema_decay", 0, 1), ("restart_threshold", 0, math.inf)):
+        check_shared_fields(self)
+        for name, low, high in (("ema_decay", 0, 1), ("restart_threshold", 0, math.inf)):
             value = getattr(self, name)
             if type(value) not in (int, float) or not low <= value < high:
                 raise ValueError(f"{name} must be a number in [{low}, {high}), not {value!r}")
-        for name, choices in (("codebook_update", CODEBOOK_UPDATES), ("codebook_init", CODEBOOK_INITS),
-                              ("estimator", ESTIMATORS)):
+        for name, choices in (("codebook_update", CODEBOOK_UPDATES), ("codebook_init", CODEBOOK_INITS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, not {getattr(self, name)!r}")
         if type(self.cosine) is not bool:

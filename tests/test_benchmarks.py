@@ -175,9 +175,10 @@ def test_the_study_table_has_every_column_and_the_plot_is_written(tmp_path):
     rows = study.STUDIES["bottleneck"][1:4:2]  # the default VQ and a Gaussian VAE
     results = [fake_scores("vq", 150.25), fake_scores("gaussian", 42.0)]
     lines = study.table(rows, results)
-    assert lines[2] == ("| default VQ (EMA, k-means++, restarts) | 0.00150 | 28.24 | 0.9877 | 29.12 / 0.9901 | 500/512 | "
-                        "400 | 150.2 | 50.0% | 3.25 | 60 + 101 |")
-    assert lines[3].startswith("| Gaussian VAE, KL weight 1 | 0.00150 | 28.24 | 0.9877 | 29.12 / 0.9901 | - | - | 42.0 |")
+    assert lines[2] == ("| default VQ (EMA, k-means++, restarts) | 0.00150 | 28.24 | 0.9877 | 29.12 / 0.9901 | "
+                        "500/512 | 400 | 150.2 | 50.0% | 3.25 | 60 + 101 |")
+    assert lines[3].startswith("| Gaussian VAE, KL weight 1 | 0.00150 | 28.24 | 0.9877 | 29.12 / 0.9901 | - | - | "
+                               "42.0 |")
     residual = fake_scores("rvq", 300.0) | {"code_levels": 2, "codes_used": 1000}
     assert "| 1000/1024 |" in study.table(study.STUDIES["quantizers"][6:7], [residual])[2]
     assert "the floor, is 0.50" in lines[-1]

@@ -13,22 +13,20 @@ import torch
 from torch import Tensor
 
 from vqmnist.bottleneck import Bottleneck, BottleneckOutput, option
-from vqmnist.cli import integer, number
+from vqmnist.cli import number
 from vqmnist.data import IMAGE_PIXELS
-from vqmnist.limits import MAX_LOSS_WEIGHT, MAX_WIDTH
+from vqmnist.limits import MAX_LOSS_WEIGHT
+from vqmnist.shared_options import check_shared_fields, code_dim_option
 
 
 @dataclass
 class GaussianConfig:
-    code_dim: int = option(16, "--code-dim", "dimension D of the codes, or of a continuous z; if it differs from "
-                           "--hidden-size, 1x1 convolutions project into and out of code space; 0 means D = "
-                           "--hidden-size (default: 16)", type=integer(0, MAX_WIDTH))
+    code_dim: int = code_dim_option()
     kl_weight: float = option(1.0, "--kl-weight", "gaussian: weight of KL(q(z|x) || N(0, I)) against the "
                               "reconstruction loss, per pixel (default: 1.0)", type=number(0, MAX_LOSS_WEIGHT))
 
     def __post_init__(self):
-        if type(self.code_dim) is not int or not 0 <= self.code_dim <= MAX_WIDTH:
-            raise ValueError(f"code_dim must be an integer from 0 to {MAX_WIDTH:,}, not {self.code_dim!r}")
+        check_shared_fields(self)
         if type(self.kl_weight) not in (int, float) or not 0 <= self.kl_weight < math.inf:
             raise ValueError(f"kl_weight must be a number in [0, inf), not {self.kl_weight!r}")
 

@@ -27,6 +27,7 @@ from torch import Tensor
 from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
 from vqmnist.cli import integer, number
 from vqmnist.limits import MAX_CODES, MAX_LOSS_WEIGHT
+from vqmnist.shared_options import beta_option
 
 MAX_LFQ_BITS = MAX_CODES.bit_length() - 1  # the most dimensions d whose 2^d codes stay within MAX_CODES
 
@@ -37,8 +38,7 @@ class LFQConfig:
 
     lfq_bits: int = option(9, "--lfq-bits", f"lfq: code dimensions d, each quantised to its sign; K = 2^d codes, d at "
                            f"most {MAX_LFQ_BITS} (default: 9)", type=integer(1, MAX_LFQ_BITS))
-    beta: float = option(0.25, "--beta", "weight of the commitment loss (default: 0.25)",
-                         type=number(0, MAX_LOSS_WEIGHT))
+    beta: float = beta_option()
     entropy_weight: float = option(0.1, "--entropy-weight", "lfq: weight of the entropy loss, the mean entropy of each "
                                    "position's soft code assignment minus --entropy-diversity times the entropy of "
                                    "the batch's mean assignment (default: 0.1)", type=number(0, MAX_LOSS_WEIGHT))

@@ -6,44 +6,30 @@ loss ||C[k] - sg[z_e]||^2 moves W, and so every code at once, not only the codes
 follows the encoder, which is how the paper keeps codes from going unused, with no EMA, initialisation from data or
 restarts. The choice of code, the commitment loss and the gradient estimator are the VQ's.
 """
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
-from vqmnist.cli import integer, number
-from vqmnist.limits import MAX_CODES, MAX_LOSS_WEIGHT, MAX_WIDTH
+from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, perplexity_from_counts
 from vqmnist.nearest_code import ESTIMATORS, nearest_codes, pass_gradient
+from vqmnist.shared_options import (beta_option, check_shared_fields, code_dim_option, estimator_option,
+                                    num_embeddings_option)
 
 
 @dataclass
 class SimVQConfig:
-    """SimVQ's settings. Each field, flag, default and help is the VQ's of the same name: one flag sets both."""
+    """SimVQ's settings: the VQ's fields of the same names, so that one flag sets both."""
 
-    num_embeddings: int = option(512, "--k", f"number of codes K in the codebook, at most {MAX_CODES:,} (default: 512)",
-                                 type=integer(1, MAX_CODES))
-    code_dim: int = option(16, "--code-dim", "dimension D of the codes, or of a continuous z; if it differs from "
-                           "--hidden-size, 1x1 convolutions project into and out of code space; 0 means D = "
-                           "--hidden-size (default: 16)", type=integer(0, MAX_WIDTH))
-    beta: float = option(0.25, "--beta", "weight of the commitment loss (default: 0.25)",
-                         type=number(0, MAX_LOSS_WEIGHT))
-    estimator: str = option("straight-through", "--gradient", "how the gradient passes the choice of code: "
-                            "straight-through (copied onto z_e) or rotation (the rotation trick: rotated and rescaled "
-                            "from z_q's direction onto z_e's) (default: straight-through)", choices=ESTIMATORS)
+    num_embeddings: int = num_embeddings_option()
+    code_dim: int = code_dim_option()
+    beta: float = beta_option()
+    estimator: str = estimator_option()
 
     def __post_init__(self):
         """Refuse settings that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
-        for name, smallest, largest in (("num_embeddings", 1, MAX_CODES), ("code_dim", 0, MAX_WIDTH)):
-            value = getattr(self, name)
-            if type(value) is not int or not smallest <= value <= largest:
-                raise ValueError(f"{name} must be an integer from {smallest} to {largest:,}, not {value!r}")
-        if type(self.beta) not in (int, float) or not 0 <= self.beta < math.inf:
-            raise ValueError(f"beta must be a number in [0, inf), not {self.beta!r}")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, not {self.estimator!r}")
+        check_shared_fields(self)
 
 
 class SimVQ(Bottleneck):
