@@ -18,6 +18,7 @@ from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option
 from vqmnist.cli import integer
 from vqmnist.limits import MAX_CODE_LEVELS, MAX_CODES
 from vqmnist.nearest_code import pass_gradient
+from vqmnist.shared_options import code_dim_of
 
 
 @dataclass
@@ -58,12 +59,12 @@ class ResidualVectorQuantizer(Bottleneck):
 
     @classmethod
     def dims(cls, config: ResidualVQConfig, hidden_size: int) -> tuple[int, int]:
-        code_dim = config.code_dim or hidden_size
+        code_dim = code_dim_of(config, hidden_size)
         return code_dim, code_dim
 
     @classmethod
     def from_config(cls, config: ResidualVQConfig, hidden_size: int) -> "ResidualVectorQuantizer":
-        return cls(config, config.code_dim or hidden_size)
+        return cls(config, code_dim_of(config, hidden_size))
 
     def epoch_figures(self) -> dict[str, float]:
         """{"restarts": the codes restarted on every level since the last call}, which resets the counts."""

@@ -28,8 +28,8 @@ from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option
 from vqmnist.cli import number, unit_interval
 from vqmnist.limits import MAX_LOSS_WEIGHT
 from vqmnist.nearest_code import ESTIMATORS, nearest_codes, pass_gradient
-from vqmnist.shared_options import (beta_option, check_shared_fields, code_dim_option, estimator_option,
-                                    num_embeddings_option)
+from vqmnist.shared_options import (beta_option, check_shared_fields, code_dim_of, code_dim_option,
+                                    estimator_option, num_embeddings_option)
 from vqmnist.processes import from_process_zero, sum_over_processes, world_size
 
 CODEBOOK_UPDATES = ("ema", "loss")
@@ -127,12 +127,12 @@ class VectorQuantizer(Bottleneck):
 
     @classmethod
     def dims(cls, config: VQConfig, hidden_size: int) -> tuple[int, int]:
-        code_dim = config.code_dim or hidden_size
+        code_dim = code_dim_of(config, hidden_size)
         return code_dim, code_dim
 
     @classmethod
     def from_config(cls, config: VQConfig, hidden_size: int) -> "VectorQuantizer":
-        return cls(config.num_embeddings, config.code_dim or hidden_size, config.beta,
+        return cls(config.num_embeddings, code_dim_of(config, hidden_size), config.beta,
                    codebook_update=config.codebook_update, decay=config.ema_decay, init=config.codebook_init,
                    restart_threshold=config.restart_threshold, cosine=config.cosine,
                    estimator=config.estimator)

@@ -16,7 +16,7 @@ from vqmnist.bottleneck import Bottleneck, BottleneckOutput, option
 from vqmnist.cli import number
 from vqmnist.data import IMAGE_PIXELS
 from vqmnist.limits import MAX_LOSS_WEIGHT
-from vqmnist.shared_options import check_shared_fields, code_dim_option
+from vqmnist.shared_options import check_shared_fields, code_dim_of, code_dim_option
 
 
 @dataclass
@@ -43,12 +43,12 @@ class GaussianBottleneck(Bottleneck):
 
     @classmethod
     def dims(cls, config: GaussianConfig, hidden_size: int) -> tuple[int, int]:
-        code_dim = config.code_dim or hidden_size
+        code_dim = code_dim_of(config, hidden_size)
         return 2 * code_dim, code_dim
 
     @classmethod
     def from_config(cls, config: GaussianConfig, hidden_size: int) -> "GaussianBottleneck":
-        return cls(config.code_dim or hidden_size, config.kl_weight)
+        return cls(code_dim_of(config, hidden_size), config.kl_weight)
 
     def forward(self, statistics: Tensor) -> BottleneckOutput:
         """statistics (B, 2D, H, W), the mean and log-variance of q(z|x) -> z (B, D, H, W) as `z_q` (sampled in

@@ -27,7 +27,7 @@ from torch import Tensor
 from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
 from vqmnist.cli import integer, number
 from vqmnist.limits import MAX_CODES, MAX_LOSS_WEIGHT
-from vqmnist.shared_options import beta_option
+from vqmnist.shared_options import beta_option, check_shared_fields
 
 MAX_LFQ_BITS = MAX_CODES.bit_length() - 1  # the most dimensions d whose 2^d codes stay within MAX_CODES
 
@@ -53,7 +53,8 @@ class LFQConfig:
         if type(self.lfq_bits) is not int or not 1 <= self.lfq_bits <= MAX_LFQ_BITS:
             raise ValueError(f"lfq_bits must be an integer from 1 to {MAX_LFQ_BITS} (K = 2^lfq_bits codes, at most "
                              f"{MAX_CODES:,}), not {self.lfq_bits!r}")
-        for name in ("beta", "entropy_weight", "entropy_diversity"):
+        check_shared_fields(self)
+        for name in ("entropy_weight", "entropy_diversity"):
             value = getattr(self, name)
             if type(value) not in (int, float) or not 0 <= value < math.inf:
                 raise ValueError(f"{name} must be a number in [0, inf), not {value!r}")

@@ -23,6 +23,12 @@ def code_dim_option():
                   type=integer(0, MAX_WIDTH))
 
 
+def code_dim_of(config, hidden_size: int) -> int:
+    """D of a config with a code_dim field behind an encoder of hidden_size channels: code_dim, where 0 means
+    hidden_size."""
+    return config.code_dim or hidden_size
+
+
 def beta_option():
     return option(0.25, "--beta", "weight of the commitment loss (default: 0.25)", type=number(0, MAX_LOSS_WEIGHT))
 

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, perplexity_from_counts
 from vqmnist.nearest_code import ESTIMATORS, nearest_codes, pass_gradient
-from vqmnist.shared_options import (beta_option, check_shared_fields, code_dim_option, estimator_option,
-                                    num_embeddings_option)
+from vqmnist.shared_options import (beta_option, check_shared_fields, code_dim_of, code_dim_option,
+                                    estimator_option, num_embeddings_option)
 
 
 @dataclass
@@ -55,12 +55,12 @@ class SimVQ(Bottleneck):
 
     @classmethod
     def dims(cls, config: SimVQConfig, hidden_size: int) -> tuple[int, int]:
-        code_dim = config.code_dim or hidden_size
+        code_dim = code_dim_of(config, hidden_size)
         return code_dim, code_dim
 
     @classmethod
     def from_config(cls, config: SimVQConfig, hidden_size: int) -> "SimVQ":
-        return cls(config.num_embeddings, config.code_dim or hidden_size, config.beta, config.estimator)
+        return cls(config.num_embeddings, code_dim_of(config, hidden_size), config.beta, config.estimator)
 
     def codebook(self) -> Tensor:
         """The K codes C = W(B) (K, D), in fp32 even under autocast, with the gradient to W."""
