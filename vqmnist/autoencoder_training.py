@@ -132,7 +132,7 @@ class AutoencoderTask:
                    **epoch_figures}
         bottleneck = self.model.bottleneck
         health = health_line({**scores.figures, **epoch_figures},
-                             bottleneck.code_levels * bottleneck.num_embeddings if bottleneck.discrete else None)
+                             bottleneck.num_codes if bottleneck.discrete else None)
         return Validation(scores.recon_loss, figures, f"val recon loss {scores.recon_loss:.5f}  MSE {scores.mse:.5f} "
                                                       f"({scores.psnr:.1f} dB)  {health}")
 

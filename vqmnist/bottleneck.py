@@ -66,12 +66,17 @@ class Bottleneck(nn.Module, abc.ABC):
         """Discrete: code indices (B, H, W), or (B, L, H, W) -> code vectors z_q (B, D, H, W)."""
         raise NotImplementedError(f"{type(self).__name__} gives no codes")
 
+    @property
+    def num_codes(self) -> int:
+        """Discrete: the codes of all levels, L * K, each level's codebook counted as its own."""
+        return self.code_levels * self.num_embeddings
+
     def count_codes(self, codes: Tensor) -> Tensor:
-        """Discrete: how often each code appears in a code grid (B, H, W) or (B, L, H, W): (L * K,) int64, level l's
+        """Discrete: how often each code appears in a code grid (B, H, W) or (B, L, H, W): (num_codes,) int64, level l's
         codes at l * K to l * K + K - 1, so that each level's codebook counts as its own."""
         if self.code_levels > 1:  # (B, L, H, W): level l's indices shifted by l * K
             codes = codes + torch.arange(self.code_levels, device=codes.device).view(1, -1, 1, 1) * self.num_embeddings
-        return code_counts(codes, self.code_levels * self.num_embeddings)
+        return code_counts(codes, self.num_codes)
 
     def sample_latents(self, shape: tuple[int, int, int], temperature: float, generator: torch.Generator) -> Tensor:
         """Continuous: (count, H, W) latents z (count, D, H, W) drawn from its prior, on the CPU."""

@@ -48,9 +48,7 @@ def score_reconstructions(model: nn.Module, images: Tensor, batch_size: int, dev
     shard = images[rank()::world_size()] if distributed() else images
     # Each figure summed over the images, by name, in float64 on the device: read once, at the end.
     sums: dict[str, Tensor] = {}
-    bottleneck = model.bottleneck
-    counts = torch.zeros(bottleneck.code_levels * bottleneck.num_embeddings if model.discrete else 0,
-                         dtype=torch.int64, device=device)
+    counts = torch.zeros(model.bottleneck.num_codes if model.discrete else 0, dtype=torch.int64, device=device)
 
     def add(name: str, value: Tensor) -> None:
         sums[name] = sums.get(name, torch.zeros((), dtype=torch.float64, device=device)) + value.double()
@@ -73,7 +71,7 @@ def score_reconstructions(model: nn.Module, images: Tensor, batch_size: int, dev
         for name, value in quantized.figures.items():
             add(f"figure/{name}", value.double() * size)
         if quantized.codes is not None:
-            counts += bottleneck.count_codes(quantized.codes)
+            counts += model.bottleneck.count_codes(quantized.codes)
     model.train(was_training)
     names = list(sums)
     sums = dict(zip(names, sum_over_processes(torch.stack([sums[name] for name in names])).tolist()))
