@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vector_quantizer import VectorQuantizer, VQConfig
-from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
+from vqmnist.bottleneck import Bottleneck, BottleneckOutput, option, perplexity_from_counts
 from vqmnist.cli import integer
 from vqmnist.limits import MAX_CODE_LEVELS, MAX_CODES
 from vqmnist.nearest_code import pass_gradient
@@ -84,19 +84,12 @@ class ResidualVectorQuantizer(Bottleneck):
         codebook_loss = torch.zeros((), device=z_e.device)
         indices, counts = [], []
         for level in self.levels:
-            if self.training and level.needs_init:
-                level.initialize_codebook(residual)
-            chosen = level.nearest_codes(residual)
-            code = F.embedding(chosen, level.codebook())  # (B*H*W, D), with the codebook's gradient
-            codebook_loss = codebook_loss + F.mse_loss(code, residual)
-            level_counts = code_counts(chosen, self.num_embeddings)
-            if self.training:
-                # After its code is taken: this step's output uses the codes its indices were chosen from.
-                level.update_codebook(residual, chosen, level_counts)
-            residual = residual - code.detach()
-            quantized = quantized + code
-            indices.append(chosen)
-            counts.append(level_counts)
+            assignment = level.assign(residual)  # codes (B*H*W, D), with the codebook's gradient
+            codebook_loss = codebook_loss + F.mse_loss(assignment.codes, residual)
+            residual = residual - assignment.codes.detach()
+            quantized = quantized + assignment.codes
+            indices.append(assignment.indices)
+            counts.append(assignment.counts)
         z_q = quantized.view(batch, height, width, dim).permute(0, 3, 1, 2).to(z_e.dtype)
         commitment_loss = self.beta * F.mse_loss(z_e, z_q.detach())
         z_q = pass_gradient(z_e, z_q, self.estimator)  # the straight-through estimator or the rotation trick

@@ -19,6 +19,7 @@ broadcast to the others.
 import argparse
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,12 @@ class VQConfig:
                 raise ValueError(f"{name} must be one of {choices}, not {getattr(self, name)!r}")
         if type(self.cosine) is not bool:
             raise ValueError(f"cosine must be true or false, not {self.cosine!r}")
+
+
+class Assignment(NamedTuple):
+    indices: Tensor  # (N,) int64 the index of each row's nearest code
+    codes: Tensor  # (N, D) those codes, with the codebook's gradient (the codebook loss trains them)
+    counts: Tensor  # (K,) int64 how often each code was chosen
 
 
 def kmeans_plus_plus(points: Tensor, count: int) -> Tensor:
@@ -205,6 +212,19 @@ class VectorQuantizer(Bottleneck):
             self.cluster_size.copy_(torch.where(dead.squeeze(1), fair_share, self.cluster_size))
             self.embed_sum.copy_(torch.where(dead, weight * fair_share, self.embed_sum))
 
+    def assign(self, flat: Tensor) -> "Assignment":
+        """The nearest codes of the rows of flat (N, D), fp32 without gradient. In training, the first call places
+        the codebook on them and every call then updates it: after the codes are taken, so that this step's output
+        uses the codes its indices were chosen from."""
+        if self.training and self.needs_init:
+            self.initialize_codebook(flat)
+        indices = self.nearest_codes(flat)
+        codes = F.embedding(indices, self.codebook())
+        counts = code_counts(indices, self.num_embeddings)
+        if self.training:
+            self.update_codebook(flat, indices, counts)
+        return Assignment(indices, codes, counts)
+
     def forward(self, z_e: Tensor) -> BottleneckOutput:
         batch, dim, height, width = z_e.shape
         # z_e (B, D, H, W) -> flat (B*H*W, D) -> indices (B*H*W,)
@@ -213,20 +233,13 @@ class VectorQuantizer(Bottleneck):
             flat = F.normalize(flat, dim=1)
             z_e = flat.view(batch, height, width, dim).permute(0, 3, 1, 2)
         # The codebook's own computations (init, search, updates) take no gradient and run in fp32.
-        flat_fp32 = flat.detach().float()
-        if self.training and self.needs_init:
-            self.initialize_codebook(flat_fp32)
-        indices = self.nearest_codes(flat_fp32)
-        z_q = self.embed(indices.view(batch, height, width)).to(z_e.dtype)
+        assignment = self.assign(flat.detach().float())
+        # codes (B*H*W, D) -> z_q (B, D, H, W)
+        z_q = assignment.codes.view(batch, height, width, dim).permute(0, 3, 1, 2).contiguous().to(z_e.dtype)
 
         codebook_loss = F.mse_loss(z_q, z_e.detach())
         commitment_loss = self.beta * F.mse_loss(z_e, z_q.detach())
         z_q = pass_gradient(z_e, z_q, self.estimator)  # the straight-through estimator or the rotation trick
-
-        counts = code_counts(indices, self.num_embeddings)
-        if self.training:
-            # After z_q is taken: this step's output uses the codes its indices were chosen from.
-            self.update_codebook(flat_fp32, indices, counts)
-        return BottleneckOutput(z_q=z_q, codes=indices.view(batch, height, width),
+        return BottleneckOutput(z_q=z_q, codes=assignment.indices.view(batch, height, width),
                                 losses={"codebook": codebook_loss, "commitment": commitment_loss},
-                                figures={"perplexity": perplexity_from_counts(counts)})
+                                figures={"perplexity": perplexity_from_counts(assignment.counts)})
