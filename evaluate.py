@@ -95,8 +95,7 @@ def sample_scores(args, model, checkpoint, classifier, test_images, device) -> d
     generator = torch.Generator().manual_seed(args.seed)
     scores = {}
     if "prior" in checkpoint:
-        prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device,
-                       levels=model.bottleneck.code_levels)
+        prior = load_prior(checkpoint, args.model, model, device)
         asked = (torch.arange(count) % 10).to(device)
         for kind, classes, guidance in (("prior_conditional", asked, args.guidance),
                                         ("prior_unconditional", prior.draw_classes(count, generator), args.guidance),
@@ -154,8 +153,7 @@ def rates(model, checkpoint: dict, scores, test_images, test_labels, args, devic
     if "prior" not in checkpoint:
         return {"rate_figure": None, "rate_bits": None, "rate_bits_given_class": None, "rate_bound_bits": bound,
                 "code_positions": positions}
-    prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device,
-                       levels=model.bottleneck.code_levels)
+    prior = load_prior(checkpoint, args.model, model, device)
     codes = encode_images(model, test_images, device, args.batch_size)
     labels = test_labels.to(device)
     unconditional = prior_nll_bits(prior, codes, torch.full_like(labels, prior.no_class), args.batch_size)

@@ -32,8 +32,7 @@ def build_parser() -> ArgumentParser:
 def main(args) -> None:
     model, checkpoint = load_model(args.model, "cpu")  # the weights must fit their config before they are shared
     if "prior" in checkpoint:
-        load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, "cpu",
-                   levels=model.bottleneck.code_levels)
+        load_prior(checkpoint, args.model, model, "cpu")
     elif model.discrete and not args.allow_no_prior:  # a continuous bottleneck samples its own prior
         raise UserError(f"{args.model} has no prior, so generate.py --input random could not use the export: "
                         "train one with vqvae.py --prior-only, or pass --allow-no-prior")

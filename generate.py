@@ -208,8 +208,7 @@ def samples(args, model, checkpoint, generator, device) -> Picture:
         latents = model.sample_latents(count, args.temperature, generator).to(device)
         return Picture(model.to_pixels(model.decode_latents(latents)), None,
                        f"{model.config.bottleneck} samples, latents from its prior x temperature {args.temperature}")
-    prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device,
-                       levels=model.bottleneck.code_levels)
+    prior = load_prior(checkpoint, args.model, model, device)
     if args.unconditional:
         classes, what = prior.draw_classes(count, generator), "unconditional prior samples"
     elif args.digit is not None:
@@ -227,8 +226,7 @@ def samples(args, model, checkpoint, generator, device) -> Picture:
 def completions(args, model, checkpoint, generator, device) -> Picture:
     """Row i: a test digit of class i picked by the seed, then nine completions by the prior of its code grid's top
     --keep-rows rows, given the digit's class (or, --unconditional, without it)."""
-    prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, device,
-                       levels=model.bottleneck.code_levels)
+    prior = load_prior(checkpoint, args.model, model, device)
     test_images, test_labels = load_mnist(args.data_folder, train=False)
     order = torch.randperm(len(test_images), generator=generator)
     if len(set(test_labels.tolist())) < GRID_SIDE:

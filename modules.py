@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from residual_vq import ResidualVectorQuantizer
 from vector_quantizer import VectorQuantizer
 from vqmnist.bottleneck import Bottleneck, BottleneckOutput
-from vqmnist.checkpoints import check_weights_finite, load_checkpoint
+from vqmnist.checkpoint_checks import check_plain_values, check_weights
+from vqmnist.checkpoints import load_checkpoint
 from vqmnist.data import outputs_to_pixels
 from vqmnist.errors import UserError
 from vqmnist.fsq import FiniteScalarQuantizer
@@ -67,7 +68,7 @@ class VQVAEConfig:
                 raise ValueError(f"{name} must be an integer from {smallest} to {largest:,}, not {value!r}")
         if self.decoder_output not in DECODER_OUTPUTS:
             raise ValueError(f"decoder_output must be one of {DECODER_OUTPUTS}, not {self.decoder_output!r}")
-        if self.bottleneck not in BOTTLENECKS:
+        if not isinstance(self.bottleneck, str) or self.bottleneck not in BOTTLENECKS:
             raise ValueError(f"bottleneck must be one of {tuple(BOTTLENECKS)}, not {self.bottleneck!r}")
         config_type = BOTTLENECKS[self.bottleneck].Config
         if self.bottleneck_config is None:
@@ -137,6 +138,8 @@ class VQVAEOutput(NamedTuple):
 
 
 class VQVAE(nn.Module):
+    latent_side = LATENT_SIDE  # the code grid is latent_side x latent_side
+
     def __init__(self, config: VQVAEConfig):
         super().__init__()
         self.config = config
@@ -200,21 +203,29 @@ class VQVAE(nn.Module):
 
 
 def load_model(path, device="cpu") -> tuple[VQVAE, dict]:
-    """Rebuild the model from the config stored in the checkpoint and load its weights, in eval mode."""
+    """Rebuild the model from the config stored in the checkpoint and load its weights, in eval mode; a config this
+    version cannot build, or weights that do not fit it as they are (check_weights), is one line."""
+    path = Path(path)
     checkpoint = load_checkpoint(path, device)
+    config = checkpoint_config(checkpoint, path)
+    check_weights(check_size(lambda: VQVAE(config), "the autoencoder"), checkpoint["model"], path)
+    model = VQVAE(config)
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), checkpoint
+
+
+def checkpoint_config(checkpoint: dict, path: Path) -> VQVAEConfig:
+    """The VQVAEConfig a checkpoint stores, whose autoencoder is no larger than this project builds; one line if it
+    cannot be rebuilt."""
     known = {field.name for field in fields(VQVAEConfig)}
     config = checkpoint["config"]
-    if not isinstance(config, dict) or not config.keys() <= known:
-        raise UserError(f"{path} has a model config this version does not know: {config}")
+    check_plain_values(config, path, "model config")
+    if not config.keys() <= known:
+        raise UserError(f"{path} has a model config this version does not know: it holds "
+                        f"{', '.join(sorted(config.keys() - known))}")
     try:
         config = VQVAEConfig(**config)
         check_size(lambda: VQVAE(config), "the autoencoder")
-        model = VQVAE(config)
     except (ValueError, TypeError) as error:
         raise UserError(f"{path} has a model config this version cannot build: {error}") from None
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except (RuntimeError, TypeError, AttributeError) as error:
-        raise UserError(f"{path}: its weights do not fit its config ({str(error).splitlines()[0][:160]})") from None
-    check_weights_finite(model, Path(path))
-    return model.to(device).eval(), checkpoint
+    return config

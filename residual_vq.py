@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from vector_quantizer import VectorQuantizer, VQConfig
 from vqmnist.bottleneck import Bottleneck, BottleneckOutput, option, perplexity_from_counts
 from vqmnist.cli import integer
-from vqmnist.limits import MAX_CODE_LEVELS, MAX_CODES
+from vqmnist.limits import MAX_CODE_LEVELS, MAX_CODES, StepCost
 from vqmnist.nearest_code import pass_gradient
 from vqmnist.shared_options import code_dim_of
 
@@ -69,6 +69,11 @@ class ResidualVectorQuantizer(Bottleneck):
     def epoch_figures(self) -> dict[str, float]:
         """{"restarts": the codes restarted on every level since the last call}, which resets the counts."""
         return {"restarts": sum(level.epoch_figures()["restarts"] for level in self.levels)}
+
+    def step_cost(self, positions: int) -> StepCost:
+        """Each level's, one after the other."""
+        costs = [level.step_cost(positions) for level in self.levels]
+        return StepCost(max(cost.values for cost in costs), sum(cost.operations for cost in costs))
 
     def embed(self, codes: Tensor) -> Tensor:
         """Code vectors of a grid of levels: codes (B, L, H, W) -> z_q (B, D, H, W), the sum of each level's code."""

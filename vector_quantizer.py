@@ -27,11 +27,12 @@ from torch import Tensor, nn
 
 from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
 from vqmnist.cli import number, unit_interval
-from vqmnist.limits import MAX_LOSS_WEIGHT
-from vqmnist.nearest_code import ESTIMATORS, nearest_codes, pass_gradient
+from vqmnist.limits import MAX_LOSS_WEIGHT, StepCost
+from vqmnist.nearest_code import ESTIMATORS, nearest_codes, pass_gradient, search_cost
 from vqmnist.shared_options import (beta_option, check_shared_fields, code_dim_of, code_dim_option,
                                     estimator_option, num_embeddings_option)
 from vqmnist.processes import from_process_zero, sum_over_processes, world_size
+from vqmnist.stopping import StepInterrupted, stop_requested
 
 CODEBOOK_UPDATES = ("ema", "loss")
 CODEBOOK_INITS = ("kmeans++", "random", "uniform")
@@ -86,6 +87,8 @@ def kmeans_plus_plus(points: Tensor, count: int) -> Tensor:
     centres[0] = points[torch.randint(len(points), (), device=points.device)]
     nearest = (points - centres[0]).pow(2).sum(1)  # (N,) squared distance to the nearest centre so far
     for i in range(1, count):
+        if i % 64 == 0 and world_size() == 1 and stop_requested():  # under torchrun every process must go on
+            raise StepInterrupted
         # The floor keeps the draw defined when every point already sits on a centre (N <= count, duplicates).
         chosen = torch.multinomial(nearest.clamp(min=1e-12), 1)
         centres[i] = points[chosen[0]]
@@ -98,6 +101,7 @@ class VectorQuantizer(Bottleneck):
     the loss terms "codebook" and "commitment", the batch's "perplexity"; `epoch_figures` gives the "restarts"."""
 
     Config = VQConfig
+    nonnegative_buffers = ("cluster_size",)  # moving averages of counts: checked on every load
 
     def __init__(self, num_embeddings: int, embedding_dim: int, beta: float, codebook_update: str = "loss",
                  decay: float = 0.99, epsilon: float = 1e-5, init: str = "uniform", restart_threshold: float = 0.0,
@@ -143,6 +147,12 @@ class VectorQuantizer(Bottleneck):
                    codebook_update=config.codebook_update, decay=config.ema_decay, init=config.codebook_init,
                    restart_threshold=config.restart_threshold, cosine=config.cosine,
                    estimator=config.estimator)
+
+    def step_cost(self, positions: int) -> StepCost:
+        """The nearest-code search; k-means++ seeding, on the first step, costs as much again (K passes over the
+        rows)."""
+        search = search_cost(positions, self.num_embeddings, self.code_dim)
+        return StepCost(search.values, search.operations * (2 if self.init == "kmeans++" else 1))
 
     def epoch_figures(self) -> dict[str, float]:
         """{"restarts": the codes restarted since the last call}, which resets the count."""

@@ -27,7 +27,7 @@ import contextlib
 import math
 import shlex
 import time
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -35,15 +35,17 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
-from modules import BOTTLENECKS, DECODER_OUTPUTS, VQVAE, VQVAEConfig, load_model
+from modules import BOTTLENECKS, DECODER_OUTPUTS, VQVAE, VQVAEConfig, checkpoint_config, load_model
 from vqmnist.autoencoder_training import AutoencoderTask, TrainingSettings, make_optimizer, make_schedule
 from vqmnist.checkpoints import TRAINING_KEYS, RunState, load_checkpoint, load_prior_training, restore_training
+from vqmnist.checkpoint_checks import MAX_STEP, DAMAGED, check_count, check_optimizer, check_place, check_weights
 from vqmnist.cli import ArgumentParser, Arguments, add_device_flag, integer, number, plain_name, run_cli, unit_interval
 from vqmnist.data import Splits, load_splits, shard_size
 from vqmnist.errors import UserError, running_out_is_a_user_error
 from vqmnist.loop import LoopSettings, train_epochs
 from vqmnist.limits import (MAX_BATCH, MAX_DEPTH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SECONDS, MAX_SEED,
-                            MAX_STEPS_BETWEEN_LOGS, MAX_THREADS, MAX_VALIDATION, MAX_WIDTH, MAX_WORKERS, check_size)
+                            MAX_STEPS_BETWEEN_LOGS, MAX_THREADS, MAX_VALIDATION, MAX_WIDTH, MAX_WORKERS, check_size,
+                            check_step_cost)
 from vqmnist.machine import keep_freed_memory, native_bf16
 from vqmnist.prior import CodePrior, PriorConfig
 from vqmnist.prior_training import DEFAULT_PRIOR_BATCH_SIZE, PriorSettings, resumable, train_prior
@@ -51,11 +53,15 @@ from vqmnist.processes import Processes, process_group
 from vqmnist.run_folder import hold_run_folder, make_folder, prepare_run_folders, run_folders
 from vqmnist.run_log import NoWriter, RunFigures
 from vqmnist.stopping import StopOnSignal
+from vqmnist.stored_flags import as_typed, check_stored_flags
 from vqmnist.threads import DEFAULT_THREADS, ThreadChooser
 
 DEFAULT_PRIOR_EPOCHS = PriorSettings.epochs
 # Flags that say how to run, not what is trained: a --resume takes them as given now. Every other flag shapes the
 # result, so a --resume takes it from the checkpoint and refuses a different value.
+# The flag that sets each PriorSettings field: prior_last.pt stores the settings, and a --resume checks them as these.
+PRIOR_SETTING_FLAGS = {"epochs": "prior_epochs", "batch_size": "prior_batch_size", "lr": "prior_lr",
+                       "class_dropout": "class_dropout", "seed": "seed", "amp": "amp", "log_interval": "log_interval"}
 RUN_FLAGS = {"output_folder", "data_folder", "device", "num_workers", "log_interval", "overwrite", "amp", "compile",
              "channels_last", "threads", "time_limit", "resume", "prior_only"}
 
@@ -199,52 +205,83 @@ def training_settings(args) -> TrainingSettings:
 
 
 def prior_settings(args) -> PriorSettings:
-    return PriorSettings(epochs=args.prior_epochs, batch_size=args.prior_batch_size, lr=args.prior_lr,
-                         class_dropout=args.class_dropout, seed=args.seed, amp=args.amp, log_interval=args.log_interval)
+    return PriorSettings(**{field: getattr(args, dest) for field, dest in PRIOR_SETTING_FLAGS.items()})
+
+
+def size_flags(name: str) -> str:
+    """The flags that size the autoencoder with the bottleneck `name`, for advice on a model too large."""
+    flag_names = build_parser().flag_names()
+    sizing = [flag_names[field.name] for field in fields(BOTTLENECKS[name].Config)
+              if field.type in (int, "int", tuple[int, ...], "tuple[int, ...]")]
+    return ", ".join(["--hidden-size", "--num-residual-blocks", *sizing])
 
 
 def check_sizes(args) -> None:
-    """Refuse flags whose autoencoder or prior would be larger than this project builds, before anything trains:
-    both are counted on the meta device, where nothing is allocated."""
+    """Refuse flags whose autoencoder or prior would be larger than this project builds, or whose training step
+    would cost more than one step may (limits.check_step_cost), before anything trains: each is counted on the meta
+    device, where nothing is allocated."""
     try:
         config = model_config(args)
-        bottleneck = check_size(lambda: VQVAE(config), "the autoencoder").bottleneck
-        if bottleneck.discrete and args.prior_epochs:
-            prior = replace(prior_config(args), num_embeddings=bottleneck.num_embeddings, levels=bottleneck.code_levels)
-            check_size(lambda: CodePrior(prior), "the prior")
     except ValueError as error:
-        raise UserError(f"{error}: lower --hidden-size, --num-residual-blocks, --k, --code-dim or the --prior-* "
-                        "sizes") from None
+        raise UserError(f"--bottleneck {args.bottleneck}: {error}: change that flag") from None
+    try:
+        bottleneck = check_size(lambda: VQVAE(config), "the autoencoder").bottleneck
+        check_step_cost(bottleneck.step_cost(args.batch_size * VQVAE.latent_side ** 2), "a training step")
+    except ValueError as error:
+        raise UserError(f"{error}: lower --batch-size, {size_flags(args.bottleneck)}") from None
+    if bottleneck.discrete and args.prior_epochs:
+        prior = replace(prior_config(args), num_embeddings=bottleneck.num_embeddings, levels=bottleneck.code_levels)
+        try:
+            check_size(lambda: CodePrior(prior), "the prior")
+        except ValueError as error:
+            raise UserError(f"{error}: lower --prior-width or --prior-layers") from None
+
+
+def check_stray(args, typed: set[str], whose: str) -> None:
+    """Refuse a bottleneck's flag typed for another bottleneck (`whose` names the one the run has)."""
+    stray = {name for name in typed
+             if any(name in bottleneck_flags(other) for other in BOTTLENECKS)} - bottleneck_flags(args.bottleneck)
+    if stray:
+        flag_names = build_parser().flag_names()
+        one = len(stray) == 1
+        raise UserError(f"{' and '.join(sorted(flag_names[name] for name in stray))} {'does' if one else 'do'} "
+                        f"not apply to {whose}: drop {'it' if one else 'them'}, or choose the bottleneck that "
+                        f"takes {'it' if one else 'them'}")
+
+
+def check_flags(args) -> None:
+    """Refuse flags that do not go together or ask for too much, before anything is made."""
+    if args.prior_width % args.prior_num_heads:
+        raise UserError(f"--prior-heads {args.prior_num_heads} must divide --prior-width {args.prior_width}")
+    check_sizes(args)
 
 
 def resume_command(name: str) -> str:
     return f"python vqvae.py --output-folder {shlex.quote(name)} --resume"
 
 
-def as_typed(value) -> str:
-    """A flag's value as it is typed on the command line: 8,8,8 rather than (8, 8, 8)."""
-    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
-
-
 def resume_args(args, parser: ArgumentParser) -> tuple[argparse.Namespace, dict | None]:
-    """Without --resume: (args, None). With it: the run's own flags from models/NAME/last.pt, and that checkpoint;
-    a flag given now that contradicts them is an error."""
+    """Without --resume: (args, None). With it: the run's own flags from models/NAME/last.pt, each checked as the
+    flag would be if typed, and that checkpoint; a flag given now that contradicts them is an error. Called with the
+    run folder held, so that no other run writes last.pt between this read and the run's first save."""
     if not args.resume:
         return args, None
-    if args.overwrite:
-        raise UserError("--resume continues a run and --overwrite replaces it: pass only one")
     path = run_folders(args.output_folder).model_dir / "last.pt"
-    if not path.is_file():
-        raise UserError(f"--resume: there is no {path} to continue; start the run without --resume")
     checkpoint = load_checkpoint(path)
     if not all(key in checkpoint for key in TRAINING_KEYS):
         raise UserError(f"{path} holds no training state to resume from; start a new run with --overwrite")
     saved, flag_names = checkpoint["args"], parser.flag_names()
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: its stored flags are a {type(saved).__name__}, not a dict: {DAMAGED}")
+    result_names = [name for name in vars(args) if name not in RUN_FLAGS]
+    check_stored_flags(parser, saved, result_names, path)
     # A checkpoint from before a flag existed lacks it: the flag takes its default.
-    result_flags = {name: saved.get(name, parser.get_default(name)) for name in vars(args) if name not in RUN_FLAGS}
+    result_flags = {name: saved.get(name, parser.get_default(name)) for name in result_names}
     # Arguments know the flags the user typed; of a plain Namespace, only the values that are not defaults tell.
     typed = (args.typed if isinstance(args, Arguments)
              else {name for name, value in vars(args).items() if value != parser.get_default(name)})
+    check_stray(argparse.Namespace(bottleneck=result_flags["bottleneck"]), typed,
+                f"the bottleneck {result_flags['bottleneck']} of {path}")
     for name, kept in result_flags.items():
         given = getattr(args, name)
         if name in typed and given != kept:
@@ -252,6 +289,26 @@ def resume_args(args, parser: ArgumentParser) -> tuple[argparse.Namespace, dict 
             raise UserError(f"--resume continues {path} with its own {flag} {as_typed(kept)}: drop {flag} "
                             f"{as_typed(given)}, or start a new run")
     return argparse.Namespace(**{**vars(args), **result_flags}), checkpoint
+
+
+def check_resumed_flags(args, path: Path) -> None:
+    """check_flags on the flags a --resume took from last.pt (at `path`): one that is refused names the file."""
+    try:
+        check_flags(args)
+    except UserError as error:
+        raise UserError(f"{path}: its stored flags are refused ({error}): {DAMAGED}") from None
+
+
+def check_resumed(checkpoint: dict, args, steps_per_epoch: int) -> None:
+    """Refuse a last.pt whose model config is not the one its flags make, whose weights do not fit it as they are,
+    or whose place in the run does not hold together (checkpoint_checks), before anything is built from it."""
+    path = run_folders(args.output_folder).model_dir / "last.pt"
+    stored, config = checkpoint_config(checkpoint, path), model_config(args)
+    if stored != config:
+        differ = [name for name in asdict(config) if asdict(config)[name] != asdict(stored)[name]]
+        raise UserError(f"{path}: its model config and its stored flags disagree on {', '.join(differ)}: {DAMAGED}")
+    check_weights(check_size(lambda: VQVAE(config), "the autoencoder"), checkpoint["model"], path)
+    check_place(checkpoint, path, args.num_epochs, steps_per_epoch)
 
 
 def set_up(args, processes: Processes, splits: Splits, resumed: dict | None) -> tuple[AutoencoderTask, RunState]:
@@ -279,8 +336,14 @@ def set_up(args, processes: Processes, splits: Splits, resumed: dict | None) -> 
     shuffle_generator = torch.Generator().manual_seed(settings.seed)
     state = RunState()
     if resumed is not None:
+        check_optimizer(optimizer, resumed["optimizer"], model_dir / "last.pt")
         state = restore_training(resumed, model, optimizer, schedule, device)
         shuffle_generator.set_state(state.shuffle_rng)
+        if state.best_epoch and not (model_dir / "best.pt").is_file():
+            if rank == 0:
+                print(f"{model_dir / 'best.pt'} is missing, and with it epoch {state.best_epoch}'s autoencoder: "
+                      "best.pt will be the best of the epochs still to train")
+            state.best_score, state.best_epoch = math.inf, 0
     # purge_step drops events an interrupted run wrote after its last checkpoint, so the curves do not jump.
     writer = (SummaryWriter(log_dir, purge_step=state.step + 1 if resumed is not None else None) if rank == 0
               else NoWriter())
@@ -342,8 +405,8 @@ def give_prior(args, device: torch.device, deadline: float, splits: Splits | Non
     # The run's own writer when it has one, so that its curves stay in one event file; else one of the prior's own.
     with (SummaryWriter(log_dir) if writer is None else contextlib.nullcontext(writer)) as writer, \
             StopOnSignal(deadline) as stop, running_out_is_a_user_error(
-                f"lower --prior-batch-size (now {args.prior_batch_size}) and train the prior again", model_dir,
-                "--prior-only"):
+                f"lower --prior-batch-size (now {args.prior_batch_size})", model_dir / "prior_last.pt",
+                "--resume" if (model_dir / "last.pt").is_file() else "--prior-only"):
         train_prior(model, checkpoint, model_dir, splits, prior_settings(args), prior_config(args), resumed,
                     resume_command(args.output_folder), writer, stop, device, figures,
                     ThreadChooser.for_training(device, args.threads))
@@ -356,17 +419,40 @@ def prior_only(args, device: torch.device, deadline: float) -> None:
     if args.prior_epochs == 0:
         raise UserError("--prior-only with --prior-epochs 0 has nothing to do: give --prior-epochs N")
     best_to_give_a_prior(args)  # checked before the lock would make the folder
-    # A new process's generator starts from a random seed: the prior's first weights come from --seed instead.
-    torch.manual_seed(args.seed)
     with hold_run_folder(run_folders(args.output_folder).model_dir):
         give_prior(args, device, deadline)
+
+
+def load_prior_state(path: Path) -> dict | None:
+    """prior_last.pt (None if there is none), its settings checked as the flags that set them would be if typed, and
+    where it stands."""
+    checkpoint = load_prior_training(path)
+    if checkpoint is None:
+        return None
+    settings = checkpoint["settings"]
+    if not isinstance(settings, dict) or settings.keys() != PRIOR_SETTING_FLAGS.keys():
+        raise UserError(f"{path}: its prior settings are not {', '.join(PRIOR_SETTING_FLAGS)}: {DAMAGED}")
+    check_stored_flags(build_parser(), settings, PRIOR_SETTING_FLAGS, path, "prior settings", PRIOR_SETTING_FLAGS)
+    check_count(checkpoint["autoencoder_step"], path, "autoencoder step", 0, MAX_STEP)
+    check_count(checkpoint["epoch"], path, "epoch", 0, settings["epochs"])
+    check_count(checkpoint["step"], path, "step", 0, MAX_STEP)
+    return checkpoint
+
+
+def missing_best(model_dir: Path) -> UserError:
+    """The line for a run whose autoencoder finished but whose best.pt, which its prior is for, is gone."""
+    best, last = model_dir / "best.pt", model_dir / "last.pt"
+    return UserError(f"{best} is missing, so the prior has no autoencoder to model: copy {last} (the last epoch's "
+                     f"autoencoder) to {best} and --resume again, or start a new run with --overwrite")
 
 
 def resume_prior_only(args, device: torch.device, deadline: float) -> None:
     """A --resume of a folder whose prior alone was trained here (--prior-only beside a best.pt without last.pt)."""
     model_dir = run_folders(args.output_folder).model_dir
     with hold_run_folder(model_dir):
-        resumed = load_prior_training(model_dir / "prior_last.pt")
+        if not (model_dir / "best.pt").is_file():
+            raise missing_best(model_dir)
+        resumed = load_prior_state(model_dir / "prior_last.pt")
         if resumable(resumed, load_checkpoint(model_dir / "best.pt")):
             give_prior(args, device, deadline, resumed=resumed)
         else:
@@ -375,34 +461,64 @@ def resume_prior_only(args, device: torch.device, deadline: float) -> None:
 
 def finish_resumed(args, processes: Processes, splits: Splits, deadline: float) -> None:
     """A --resume of a run whose autoencoder has finished its epochs: its prior goes on where it stopped, or trains
-    if it has none yet; else there is nothing to do."""
+    from its start where it has not started or where prior_last.pt, which says where it stood, is gone; else there
+    is nothing to do."""
     if processes.rank != 0:
         return
     model_dir = run_folders(args.output_folder).model_dir
-    last, best = model_dir / "last.pt", load_checkpoint(model_dir / "best.pt")
-    discrete = BOTTLENECKS[args.bottleneck].discrete
-    resumed = load_prior_training(model_dir / "prior_last.pt") if discrete else None
+    last, best_path, prior_last = model_dir / "last.pt", model_dir / "best.pt", model_dir / "prior_last.pt"
+    if not (args.prior_epochs and BOTTLENECKS[args.bottleneck].discrete):
+        print(f"{last} already finished its {args.num_epochs} epochs; nothing to do")
+        return
+    if not best_path.is_file():
+        raise missing_best(model_dir)
+    best, resumed = load_checkpoint(best_path), load_prior_state(prior_last)
     if resumable(resumed, best):
         give_prior(args, processes.device, deadline, splits, resumed=resumed)
-    elif args.prior_epochs and discrete and "prior" not in best:
-        print(f"{last} already finished its {args.num_epochs} epochs; training its prior")
+    elif "prior" not in best or resumed is None or resumed["autoencoder_step"] != best["step"]:
+        why = ("it has no prior yet" if "prior" not in best else
+               f"{prior_last}, which says where its prior stood, is missing" if resumed is None else
+               f"{prior_last} is the prior of another autoencoder")
+        print(f"{last} already finished its {args.num_epochs} epochs, but {why}: training its prior from its start")
         give_prior(args, processes.device, deadline, splits)
     else:
-        print(f"{last} already finished its {args.num_epochs} epochs; nothing to do")
+        print(f"{last} already finished its {args.num_epochs} epochs and its prior its "
+              f"{resumed['settings']['epochs']}; nothing to do")
+
+
+def training_splits(args, world_size: int) -> Splits:
+    """The MNIST splits of --val-size, refused where a batch would be larger than a process's training images."""
+    splits = load_splits(args.data_folder, args.val_size)
+    if args.batch_size > shard_size(len(splits.train_images), world_size):
+        raise UserError(f"--batch-size {args.batch_size} is more than the {len(splits.train_images):,} training "
+                        f"images{' of each process' if world_size > 1 else ''}: give a smaller one")
+    return splits
 
 
 def train(args, processes: Processes, deadline: float = math.inf) -> VQVAE | None:
     """The autoencoder's epochs, then its prior; returns the autoencoder (None when there was nothing to train)."""
-    args, resumed = resume_args(args, build_parser())
-    torch.manual_seed(args.seed)
-    splits = load_splits(args.data_folder, args.val_size)
-    if args.batch_size > shard_size(len(splits.train_images), processes.world_size):
-        raise UserError(f"--batch-size {args.batch_size} is more than the {len(splits.train_images):,} training "
-                        f"images{' of each process' if processes.world_size > 1 else ''}: give a smaller one")
-    with hold_run_folder(run_folders(args.output_folder).model_dir, hold=processes.rank == 0):
-        if resumed is not None and resumed["epoch"] >= args.num_epochs:
-            finish_resumed(args, processes, splits, deadline)
-            return None
+    model_dir = run_folders(args.output_folder).model_dir
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it: pass only one")
+    if args.resume and not (model_dir / "last.pt").is_file():
+        raise UserError(f"--resume: there is no {model_dir / 'last.pt'} to continue; start the run without --resume")
+    splits = None if args.resume else training_splits(args, processes.world_size)  # before the folder is made
+    # The folder is held before last.pt is read: a run that ends after this read cannot then have its newer last.pt
+    # replaced by this one's older state.
+    with hold_run_folder(model_dir, hold=processes.rank == 0):
+        if processes.world_size > 1:
+            dist.barrier()  # the others read last.pt only once process 0 holds the folder
+        args, resumed = resume_args(args, build_parser())
+        if resumed is not None:
+            check_resumed_flags(args, model_dir / "last.pt")
+        torch.manual_seed(args.seed)
+        if resumed is not None:  # its --val-size is the checkpoint's
+            splits = training_splits(args, processes.world_size)
+            check_resumed(resumed, args, math.ceil(shard_size(len(splits.train_images), processes.world_size)
+                                                   / args.batch_size))
+            if resumed["epoch"] >= args.num_epochs:
+                finish_resumed(args, processes, splits, deadline)
+                return None
         task, state = set_up(args, processes, splits, resumed)
         announce(task, state, args)
         main_process = processes.rank == 0
@@ -411,8 +527,8 @@ def train(args, processes: Processes, deadline: float = math.inf) -> VQVAE | Non
             figures.start("autoencoder")
         started = time.perf_counter()
         with StopOnSignal(deadline) as stop, running_out_is_a_user_error(
-                f"lower --batch-size (now {args.batch_size}), --k or --hidden-size and start again with --overwrite",
-                task.model_dir, "--resume"):
+                f"lower --batch-size (now {args.batch_size}), {size_flags(args.bottleneck)} and start again with "
+                "--overwrite", task.last_path, "--resume"):
             train_epochs(task, state, LoopSettings(args.num_epochs, args.log_interval, processes.device,
                                                    main_process, processes.world_size),
                          stop, task.writer, figures, ThreadChooser.for_training(processes.device, args.threads))
@@ -422,8 +538,7 @@ def train(args, processes: Processes, deadline: float = math.inf) -> VQVAE | Non
             seconds = time.perf_counter() - started
             figures.finished("autoencoder", seconds=seconds, best_epoch=state.best_epoch)
             best = task.model_dir / "best.pt"
-            print(f"autoencoder trained in {seconds:.0f} s; best: {best} (epoch {state.best_epoch}); "
-                  f"python generate.py --model {shlex.quote(str(best))} --input MNIST --filename recon")
+            print(f"autoencoder trained in {seconds:.0f} s; {best_line(best, state.best_epoch, task.last_path)}")
             if args.prior_epochs and task.model.discrete:
                 # The prior is small and trains in the one process; under torchrun the others are done.
                 give_prior(args, processes.device, deadline, splits, task.writer)
@@ -431,22 +546,22 @@ def train(args, processes: Processes, deadline: float = math.inf) -> VQVAE | Non
     return task.model
 
 
+def best_line(best: Path, best_epoch: int, last: Path) -> str:
+    """Where the run's best autoencoder is, and what to run next; or, where best.pt was deleted during the run, that
+    it is gone and what last.pt holds."""
+    if best.is_file():
+        return (f"best: {best} (epoch {best_epoch}); python generate.py --model {shlex.quote(str(best))} --input "
+                "MNIST --filename recon")
+    return (f"{best} was deleted during the run, and no later epoch did better: {last} holds the last epoch's "
+            f"autoencoder (python generate.py --model {shlex.quote(str(last))} --input MNIST --filename recon)")
+
+
 def main(args):
     """Train as the command line says; returns the trained autoencoder (None when there was nothing to train)."""
-    # Checked before the autoencoder trains, not after it.
-    if args.prior_width % args.prior_num_heads:
-        raise UserError(f"--prior-heads {args.prior_num_heads} must divide --prior-width {args.prior_width}")
-    if isinstance(args, Arguments):
-        stray = {name for name in args.typed
-                 if any(name in bottleneck_flags(other) for other in BOTTLENECKS)} - bottleneck_flags(args.bottleneck)
-        if stray:
-            flag_names = build_parser().flag_names()
-            raise UserError(f"{' and '.join(sorted(flag_names[name] for name in stray))} "
-                            f"{'does' if len(stray) == 1 else 'do'} not apply to --bottleneck {args.bottleneck}: drop "
-                            f"{'it' if len(stray) == 1 else 'them'}, or choose the bottleneck that takes "
-                            f"{'it' if len(stray) == 1 else 'them'}")
-    if not args.resume:  # a resumed run's sizes are its checkpoint's
-        check_sizes(args)
+    if not args.resume:  # a resumed run's flags are its checkpoint's, checked once read
+        if isinstance(args, Arguments):
+            check_stray(args, args.typed, f"--bottleneck {args.bottleneck}")
+        check_flags(args)
     deadline = time.monotonic() + args.time_limit if args.time_limit else math.inf
     keep_freed_memory()
     if args.threads:

@@ -77,8 +77,7 @@ def setting_row(model, prior, classifier, reference, temperature: float, guidanc
 
 def main(args) -> None:
     model, checkpoint = load_model(args.model, "cpu")
-    prior = load_prior(checkpoint, args.model, model.bottleneck.num_embeddings, "cpu",
-                   levels=model.bottleneck.code_levels)
+    prior = load_prior(checkpoint, args.model, model, "cpu")
     print(f"{args.model}: 100 code grids (temperature {SAMPLING_TEMPERATURE}, guidance {GUIDANCE}) in "
           f"{sampling_seconds(prior, args.repeats):.2f} s (median of {args.repeats}), {torch.get_num_threads()} CPU "
           "threads")

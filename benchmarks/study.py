@@ -265,8 +265,11 @@ def prepare_out_dir(out_dir: Path) -> None:
         raise UserError(f"--out-dir {out_dir} is a file, not a folder: give a folder for the tables and plots")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"  # an existing folder may still refuse the tables at the end of the study
+        probe.touch()
+        probe.unlink()
     except OSError as error:
-        raise UserError(f"--out-dir {out_dir}: cannot make it ({error.strerror}): give a folder that can be "
+        raise UserError(f"--out-dir {out_dir}: cannot write to it ({error.strerror}): give a folder that can be "
                         "written to") from None
 
 

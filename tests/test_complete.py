@@ -47,7 +47,7 @@ def test_the_completed_rows_are_the_priors_own_sampling_from_the_prefix(flags, t
     monkeypatch.chdir(tmp_path)
     grids = complete(tiny_mnist, best, "--seed", "5", *flags)
     model, checkpoint = load_model(best)
-    prior = load_prior(checkpoint, best, model.bottleneck.num_embeddings)
+    prior = load_prior(checkpoint, best, model)
     _, labels = load_mnist(tiny_mnist, train=False)
     generator = torch.Generator().manual_seed(5)
     torch.randperm(len(labels), generator=generator)  # the draw that picks the digits comes first

@@ -76,7 +76,7 @@ def test_a_checkpoint_asking_for_an_absurd_prior_is_refused_before_it_is_built(e
     path = edited(torch.load(tiny_run, weights_only=True), tmp_path / "crafted.pt", edit)
     model, checkpoint = load_model(path)
     with pytest.raises(UserError, match=message):
-        load_prior(checkpoint, path, model.bottleneck.num_embeddings)
+        load_prior(checkpoint, path, model)
 
 
 @pytest.mark.parametrize("flags", [
@@ -171,7 +171,7 @@ def test_the_no_prior_hint_names_the_run_folder_or_how_to_make_one(place, hint, 
     (tmp_path / place).parent.mkdir(parents=True)
     save_checkpoint(tmp_path / place, checkpoint)
     with pytest.raises(UserError, match=hint):
-        load_prior(checkpoint, Path(place), 16)
+        load_prior(checkpoint, Path(place), None)
 
 
 def test_a_resume_error_shows_levels_as_they_are_typed(tiny_mnist, tmp_path, monkeypatch):

@@ -116,7 +116,7 @@ def test_completion_keeps_both_levels_of_the_kept_rows_and_samples_the_rest(keep
     for digit in range(10):
         assert any((grids[digit, 0] == own[i]).all() for i in np.flatnonzero(labels.numpy() == digit))
         assert (grids[digit, 1:, :, :keep_rows] == grids[digit, 0, :, :keep_rows]).all()
-    prior = load_prior(checkpoint, rvq_run, 16, levels=2)
+    prior = load_prior(checkpoint, rvq_run, model)
     generator = torch.Generator().manual_seed(3)
     torch.randperm(len(labels), generator=generator)  # the draw that picks the digits comes first
     prefix = torch.from_numpy(grids[:, 0, :, :keep_rows]).permute(0, 2, 3, 1).flatten(1).repeat_interleave(9, 0)

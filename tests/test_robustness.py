@@ -22,7 +22,7 @@ import evaluate
 import generate
 import vqvae
 from helpers import fail_on_call, format_1, format_2, signal_on_call, tiny_run_in, train_tiny
-from modules import VQVAE
+from modules import BOTTLENECKS, VQVAE
 from vqmnist import autoencoder_training, stopping
 from vqmnist.checkpoints import FORMAT, load_checkpoint, save_checkpoint
 from vqmnist.cli import run_cli
@@ -173,7 +173,12 @@ def test_resume_refuses_a_change_to_every_flag_that_shapes_the_result(name, fini
     setattr(args, name, "a value the run was not trained with")
     args.typed.add(name)  # as if typed on the command line
     flag = parser.flag_names()[name]
-    with pytest.raises(UserError, match=f"its own {flag} .*: drop {flag} a value the run was not trained with"):
+    others = {field for other in BOTTLENECKS for field in vqvae.bottleneck_flags(other)} - vqvae.bottleneck_flags(
+        saved["bottleneck"])
+    # Another bottleneck's flag is refused as not the run's own bottleneck's, naming it.
+    expected = (f"{flag} does not apply to the bottleneck {saved['bottleneck']} of models/tiny/last.pt" if name in others
+                else f"its own {flag} .*: drop {flag} a value the run was not trained with")
+    with pytest.raises(UserError, match=expected):
         vqvae.resume_args(args, parser)
 
 
@@ -290,7 +295,7 @@ def test_out_of_memory_in_a_step_is_one_line_naming_the_flag_and_keeps_last_pt(t
     fail_on_call(monkeypatch, autoencoder_training, "training_step", 6, RuntimeError(CPU_OUT_OF_MEMORY))
     with pytest.raises(UserError, match="out of memory while training .*lower --batch-size \\(now 64\\)") as error:
         train_tiny(tiny_mnist, *TWO_EPOCHS)
-    assert "\n" not in str(error.value) and "models/tiny keeps what was last saved" in str(error.value)
+    assert "\n" not in str(error.value) and "models/tiny/last.pt keeps what was last saved" in str(error.value)
     assert load_checkpoint("models/tiny/last.pt")["epoch"] == 1
 
 
@@ -330,7 +335,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
     assert exit_info.value.code == 2
     last_line = capsys.readouterr().err.splitlines()[-1]  # after the progress bars
     assert last_line == ("vqvae.py: error: no space left on the device holding models/tiny: free space, then "
-                         "--resume; models/tiny keeps what was last saved")
+                         "--resume; models/tiny/last.pt keeps what was last saved")
     assert load_checkpoint("models/tiny/last.pt")["epoch"] == 1
     assert not list(Path("models/tiny").glob(".*.tmp-*")), "the temporary file was left behind"
 

@@ -164,8 +164,28 @@ def test_an_out_dir_under_a_file_is_one_line(fake_study, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         run_cli(study.main, parse("--out-dir", str(out)))
     assert exit_.value.code == 2 and fake_study == []
-    assert one_error_line(capsys) == f"--out-dir {out}: cannot make it (Not a directory): give a folder that can be " \
-                                     "written to"
+    assert one_error_line(capsys) == f"--out-dir {out}: cannot write to it (Not a directory): give a folder that " \
+                                     "can be written to"
+
+
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), OSError(30, "Read-only file system")])
+def test_an_existing_out_dir_that_refuses_files_is_one_line_before_any_row_trains(error, fake_study, tmp_path,
+                                                                                   monkeypatch, capsys):
+    out = tmp_path / "tables"
+    out.mkdir()
+    original = Path.touch
+
+    def touch(self, *args, **kwargs):  # as root, permissions refuse nothing: the folder's refusal is made here
+        if self.parent == out:
+            raise error
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "touch", touch)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(study.main, parse("--out-dir", str(out)))
+    assert exit_.value.code == 2 and fake_study == []
+    assert one_error_line(capsys) == f"--out-dir {out}: cannot write to it ({error.strerror}): give a folder that " \
+                                     "can be written to"
 
 
 def test_a_table_that_cannot_be_written_is_one_line(fake_study, tmp_path, capsys):

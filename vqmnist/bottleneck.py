@@ -12,6 +12,8 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from vqmnist.limits import StepCost
+
 
 class BottleneckOutput(NamedTuple):
     z_q: Tensor  # (B, D, H, W) what the decoder reads; its gradient reaches z_e as the bottleneck chooses
@@ -85,6 +87,13 @@ class Bottleneck(nn.Module, abc.ABC):
     def epoch_figures(self) -> dict[str, float]:
         """Figures counted since the last call (which resets them), read once an epoch; none by default."""
         return {}
+
+    def step_cost(self, positions: int) -> StepCost:
+        """What a training step on `positions` vectors (B * 7 * 7) costs it, from its shapes alone (it may be on the
+        meta device): by default, work in proportion to its inputs and outputs, as an elementwise bottleneck's. One
+        that searches K codes, or builds a (positions, K) tensor, says so."""
+        size = positions * max(self.input_dim, self.code_dim)
+        return StepCost(values=size, operations=2 * size)
 
 
 def perplexity_from_counts(counts: Tensor) -> Tensor:

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from vqmnist.checkpoint_checks import DAMAGED, check_plain_values, check_weights
+from vqmnist.data import NUM_CLASSES
 from vqmnist.errors import UserError
 from vqmnist.files import save_torch
 from vqmnist.limits import check_size
@@ -190,14 +192,6 @@ def load_prior_training(path: Path) -> dict | None:
     return checkpoint
 
 
-def check_weights_finite(module: nn.Module, path) -> None:
-    """Refuse weights that hold a NaN or an infinity: every score computed from them would be meaningless."""
-    for name, tensor in module.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise UserError(f"{path} holds non-finite weights (NaN or infinity in {name}): the run that wrote it "
-                            "diverged; use another checkpoint, such as best.pt of the run")
-
-
 def prior_hint(path: Path) -> str:
     """How to give the checkpoint at path a prior: --prior-only for the run folder it sits in, models/NAME (NAME may
     hold a slash, as models/study/NAME does); for a file elsewhere, how to make it one."""
@@ -211,31 +205,45 @@ def prior_hint(path: Path) -> str:
             "--prior-only`")
 
 
-def load_prior(checkpoint: dict, path, num_embeddings: int, device="cpu", levels: int = 1) -> CodePrior:
-    """The prior stored in a checkpoint (under "prior", beside the autoencoder of num_embeddings codes, `levels` of
-    them a position, it was trained for), in eval mode."""
+def check_prior_fits(config: PriorConfig, autoencoder: nn.Module, path) -> None:
+    """Refuse a prior whose config does not model the code grids of `autoencoder` (a VQVAE) and MNIST's classes."""
+    bottleneck = autoencoder.bottleneck
+    for name, ours, what in (("num_embeddings", bottleneck.num_embeddings, "codes"),
+                             ("levels", bottleneck.code_levels, "codes a position"),
+                             ("grid_size", autoencoder.latent_side, "positions a side of the code grid"),
+                             ("num_classes", NUM_CLASSES, "classes")):
+        if getattr(config, name) != ours:
+            raise UserError(f"{path}: its prior models {getattr(config, name)} {what} but the autoencoder's have "
+                            f"{ours}; retrain it with `python vqvae.py --prior-only`")
+
+
+def load_prior(checkpoint: dict, path, autoencoder: nn.Module, device="cpu") -> CodePrior:
+    """The prior stored in a checkpoint (under "prior"), checked against `autoencoder` (the VQVAE beside it, whose
+    code grids it models), in eval mode on the device."""
     stored = checkpoint.get("prior")
     if stored is None:
         raise UserError(f"{path} holds no prior over the codes: {prior_hint(Path(path))}, or use --input noise")
+    path = Path(path)
     known = {field.name for field in fields(PriorConfig)}
     try:
+        if not isinstance(stored, dict):
+            raise ValueError(f"it is a {type(stored).__name__}, not a dict")
         missing = [key for key in PRIOR_KEYS if key not in stored]
         if missing:
             raise ValueError(f"it lacks {', '.join(missing)}")
+        check_plain_values(stored["config"], path, "prior's config")
         if not stored["config"].keys() <= known:
-            raise ValueError(f"unknown fields {sorted(stored['config'].keys() - known)}")
+            raise ValueError("its config has fields this version does not know")
         config = PriorConfig(**stored["config"])
-        check_size(lambda: CodePrior(config), "the prior")
-        prior = CodePrior(config)
-        prior.load_state_dict(stored["model"])
-    except (KeyError, AttributeError, ValueError, TypeError, RuntimeError) as error:
+        meta = check_size(lambda: CodePrior(config), "the prior")
+    except (ValueError, TypeError) as error:
         raise UserError(f"{path}: its prior cannot be rebuilt ({str(error).splitlines()[0][:160]}); retrain it "
                         "with `python vqvae.py --prior-only`") from None
-    check_weights_finite(prior, path)
-    if prior.config.num_embeddings != num_embeddings:
-        raise UserError(f"{path}: its prior models {prior.config.num_embeddings} codes but the autoencoder has "
-                        f"{num_embeddings}; retrain it with `python vqvae.py --prior-only`")
-    if prior.config.levels != levels:
-        raise UserError(f"{path}: its prior models {prior.config.levels} codes a position but the autoencoder gives "
-                        f"{levels}; retrain it with `python vqvae.py --prior-only`")
+    check_prior_fits(config, autoencoder, path)
+    check_weights(meta, stored["model"], path, "prior's weights")
+    if abs(float(stored["model"]["class_frequencies"].double().sum()) - 1) > 1e-3:
+        raise UserError(f"{path}: its prior's class frequencies do not sum to 1, which no training leaves: "
+                        f"{DAMAGED}")
+    prior = CodePrior(config)
+    prior.load_state_dict(stored["model"])
     return prior.to(device).eval()

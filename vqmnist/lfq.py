@@ -26,7 +26,7 @@ from torch import Tensor
 
 from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
 from vqmnist.cli import integer, number
-from vqmnist.limits import MAX_CODES, MAX_LOSS_WEIGHT
+from vqmnist.limits import MAX_CODES, MAX_LOSS_WEIGHT, StepCost
 from vqmnist.shared_options import beta_option, check_shared_fields
 
 MAX_LFQ_BITS = MAX_CODES.bit_length() - 1  # the most dimensions d whose 2^d codes stay within MAX_CODES
@@ -103,6 +103,11 @@ class LookupFreeQuantizer(Bottleneck):
         mean = torch.softmax(flat @ (self.codebook().t() * (2 / self.temperature)), dim=1).mean(0)  # (N, K) -> (K,)
         # The floor keeps the gradient of log finite at a code no row comes near; 0 log 0 is 0 either way.
         return per_sample, -(mean * mean.clamp(min=torch.finfo(mean.dtype).tiny).log()).sum()
+
+    def step_cost(self, positions: int) -> StepCost:
+        """The batch entropy's exact (positions, K) softmax over the K = 2^d codes."""
+        size = positions * self.num_embeddings
+        return StepCost(values=size, operations=size * self.code_dim)
 
     def forward(self, z_e: Tensor) -> BottleneckOutput:
         # In fp32 even under autocast: the entropy's softmax at temperature 0.01 needs it.

@@ -1,6 +1,7 @@
 """The largest sizes and values a flag or a file may ask for: what a run on one machine can honour."""
 import os
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -29,6 +30,27 @@ MAX_SAMPLES = 10_000  # the MNIST test set, which sample scores are compared wit
 # then overflows; above MAX_TEMPERATURE or MAX_GUIDANCE the logits say nothing any more.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 MAX_GUIDANCE = 100.0
+# One training step: its largest tensor (512 MB of float32), and its bottleneck's multiply-adds, about a minute of a
+# laptop CPU's work at worst. Larger settings are refused before the first step, which nothing could stop sooner.
+MAX_STEP_VALUES = 2 ** 27
+MAX_STEP_OPERATIONS = 10 ** 10
+
+
+class StepCost(NamedTuple):
+    """What one training step of a bottleneck costs, estimated from its shapes (Bottleneck.step_cost)."""
+
+    values: int  # of the largest tensor it makes
+    operations: int  # multiply-adds, its first step's initialisation included
+
+
+def check_step_cost(cost: StepCost, what: str) -> None:
+    """Refuse (ValueError) a step larger than MAX_STEP_VALUES or MAX_STEP_OPERATIONS."""
+    if cost.values > MAX_STEP_VALUES:
+        raise ValueError(f"{what} would make a tensor of {cost.values:,} values, more than the {MAX_STEP_VALUES:,} "
+                         "one step may")
+    if cost.operations > MAX_STEP_OPERATIONS:
+        raise ValueError(f"{what} would take {cost.operations:.1e} multiply-adds in the bottleneck, more than the "
+                         f"{MAX_STEP_OPERATIONS:.0e} one step may")
 
 
 def check_size(build: Callable[[], nn.Module], what: str) -> nn.Module:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from vqmnist.checkpoints import RunState
 from vqmnist.errors import UserError
 from vqmnist.run_log import RunFigures, log_training
-from vqmnist.stopping import StopOnSignal
+from vqmnist.stopping import StepInterrupted, StopOnSignal
 from vqmnist.threads import ThreadChooser
 
 
@@ -80,7 +80,14 @@ def train_epochs(task: TrainingTask, state: RunState, settings: LoopSettings, st
                         total=task.steps_per_epoch, desc=f"{task.label} {state.epoch + 1}/{settings.epochs}",
                         unit="batch", leave=False, dynamic_ncols=True, disable=not settings.main_process)
         for batch in progress:
-            values = task.step(batch)
+            try:
+                values = task.step(batch)
+            except StepInterrupted:
+                progress.close()
+                figures.stopped(cause=stop.kind(), where=f"within step {state.step + 1}", step=state.step)
+                writer.close()
+                raise stop.abandoned(state.step + 1, task.last_path if saved_step is not None else None,
+                                     task.resume_command) from None
             task.schedule.step()
             threads.step_done()
             state.step += 1

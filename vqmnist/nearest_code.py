@@ -10,11 +10,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vqmnist.limits import StepCost
+
 ESTIMATORS = ("straight-through", "rotation")
 # Most values of the (rows, K) distance tensor of one chunk of the nearest-code search: 128 MB of fp32.
 DISTANCE_BUDGET = 1 << 25
 # Norms below this count as zero: the direction of a zero vector is taken as zero, not divided by zero.
 NORM_FLOOR = 1e-12
+
+
+def search_cost(positions: int, num_embeddings: int, code_dim: int) -> StepCost:
+    """The cost of nearest_codes over positions rows and K codes of D dimensions: its largest tensor is a chunk of
+    distances, the rows themselves, or the codebook."""
+    return StepCost(values=max(min(positions * num_embeddings, DISTANCE_BUDGET), positions * code_dim,
+                               num_embeddings * code_dim),
+                    operations=positions * num_embeddings * code_dim)
 
 
 def nearest_codes(flat: Tensor, codebook: Tensor) -> Tensor:

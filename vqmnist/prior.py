@@ -115,6 +115,8 @@ class CodePrior(nn.Module):
     frequencies of the training set (`class_frequencies`), so the prior can also draw a sample's class itself.
     """
 
+    nonnegative_buffers = ("class_frequencies",)  # checked on every load
+
     def __init__(self, config: PriorConfig):
         super().__init__()
         self.config = config

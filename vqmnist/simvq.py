@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, perplexity_from_counts
-from vqmnist.nearest_code import ESTIMATORS, nearest_codes, pass_gradient
+from vqmnist.limits import StepCost
+from vqmnist.nearest_code import ESTIMATORS, nearest_codes, pass_gradient, search_cost
 from vqmnist.shared_options import (beta_option, check_shared_fields, code_dim_of, code_dim_option,
                                     estimator_option, num_embeddings_option)
 
@@ -70,6 +71,11 @@ class SimVQ(Bottleneck):
     def embed(self, codes: Tensor) -> Tensor:
         """Code vectors of an index grid: codes (B, H, W) -> z_q (B, D, H, W)."""
         return F.embedding(codes, self.codebook()).permute(0, 3, 1, 2).contiguous()
+
+    def step_cost(self, positions: int) -> StepCost:
+        """The nearest-code search, and the map of the K basis vectors into the codebook."""
+        search = search_cost(positions, self.num_embeddings, self.code_dim)
+        return StepCost(search.values, search.operations + self.num_embeddings * self.code_dim ** 2)
 
     def forward(self, z_e: Tensor) -> BottleneckOutput:
         batch, dim, height, width = z_e.shape

@@ -11,6 +11,19 @@ from vqmnist.errors import RunStopped
 from vqmnist.processes import distributed
 
 
+class StepInterrupted(Exception):
+    """Raised from within a long training step (a codebook's k-means++ seeding) that saw a stop: the step is
+    abandoned, having changed nothing the run saves."""
+
+
+_ACTIVE: list["StopOnSignal"] = []  # the StopOnSignal blocks in force in this process, innermost last
+
+
+def stop_requested() -> bool:
+    """Whether the innermost StopOnSignal in force has noted a stop: for long work within one step to look at."""
+    return bool(_ACTIVE) and _ACTIVE[-1].requested()
+
+
 class StopOnSignal:
     """While active, Ctrl-C and SIGTERM only note the stop: the loop finishes its step, saves and stops. So does
     passing the deadline of --time-limit (time.monotonic()). A second Ctrl-C stops at once."""
@@ -22,6 +35,7 @@ class StopOnSignal:
 
     def __enter__(self):
         self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        _ACTIVE.append(self)
         return self
 
     def handle(self, signum, frame):
@@ -30,6 +44,7 @@ class StopOnSignal:
         self.received = signal.Signals(signum)
 
     def __exit__(self, *exc):
+        _ACTIVE.remove(self)
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
@@ -61,6 +76,14 @@ class StopOnSignal:
     def kind(self) -> str:
         """What stopped the run, for run.json: the signal's name, or "time-limit"."""
         return self.received.name if self.received is not None else "time-limit"
+
+    def abandoned(self, step: int, saved: Path | None, resume_command: str) -> RunStopped:
+        """The one-line report of a stop seen within step `step`, which was abandoned; `saved` is the file that keeps
+        the run's last saved state, None where nothing was saved yet."""
+        cause, exit_code = self.cause()
+        kept = (f"{saved} keeps the state before it; continue with: {resume_command}" if saved is not None
+                else "nothing was saved yet: run the same command again to start over")
+        return RunStopped(f"{cause} within step {step}, which was abandoned; {kept}", exit_code)
 
     def stopped(self, where: str, saved: Path, resume_command: str) -> RunStopped:
         """The one-line report of a stop after `saved` was written."""
