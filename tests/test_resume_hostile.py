@@ -6,6 +6,9 @@ import fcntl
 import re
 import shutil
 import signal
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,12 +22,14 @@ import vqvae
 from helpers import fail_on_call, signal_on_call, tiny_run_in, train_tiny
 from modules import load_model
 from vqmnist import autoencoder_training, checkpoints, prior_training
+from vqmnist.checkpoint_checks import DAMAGED
 from vqmnist.checkpoints import save_checkpoint
 from vqmnist.errors import RunStopped, UserError
 from vqmnist.limits import StepCost
 from vqmnist.run_folder import hold_run_folder
 from vqmnist.stopping import StepInterrupted, StopOnSignal
 
+ROOT = Path(__file__).resolve().parent.parent
 TWO_EPOCHS = ("--num-epochs", "2")  # 4 steps per epoch on the tiny data
 
 
@@ -151,7 +156,7 @@ LAST_PT_EDITS = {
     "another optimizer's state": (lambda c: c.update(optimizer=sgd_state(c)), "is not that of this run's Adam",
                                   "built"),
     "a NaN in the optimizer's state": (lambda c: set_nan(c["optimizer"]["state"][0]["exp_avg"]),
-                                       "optimizer state holds a NaN or an infinity", "built"),
+                                       "optimizer state holds a NaN, an infinity or a tensor training never writes", "built"),
     "a missing shuffle generator": (lambda c: c["training"].pop("shuffle_rng"), "training state lacks shuffle_rng"),
     "a shuffle generator of floats": (lambda c: c["training"].update(shuffle_rng=torch.zeros(5056)),
                                       "shuffle generator is not a random-number generator's state"),
@@ -273,6 +278,11 @@ WEIGHT_EDITS = {
                                       "negative encoder.layers.1.running_var"),
     "a negative code count": (lambda w: w["bottleneck.cluster_size"].sub_(1e6), "negative bottleneck.cluster_size"),
     "a weight too many": (lambda w: w.update(extra=torch.zeros(1)), "hold unknown extra"),
+    "sparse": (lambda w: w.update({"encoder.layers.0.weight": w["encoder.layers.0.weight"].to_sparse()}),
+               "encoder.layers.0.weight as a sparse, nested or empty"),
+    "meta": (lambda w: w.update({"encoder.layers.0.weight": torch.empty_like(w["encoder.layers.0.weight"],
+                                                                              device="meta")}),
+             "encoder.layers.0.weight as a sparse, nested or empty"),
 }
 
 
@@ -456,3 +466,18 @@ def test_a_hand_edited_config_is_refused_without_raw_python(change, finished, tm
     edit(path, change)
     message = one_line_refusal(lambda: load_model(path), "crafted.pt")
     assert not re.search("unhashable|Exceeds the limit|Traceback", message)
+
+
+def test_a_nested_tensor_among_the_weights_is_one_line_on_stderr_and_no_torch_warning(finished, tmp_path):
+    path = tmp_path / "crafted.pt"
+    shutil.copy(finished, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the test's own making of a nested tensor
+        edit(path, lambda c: c["model"].update({"bottleneck.cluster_size": torch.nested.nested_tensor(
+            [c["model"]["bottleneck.cluster_size"]])}))
+    result = subprocess.run([sys.executable, "export_model.py", "--model", str(path), "--output",
+                             str(tmp_path / "out.pt")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and not (tmp_path / "out.pt").exists()
+    assert result.stderr.splitlines() == [f"export_model.py: error: {path}: its weights give bottleneck.cluster_size "
+                                          "as a sparse, nested or empty (meta) tensor, which training never writes: "
+                                          f"{DAMAGED}"]

@@ -24,10 +24,18 @@ def damaged(path: Path, part: str, problem: str, then: str = DAMAGED) -> UserErr
     return UserError(f"{path}: its {part} {problem}: {then}")
 
 
+def is_plain(tensor: Tensor) -> bool:
+    """Whether a tensor holds its values as training leaves them: dense, strided, not nested, with its data (not on
+    the meta device)."""
+    return tensor.layout == torch.strided and not tensor.is_nested and tensor.device.type != "meta"
+
+
 def first_non_finite(value, where: str) -> str | None:
-    """Where in a nest of dicts, lists and tensors the first NaN or infinity sits; None if there is none."""
+    """Where in a nest of dicts, lists and tensors the first NaN or infinity, or tensor that is not plain, sits; None
+    if there is none."""
     if isinstance(value, Tensor):
-        return where if value.is_floating_point() and not torch.isfinite(value).all() else None
+        return where if not is_plain(value) or (value.is_floating_point() and not torch.isfinite(value).all()) \
+            else None
     if isinstance(value, float):
         return None if math.isfinite(value) else where
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
@@ -73,6 +81,9 @@ def check_weights(module: nn.Module, weights, path: Path, part: str = "weights")
         stored = weights[name]
         if not isinstance(stored, Tensor):
             raise damaged(path, part, f"give {name} as a {type(stored).__name__}, not a tensor")
+        if not is_plain(stored):
+            raise damaged(path, part, f"give {name} as a sparse, nested or empty (meta) tensor, which training never "
+                                      "writes")
         if stored.dtype != tensor.dtype:
             raise damaged(path, part, f"give {name} as {stored.dtype} where the model holds {tensor.dtype}")
         if stored.shape != tensor.shape:
@@ -114,7 +125,7 @@ def check_optimizer(optimizer: torch.optim.Optimizer, stored, path: Path, part: 
                                           f"{tuple(shapes[index])}")
     found = first_non_finite(stored, "")
     if found is not None:
-        raise damaged(path, part, f"holds a NaN or an infinity at {found}")
+        raise damaged(path, part, f"holds a NaN, an infinity or a tensor training never writes at {found}")
 
 
 def check_count(value, path: Path, part: str, low: int, high: int) -> int:
@@ -124,7 +135,7 @@ def check_count(value, path: Path, part: str, low: int, high: int) -> int:
 
 
 def check_generator_state(value, path: Path, part: str) -> None:
-    if not isinstance(value, Tensor) or value.dtype != torch.uint8 or value.shape != GENERATOR_STATE_SHAPE:
+    if not isinstance(value, Tensor) or not is_plain(value) or value.dtype != torch.uint8 or value.shape != GENERATOR_STATE_SHAPE:
         raise damaged(path, part, "is not a random-number generator's state")
 
 
@@ -150,7 +161,7 @@ def check_place(checkpoint: dict, path: Path, epochs: int, steps_per_epoch: int)
     check_generator_state(training["shuffle_rng"], path, "shuffle generator")
     check_generator_state(training["torch_rng"], path, "random-number generator")
     cuda = training["cuda_rng"]
-    if cuda is not None and (not isinstance(cuda, Tensor) or cuda.dtype != torch.uint8 or cuda.dim() != 1):
+    if cuda is not None and (not isinstance(cuda, Tensor) or not is_plain(cuda) or cuda.dtype != torch.uint8 or cuda.dim() != 1):
         raise damaged(path, "CUDA generator", "is not a random-number generator's state")
     schedule = training["schedule"]
     if not isinstance(schedule, dict) or type(schedule.get("last_epoch")) is not int:

@@ -13,6 +13,7 @@ rebuilds the autoencoder from one (`modules.load_model`).
 import math
 import pickle
 import shlex
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -151,6 +152,14 @@ def _upgrade(checkpoint: dict, path: Path) -> dict:
     return checkpoint
 
 
+def read_quietly(path: Path, device) -> object:
+    """torch.load with weights_only=True, without the warnings torch prints about what a file holds (a nested or
+    sparse tensor's prototype API): such a file is checked, and refused, in one line, which they would break."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location=device, weights_only=True)
+
+
 def load_checkpoint(path, device="cpu") -> dict:
     """Read a checkpoint with weights_only=True, which refuses pickles that would run code, in the current format;
     a file that lacks one of MODEL_KEYS is refused with one line."""
@@ -158,7 +167,7 @@ def load_checkpoint(path, device="cpu") -> dict:
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}: train one with `python vqvae.py` or pass --model PATH")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = read_quietly(path, device)
     except pickle.UnpicklingError:
         raise UserError(f"{path} is not a checkpoint written by vqvae.py (or it would run code when loaded, "
                         "which is refused)") from None
@@ -181,7 +190,7 @@ def load_prior_training(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_quietly(path, "cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
         raise UserError(f"{path} is not a readable prior training checkpoint ({type(error).__name__}): delete it "
                         "and train the prior again with --prior-only") from None
