@@ -38,7 +38,7 @@ from torch.utils.tensorboard import SummaryWriter
 from modules import BOTTLENECKS, DECODER_OUTPUTS, VQVAE, VQVAEConfig, checkpoint_config, load_model
 from vqmnist.autoencoder_training import AutoencoderTask, TrainingSettings, make_optimizer, make_schedule
 from vqmnist.checkpoints import TRAINING_KEYS, RunState, load_checkpoint, load_prior_training, restore_training
-from vqmnist.checkpoint_checks import MAX_STEP, DAMAGED, check_count, check_optimizer, check_place, check_weights
+from vqmnist.checkpoint_checks import DAMAGED, MAX_STEP, check_count, check_optimizer, check_place, check_weights
 from vqmnist.cli import ArgumentParser, Arguments, add_device_flag, integer, number, plain_name, run_cli, unit_interval
 from vqmnist.data import Splits, load_splits, shard_size
 from vqmnist.errors import UserError, running_out_is_a_user_error
@@ -59,11 +59,11 @@ from vqmnist.threads import DEFAULT_THREADS, ThreadChooser
 DEFAULT_PRIOR_EPOCHS = PriorSettings.epochs
 # Flags that say how to run, not what is trained: a --resume takes them as given now. Every other flag shapes the
 # result, so a --resume takes it from the checkpoint and refuses a different value.
+RUN_FLAGS = {"output_folder", "data_folder", "device", "num_workers", "log_interval", "overwrite", "amp", "compile",
+             "channels_last", "threads", "time_limit", "resume", "prior_only"}
 # The flag that sets each PriorSettings field: prior_last.pt stores the settings, and a --resume checks them as these.
 PRIOR_SETTING_FLAGS = {"epochs": "prior_epochs", "batch_size": "prior_batch_size", "lr": "prior_lr",
                        "class_dropout": "class_dropout", "seed": "seed", "amp": "amp", "log_interval": "log_interval"}
-RUN_FLAGS = {"output_folder", "data_folder", "device", "num_workers", "log_interval", "overwrite", "amp", "compile",
-             "channels_last", "threads", "time_limit", "resume", "prior_only"}
 
 
 def bottleneck_flags(name: str) -> set[str]:
