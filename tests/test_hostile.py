@@ -5,6 +5,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -116,16 +117,23 @@ def fail_if_scored(*args, **kwargs):
     raise AssertionError("the test set was scored before the bad flag was found")
 
 
-@pytest.mark.parametrize("kind", ["missing", "a VQ-VAE checkpoint", "a pickle"])
-def test_a_bad_classifier_is_refused_before_scoring(kind, tiny_run, tiny_mnist, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["missing", "a VQ-VAE checkpoint", "a pickle", "integer weights"])
+def test_a_bad_classifier_is_refused_before_scoring_with_no_warning_beside_the_line(kind, tiny_run, tiny_mnist,
+                                                                                   tmp_path, monkeypatch):
     judge = {"missing": tmp_path / "nothere.pt", "a VQ-VAE checkpoint": tiny_run,
-             "a pickle": tmp_path / "evil.pt"}[kind]
+             "a pickle": tmp_path / "evil.pt", "integer weights": tmp_path / "int.pt"}[kind]
     if kind == "a pickle":
-        judge.write_bytes(pickle.dumps(print))
+        judge.write_bytes(pickle.dumps(print))  # protocol 4: torch.load would warn of it
+    if kind == "integer weights":
+        state = torch.load(ROOT / "pretrained" / "mnist_classifier.pt", weights_only=True)
+        state["model"] = {name: tensor.long() for name, tensor in state["model"].items()}
+        save_checkpoint(judge, state)
     monkeypatch.setattr(evaluate, "score_reconstructions", fail_if_scored)
-    with pytest.raises(UserError, match="classifier"):
-        evaluate.main(evaluate.build_parser().parse_args(["--model", str(tiny_run), "--data-folder", str(tiny_mnist),
-                                                          "--classifier", str(judge)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be a second line on stderr
+        with pytest.raises(UserError, match="classifier"):
+            evaluate.main(evaluate.build_parser().parse_args(["--model", str(tiny_run), "--data-folder",
+                                                              str(tiny_mnist), "--classifier", str(judge)]))
 
 
 @pytest.mark.parametrize("output", ["a folder", "under a file"])

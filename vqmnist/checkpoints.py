@@ -13,7 +13,6 @@ rebuilds the autoencoder from one (`modules.load_model`).
 import math
 import pickle
 import shlex
-import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from torch import Tensor, nn
 from vqmnist.checkpoint_checks import DAMAGED, check_plain_values, check_weights
 from vqmnist.data import NUM_CLASSES
 from vqmnist.errors import UserError
-from vqmnist.files import save_torch
+from vqmnist.files import read_torch_quietly, save_torch
 from vqmnist.limits import check_size
 from vqmnist.prior import CodePrior, PriorConfig
 
@@ -152,14 +151,6 @@ def _upgrade(checkpoint: dict, path: Path) -> dict:
     return checkpoint
 
 
-def read_quietly(path: Path, device) -> object:
-    """torch.load with weights_only=True, without the warnings torch prints about what a file holds (a nested or
-    sparse tensor's prototype API): such a file is checked, and refused, in one line, which they would break."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.load(path, map_location=device, weights_only=True)
-
-
 def load_checkpoint(path, device="cpu") -> dict:
     """Read a checkpoint with weights_only=True, which refuses pickles that would run code, in the current format;
     a file that lacks one of MODEL_KEYS is refused with one line."""
@@ -167,7 +158,7 @@ def load_checkpoint(path, device="cpu") -> dict:
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}: train one with `python vqvae.py` or pass --model PATH")
     try:
-        checkpoint = read_quietly(path, device)
+        checkpoint = read_torch_quietly(path, device)
     except pickle.UnpicklingError:
         raise UserError(f"{path} is not a checkpoint written by vqvae.py (or it would run code when loaded, "
                         "which is refused)") from None
@@ -190,7 +181,7 @@ def load_prior_training(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        checkpoint = read_quietly(path, "cpu")
+        checkpoint = read_torch_quietly(path)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
         raise UserError(f"{path} is not a readable prior training checkpoint ({type(error).__name__}): delete it "
                         "and train the prior again with --prior-only") from None

@@ -4,13 +4,13 @@ import os
 import pickle
 import shlex
 import tokenize
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vqmnist.errors import UserError
+from vqmnist.files import read_torch_quietly
 
 CODE_GRID_SIDE = 7  # a code grid is (7, 7): the latent grid of a 28x28 digit
 TORCH_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
@@ -67,11 +67,7 @@ def read_npy_grids(path: Path, first: int, levels: int) -> np.ndarray:
 
 def read_pt_grids(path: Path, first: int, levels: int) -> np.ndarray:
     """The `first` grids of a .pt file's one tensor, in its own dtype."""
-    # torch warns of what it notices on the way (a sparse tensor it validates, an odd pickle protocol in a damaged
-    # file); what it returns is checked below, and a warning would be a second line beside the one that says why.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        codes = torch.load(path, map_location="cpu", weights_only=True)
+    codes = read_torch_quietly(path)  # checked below
     if not isinstance(codes, torch.Tensor):
         refuse_unless_integer(path, False, f"a {type(codes).__name__}", levels)
     refuse_unless_integer(path, codes.dtype in TORCH_INTEGER_DTYPES, str(codes.dtype), levels)

@@ -1,7 +1,9 @@
-"""Files written whole or not at all: each goes to a temporary file beside its target, renamed over it once complete."""
+"""Files written whole or not at all (each goes to a temporary file beside its target, renamed over it once complete),
+and torch files read without torch's warnings."""
 import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -58,3 +60,12 @@ def write_json(path, content) -> None:
     """content as indented JSON, through atomic_path."""
     with atomic_path(Path(path)) as temporary:
         temporary.write_text(json.dumps(content, indent=1) + "\n")
+
+
+def read_torch_quietly(path, device="cpu") -> object:
+    """torch.load(path, weights_only=True) without the warnings torch prints about what it notices on the way (an odd
+    pickle protocol in a damaged file, a sparse or nested tensor's prototype API): what it returns is checked by the
+    caller, and refused in one line, which a warning would turn into two."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location=device, weights_only=True)

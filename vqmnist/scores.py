@@ -10,7 +10,9 @@ from tqdm import tqdm
 
 from vqmnist.bottleneck import code_statistics, perplexity_from_counts
 from vqmnist.data import images_to_inputs
+from vqmnist.checkpoint_checks import check_weights
 from vqmnist.errors import UserError
+from vqmnist.files import read_torch_quietly
 from vqmnist.processes import distributed, rank, sum_over_processes, world_size
 
 
@@ -143,8 +145,9 @@ def load_classifier(path, device) -> DigitClassifier:
     if not path.is_file():
         raise UserError(f"no classifier at {path}: train one with `python train_classifier.py` or pass --classifier")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = read_torch_quietly(path, device)
         classifier = DigitClassifier()
+        check_weights(classifier, state["model"], path, "classifier's weights")
         classifier.load_state_dict(state["model"])
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError, TypeError) as error:
         raise UserError(f"{path} is not a classifier written by train_classifier.py ({type(error).__name__}): "
