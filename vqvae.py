@@ -540,6 +540,8 @@ def train(args, processes: Processes, deadline: float = math.inf) -> VQVAE | Non
             best = task.model_dir / "best.pt"
             print(f"autoencoder trained in {seconds:.0f} s; {best_line(best, state.best_epoch, task.last_path)}")
             if args.prior_epochs and task.model.discrete:
+                if not best.is_file():
+                    raise missing_best(task.model_dir)
                 # The prior is small and trains in the one process; under torchrun the others are done.
                 give_prior(args, processes.device, deadline, splits, task.writer)
         task.writer.close()

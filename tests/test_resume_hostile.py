@@ -3,6 +3,7 @@ last.pt and prior_last.pt passes the checks of the flag or config it came from b
 prior is held against its autoencoder on every load, a run stopped between the autoencoder and its prior ends as the
 unbroken one does, a step too costly is refused before it starts, and files lost mid-run are said so."""
 import fcntl
+import math
 import re
 import shutil
 import signal
@@ -358,12 +359,24 @@ def test_a_finished_run_whose_best_pt_is_gone_says_what_to_do_without_flags_it_l
     assert "--model" not in message
 
 
-def test_the_end_of_a_run_whose_best_pt_was_deleted_points_to_last_pt(tmp_path):
-    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
-    assert f"{best} was deleted during the run" in vqvae.best_line(best, 1, last) and str(last) in \
-        vqvae.best_line(best, 1, last)
-    best.write_bytes(b"")
-    assert vqvae.best_line(best, 1, last).startswith(f"best: {best} (epoch 1)")
+def test_a_run_whose_best_pt_is_deleted_while_it_trains_says_so_at_its_end(tiny_mnist, tmp_path, monkeypatch,
+                                                                         capsys):
+    monkeypatch.chdir(tmp_path)
+    original, calls = autoencoder_training.AutoencoderTask.validate, []
+
+    def validate(self, step):  # epoch 2 does no better than epoch 1, and best.pt goes while it trains
+        calls.append(step)
+        validation = original(self, step)
+        if len(calls) == 2:
+            Path("models/tiny/best.pt").unlink()
+            return validation._replace(score=math.inf)
+        return validation
+
+    monkeypatch.setattr(autoencoder_training.AutoencoderTask, "validate", validate)
+    one_line_refusal(lambda: train_tiny(tiny_mnist, *TWO_EPOCHS),
+                     "models/tiny/best.pt is missing, so the prior has no autoencoder to model: copy models/tiny/last.pt")
+    assert "models/tiny/best.pt was deleted during the run, and no later epoch did better: models/tiny/last.pt " \
+           "holds the last epoch's autoencoder" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flags, match, not_named", [
