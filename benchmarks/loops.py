@@ -62,7 +62,7 @@ def autoencoder_plain(data_folder: Path, batch_size: int, device: torch.device) 
 
 
 def autoencoder_project(images: Tensor, batch_size: int, device: torch.device, settings: ProjectSettings) -> Loop:
-    """vqvae.py's loop: the uint8 training set on the device, batches cut by index, training.training_step."""
+    """vqvae.py's loop: the uint8 training set on the device, batches cut by index, autoencoder_training.training_step."""
     images = images.to(device)
     torch.manual_seed(0)
     model = VQVAE(VQVAEConfig()).to(device)

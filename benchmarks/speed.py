@@ -18,8 +18,8 @@ The loops (benchmarks/loops.py), each a fresh model of the default shape at its 
 - autoencoder, plain: the reference's loop, torchvision's MNIST made into tensors image by image (ToTensor,
   Normalize) by a DataLoader, Adam, the loss read back with .item() every step;
 - autoencoder, project: vqvae.py's, the uint8 training set in memory, batches cut by index, bf16 autocast where
-  the device computes bf16 in hardware (training.native_bf16), channels-last, fused Adam, glibc keeping freed
-  memory (training.keep_freed_memory), and training.training_step, which never waits for the device;
+  the device computes bf16 in hardware (machine.native_bf16), channels-last, fused Adam, glibc keeping freed
+  memory (machine.keep_freed_memory), and autoencoder_training.training_step, which never waits for the device;
 - prior, plain: the prior's size as nn.TransformerEncoder with a causal mask, AdamW, .item() every step, float32;
 - prior, project: vqvae.py's, prior.CodePrior and prior_training.prior_step (bf16 autocast as above).
 Each is timed --repeats times over --steps steps after --warmup untimed ones, the plain loops first (the memory
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=True,
                          help="Adam's fused implementation for the autoencoder (default: on)")
     project.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
-                         help="training.keep_freed_memory (default: on)")
+                         help="machine.keep_freed_memory (default: on)")
     runs = parser.add_argument_group("what else to run")
     runs.add_argument("--profile", choices=LOOPS, default=None,
                       help="instead of the table, torch.profiler's costliest operators over --steps steps of one "

@@ -1,5 +1,5 @@
-"""The speed settings of training.py change nothing but speed: channels-last gives float64's losses and gradients
-(up to rounding), fused Adam the same steps, and glibc keeps freed memory after training.keep_freed_memory; bf16
+"""The speed settings of the training step change nothing but speed: channels-last gives float64's losses and gradients
+(up to rounding), fused Adam the same steps, and glibc keeps freed memory after machine.keep_freed_memory; bf16
 autocast is on by default where the hardware computes bf16."""
 import copy
 import platform

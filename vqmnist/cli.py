@@ -84,10 +84,6 @@ def number(low: float, high: float, above_low: bool = False):
                         f"a number {bounds}")
 
 
-positive_int = _number_type(int, lambda v: v > 0, "a positive integer")
-nonnegative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = _number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
-nonnegative_float = _number_type(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
 unit_interval = _number_type(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
