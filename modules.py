@@ -207,16 +207,16 @@ def load_model(path, device="cpu") -> tuple[VQVAE, dict]:
     version cannot build, or weights that do not fit it as they are (check_weights), is one line."""
     path = Path(path)
     checkpoint = load_checkpoint(path, device)
-    config = checkpoint_config(checkpoint, path)
-    check_weights(check_size(lambda: VQVAE(config), "the autoencoder"), checkpoint["model"], path)
-    model = VQVAE(config)
+    meta = stored_autoencoder(checkpoint, path)
+    check_weights(meta, checkpoint["model"], path)
+    model = VQVAE(meta.config)
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), checkpoint
 
 
-def checkpoint_config(checkpoint: dict, path: Path) -> VQVAEConfig:
-    """The VQVAEConfig a checkpoint stores, whose autoencoder is no larger than this project builds; one line if it
-    cannot be rebuilt."""
+def stored_autoencoder(checkpoint: dict, path: Path) -> VQVAE:
+    """The autoencoder of the config a checkpoint stores, built on the meta device (nothing allocated, its config
+    as `.config`), no larger than this project builds; one line if it cannot be rebuilt."""
     known = {field.name for field in fields(VQVAEConfig)}
     config = checkpoint["config"]
     check_plain_values(config, path, "model config")
@@ -225,7 +225,6 @@ def checkpoint_config(checkpoint: dict, path: Path) -> VQVAEConfig:
                         f"{', '.join(sorted(config.keys() - known))}")
     try:
         config = VQVAEConfig(**config)
-        check_size(lambda: VQVAE(config), "the autoencoder")
+        return check_size(lambda: VQVAE(config), "the autoencoder")
     except (ValueError, TypeError) as error:
         raise UserError(f"{path} has a model config this version cannot build: {error}") from None
-    return config

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
-from modules import BOTTLENECKS, DECODER_OUTPUTS, VQVAE, VQVAEConfig, checkpoint_config, load_model
+from modules import BOTTLENECKS, DECODER_OUTPUTS, VQVAE, VQVAEConfig, load_model, stored_autoencoder
 from vqmnist.autoencoder_training import AutoencoderTask, TrainingSettings, make_optimizer, make_schedule
 from vqmnist.checkpoints import TRAINING_KEYS, RunState, load_checkpoint, load_prior_training, restore_training
 from vqmnist.checkpoint_checks import DAMAGED, MAX_STEP, check_count, check_optimizer, check_place, check_weights
@@ -303,11 +303,11 @@ def check_resumed(checkpoint: dict, args, steps_per_epoch: int) -> None:
     """Refuse a last.pt whose model config is not the one its flags make, whose weights do not fit it as they are,
     or whose place in the run does not hold together (checkpoint_checks), before anything is built from it."""
     path = run_folders(args.output_folder).model_dir / "last.pt"
-    stored, config = checkpoint_config(checkpoint, path), model_config(args)
-    if stored != config:
-        differ = [name for name in asdict(config) if asdict(config)[name] != asdict(stored)[name]]
+    stored, config = stored_autoencoder(checkpoint, path), model_config(args)
+    if stored.config != config:
+        differ = [name for name in asdict(config) if asdict(config)[name] != asdict(stored.config)[name]]
         raise UserError(f"{path}: its model config and its stored flags disagree on {', '.join(differ)}: {DAMAGED}")
-    check_weights(check_size(lambda: VQVAE(config), "the autoencoder"), checkpoint["model"], path)
+    check_weights(stored, checkpoint["model"], path)
     check_place(checkpoint, path, args.num_epochs, steps_per_epoch)
 
 

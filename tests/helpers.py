@@ -71,6 +71,14 @@ def train_tiny(data_folder, *extra, bottleneck: str | None = "vq"):
     vqvae.main(args)
 
 
+def assert_same_weights(expected: dict, actual: dict) -> None:
+    """The same weights (state dicts) to the bit: the default flags fix the thread count, so a resumed run repeats
+    every sum."""
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
 def on_call(monkeypatch, owner, name, call_number, action):
     """Make owner.name call action() first on its call_number-th call (which may raise), and run as usual."""
     original = getattr(owner, name)

@@ -20,7 +20,7 @@ import export_model
 import generate
 import vector_quantizer
 import vqvae
-from helpers import fail_on_call, signal_on_call, tiny_run_in, train_tiny
+from helpers import assert_same_weights, fail_on_call, signal_on_call, tiny_run_in, train_tiny
 from modules import load_model
 from vqmnist import autoencoder_training, checkpoints, prior_training
 from vqmnist.checkpoint_checks import DAMAGED
@@ -304,12 +304,6 @@ def prior_weights(best: Path) -> dict:
     return torch.load(best, weights_only=True)["prior"]["model"]
 
 
-def assert_same(expected: dict, actual: dict) -> None:
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        assert torch.equal(expected[name], actual[name]), name
-
-
 @pytest.mark.parametrize("bottleneck", ["vq", "rvq", "lfq"])
 def test_a_run_that_dies_between_its_autoencoder_and_its_prior_resumes_to_the_unbroken_prior(bottleneck, tiny_mnist,
                                                                                           tmp_path, monkeypatch):
@@ -323,7 +317,7 @@ def test_a_run_that_dies_between_its_autoencoder_and_its_prior_resumes_to_the_un
     assert not Path("models/tiny/prior_last.pt").exists()
     assert "prior" not in torch.load("models/tiny/best.pt", weights_only=True)
     train_tiny(tiny_mnist, "--resume", bottleneck=bottleneck)
-    assert_same(unbroken, prior_weights(Path("models/tiny/best.pt")))
+    assert_same_weights(unbroken, prior_weights(Path("models/tiny/best.pt")))
 
 
 def test_a_prior_whose_prior_last_pt_was_deleted_trains_again_to_the_unbroken_prior(stopped_prior, tiny_mnist,
@@ -336,7 +330,7 @@ def test_a_prior_whose_prior_last_pt_was_deleted_trains_again_to_the_unbroken_pr
     train_tiny(tiny_mnist, "--prior-epochs", "2", "--resume")
     assert "prior_last.pt, which says where its prior stood, is missing: training its prior from its start" in \
         capsys.readouterr().out
-    assert_same(unbroken, prior_weights(folder / "best.pt"))
+    assert_same_weights(unbroken, prior_weights(folder / "best.pt"))
 
 
 def test_a_resume_whose_best_pt_was_deleted_says_so_and_keeps_the_best_of_the_epochs_left(stopped_autoencoder,

@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 import evaluate
 import generate
 import vqvae
-from helpers import fail_on_call, format_1, format_2, signal_on_call, tiny_run_in, train_tiny
+from helpers import assert_same_weights, fail_on_call, format_1, format_2, signal_on_call, tiny_run_in, train_tiny
 from modules import BOTTLENECKS, VQVAE
 from vqmnist import autoencoder_training, stopping
 from vqmnist.checkpoints import FORMAT, load_checkpoint, save_checkpoint
@@ -33,13 +33,6 @@ TWO_EPOCHS = ("--num-epochs", "2")  # 4 steps per epoch on the tiny data
 
 def weights(path):
     return torch.load(path, weights_only=True)["model"]
-
-
-def assert_same_weights(expected, actual):
-    """The same weights to the bit: the default flags fix the thread count, so a resumed run repeats every sum."""
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        assert torch.equal(expected[name], actual[name]), name
 
 
 @pytest.fixture(scope="module")

@@ -217,33 +217,39 @@ def check_prior_fits(config: PriorConfig, autoencoder: nn.Module, path) -> None:
                             f"{ours}; retrain it with `python vqvae.py --prior-only`")
 
 
-def load_prior(checkpoint: dict, path, autoencoder: nn.Module, device="cpu") -> CodePrior:
-    """The prior stored in a checkpoint (under "prior"), checked against `autoencoder` (the VQVAE beside it, whose
-    code grids it models), in eval mode on the device."""
-    stored = checkpoint.get("prior")
-    if stored is None:
-        raise UserError(f"{path} holds no prior over the codes: {prior_hint(Path(path))}, or use --input noise")
-    path = Path(path)
-    known = {field.name for field in fields(PriorConfig)}
+def stored_prior(stored, path: Path, autoencoder: nn.Module, keys=("config", "model")) -> CodePrior:
+    """The prior a checkpoint stores (best.pt's "prior", with `keys` PRIOR_KEYS; prior_last.pt's, its config and
+    weights), built on the meta device: its config buildable, no larger than this project builds and modelling the
+    code grids of `autoencoder`, its weights fitting it as they are (check_weights), its class frequencies summing
+    to 1. Anything else is one line naming the file."""
+    retrain = "retrain it with `python vqvae.py --prior-only`"
+    missing = [key for key in keys if key not in stored] if isinstance(stored, dict) else list(keys)
+    if missing:
+        raise UserError(f"{path}: its prior lacks {', '.join(missing)}; {retrain}")
+    check_plain_values(stored["config"], path, "prior's config")
     try:
-        if not isinstance(stored, dict):
-            raise ValueError(f"it is a {type(stored).__name__}, not a dict")
-        missing = [key for key in PRIOR_KEYS if key not in stored]
-        if missing:
-            raise ValueError(f"it lacks {', '.join(missing)}")
-        check_plain_values(stored["config"], path, "prior's config")
-        if not stored["config"].keys() <= known:
-            raise ValueError("its config has fields this version does not know")
+        unknown = stored["config"].keys() - {field.name for field in fields(PriorConfig)}
+        if unknown:
+            raise ValueError(f"fields this version does not know: {', '.join(sorted(unknown))}")
         config = PriorConfig(**stored["config"])
         meta = check_size(lambda: CodePrior(config), "the prior")
     except (ValueError, TypeError) as error:
-        raise UserError(f"{path}: its prior cannot be rebuilt ({str(error).splitlines()[0][:160]}); retrain it "
-                        "with `python vqvae.py --prior-only`") from None
+        raise UserError(f"{path}: its prior's config cannot be built ({str(error).splitlines()[0][:160]}); "
+                        f"{retrain}") from None
     check_prior_fits(config, autoencoder, path)
     check_weights(meta, stored["model"], path, "prior's weights")
     if abs(float(stored["model"]["class_frequencies"].double().sum()) - 1) > 1e-3:
         raise UserError(f"{path}: its prior's class frequencies do not sum to 1, which no training leaves: "
                         f"{DAMAGED}")
-    prior = CodePrior(config)
+    return meta
+
+
+def load_prior(checkpoint: dict, path, autoencoder: nn.Module, device="cpu") -> CodePrior:
+    """The prior stored in a checkpoint (under "prior"), checked against `autoencoder` (the VQVAE beside it, whose
+    code grids it models; stored_prior), in eval mode on the device."""
+    stored = checkpoint.get("prior")
+    if stored is None:
+        raise UserError(f"{path} holds no prior over the codes: {prior_hint(Path(path))}, or use --input noise")
+    prior = CodePrior(stored_prior(stored, Path(path), autoencoder, PRIOR_KEYS).config)
     prior.load_state_dict(stored["model"])
     return prior.to(device).eval()

@@ -84,10 +84,7 @@ def train_epochs(task: TrainingTask, state: RunState, settings: LoopSettings, st
                 values = task.step(batch)
             except StepInterrupted:
                 progress.close()
-                figures.stopped(cause=stop.kind(), where=f"within step {state.step + 1}", step=state.step)
-                writer.close()
-                raise stop.abandoned(state.step + 1, task.last_path if saved_step is not None else None,
-                                     task.resume_command) from None
+                abandon_step(task, state, stop, writer, figures, saved=saved_step is not None)
             task.schedule.step()
             threads.step_done()
             state.step += 1
@@ -146,6 +143,15 @@ def check_finite(task: TrainingTask, first_bad_step: Tensor, saved_step: int | N
             else "no checkpoint of this run was saved before it")
     raise UserError(f"the {task.part}'s loss became NaN or infinite at step {bad_step}: stopped without saving it; "
                     f"{kept}; {task.divergence_advice}")
+
+
+def abandon_step(task: TrainingTask, state: RunState, stop: StopOnSignal, writer: SummaryWriter, figures: RunFigures,
+                 saved: bool) -> None:
+    """After a stop seen within a step (StepInterrupted), which is abandoned: note it in run.json and raise
+    RunStopped, saying whether last_path keeps the state before it (`saved`) or nothing was saved yet."""
+    figures.stopped(cause=stop.kind(), where=f"within step {state.step + 1}", step=state.step)
+    writer.close()
+    raise stop.abandoned(state.step + 1, task.last_path if saved else None, task.resume_command) from None
 
 
 def stop_run(task: TrainingTask, state: RunState, settings: LoopSettings, stop: StopOnSignal, writer: SummaryWriter,

@@ -10,11 +10,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
-from vqmnist.checkpoint_checks import check_optimizer, check_place, check_plain_values, check_weights, damaged
-from vqmnist.checkpoints import (RunState, check_prior_fits, prior_entry, prior_training_checkpoint, restore_training_state,
-                                 save_checkpoint)
+from vqmnist.checkpoint_checks import check_optimizer, check_place
+from vqmnist.checkpoints import (RunState, prior_entry, prior_training_checkpoint, restore_training_state,
+                                 save_checkpoint, stored_prior)
 from vqmnist.data import Splits
-from vqmnist.limits import check_size
 from vqmnist.loop import LoopSettings, Validation, train_epochs
 from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, CodePrior, PriorConfig, encode_images, prior_nll_bits
 from vqmnist.run_log import RunFigures
@@ -144,25 +143,6 @@ def resumable(checkpoint: dict | None, best_checkpoint: dict) -> bool:
             and checkpoint["epoch"] < checkpoint["settings"]["epochs"])
 
 
-def resumed_prior_config(resumed: dict, autoencoder: nn.Module, path: Path) -> PriorConfig:
-    """The config of the prior in prior_last.pt, checked as best.pt's prior is (load_prior): buildable, no larger
-    than this project builds, and modelling the autoencoder's code grids."""
-    stored = resumed["prior"]
-    if not isinstance(stored, dict) or not {"config", "model"} <= stored.keys():
-        raise damaged(path, "prior", "lacks its config or its weights")
-    check_plain_values(stored["config"], path, "prior's config")
-    try:
-        config = PriorConfig(**stored["config"])
-    except (ValueError, TypeError) as error:
-        raise damaged(path, "prior's config", f"cannot be built ({str(error)[:160]})") from None
-    try:
-        check_size(lambda: CodePrior(config), "the prior")
-    except ValueError as error:
-        raise damaged(path, "prior's config", str(error)) from None
-    check_prior_fits(config, autoencoder, path)
-    return config
-
-
 def train_prior(autoencoder: nn.Module, best_checkpoint: dict, model_dir: Path, splits: Splits,
                 settings: PriorSettings, config: PriorConfig, resumed: dict | None, resume_command: str,
                 writer: SummaryWriter, stop: StopOnSignal, device: torch.device, figures: RunFigures,
@@ -177,14 +157,12 @@ def train_prior(autoencoder: nn.Module, best_checkpoint: dict, model_dir: Path, 
     last_path = model_dir / "prior_last.pt"
     if resumed is not None:
         settings = PriorSettings(**resumed["settings"])  # checked as their flags by the caller
-        config = resumed_prior_config(resumed, autoencoder, last_path)
+        config = stored_prior(resumed["prior"], last_path, autoencoder).config
     else:
         config = replace(config, num_embeddings=autoencoder.bottleneck.num_embeddings,
                          levels=autoencoder.bottleneck.code_levels, grid_size=codes.train_codes.shape[-1])
     steps_per_epoch = math.ceil(len(codes.train_codes) / settings.batch_size)
     if resumed is not None:
-        check_weights(check_size(lambda: CodePrior(config), "the prior"), resumed["prior"]["model"], last_path,
-                      "prior's weights")
         check_place(resumed, last_path, settings.epochs, steps_per_epoch)
     # The prior's first weights and draws come from its seed alone, not from wherever the autoencoder's training left
     # the generators: a run stopped between the two then starts the prior exactly as the unbroken run did.
