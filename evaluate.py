@@ -43,9 +43,9 @@ from dataclasses import asdict
 import torch
 
 from modules import LATENT_SIDE, load_model
-from vqmnist.bottleneck import CODE_STATISTICS
-from vqmnist.checkpoints import load_prior
-from vqmnist.cli import ArgumentParser, add_device_flag, integer, number, resolve_device, run_cli
+from vqmnist.code_statistics import CODE_STATISTICS
+from vqmnist.checkpoints import trained_dataset
+from vqmnist.cli import ArgumentParser, add_dataset_flag, add_device_flag, integer, number, resolve_device, run_cli
 from vqmnist.data import load_mnist
 from vqmnist.errors import UserError
 from vqmnist.limits import MAX_GUIDANCE, MAX_SAMPLES, MAX_SCORING_BATCH, MAX_SEED, MAX_TEMPERATURE, MIN_TEMPERATURE
@@ -69,6 +69,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_device_flag(parser)
     parser.add_argument("--data-folder", default="data", help="MNIST folder (default: data)")
+    add_dataset_flag(parser)
     parser.add_argument("--batch-size", type=integer(1, MAX_SCORING_BATCH), default=1000,
                         help=f"test images per batch, at most {MAX_SCORING_BATCH:,} (default: 1000)")
     parser.add_argument("--samples", type=integer(0, MAX_SAMPLES), default=1000,
@@ -87,15 +88,14 @@ def build_parser() -> ArgumentParser:
 
 
 @torch.no_grad()
-def sample_scores(args, model, checkpoint, classifier, test_images, device) -> dict:
-    """The scores of each kind of sample; the prior's kinds are left out if the checkpoint has no prior."""
+def sample_scores(args, model, prior, classifier, test_images, device) -> dict:
+    """The scores of each kind of sample; the prior's kinds are left out where there is no prior (None)."""
     count, frechet = args.samples, args.samples >= FRECHET_MIN_SAMPLES
     test_pixels = test_images.unsqueeze(1).to(device).float() / 255
     _, test_features = classify(classifier, test_pixels)
     generator = torch.Generator().manual_seed(args.seed)
     scores = {}
-    if "prior" in checkpoint:
-        prior = load_prior(checkpoint, args.model, model, device)
+    if prior is not None:
         asked = (torch.arange(count) % 10).to(device)
         for kind, classes, guidance in (("prior_conditional", asked, args.guidance),
                                         ("prior_unconditional", prior.draw_classes(count, generator), args.guidance),
@@ -143,17 +143,16 @@ def print_reconstructions(args, report: dict, count: int) -> None:
           f"given the class ({report['code_positions']} log2 K = {report['rate_bound_bits']:.0f})", flush=True)
 
 
-def rates(model, checkpoint: dict, scores, test_images, test_labels, args, device) -> dict:
+def rates(model, prior, scores, test_images, test_labels, args, device) -> dict:
     """The rate in bits per image (see the module docstring); None where a discrete model has no prior."""
     rate_figure = model.bottleneck.rate_figure
     if not model.discrete:
         return {"rate_figure": rate_figure, "rate_bits": scores.figures.get(rate_figure)}
     positions = LATENT_SIDE ** 2 * model.bottleneck.code_levels  # codes an image: 49 L
     bound = positions * math.log2(model.bottleneck.num_embeddings)
-    if "prior" not in checkpoint:
+    if prior is None:
         return {"rate_figure": None, "rate_bits": None, "rate_bits_given_class": None, "rate_bound_bits": bound,
                 "code_positions": positions}
-    prior = load_prior(checkpoint, args.model, model, device)
     codes = encode_images(model, test_images, device, args.batch_size)
     labels = test_labels.to(device)
     unconditional = prior_nll_bits(prior, codes, torch.full_like(labels, prior.no_class), args.batch_size)
@@ -167,6 +166,9 @@ def print_samples(args, samples: dict, discrete: bool) -> None:
                else f"latents from the bottleneck's prior x temperature {args.temperature}")
     print(f"samples: {args.samples} of each kind, {sampled}, seed {args.seed}, judged by "
           f"{os.path.relpath(args.classifier)}")
+    if args.dataset != "mnist" and os.path.samefile(args.classifier, DEFAULT_CLASSIFIER):
+        print(f"  (the judge classifies MNIST digits: on {args.dataset}, its recognisable and as-asked figures say "
+              "little; the Frechet distance to the real test images and their floor still compare)")
     print(f"  {'':<20}  recognisable  class entropy  as asked  Frechet distance")
     absent = ("the checkpoint has no prior" if discrete
               else "none: a continuous bottleneck's prior knows no classes")
@@ -187,12 +189,13 @@ def print_samples(args, samples: dict, discrete: bool) -> None:
 
 def main(args) -> None:
     device = resolve_device(args.device)
-    model, checkpoint = load_model(args.model, device)
+    model, prior, checkpoint, _ = load_model(args.model, device)
     if args.temperature is None:
         args.temperature = default_temperature(model.discrete)
     # The judge is read before anything is scored: a bad --classifier costs no work.
     classifier = load_classifier(args.classifier, device) if args.samples else None
-    test_images, test_labels = load_mnist(args.data_folder, train=False)
+    args.dataset = args.dataset or trained_dataset(checkpoint, args.model)
+    test_images, test_labels = load_mnist(args.data_folder, train=False, dataset=args.dataset)
     if args.samples > len(test_images):
         raise UserError(f"--samples {args.samples} is more than the {len(test_images)} test digits it is compared "
                         "with")
@@ -202,6 +205,7 @@ def main(args) -> None:
                         f"{scores.psnr}): its model is broken; use another checkpoint")
     report = {
         "bottleneck": model.config.bottleneck,
+        "dataset": args.dataset,
         "test_mse": scores.mse,
         "psnr": scores.psnr,
         "ssim": scores.ssim,
@@ -213,7 +217,7 @@ def main(args) -> None:
         "num_embeddings": model.bottleneck.num_embeddings if model.discrete else None,
         "code_levels": model.bottleneck.code_levels if model.discrete else None,
         "epoch": checkpoint["epoch"],
-        **rates(model, checkpoint, scores, test_images, test_labels, args, device),
+        **rates(model, prior, scores, test_images, test_labels, args, device),
         "config": asdict(model.config),
     }
     if not args.json:  # printed before the samples are scored, so that nothing computed is lost
@@ -221,7 +225,7 @@ def main(args) -> None:
     if args.samples:
         report["samples"] = {"count": args.samples, "temperature": args.temperature, "guidance": args.guidance,
                              "seed": args.seed,
-                             **sample_scores(args, model, checkpoint, classifier, test_images, device)}
+                             **sample_scores(args, model, prior, classifier, test_images, device)}
         if not args.json:
             print_samples(args, report["samples"], model.discrete)
     if args.json:

@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 
 from modules import load_model
-from vqmnist.checkpoints import exported, load_prior, save_checkpoint
+from vqmnist.checkpoints import exported, save_checkpoint
 from vqmnist.cli import ArgumentParser, run_cli
 from vqmnist.errors import UserError
 from vqmnist.files import write_failure
@@ -30,10 +30,8 @@ def build_parser() -> ArgumentParser:
 
 
 def main(args) -> None:
-    model, checkpoint = load_model(args.model, "cpu")  # the weights must fit their config before they are shared
-    if "prior" in checkpoint:
-        load_prior(checkpoint, args.model, model, "cpu")
-    elif model.discrete and not args.allow_no_prior:  # a continuous bottleneck samples its own prior
+    model, prior, checkpoint, _ = load_model(args.model, "cpu")  # what is shared must load, prior included
+    if prior is None and model.discrete and not args.allow_no_prior:  # a continuous bottleneck samples its own prior
         raise UserError(f"{args.model} has no prior, so generate.py --input random could not use the export: "
                         "train one with vqvae.py --prior-only, or pass --allow-no-prior")
     output = Path(args.output)

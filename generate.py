@@ -44,8 +44,8 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from modules import LATENT_SIDE, load_model
-from vqmnist.checkpoints import load_prior
-from vqmnist.cli import ArgumentParser, add_device_flag, integer, number, plain_name, resolve_device, run_cli
+from vqmnist.checkpoints import trained_dataset
+from vqmnist.cli import ArgumentParser, add_dataset_flag, add_device_flag, integer, number, plain_name, resolve_device, run_cli
 from vqmnist.code_files import load_codes
 from vqmnist.data import images_to_inputs, load_mnist
 from vqmnist.errors import UserError
@@ -109,6 +109,7 @@ def build_parser() -> ArgumentParser:
                              "written)")
     parser.add_argument("--data-folder", default="data",
                         help="MNIST folder, for --input MNIST (default: data)")
+    add_dataset_flag(parser)
     parser.add_argument("--hidden-size", type=integer(1, MAX_WIDTH), default=None,
                         help=f"optional: fail unless the checkpoint has this hidden size, 1 to {MAX_WIDTH:,} "
                              "(default: not checked)")
@@ -192,7 +193,7 @@ def input_path(path: Path) -> Path:
 
 def test_digits(args, model, generator, path: Path, device) -> Picture:
     """Reconstructions of GRID_SIDE^2 test digits picked by the seed, and the digits themselves for NAME_input.png."""
-    test_images, _ = load_mnist(args.data_folder, train=False)
+    test_images, _ = load_mnist(args.data_folder, train=False, dataset=args.dataset)
     chosen = test_images[torch.randperm(len(test_images), generator=generator)[:GRID_SIDE ** 2]].to(device)
     x_recon, quantized = model(images_to_inputs(chosen))
     return Picture(model.to_pixels(x_recon), quantized.codes,
@@ -200,15 +201,15 @@ def test_digits(args, model, generator, path: Path, device) -> Picture:
                    chosen.unsqueeze(1).float() / 255)
 
 
-def samples(args, model, checkpoint, generator, device) -> Picture:
+def samples(args, loaded, generator, device) -> Picture:
     """Prior samples: row i of digit i, all of --digit, or of classes the prior draws; for a continuous bottleneck,
     latents from its own prior."""
-    count = GRID_SIDE ** 2
+    count, model = GRID_SIDE ** 2, loaded.model
     if not model.discrete:
         latents = model.sample_latents(count, args.temperature, generator).to(device)
         return Picture(model.to_pixels(model.decode_latents(latents)), None,
                        f"{model.config.bottleneck} samples, latents from its prior x temperature {args.temperature}")
-    prior = load_prior(checkpoint, args.model, model, device)
+    prior = loaded.require_prior()
     if args.unconditional:
         classes, what = prior.draw_classes(count, generator), "unconditional prior samples"
     elif args.digit is not None:
@@ -223,11 +224,11 @@ def samples(args, model, checkpoint, generator, device) -> Picture:
                    f"{seconds:.2f} s to sample")
 
 
-def completions(args, model, checkpoint, generator, device) -> Picture:
+def completions(args, loaded, generator, device) -> Picture:
     """Row i: a test digit of class i picked by the seed, then nine completions by the prior of its code grid's top
     --keep-rows rows, given the digit's class (or, --unconditional, without it)."""
-    prior = load_prior(checkpoint, args.model, model, device)
-    test_images, test_labels = load_mnist(args.data_folder, train=False)
+    model, prior = loaded.model, loaded.require_prior()
+    test_images, test_labels = load_mnist(args.data_folder, train=False, dataset=args.dataset)
     order = torch.randperm(len(test_images), generator=generator)
     if len(set(test_labels.tolist())) < GRID_SIDE:
         raise UserError(f"the test set in {args.data_folder} lacks some of the ten digits: --input complete shows one "
@@ -286,11 +287,13 @@ def write_outputs(outputs: dict[Path, Callable[[BinaryIO], None]]) -> None:
 @torch.no_grad()
 def main(args) -> None:
     device = resolve_device(args.device)
-    model, checkpoint = load_model(args.model, device)
+    loaded = load_model(args.model, device)
+    model = loaded.model
     check_architecture(model, args)
     check_flags(args, model)
     if args.temperature is None:
         args.temperature = default_temperature(model.discrete)
+    args.dataset = args.dataset or trained_dataset(loaded.checkpoint, args.model)
     path = output_path(args.filename or args.input)
     targets = {path: "--filename"}
     if args.input == "MNIST":
@@ -302,9 +305,9 @@ def main(args) -> None:
     if args.input == "MNIST":
         picture = test_digits(args, model, generator, path, device)
     elif args.input == "random":
-        picture = samples(args, model, checkpoint, generator, device)
+        picture = samples(args, loaded, generator, device)
     elif args.input == "complete":
-        picture = completions(args, model, checkpoint, generator, device)
+        picture = completions(args, loaded, generator, device)
     elif args.input == "codes":
         codes = load_codes(args.codes, model.bottleneck.num_embeddings, GRID_SIDE ** 2,
                            model.bottleneck.code_levels).to(device)

@@ -1,10 +1,10 @@
 """The VQ-VAE for 28x28 MNIST digits: encoder, decoder, the registry of bottlenecks between them, and loading it.
 
-Between encoder and decoder sits the config's `bottleneck`, one of BOTTLENECKS, all on the same 7x7 grid: "vq", the
-vector quantizer (the default, vector_quantizer.py), "rvq", a residual stack of them (residual_vq.py), "fsq", "lfq"
-and "simvq", finite scalar, lookup-free and SimVQ quantisation, or "gaussian", a continuous VAE's diagonal Gaussian
-(these four in vqmnist/). Each is a `vqmnist.bottleneck.Bottleneck`; a new one is its own file and
-one line in BOTTLENECKS (docs/code.md).
+Between encoder and decoder sits the config's `bottleneck`, one of BOTTLENECKS, all on the same 7x7 grid and all
+beside this file: "vq", the vector quantizer (the default, vector_quantizer.py), "rvq", a residual stack of them
+(residual_vq.py), "fsq", "lfq" and "simvq", finite scalar, lookup-free and SimVQ quantisation (fsq.py, lfq.py,
+simvq.py), or "gaussian", a continuous VAE's diagonal Gaussian (gaussian.py). Each is a `bottleneck.Bottleneck`; a
+new one is its own file, its import and one line in BOTTLENECKS (docs/code.md).
 
 The encoder reads images in [-1, 1] (`images_to_inputs`). What the decoder's last layer outputs, and so which
 reconstruction loss trains it, is the config's `decoder_output`:
@@ -21,55 +21,54 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bottleneck import Bottleneck, BottleneckOutput, registry
+from fsq import FiniteScalarQuantizer
+from gaussian import GaussianBottleneck
+from lfq import LookupFreeQuantizer
 from residual_vq import ResidualVectorQuantizer
+from simvq import SimVQ
 from vector_quantizer import VectorQuantizer
-from vqmnist.bottleneck import Bottleneck, BottleneckOutput
 from vqmnist.checkpoint_checks import check_plain_values, check_weights
-from vqmnist.checkpoints import load_checkpoint
+from vqmnist.checkpoints import load_checkpoint, load_prior, no_prior
 from vqmnist.data import outputs_to_pixels
 from vqmnist.errors import UserError
-from vqmnist.fsq import FiniteScalarQuantizer
-from vqmnist.gaussian import GaussianBottleneck
-from vqmnist.lfq import LookupFreeQuantizer
 from vqmnist.limits import MAX_DEPTH, MAX_WIDTH, check_size
-from vqmnist.simvq import SimVQ
+from vqmnist.options import check_options, integer, one_of, one_of_the_keys, option
+from vqmnist.prior import CodePrior
 
 # The bottlenecks by name: vqvae.py's --bottleneck choices, and the name a checkpoint stores.
-BOTTLENECKS: dict[str, type[Bottleneck]] = {
+BOTTLENECKS: dict[str, type[Bottleneck]] = registry({
     "vq": VectorQuantizer,
     "fsq": FiniteScalarQuantizer,
     "lfq": LookupFreeQuantizer,
     "simvq": SimVQ,
     "gaussian": GaussianBottleneck,
     "rvq": ResidualVectorQuantizer,
-}
+})
 DECODER_OUTPUTS = ("tanh", "linear", "logits")
 LATENT_SIDE = 28 // 4  # the latent grid (codes or the Gaussian's z) is 7x7: the encoder's two stride-2 convolutions
 
 
 @dataclass
 class VQVAEConfig:
-    """The model's shape: all that is needed to rebuild it from a checkpoint."""
+    """The model's shape: all that is needed to rebuild it from a checkpoint; each field but the bottleneck's config
+    with its rule and, where the command line sets it, its vqvae.py flag."""
 
-    in_channels: int = 1
-    hidden_size: int = 64  # channels of the encoder and decoder
-    num_residual_blocks: int = 2
-    decoder_output: str = "tanh"  # see the module docstring
-    bottleneck: str = "vq"  # a name in BOTTLENECKS
+    in_channels: int = option(1, integer(1, MAX_WIDTH))
+    hidden_size: int = option(64, integer(1, MAX_WIDTH), "--hidden-size", "channels of the encoder and decoder")
+    num_residual_blocks: int = option(2, integer(0, MAX_DEPTH), "--num-residual-blocks",
+                                      "residual blocks in the encoder and in the decoder")
+    decoder_output: str = option("tanh", one_of(*DECODER_OUTPUTS), "--decoder-output", "last layer and loss: tanh or "
+                                 "linear output with MSE, or logits with binary cross-entropy")
+    bottleneck: str = option("vq", one_of_the_keys(BOTTLENECKS), "--bottleneck",
+                             "what sits between encoder and decoder, each with the flags below that apply to it: " + ", ".join(
+                                 f"{name} ({bottleneck.__name__})" for name, bottleneck in BOTTLENECKS.items()))
     # An instance of that bottleneck's Config; None means its defaults, and a dict (from a checkpoint) is rebuilt.
     bottleneck_config: Any = None
 
     def __post_init__(self):
         """Refuse a shape that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
-        for name, smallest, largest in (("in_channels", 1, MAX_WIDTH), ("hidden_size", 1, MAX_WIDTH),
-                                        ("num_residual_blocks", 0, MAX_DEPTH)):
-            value = getattr(self, name)
-            if type(value) is not int or not smallest <= value <= largest:
-                raise ValueError(f"{name} must be an integer from {smallest} to {largest:,}, not {value!r}")
-        if self.decoder_output not in DECODER_OUTPUTS:
-            raise ValueError(f"decoder_output must be one of {DECODER_OUTPUTS}, not {self.decoder_output!r}")
-        if not isinstance(self.bottleneck, str) or self.bottleneck not in BOTTLENECKS:
-            raise ValueError(f"bottleneck must be one of {tuple(BOTTLENECKS)}, not {self.bottleneck!r}")
+        check_options(self)
         config_type = BOTTLENECKS[self.bottleneck].Config
         if self.bottleneck_config is None:
             self.bottleneck_config = config_type()
@@ -202,16 +201,35 @@ class VQVAE(nn.Module):
         return self.decoder(self.from_code_space(z))
 
 
-def load_model(path, device="cpu") -> tuple[VQVAE, dict]:
-    """Rebuild the model from the config stored in the checkpoint and load its weights, in eval mode; a config this
-    version cannot build, or weights that do not fit it as they are (check_weights), is one line."""
+class Loaded(NamedTuple):
+    """What a checkpoint holds, rebuilt: its autoencoder and its prior (None where it has none, or where not asked
+    for), in eval mode on the device, and the checkpoint itself."""
+
+    model: VQVAE
+    prior: CodePrior | None
+    checkpoint: dict
+    path: Path
+
+    def require_prior(self) -> CodePrior:
+        """The prior; one line saying how to train one where the checkpoint holds none."""
+        if self.prior is None:
+            raise no_prior(self.path)
+        return self.prior
+
+
+def load_model(path, device="cpu", with_prior: bool = True) -> Loaded:
+    """Rebuild the autoencoder and, with_prior, the prior from the configs stored in the checkpoint and load their
+    weights; a config this version cannot build, or weights that do not fit it as they are (check_weights), is one
+    line."""
     path = Path(path)
     checkpoint = load_checkpoint(path, device)
     meta = stored_autoencoder(checkpoint, path)
     check_weights(meta, checkpoint["model"], path)
     model = VQVAE(meta.config)
     model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), checkpoint
+    model = model.to(device).eval()
+    prior = load_prior(checkpoint, path, model, device) if with_prior and "prior" in checkpoint else None
+    return Loaded(model, prior, checkpoint, path)
 
 
 def stored_autoencoder(checkpoint: dict, path: Path) -> VQVAE:

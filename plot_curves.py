@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from vqmnist.bottleneck import CODE_STATISTICS
+from vqmnist.code_statistics import CODE_STATISTICS
 from vqmnist.cli import ArgumentParser, run_cli
 from vqmnist.errors import UserError
 from vqmnist.files import atomic_path

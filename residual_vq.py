@@ -13,25 +13,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bottleneck import Bottleneck, BottleneckOutput, code_dim_of
+from nearest_code import pass_gradient
 from vector_quantizer import VectorQuantizer, VQConfig
-from vqmnist.bottleneck import Bottleneck, BottleneckOutput, option, perplexity_from_counts
-from vqmnist.cli import integer
+from vqmnist.code_statistics import perplexity_from_counts
 from vqmnist.limits import MAX_CODE_LEVELS, MAX_CODES, StepCost
-from vqmnist.nearest_code import pass_gradient
-from vqmnist.shared_options import code_dim_of
+from vqmnist.options import integer, option
 
 
 @dataclass
 class ResidualVQConfig(VQConfig):
     """The VQ's settings, which each level takes, and the number of levels."""
 
-    depth: int = option(2, "--depth", f"rvq: codebooks in the stack, each of --k codes quantising what those before "
-                        f"it left, 2 to {MAX_CODE_LEVELS} (default: 2)", type=integer(2, MAX_CODE_LEVELS))
+    depth: int = option(2, integer(2, MAX_CODE_LEVELS), "--depth", "rvq: codebooks in the stack, each of --k codes "
+                        f"quantising what those before it left, 2 to {MAX_CODE_LEVELS}")
 
     def __post_init__(self):
         super().__post_init__()
-        if type(self.depth) is not int or not 2 <= self.depth <= MAX_CODE_LEVELS:
-            raise ValueError(f"depth must be an integer from 2 to {MAX_CODE_LEVELS}, not {self.depth!r}")
         if self.depth * self.num_embeddings > MAX_CODES:
             raise ValueError(f"depth x num_embeddings is {self.depth * self.num_embeddings:,} codes, more than "
                              f"{MAX_CODES:,}")
@@ -51,11 +49,8 @@ class ResidualVectorQuantizer(Bottleneck):
         self.num_embeddings, self.code_levels = config.num_embeddings, config.depth
         self.input_dim = self.code_dim = embedding_dim
         self.beta, self.estimator = config.beta, config.estimator
-        self.levels = nn.ModuleList(
-            VectorQuantizer(config.num_embeddings, embedding_dim, config.beta, codebook_update=config.codebook_update,
-                            decay=config.ema_decay, init=config.codebook_init,
-                            restart_threshold=config.restart_threshold)
-            for _ in range(config.depth))
+        # Each level the VQ of the same settings; its estimator is unused, since the gradient passes the sum below.
+        self.levels = nn.ModuleList(VectorQuantizer.from_config(config, embedding_dim) for _ in range(config.depth))
 
     @classmethod
     def dims(cls, config: ResidualVQConfig, hidden_size: int) -> tuple[int, int]:
@@ -89,15 +84,17 @@ class ResidualVectorQuantizer(Bottleneck):
         codebook_loss = torch.zeros((), device=z_e.device)
         indices, counts = [], []
         for level in self.levels:
-            assignment = level.assign(residual)  # codes (B*H*W, D), with the codebook's gradient
-            codebook_loss = codebook_loss + F.mse_loss(assignment.codes, residual)
-            residual = residual - assignment.codes.detach()
-            quantized = quantized + assignment.codes
+            assignment = level.assign(residual)  # vectors (B*H*W, D), with the codebook's gradient
+            codebook_loss = codebook_loss + F.mse_loss(assignment.vectors, residual)
+            residual = residual - assignment.vectors.detach()
+            quantized = quantized + assignment.vectors
             indices.append(assignment.indices)
             counts.append(assignment.counts)
-        z_q = quantized.view(batch, height, width, dim).permute(0, 3, 1, 2).to(z_e.dtype)
+        vectors = quantized.view(batch, height, width, dim).permute(0, 3, 1, 2)  # (B, D, H, W), fp32
+        z_q = vectors.to(z_e.dtype)
         commitment_loss = self.beta * F.mse_loss(z_e, z_q.detach())
-        z_q = pass_gradient(z_e, z_q, self.estimator)  # the straight-through estimator or the rotation trick
+        # In training, the straight-through estimator or the rotation trick; in eval, the codes' vectors (embed's).
+        z_q = pass_gradient(z_e, z_q, self.estimator) if self.training else vectors.detach().contiguous()
         # L x (B*H*W,) -> (L, B, H, W) -> codes (B, L, H, W)
         codes = torch.stack(indices).view(self.code_levels, batch, height, width).transpose(0, 1).contiguous()
         return BottleneckOutput(z_q=z_q, codes=codes,

@@ -1,7 +1,7 @@
 """Reusable checks of a vector quantizer, each computing the expected answer independently of the quantizer.
 
 Call them on any module with the interface of `vector_quantizer.VectorQuantizer` (an `embedding` of K codes and
-a forward pass returning a `vqmnist.bottleneck.BottleneckOutput`); each raises AssertionError on a fault. tests/
+a forward pass returning a `bottleneck.BottleneckOutput`); each raises AssertionError on a fault. tests/
 applies them to the project's quantizer; the tests below show that each check catches the fault it is written for.
 """
 import contextlib
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vector_quantizer import VectorQuantizer
-from vqmnist.bottleneck import BottleneckOutput
+from bottleneck import BottleneckOutput
 
 
 def random_quantizer(num_embeddings: int, embedding_dim: int, beta: float = 0.25, seed: int = 0,

@@ -16,21 +16,19 @@ the moving averages are added up over all processes every step, so they are thos
 one process had taken all of it), and the initial codes and restart candidates come from process 0's batch,
 broadcast to the others.
 """
-import argparse
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
-from vqmnist.cli import number, unit_interval
+from bottleneck import (Bottleneck, BottleneckOutput, beta_option, code_dim_of, code_dim_option, estimator_option,
+                        num_embeddings_option)
+from nearest_code import nearest_codes, pass_gradient, search_cost
+from vqmnist.code_statistics import code_counts, perplexity_from_counts
 from vqmnist.limits import MAX_LOSS_WEIGHT, StepCost
-from vqmnist.nearest_code import ESTIMATORS, nearest_codes, pass_gradient, search_cost
-from vqmnist.shared_options import (beta_option, check_shared_fields, code_dim_of, code_dim_option,
-                                    estimator_option, num_embeddings_option)
+from vqmnist.options import SWITCH, UNIT_INTERVAL, check_options, number, one_of, option
 from vqmnist.processes import from_process_zero, sum_over_processes, world_size
 from vqmnist.stopping import StepInterrupted, stop_requested
 
@@ -44,39 +42,27 @@ class VQConfig:
 
     num_embeddings: int = num_embeddings_option()
     code_dim: int = code_dim_option()
-    codebook_update: str = option("ema", "--codebook", "how the codes learn: ema (moving averages of their assigned "
-                                  "vectors) or loss (codebook loss and Adam, as the reference) (default: ema)",
-                                  choices=CODEBOOK_UPDATES)
-    ema_decay: float = option(0.95, "--decay", "decay of the EMA codebook and of the per-code use counts (default: "
-                              "0.95)", type=unit_interval)
-    codebook_init: str = option("kmeans++", "--init", "codebook initialisation: kmeans++ or random picks from the "
-                                "first batch's encoder outputs, or the reference's tiny uniform values (default: "
-                                "kmeans++)", choices=CODEBOOK_INITS)
-    restart_threshold: float = option(3.0, "--restart-threshold", "a code whose moving-average use per batch falls "
-                                      "below this moves onto a random encoder output of the batch; 0 never restarts "
-                                      "(default: 3.0)", type=number(0, MAX_LOSS_WEIGHT))
-    cosine: bool = option(False, "--cosine", "L2-normalise encoder outputs and codes (default: False)",
-                          action=argparse.BooleanOptionalAction)
+    codebook_update: str = option("ema", one_of(*CODEBOOK_UPDATES), "--codebook", "how the codes learn: ema (moving "
+                                  "averages of their assigned vectors) or loss (codebook loss and Adam, as the "
+                                  "reference)")
+    ema_decay: float = option(0.95, UNIT_INTERVAL, "--decay", "decay of the EMA codebook and of the per-code use counts")
+    codebook_init: str = option("kmeans++", one_of(*CODEBOOK_INITS), "--init", "codebook initialisation: kmeans++ or "
+                                "random picks from the first batch's encoder outputs, or the reference's tiny "
+                                "uniform values")
+    restart_threshold: float = option(3.0, number(0, MAX_LOSS_WEIGHT), "--restart-threshold", "a code whose "
+                                      "moving-average use per batch falls below this moves onto a random encoder "
+                                      "output of the batch; 0 never restarts")
+    cosine: bool = option(False, SWITCH, "--cosine", "L2-normalise encoder outputs and codes")
     beta: float = beta_option()
     estimator: str = estimator_option()
 
     def __post_init__(self):
-        """Refuse settings that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
-        check_shared_fields(self)
-        for name, low, high in (("ema_decay", 0, 1), ("restart_threshold", 0, math.inf)):
-            value = getattr(self, name)
-            if type(value) not in (int, float) or not low <= value < high:
-                raise ValueError(f"{name} must be a number in [{low}, {high}), not {value!r}")
-        for name, choices in (("codebook_update", CODEBOOK_UPDATES), ("codebook_init", CODEBOOK_INITS)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {choices}, not {getattr(self, name)!r}")
-        if type(self.cosine) is not bool:
-            raise ValueError(f"cosine must be true or false, not {self.cosine!r}")
+        check_options(self)
 
 
 class Assignment(NamedTuple):
     indices: Tensor  # (N,) int64 the index of each row's nearest code
-    codes: Tensor  # (N, D) those codes, with the codebook's gradient (the codebook loss trains them)
+    vectors: Tensor  # (N, D) those codes' vectors, with the codebook's gradient (the codebook loss trains them)
     counts: Tensor  # (K,) int64 how often each code was chosen
 
 
@@ -104,19 +90,18 @@ class VectorQuantizer(Bottleneck):
     nonnegative_buffers = ("cluster_size",)  # moving averages of counts: checked on every load
 
     def __init__(self, num_embeddings: int, embedding_dim: int, beta: float, codebook_update: str = "loss",
-                 decay: float = 0.99, epsilon: float = 1e-5, init: str = "uniform", restart_threshold: float = 0.0,
-                 cosine: bool = False, estimator: str = "straight-through"):
+                 ema_decay: float = 0.99, epsilon: float = 1e-5, codebook_init: str = "uniform",
+                 restart_threshold: float = 0.0, cosine: bool = False, estimator: str = "straight-through"):
+        """K = num_embeddings codes of D = embedding_dim; the other settings are VQConfig's fields of the same names
+        (checked there), with the reference's choices as defaults; epsilon is the EMA's Laplace smoothing."""
         super().__init__()
-        if codebook_update not in CODEBOOK_UPDATES or init not in CODEBOOK_INITS or estimator not in ESTIMATORS:
-            raise ValueError(f"codebook_update must be one of {CODEBOOK_UPDATES}, init one of {CODEBOOK_INITS} and "
-                             f"estimator one of {ESTIMATORS}")
         self.num_embeddings = num_embeddings
         self.input_dim = self.code_dim = self.embedding_dim = embedding_dim
         self.beta = beta
         self.codebook_update = codebook_update
-        self.decay = decay
+        self.decay = ema_decay
         self.epsilon = epsilon
-        self.init = init
+        self.init = codebook_init
         self.restart_threshold = restart_threshold
         self.cosine = cosine
         self.estimator = estimator
@@ -143,10 +128,8 @@ class VectorQuantizer(Bottleneck):
 
     @classmethod
     def from_config(cls, config: VQConfig, hidden_size: int) -> "VectorQuantizer":
-        return cls(config.num_embeddings, code_dim_of(config, hidden_size), config.beta,
-                   codebook_update=config.codebook_update, decay=config.ema_decay, init=config.codebook_init,
-                   restart_threshold=config.restart_threshold, cosine=config.cosine,
-                   estimator=config.estimator)
+        settings = {item.name: getattr(config, item.name) for item in fields(VQConfig) if item.name != "code_dim"}
+        return cls(embedding_dim=code_dim_of(config, hidden_size), **settings)
 
     def step_cost(self, positions: int) -> StepCost:
         """The nearest-code search; k-means++ seeding, on the first step, costs as much again (K passes over the
@@ -229,11 +212,11 @@ class VectorQuantizer(Bottleneck):
         if self.training and self.needs_init:
             self.initialize_codebook(flat)
         indices = self.nearest_codes(flat)
-        codes = F.embedding(indices, self.codebook())
+        vectors = F.embedding(indices, self.codebook())
         counts = code_counts(indices, self.num_embeddings)
         if self.training:
             self.update_codebook(flat, indices, counts)
-        return Assignment(indices, codes, counts)
+        return Assignment(indices, vectors, counts)
 
     def forward(self, z_e: Tensor) -> BottleneckOutput:
         batch, dim, height, width = z_e.shape
@@ -244,12 +227,14 @@ class VectorQuantizer(Bottleneck):
             z_e = flat.view(batch, height, width, dim).permute(0, 3, 1, 2)
         # The codebook's own computations (init, search, updates) take no gradient and run in fp32.
         assignment = self.assign(flat.detach().float())
-        # codes (B*H*W, D) -> z_q (B, D, H, W)
-        z_q = assignment.codes.view(batch, height, width, dim).permute(0, 3, 1, 2).contiguous().to(z_e.dtype)
-
+        # vectors (B*H*W, D) -> code vectors (B, D, H, W), fp32
+        vectors = assignment.vectors.view(batch, height, width, dim).permute(0, 3, 1, 2).contiguous()
+        z_q = vectors.to(z_e.dtype)
         codebook_loss = F.mse_loss(z_q, z_e.detach())
         commitment_loss = self.beta * F.mse_loss(z_e, z_q.detach())
-        z_q = pass_gradient(z_e, z_q, self.estimator)  # the straight-through estimator or the rotation trick
+        # In training, the straight-through estimator or the rotation trick; in eval, the codes' vectors themselves,
+        # which the sum z_e + (z_q - z_e) would round away from (in bf16, visibly).
+        z_q = pass_gradient(z_e, z_q, self.estimator) if self.training else vectors.detach()
         return BottleneckOutput(z_q=z_q, codes=assignment.indices.view(batch, height, width),
                                 losses={"codebook": codebook_loss, "commitment": commitment_loss},
                                 figures={"perplexity": perplexity_from_counts(assignment.counts)})

@@ -35,16 +35,18 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
-from modules import BOTTLENECKS, DECODER_OUTPUTS, VQVAE, VQVAEConfig, load_model, stored_autoencoder
+from modules import BOTTLENECKS, VQVAE, VQVAEConfig, load_model, stored_autoencoder
 from vqmnist.autoencoder_training import AutoencoderTask, TrainingSettings, make_optimizer, make_schedule
-from vqmnist.checkpoints import TRAINING_KEYS, RunState, load_checkpoint, load_prior_training, restore_training
+from vqmnist.checkpoints import (TRAINING_KEYS, RunState, load_checkpoint, load_prior_training, restore_training,
+                                 trained_dataset)
 from vqmnist.checkpoint_checks import DAMAGED, MAX_STEP, check_count, check_optimizer, check_place, check_weights
-from vqmnist.cli import ArgumentParser, Arguments, add_device_flag, integer, number, plain_name, run_cli, unit_interval
-from vqmnist.data import Splits, load_splits, shard_size
+from vqmnist.cli import (ArgumentParser, Arguments, add_device_flag, add_option_flags, integer, number, plain_name,
+                         run_cli, unit_interval)
+from vqmnist.data import DATASETS, Splits, load_splits, shard_size
 from vqmnist.errors import UserError, running_out_is_a_user_error
 from vqmnist.loop import LoopSettings, train_epochs
-from vqmnist.limits import (MAX_BATCH, MAX_DEPTH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SECONDS, MAX_SEED,
-                            MAX_STEPS_BETWEEN_LOGS, MAX_THREADS, MAX_VALIDATION, MAX_WIDTH, MAX_WORKERS, check_size,
+from vqmnist.limits import (MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SECONDS, MAX_SEED,
+                            MAX_STEPS_BETWEEN_LOGS, MAX_THREADS, MAX_VALIDATION, MAX_WORKERS, check_size,
                             check_step_cost)
 from vqmnist.machine import keep_freed_memory, native_bf16
 from vqmnist.prior import CodePrior, PriorConfig
@@ -73,37 +75,15 @@ def bottleneck_flags(name: str) -> set[str]:
 
 def add_model_flags(parser: ArgumentParser) -> None:
     """The autoencoder's flags, each one's dest the VQVAEConfig field it sets, then every registered bottleneck's,
-    each one's dest the field of its Config (model_config reads them); a field two bottlenecks share is one flag."""
-    defaults = VQVAEConfig()
+    each one's dest the field of its Config (model_config reads them); a field bottlenecks share is one flag."""
     model = parser.add_argument_group("model (stored in the checkpoint)")
-    model.add_argument("--hidden-size", dest="hidden_size", type=integer(1, MAX_WIDTH), default=defaults.hidden_size,
-                       help=f"channels of the encoder and decoder (default: {defaults.hidden_size})")
-    model.add_argument("--num-residual-blocks", dest="num_residual_blocks", type=integer(0, MAX_DEPTH),
-                       default=defaults.num_residual_blocks,
-                       help=f"residual blocks in the encoder and in the decoder (default: "
-                            f"{defaults.num_residual_blocks})")
-    model.add_argument("--decoder-output", dest="decoder_output", choices=DECODER_OUTPUTS,
-                       default=defaults.decoder_output,
-                       help="last layer and loss: tanh or linear output with MSE, or logits with binary "
-                            f"cross-entropy (default: {defaults.decoder_output})")
-    registered = ", ".join(f"{name} ({bottleneck.__name__})" for name, bottleneck in BOTTLENECKS.items())
-    model.add_argument("--bottleneck", dest="bottleneck", choices=list(BOTTLENECKS), default=defaults.bottleneck,
-                       help="what sits between encoder and decoder, each with the flags below that apply to it: "
-                            f"{registered} (default: {defaults.bottleneck})")
-    added = set()
+    added = set(add_option_flags(model, VQVAEConfig))
     for bottleneck in BOTTLENECKS.values():
-        for field in fields(bottleneck.Config):
-            if field.name in added:
-                continue
-            added.add(field.name)
-            options = {key: value for key, value in field.metadata.items() if key not in ("flag", "help")}
-            model.add_argument(field.metadata["flag"], dest=field.name, default=field.default,
-                               help=field.metadata["help"], **options)
+        added.update(add_option_flags(model, bottleneck.Config, skip=added))
 
 
 def add_prior_flags(parser: ArgumentParser) -> None:
     """The prior's flags; a dest prior_FIELD sets the PriorConfig field FIELD (prior_config reads them)."""
-    defaults = PriorConfig()
     prior = parser.add_argument_group("prior over the codes (trained after the autoencoder, stored in best.pt)")
     prior.add_argument("--prior-epochs", type=integer(0, MAX_EPOCHS), default=DEFAULT_PRIOR_EPOCHS,
                        help="epochs of the prior on the codes of the best autoencoder; 0 skips it "
@@ -111,15 +91,7 @@ def add_prior_flags(parser: ArgumentParser) -> None:
     prior.add_argument("--prior-only", action="store_true",
                        help="train (or retrain) only the prior of the existing models/NAME/best.pt, replacing its "
                             "prior if it has one")
-    prior.add_argument("--prior-width", dest="prior_width", type=integer(1, MAX_WIDTH), default=defaults.width,
-                       help=f"width of the prior's transformer (default: {defaults.width})")
-    prior.add_argument("--prior-layers", dest="prior_num_layers", type=integer(1, MAX_DEPTH),
-                       default=defaults.num_layers,
-                       help=f"layers of the prior's transformer (default: {defaults.num_layers})")
-    prior.add_argument("--prior-heads", dest="prior_num_heads", type=integer(1, MAX_WIDTH), default=defaults.num_heads,
-                       help=f"attention heads; must divide --prior-width (default: {defaults.num_heads})")
-    prior.add_argument("--prior-dropout", dest="prior_dropout", type=unit_interval, default=defaults.dropout,
-                       help=f"dropout in the prior (default: {defaults.dropout})")
+    add_option_flags(prior, PriorConfig, prefix="prior_")
     prior.add_argument("--prior-batch-size", type=integer(1, MAX_BATCH), default=DEFAULT_PRIOR_BATCH_SIZE,
                        help=f"code grids per batch of the prior, at most {MAX_BATCH} (default: "
                             f"{DEFAULT_PRIOR_BATCH_SIZE})")
@@ -168,6 +140,12 @@ def build_parser() -> ArgumentParser:
                         help="run name: logs go to logs/NAME, checkpoints to models/NAME (default: vqvae)")
     parser.add_argument("--data-folder", default="data",
                         help="folder holding MNIST/raw/*-ubyte.gz, or the .gz files themselves (default: data)")
+    parser.add_argument("--dataset", choices=DATASETS, default="mnist",
+                        help="what to train on: mnist, fashion-mnist or kmnist, their original files checked by their "
+                             "MD5s (in --data-folder or its MNIST/raw, FashionMNIST/raw, KMNIST/raw), or own: one's "
+                             "own train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+                             "t10k-labels-idx1-ubyte (gzipped or not) in --data-folder, 28x28 digits with classes 0 "
+                             "to 9, checked by their format alone (default: mnist)")
     add_device_flag(parser, "train on")
     add_model_flags(parser)
     add_prior_flags(parser)
@@ -392,14 +370,16 @@ def give_prior(args, device: torch.device, deadline: float, splits: Splits | Non
     --val-size), so the prior is validated on grids it did not train on."""
     log_dir, model_dir = run_folders(args.output_folder)
     path = best_to_give_a_prior(args)
-    model, checkpoint = load_model(path, "cpu")  # the checkpoint stays on the CPU: it is written back with the prior
+    # The checkpoint stays on the CPU, since it is written back with the new prior; the old one is not read.
+    model, _, checkpoint, _ = load_model(path, "cpu", with_prior=False)
     model.to(device)
     if not model.discrete:
         raise UserError(f"{path} has a continuous bottleneck ({model.config.bottleneck}): it has no codes for a "
                         "prior to model, and samples its latents from its own prior (python generate.py --input "
                         "random)")
     if splits is None:
-        splits = load_splits(args.data_folder, checkpoint["args"].get("val_size", args.val_size))
+        splits = load_splits(args.data_folder, checkpoint["args"].get("val_size", args.val_size),
+                             trained_dataset(checkpoint, path))
     figures = RunFigures(model_dir, fresh=False)
     make_folder(log_dir)
     # The run's own writer when it has one, so that its curves stay in one event file; else one of the prior's own.
@@ -487,8 +467,9 @@ def finish_resumed(args, processes: Processes, splits: Splits, deadline: float) 
 
 
 def training_splits(args, world_size: int) -> Splits:
-    """The MNIST splits of --val-size, refused where a batch would be larger than a process's training images."""
-    splits = load_splits(args.data_folder, args.val_size)
+    """The splits of --dataset and --val-size, refused where a batch would be larger than a process's training
+    images."""
+    splits = load_splits(args.data_folder, args.val_size, args.dataset)
     if args.batch_size > shard_size(len(splits.train_images), world_size):
         raise UserError(f"--batch-size {args.batch_size} is more than the {len(splits.train_images):,} training "
                         f"images{' of each process' if world_size > 1 else ''}: give a smaller one")

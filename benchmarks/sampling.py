@@ -19,7 +19,7 @@ import time
 import torch
 
 from modules import load_model
-from vqmnist.checkpoints import load_prior
+from vqmnist.checkpoints import trained_dataset
 from vqmnist.data import load_mnist, split_train_validation
 from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE
 from vqmnist.scores import DEFAULT_CLASSIFIER, classify, load_classifier, score_samples
@@ -76,14 +76,14 @@ def setting_row(model, prior, classifier, reference, temperature: float, guidanc
 
 
 def main(args) -> None:
-    model, checkpoint = load_model(args.model, "cpu")
-    prior = load_prior(checkpoint, args.model, model, "cpu")
+    loaded = load_model(args.model, "cpu")
+    model, prior = loaded.model, loaded.require_prior()
     print(f"{args.model}: 100 code grids (temperature {SAMPLING_TEMPERATURE}, guidance {GUIDANCE}) in "
           f"{sampling_seconds(prior, args.repeats):.2f} s (median of {args.repeats}), {torch.get_num_threads()} CPU "
           "threads")
 
-    images, _ = load_mnist(args.data_folder, train=True)
-    _, validation = split_train_validation(images, checkpoint["args"].get("val_size", 5000))
+    images, _ = load_mnist(args.data_folder, train=True, dataset=trained_dataset(loaded.checkpoint, args.model))
+    _, validation = split_train_validation(images, loaded.checkpoint["args"].get("val_size", 5000))
     classifier = load_classifier(DEFAULT_CLASSIFIER, "cpu")
     validation_pixels = validation.unsqueeze(1).float() / 255
     _, reference = classify(classifier, validation_pixels)

@@ -7,6 +7,7 @@ Usage (from the repository root; `python -m benchmarks.study` is the same):
     python benchmarks/study.py --study bottleneck    # reference VQ, default VQ, FSQ, Gaussian VAE at 3 KL weights
     python benchmarks/study.py --study quantizers    # VQs, rotation trick, SimVQ, LFQ, residual VQ, FSQ: 512 codes
     python benchmarks/study.py --study all --epochs 3 --prior-epochs 2 --out-dir docs/images
+    python benchmarks/study.py --study bottleneck --bottlenecks vq,fsq,mine   # any registered ones, at defaults
 
 Each row is `python vqvae.py` in a subprocess, as a user runs it, with --num-epochs --epochs, --prior-epochs and
 --seed, kept in models/study/NAME; then `python evaluate.py --json` on its best.pt, whose scores are kept in
@@ -17,7 +18,10 @@ Every row has the test MSE, PSNR and SSIM, PSNR and SSIM as published MNIST tabl
 then averaged), the codes used and their perplexity, the rate in bits per image (the
 prior's NLL of the test codes without the class, or the Gaussian VAE's KL), the unconditional samples'
 recognisable fraction and Frechet distance (the prior's class drawn by itself, or the Gaussian's N(0, I)), and the
-seconds of training (autoencoder and prior, from its run.json). The table goes to OUT_DIR/study_NAME.md and
+seconds of training (autoencoder and prior, from its run.json). --bottlenecks makes the bottleneck study's rows
+from the command line: one a registered bottleneck, at its defaults (vq: the default row), so that a new one is a
+row without an edit here. --data-folder and --dataset go to every run and score; --train-flags adds vqvae.py flags
+to every run (and its folder's name then ends in a digest of them). The table goes to OUT_DIR/study_NAME.md and
 stdout, the plot of test MSE against the rate to OUT_DIR/study_NAME.png. Each scored run also goes to TensorBoard's
 hparams dashboard, its flags beside its scores, in its own logs/study/NAME folder: `tensorboard --logdir logs/study`
 sets the rows side by side.
@@ -26,8 +30,11 @@ A kept scores.json the table cannot read is scored again. One study runs at a ti
 .lock) while it runs, and a second one stops at once.
 """
 import argparse
+import hashlib
+import itertools
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -42,8 +49,10 @@ import matplotlib.pyplot as plt
 
 from torch.utils.tensorboard import SummaryWriter
 
-from vqmnist.cli import ArgumentParser, integer, resolve_device, run_cli
 from benchmarks.scripts import run_script
+from modules import BOTTLENECKS
+from vqmnist.cli import ArgumentParser, integer, resolve_device, run_cli
+from vqmnist.data import DATASETS
 from vqmnist.errors import UserError
 from vqmnist.files import atomic_path, write_failure, write_json
 from vqmnist.limits import MAX_EPOCHS, MAX_SAMPLES, MAX_SEED
@@ -97,6 +106,52 @@ MARKERS = {"VQ": ("o", (5, 5), "left"), "reference VQ": ("D", (5, 5), "left"), "
            "Gaussian": ("^", (5, -12), "left"), "rotation trick, codebook loss": ("<", (5, -12), "left"),
            "rotation trick, EMA": (">", (5, -12), "left"),
            "SimVQ": ("P", (-6, 5), "right"), "LFQ": ("X", (-6, -12), "right"), "residual VQ": ("*", (5, 5), "left")}
+# A marker set of none of the above (a bottleneck row from --bottlenecks) takes the next of these.
+SPARE_MARKERS = ("v", "p", "h", "d", "8", "H", "1", "2", "3", "4")
+# The marker set of each registered bottleneck's row at its defaults, where it has one above.
+BOTTLENECK_MARKERS = {"vq": "VQ", "fsq": "FSQ", "lfq": "LFQ", "simvq": "SimVQ", "gaussian": "Gaussian",
+                      "rvq": "residual VQ"}
+
+
+def bottleneck_rows(names: list[str]) -> list[Row]:
+    """A row of each registered bottleneck named, at its defaults; vq's is the default row."""
+    return [DEFAULT if name == "vq" else
+            Row(f"{name} at its defaults", name, ("--bottleneck", name), BOTTLENECK_MARKERS.get(name, name))
+            for name in names]
+
+
+def bottleneck_names(text: str) -> list[str]:
+    """An argparse type: comma-separated names of registered bottlenecks, each once."""
+    names = text.split(",")
+    unknown = [name for name in names if name not in BOTTLENECKS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not "
+                                         f"registered in modules.BOTTLENECKS: choose from {', '.join(BOTTLENECKS)}")
+    if len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"name each bottleneck once, got {text}")
+    return names
+
+
+def marker_styles(rows: list[Row]) -> dict[str, tuple]:
+    """The plot's marker, and where its points' names go, of each marker set the rows use: MARKERS' own, or the
+    next spare one, so that every row is drawn."""
+    spare = itertools.cycle(SPARE_MARKERS)
+    styles = {}
+    for row in rows:
+        if row.bottleneck not in styles:
+            styles[row.bottleneck] = MARKERS.get(row.bottleneck) or (next(spare), (5, 5), "left")
+    return styles
+
+
+def study_rows(name: str, args) -> list[Row]:
+    return bottleneck_rows(args.bottlenecks) if name == "bottleneck" and args.bottlenecks else STUDIES[name]
+
+
+def run_folder(row: Row, args) -> str:
+    """The row's folder under models/: its name, epochs and seed, and a digest of what else every row was given."""
+    extra = [*args.train_flags, "--data-folder", args.data_folder, "--dataset", args.dataset]
+    digest = "" if extra == DEFAULT_EXTRA else "-x" + hashlib.sha256(" ".join(extra).encode()).hexdigest()[:8]
+    return f"study/{row.name}-e{args.epochs}-p{args.prior_epochs}-s{args.seed}{digest}"
 
 
 # evaluate.py's scores and vqvae.py's run.json are a few kilobytes; a kept file far larger is not one of theirs,
@@ -156,7 +211,8 @@ def part_seconds(model_dir: Path, shown: str) -> dict:
 
 def train_and_score(row: Row, args) -> dict:
     """The row's scores: read back from its scores.json, or trained (or resumed) and evaluated now."""
-    folder = f"study/{row.name}-e{args.epochs}-p{args.prior_epochs}-s{args.seed}"
+    folder = run_folder(row, args)
+    data = ["--data-folder", args.data_folder, "--dataset", args.dataset]
     model_dir = ROOT / "models" / folder
     scores_path = model_dir / "scores.json"
     kept = kept_scores(row, scores_path, f"models/{folder}/scores.json")
@@ -166,13 +222,15 @@ def train_and_score(row: Row, args) -> dict:
     started = time.perf_counter()
     # A finished run's --resume has nothing to train, so a row kept without its scores is only evaluated again.
     if (model_dir / "last.pt").is_file():
-        run_script(["vqvae.py", "--output-folder", folder, "--device", args.device, "--resume"])
+        run_script(["vqvae.py", "--output-folder", folder, "--device", args.device, "--data-folder",
+                    args.data_folder, "--resume"])
     else:
         run_script(["vqvae.py", "--output-folder", folder, "--overwrite", "--device", args.device, "--num-epochs",
-             str(args.epochs), "--prior-epochs", str(args.prior_epochs), "--seed", str(args.seed), *row.flags])
+                    str(args.epochs), "--prior-epochs", str(args.prior_epochs), "--seed", str(args.seed), *data,
+                    *args.train_flags, *row.flags])
     seconds = part_seconds(model_dir, f"models/{folder}")
     command = ["evaluate.py", "--model", str(model_dir / "best.pt"), "--device", args.device, "--samples",
-               str(args.samples), "--json"]
+               str(args.samples), *data, "--json"]
     try:
         scores = json.loads(run_script(command))
     except ValueError:
@@ -228,13 +286,16 @@ def table(rows: list[Row], results: list[dict]) -> list[str]:
     lines.append(f"\nSamples: {results[0]['samples']['count']} unconditional ones per row; the Frechet distance of "
                  f"as many real test digits, the floor, is {real['frechet_distance']:.2f}, and "
                  f"{real['recognisable']:.1%} of them are recognisable.")
+    unrated = [row.label for row, scores in zip(rows, results) if scores["rate_bits"] is None]
+    if unrated:
+        lines.append(f"Not in the plot, having no rate (no prior was trained for their codes): {'; '.join(unrated)}.")
     return lines
 
 
 def plot(rows: list[Row], results: list[dict], title: str, path: Path) -> None:
     """Test MSE against the rate, one marker set per bottleneck (a line through a sweep of it), each point named."""
     figure, axes = plt.subplots(figsize=(9, 4.5))
-    for bottleneck, (marker, offset, alignment) in MARKERS.items():
+    for bottleneck, (marker, offset, alignment) in marker_styles(rows).items():
         points = [(scores["rate_bits"], scores["test_mse"], row.label) for row, scores in zip(rows, results)
                   if row.bottleneck == bottleneck and scores["rate_bits"] is not None]
         if not points:
@@ -275,11 +336,14 @@ def prepare_out_dir(out_dir: Path) -> None:
 
 def main(args) -> None:
     resolve_device(args.device)  # here, not after vqvae.py has failed on it in a subprocess
+    if args.bottlenecks and args.study not in ("bottleneck", "all"):
+        raise UserError(f"--bottlenecks makes the rows of --study bottleneck, not of --study {args.study}: drop it, "
+                        "or give --study bottleneck")
     prepare_out_dir(args.out_dir)
     started = time.perf_counter()
     with hold_study_folder(ROOT / "models" / "study"):
         for name in STUDIES if args.study == "all" else [args.study]:
-            rows = STUDIES[name]
+            rows = study_rows(name, args)
             results = [train_and_score(row, args) for row in rows]
             lines = table(rows, results)
             path = args.out_dir / f"study_{name}.md"
@@ -294,6 +358,9 @@ def main(args) -> None:
             print(f"## study {name}\n\n" + "\n".join(lines) + "\n", flush=True)
     print(f"study.py: done in {time.perf_counter() - started:.0f} s; tables and plots in {args.out_dir}",
           file=sys.stderr)
+
+
+DEFAULT_EXTRA = ["--data-folder", "data", "--dataset", "mnist"]  # run_folder: rows given nothing else
 
 
 def sample_count(text: str) -> int:
@@ -316,6 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=sample_count, default=1000,
                         help=f"samples scored per run, {FRECHET_MIN_SAMPLES} to {MAX_SAMPLES:,} (default: 1000)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to train on (default: cpu)")
+    parser.add_argument("--bottlenecks", type=bottleneck_names, default=None, metavar="NAMES",
+                        help="comma-separated registered bottlenecks, such as vq,fsq,mine: the rows of --study "
+                             "bottleneck, each at its defaults (default: the study's own rows)")
+    parser.add_argument("--data-folder", default="data", help="vqvae.py's --data-folder for every row (default: data)")
+    parser.add_argument("--dataset", choices=DATASETS, default="mnist",
+                        help="vqvae.py's --dataset for every row (default: mnist)")
+    parser.add_argument("--train-flags", type=shlex.split, default=[], metavar="FLAGS",
+                        help="more vqvae.py flags for every row, quoted as one argument, such as \"--batch-size "
+                             "128\"; a row's own flags come after them (default: none)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "models" / "study",
                         help="where the tables and plots go (default: models/study)")
     return parser

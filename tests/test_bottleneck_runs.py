@@ -53,7 +53,7 @@ def tiny_runs(tmp_path_factory):
 @pytest.mark.parametrize("bottleneck", BOTTLENECKS)
 def test_each_bottleneck_is_stored_and_rebuilt_from_its_checkpoint(bottleneck, tiny_runs):
     folder = tiny_runs(bottleneck)
-    model, checkpoint = load_model(folder / "models" / "tiny" / "best.pt")
+    model, _, checkpoint, _ = load_model(folder / "models" / "tiny" / "best.pt")
     assert model.config.bottleneck == bottleneck and checkpoint["epoch"] == 2
     assert ("prior" in checkpoint) == (bottleneck != "gaussian"), "a prior exactly where there are codes"
     if bottleneck == "fsq":
@@ -65,7 +65,7 @@ def test_each_bottleneck_evaluates_with_its_rate(bottleneck, tiny_runs, tiny_mni
     folder = tiny_runs(bottleneck)
     report = run_evaluate(capsys, folder / "models" / "tiny" / "best.pt", tiny_mnist, "--samples", "70")
     assert report["bottleneck"] == bottleneck and 0 < report["test_mse"] < 1 and -1 <= report["ssim"] <= 1
-    model, _ = load_model(folder / "models" / "tiny" / "best.pt")
+    model = load_model(folder / "models" / "tiny" / "best.pt").model
     test_images, _ = load_mnist(tiny_mnist, train=False)
     quantized = model(images_to_inputs(test_images)).quantized
     if bottleneck == "gaussian":  # the rate is the mean KL, recomputed here over the whole test set at once
@@ -125,7 +125,7 @@ def test_saved_codes_are_the_encoders_and_decode_to_the_same_picture(suffix, bot
     run_generate("--model", model_path, "--input", "MNIST", "--data-folder", data_folder, "--save-codes",
                  f"codes{suffix}", "--filename", "recon")
     codes = torch.from_numpy(np.load("codes.npy")) if suffix == ".npy" else torch.load("codes.pt", weights_only=True)
-    model, _ = load_model(model_path)
+    model = load_model(model_path).model
     shown = np.asarray(Image.open("generatedImages/recon_input.png"))[2:30, 2:30, 0]  # the grid's first tile
     assert codes.shape == ((100, 2, 7, 7) if bottleneck == "rvq" else (100, 7, 7)) and codes.dtype == torch.int64
     assert torch.equal(codes[0], model.encode(images_to_inputs(torch.from_numpy(shown.copy())[None]))[0])

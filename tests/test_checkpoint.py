@@ -48,7 +48,7 @@ def test_checkpoint_round_trips_exactly(tmp_path):
     path = tmp_path / "best.pt"
     save_checkpoint(path, make_checkpoint(model, optimizer, epoch=3, step=42))
 
-    loaded, checkpoint = load_model(path, torch.device("cpu"))
+    loaded, _, checkpoint, _ = load_model(path, torch.device("cpu"))
     assert loaded.config == model.config
     assert (checkpoint["epoch"], checkpoint["step"]) == (3, 42)
     original_state, loaded_state = model.state_dict(), loaded.state_dict()
@@ -167,7 +167,7 @@ def test_a_format_1_checkpoint_loads_with_the_current_names(tmp_path):
     checkpoint["args"] = {"num_embeddings": 16, "ema_decay": 0.95, "prior_num_heads": 4, "seed": 3}
     save_checkpoint(tmp_path / "old.pt", format_1(checkpoint))
     assert "k" in torch.load(tmp_path / "old.pt", weights_only=True)["args"]
-    loaded, upgraded = load_model(tmp_path / "old.pt")
+    loaded, _, upgraded, _ = load_model(tmp_path / "old.pt")
     assert upgraded["format"] == FORMAT and upgraded["args"] == checkpoint["args"]
     model.eval()
     with torch.no_grad():

@@ -7,7 +7,6 @@ import torch
 import generate
 from helpers import tiny_run_in
 from modules import load_model
-from vqmnist.checkpoints import load_prior
 from vqmnist.data import images_to_inputs, load_mnist
 from vqmnist.errors import UserError
 
@@ -29,7 +28,7 @@ def test_the_kept_rows_are_the_digits_own_codes(keep_rows, tiny_run, tiny_mnist,
     best = tiny_run
     monkeypatch.chdir(tmp_path)
     grids = complete(tiny_mnist, best, "--keep-rows", str(keep_rows))
-    model, _ = load_model(best)
+    model = load_model(best).model
     images, labels = load_mnist(tiny_mnist, train=False)
     test_codes = model.encode(images_to_inputs(images)).numpy()  # every test digit's grid, encoded here
     for digit in range(10):
@@ -46,8 +45,7 @@ def test_the_completed_rows_are_the_priors_own_sampling_from_the_prefix(flags, t
     best = tiny_run
     monkeypatch.chdir(tmp_path)
     grids = complete(tiny_mnist, best, "--seed", "5", *flags)
-    model, checkpoint = load_model(best)
-    prior = load_prior(checkpoint, best, model)
+    model, prior, _, _ = load_model(best)
     _, labels = load_mnist(tiny_mnist, train=False)
     generator = torch.Generator().manual_seed(5)
     torch.randperm(len(labels), generator=generator)  # the draw that picks the digits comes first

@@ -92,7 +92,7 @@ def test_a_short_run_then_generate_and_evaluate_on_both_devices(trained_on, flag
               for device in ("cpu", "cuda") if device == "cpu" or torch.cuda.is_available()}
     if "cuda" in scores:  # one model, two devices: the same reconstructions up to the devices' rounding
         assert scores["cuda"]["test_mse"] == pytest.approx(scores["cpu"]["test_mse"], rel=1e-3)
-    model, _ = load_model(best, "cpu")
+    model = load_model(best, "cpu").model
     assert next(model.parameters()).device.type == "cpu"
 
 

@@ -29,7 +29,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(tiny_model):
-    return load_model(tiny_model)[0]
+    return load_model(tiny_model).model
 
 
 def run_generate(*flags):

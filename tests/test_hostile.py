@@ -75,9 +75,8 @@ def test_a_format_2_checkpoint_with_an_absurd_codebook_is_refused(tiny_run, tmp_
 ])
 def test_a_checkpoint_asking_for_an_absurd_prior_is_refused_before_it_is_built(edit, message, tiny_run, tmp_path):
     path = edited(torch.load(tiny_run, weights_only=True), tmp_path / "crafted.pt", edit)
-    model, checkpoint = load_model(path)
     with pytest.raises(UserError, match=message):
-        load_prior(checkpoint, path, model)
+        load_model(path)
 
 
 @pytest.mark.parametrize("flags", [

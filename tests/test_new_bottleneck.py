@@ -1,17 +1,19 @@
-"""A new bottleneck is one file: a sign quantizer defined here alone, registered by name, goes through the real scripts
-(train, stop and resume, generate every mode, evaluate, export, a study row) without a change to any project file."""
-import argparse
+"""A new bottleneck is one file: a sign quantizer defined in tests/sign_quantizer.py alone, registered by name, goes
+through the real scripts (train, stop and resume, generate every mode, evaluate, export, a study row) without a change
+to any other project file; and registered as docs/code.md says (its import and its line in modules.BOTTLENECKS, in a
+copy of the project), it is a row of the bottleneck study from the command line."""
 import contextlib
 import io
 import json
+import shutil
 import signal
-from dataclasses import dataclass
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 import evaluate
 import export_model
@@ -19,57 +21,9 @@ import generate
 import modules
 import vqvae
 from benchmarks import study
-from helpers import signal_on_call, train_tiny
-from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
+from helpers import TINY_PRIOR, signal_on_call, train_tiny, write_tiny_mnist
+from sign_quantizer import SignQuantizer
 from vqmnist.errors import RunStopped
-
-
-def sign_bits(text: str) -> int:
-    bits = int(text)
-    if not 1 <= bits <= 12:
-        raise argparse.ArgumentTypeError(f"must be from 1 to 12, got {text}")
-    return bits
-
-
-@dataclass
-class SignConfig:
-    sign_bits: int = option(4, "--sign-bits", "sign: dimensions, each quantised to its sign; K = 2^bits (default: 4)",
-                            type=sign_bits)
-    sign_commitment: float = option(0.1, "--sign-commitment", "sign: weight of the pull towards +-1 (default: 0.1)",
-                                    type=float)
-
-
-class SignQuantizer(Bottleneck):
-    """Each dimension of z_e becomes its sign, +1 or -1, with the straight-through estimator; the code is the
-    dimensions' bits read as a binary number."""
-
-    Config = SignConfig
-
-    def __init__(self, bits: int, commitment: float):
-        super().__init__()
-        self.input_dim = self.code_dim = bits
-        self.num_embeddings = 2 ** bits
-        self.commitment = commitment
-        self.register_buffer("powers", 2 ** torch.arange(bits).view(1, -1, 1, 1), persistent=False)
-
-    @classmethod
-    def dims(cls, config: SignConfig, hidden_size: int) -> tuple[int, int]:
-        return config.sign_bits, config.sign_bits
-
-    @classmethod
-    def from_config(cls, config: SignConfig, hidden_size: int) -> "SignQuantizer":
-        return cls(config.sign_bits, config.sign_commitment)
-
-    def forward(self, z_e: Tensor) -> BottleneckOutput:
-        signs = torch.where(z_e >= 0, 1.0, -1.0).to(z_e.dtype)
-        codes = ((signs > 0).long() * self.powers).sum(1)  # (B, bits, H, W) -> (B, H, W)
-        counts = code_counts(codes, self.num_embeddings)
-        return BottleneckOutput(z_q=z_e + (signs - z_e).detach(), codes=codes,
-                                losses={"commitment": self.commitment * F.mse_loss(z_e.float(), signs.float())},
-                                figures={"perplexity": perplexity_from_counts(counts)})
-
-    def embed(self, codes: Tensor) -> Tensor:
-        return torch.where(codes.unsqueeze(1) // self.powers % 2 == 1, 1.0, -1.0)
 
 
 @pytest.fixture
@@ -150,3 +104,49 @@ def test_a_bottleneck_defined_in_one_file_is_a_study_row(sign_registered, tiny_m
     assert scores["bottleneck"] == "sign" and scores["num_embeddings"] == 16
     line = study.table([row], [scores])[2]
     assert line.startswith(f"| sign quantizer, 4 bits | {scores['test_mse']:.5f} |") and "/16 |" in line
+
+
+ROOT = Path(__file__).resolve().parent.parent
+REGISTRY_IMPORT = "from residual_vq import ResidualVectorQuantizer\n"
+REGISTRY_LINE = '    "rvq": ResidualVectorQuantizer,\n'
+
+
+def registered_in_a_copy(project: Path) -> None:
+    """The project copied to `project`, the sign quantizer's file beside the others and registered as docs/code.md
+    says: its import, and its line in modules.BOTTLENECKS."""
+    shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns(".git", "data", "models", "logs", "generatedImages",
+                                                                 "docs", "notebooks", "vqvae_mnist.pt", "__pycache__"))
+    shutil.copy(ROOT / "tests" / "sign_quantizer.py", project / "sign_quantizer.py")
+    modules_file = project / "modules.py"
+    source = modules_file.read_text()
+    assert REGISTRY_IMPORT in source and REGISTRY_LINE in source, "docs/code.md's two lines no longer fit modules.py"
+    modules_file.write_text(source.replace(REGISTRY_IMPORT, REGISTRY_IMPORT + "from sign_quantizer import SignQuantizer\n")
+                            .replace(REGISTRY_LINE, REGISTRY_LINE + '    "sign": SignQuantizer,\n'))
+
+
+def test_a_bottleneck_registered_as_the_docs_say_is_a_study_row_from_the_command_line(tmp_path):
+    project, own = tmp_path / "project", tmp_path / "own"
+    registered_in_a_copy(project)
+    write_tiny_mnist(own)
+    out = tmp_path / "tables"
+    tiny = ["--val-size", "64", "--batch-size", "64", "--hidden-size", "8", *TINY_PRIOR[2:]]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.study", "--study", "bottleneck", "--bottlenecks", "vq,sign", "--epochs", "1",
+         "--prior-epochs", "1", "--samples", "70", "--data-folder", str(own), "--dataset", "own", "--train-flags",
+         " ".join(tiny), "--out-dir", str(out)], cwd=project, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (out / "study_bottleneck.md").read_text().splitlines()
+    assert table[2].startswith("| default VQ (EMA, k-means++, restarts) |") and table[2].count("/512 |") == 1
+    assert table[3].startswith("| sign at its defaults |") and "/16 |" in table[3]
+    assert (out / "study_bottleneck.png").stat().st_size > 0
+    scores = json.loads(next((project / "models" / "study").glob("sign-e1-p1-s0-x*/scores.json")).read_text())
+    assert scores["bottleneck"] == "sign" and scores["dataset"] == "own" and scores["rate_bits"] > 0
+
+
+def test_every_row_of_a_study_has_a_marker_and_one_without_a_rate_is_named():
+    rows = study.bottleneck_rows(["vq", "fsq", "gaussian"]) + [study.Row("mine", "mine", (), "mine"),
+                                                               study.Row("yours", "yours", (), "yours")]
+    styles = study.marker_styles(rows)
+    assert set(styles) == {"VQ", "FSQ", "Gaussian", "mine", "yours"}
+    assert styles["VQ"] == study.MARKERS["VQ"] and styles["mine"][0] != styles["yours"][0]
+    assert styles["mine"][0] not in {marker for marker, _, _ in study.MARKERS.values()}

@@ -159,7 +159,7 @@ def test_quantizer_options_are_stored_and_rebuilt(flags, stored, tiny_mnist, tmp
     config = torch.load(path, weights_only=True)["config"]
     for key, value in stored.items():
         assert {**config, **config["bottleneck_config"]}[key] == value, key
-    model, _ = load_model(path)
+    model = load_model(path).model
     assert model.bottleneck.code_dim == (config["bottleneck_config"]["code_dim"] or 8), "D = 0 is --hidden-size's"
     capsys.readouterr()
     evaluate.main(evaluate.build_parser().parse_args(["--model", str(path), "--json", "--data-folder",

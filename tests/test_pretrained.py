@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 
 from modules import load_model
-from vqmnist.checkpoints import load_prior
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -28,8 +27,7 @@ def test_pretrained_file_matches_the_sha256_in_model_txt():
 
 def test_pretrained_model_samples_and_decodes_digits():
     path, _ = model_txt_entry()
-    model, checkpoint = load_model(path, "cpu")
-    prior = load_prior(checkpoint, path, model, "cpu")
+    model, prior, _, _ = load_model(path, "cpu")
     codes = prior.sample(torch.arange(10), generator=torch.Generator().manual_seed(0))  # (10, 7, 7)
     assert codes.shape == (10, 7, 7) and 0 <= int(codes.min()) and int(codes.max()) < model.bottleneck.num_embeddings
     pixels = model.to_pixels(model.decode(codes))

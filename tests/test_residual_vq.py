@@ -8,7 +8,6 @@ import generate
 from helpers import model_config, tiny_run_in
 from modules import VQVAE, load_model
 from residual_vq import ResidualVectorQuantizer, ResidualVQConfig
-from vqmnist.checkpoints import load_prior
 from vqmnist.data import images_to_inputs, load_mnist
 from vqmnist.prior import CodePrior, PriorConfig
 
@@ -110,13 +109,12 @@ def test_completion_keeps_both_levels_of_the_kept_rows_and_samples_the_rest(keep
                                                       str(tiny_mnist), "--save-codes", "codes.npy", "--seed", "3",
                                                       "--keep-rows", str(keep_rows)]))
     grids = np.load("codes.npy").reshape(10, 10, 2, 7, 7)  # row i: digit i's own grid of two levels, its completions
-    model, checkpoint = load_model(rvq_run)
+    model, prior, _, _ = load_model(rvq_run)
     images, labels = load_mnist(tiny_mnist, train=False)
     own = model.encode(images_to_inputs(images)).numpy()  # (N, 2, 7, 7)
     for digit in range(10):
         assert any((grids[digit, 0] == own[i]).all() for i in np.flatnonzero(labels.numpy() == digit))
         assert (grids[digit, 1:, :, :keep_rows] == grids[digit, 0, :, :keep_rows]).all()
-    prior = load_prior(checkpoint, rvq_run, model)
     generator = torch.Generator().manual_seed(3)
     torch.randperm(len(labels), generator=generator)  # the draw that picks the digits comes first
     prefix = torch.from_numpy(grids[:, 0, :, :keep_rows]).permute(0, 2, 3, 1).flatten(1).repeat_interleave(9, 0)

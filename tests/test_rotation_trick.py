@@ -12,7 +12,7 @@ from helpers import model_config, signal_on_call, train_tiny
 from modules import VQVAE, load_model
 from vector_quantizer import VectorQuantizer
 from vqmnist.errors import RunStopped
-from vqmnist.nearest_code import pass_gradient, rotation_trick
+from nearest_code import pass_gradient, rotation_trick
 
 
 def as_grid(vectors: torch.Tensor) -> torch.Tensor:
@@ -98,7 +98,7 @@ def test_a_run_with_the_rotation_trick_resumes_to_the_same_weights_and_samples(t
     whole, resumed = (torch.load(f"models/{name}/last.pt", weights_only=True)["model"] for name in ("whole", "tiny"))
     for name, tensor in whole.items():
         assert torch.equal(tensor, resumed[name]), name
-    model, checkpoint = load_model("models/tiny/best.pt")
+    model, _, checkpoint, _ = load_model("models/tiny/best.pt")
     assert model.bottleneck.estimator == "rotation" and "prior" in checkpoint
     for mode in ("random", "complete"):
         generate.main(generate.build_parser().parse_args(["--model", "models/tiny/best.pt", "--input", mode,

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from vector_quantizer import VQConfig
 from vqmnist.limits import MAX_CODES
-from vqmnist.nearest_code import ESTIMATORS
-from vqmnist.simvq import SimVQ, SimVQConfig
+from nearest_code import ESTIMATORS
+from simvq import SimVQ, SimVQConfig
 
 K, D = 37, 6
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-import vqmnist.nearest_code
+import nearest_code
 from testers import ALL_CHECKS, brute_force_nearest, random_inputs, random_quantizer
-from vqmnist.bottleneck import perplexity_from_counts
+from vqmnist.code_statistics import perplexity_from_counts
 
 # (batch, D, H, W, K): MNIST's 7x7 grid, odd shapes, a single code, more codes than positions.
 SHAPES = [(2, 4, 3, 3, 16), (4, 40, 7, 7, 512), (1, 1, 1, 1, 1), (3, 8, 5, 2, 64)]
@@ -70,7 +70,7 @@ def test_nearest_code_search_keeps_its_distances_within_the_budget(budget, monke
         shapes.append(result.shape)
         return result
 
-    monkeypatch.setattr(vqmnist.nearest_code, "DISTANCE_BUDGET", budget)
+    monkeypatch.setattr(nearest_code, "DISTANCE_BUDGET", budget)
     monkeypatch.setattr(torch, "addmm", recording_addmm)
     indices = quantizer.eval()(z_e).codes
     _, expected = brute_force_nearest(z_e, quantizer.codebook().detach())

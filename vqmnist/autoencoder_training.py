@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
-from vqmnist.bottleneck import CODE_STATISTICS
+from vqmnist.code_statistics import CODE_STATISTICS
 from vqmnist.checkpoints import RunState, save_checkpoint, training_checkpoint
 from vqmnist.data import epoch_batches, images_to_inputs
 from vqmnist.loop import Validation

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from vqmnist.checkpoint_checks import DAMAGED, check_plain_values, check_weights
-from vqmnist.data import NUM_CLASSES
-from vqmnist.errors import UserError
+from vqmnist.data import DATASETS, NUM_CLASSES
+from vqmnist.errors import UserError, shown
 from vqmnist.files import read_torch_quietly, save_torch
 from vqmnist.limits import check_size
 from vqmnist.prior import CodePrior, PriorConfig
@@ -175,6 +175,15 @@ def load_checkpoint(path, device="cpu") -> dict:
     return checkpoint
 
 
+def trained_dataset(checkpoint: dict, path) -> str:
+    """The --dataset the checkpoint's run trained on: mnist for a run from before the flag; one line for a stored
+    value that is none of DATASETS."""
+    stored = checkpoint["args"].get("dataset", "mnist") if isinstance(checkpoint["args"], dict) else "mnist"
+    if stored not in DATASETS:
+        raise UserError(f"{path}: its stored --dataset {shown(stored)} is none of {', '.join(DATASETS)}: {DAMAGED}")
+    return stored
+
+
 def load_prior_training(path: Path) -> dict | None:
     """The prior's training checkpoint at path (PRIOR_TRAINING_KEYS), or None where there is none; one that cannot
     be read, or of another format, is refused in one line."""
@@ -244,12 +253,17 @@ def stored_prior(stored, path: Path, autoencoder: nn.Module, keys=("config", "mo
     return meta
 
 
+def no_prior(path: Path) -> UserError:
+    """The line for a checkpoint that holds no prior, with how to give it one."""
+    return UserError(f"{path} holds no prior over the codes: {prior_hint(path)}, or use --input noise")
+
+
 def load_prior(checkpoint: dict, path, autoencoder: nn.Module, device="cpu") -> CodePrior:
     """The prior stored in a checkpoint (under "prior"), checked against `autoencoder` (the VQVAE beside it, whose
     code grids it models; stored_prior), in eval mode on the device."""
     stored = checkpoint.get("prior")
     if stored is None:
-        raise UserError(f"{path} holds no prior over the codes: {prior_hint(Path(path))}, or use --input noise")
+        raise no_prior(Path(path))
     prior = CodePrior(stored_prior(stored, Path(path), autoencoder, PRIOR_KEYS).config)
     prior.load_state_dict(stored["model"])
     return prior.to(device).eval()

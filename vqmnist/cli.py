@@ -1,13 +1,15 @@
 """The command line every script shares: a parser that reports in one line, argument types, run_cli, the device."""
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
 
 import torch
 
+from vqmnist import options
+from vqmnist.data import DATASETS
 from vqmnist.errors import RunStopped, UserError
+from vqmnist.options import Rule, option_fields, shown
 
 
 class Arguments(argparse.Namespace):
@@ -59,32 +61,45 @@ def run_cli(main, args: argparse.Namespace) -> None:
         sys.exit(130)
 
 
-def _number_type(cast, check, requirement):
+def rule_type(rule: Rule):
+    """An argparse type holding a typed flag to `rule` (vqmnist.options), with its words when it breaks it."""
     def parse(text: str):
         try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {requirement}, got {text!r}") from None
-        if not check(value):
-            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
-        return value
+            return rule.from_text(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
     return parse
 
 
 def integer(low: int, high: int):
     """An argparse type: an integer from low to high."""
-    return _number_type(int, lambda v: low <= v <= high, f"an integer from {low} to {high:,}")
+    return rule_type(options.integer(low, high))
 
 
 def number(low: float, high: float, above_low: bool = False):
     """An argparse type: a finite number from low (or, with above_low, above it) to high."""
-    bounds = f"above {low:g} and at most {high:g}" if above_low else f"from {low:g} to {high:g}"
-    return _number_type(float, lambda v: math.isfinite(v) and (v > low if above_low else v >= low) and v <= high,
-                        f"a number {bounds}")
+    return rule_type(options.number(low, high, above_low=above_low))
 
 
-unit_interval = _number_type(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+unit_interval = rule_type(options.UNIT_INTERVAL)
+
+
+def add_option_flags(group, config_type, prefix: str = "", skip=()) -> list[str]:
+    """Add the flag of every field of config_type made with vqmnist.options.option that has one (and whose name is
+    not in skip): its dest prefix + the field's name, its type or choices from the field's rule, its help with the
+    default. Returns the dests added."""
+    added = []
+    for item in option_fields(config_type):
+        flag, rule = item.metadata["flag"], item.metadata["rule"]
+        if flag is None or item.name in skip:
+            continue
+        kind = ({"action": argparse.BooleanOptionalAction} if rule.kind is bool else
+                {"choices": list(rule.choices)} if rule.choices is not None else {"type": rule_type(rule)})
+        group.add_argument(flag, dest=prefix + item.name, default=item.default,
+                           help=f"{item.metadata['help']} (default: {shown(item.default)})", **kind)
+        added.append(prefix + item.name)
+    return added
 
 
 def plain_name(text: str) -> str:
@@ -93,6 +108,13 @@ def plain_name(text: str) -> str:
     if not path.parts or path.is_absolute() or ".." in path.parts:
         raise argparse.ArgumentTypeError(f"give a plain name such as 'vqvae', not {text!r}")
     return text
+
+
+def add_dataset_flag(parser: argparse.ArgumentParser) -> None:
+    """--dataset for a script that reads a trained model's data: by default the one its run trained on."""
+    parser.add_argument("--dataset", choices=DATASETS, default=None,
+                        help="the MNIST-format data set in --data-folder, as vqvae.py --dataset takes it (default: "
+                             "the one the model was trained on)")
 
 
 def add_device_flag(parser: argparse.ArgumentParser, what: str = "run on") -> None:

@@ -1,7 +1,10 @@
-"""MNIST for the scripts: the original IDX files checked by their MD5s, the validation split, the epoch's batches."""
+"""The digits for the scripts: MNIST-format files of a known data set checked by their MD5s (or one's own checked by
+their format), the validation split, the epoch's batches."""
 import contextlib
 import gzip
+import hashlib
 import io
+import struct
 import sys
 import zlib
 from pathlib import Path
@@ -25,6 +28,37 @@ IMAGE_PIXELS = 28 * 28
 NUM_CLASSES = 10  # the digits 0 to 9
 TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+class KnownDataset(NamedTuple):
+    """A data set in MNIST's format that torchvision knows: its name in messages, its folder under the data folder
+    (DATA/FOLDER/raw, torchvision's layout) and the MD5 of each original .gz, as torchvision lists them."""
+
+    title: str
+    folder: str
+    gz_md5: dict[str, str]
+
+
+# Fashion-MNIST and Kuzushiji-MNIST, with the MD5s of torchvision.datasets.FashionMNIST's and KMNIST's resources.
+KNOWN_DATASETS = {
+    "fashion-mnist": KnownDataset("Fashion-MNIST", "FashionMNIST", {
+        "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310"}),
+    "kmnist": KnownDataset("KMNIST", "KMNIST", {
+        "train-images-idx3-ubyte": "bdb82020997e1d708af4cf47b453dcf7",
+        "train-labels-idx1-ubyte": "e144d726b3acfaa3e44228e80efcd344",
+        "t10k-images-idx3-ubyte": "5c965bf0a639b31b8f53240b1b52f4d7",
+        "t10k-labels-idx1-ubyte": "7320c461ea6c1c855c0b718fb2a4b134"}),
+}
+# --dataset: MNIST (checked by the MD5s of its content), a known data set (by its .gz's), or one's own files in the
+# same format (checked by that format alone).
+DATASETS = ("mnist", *KNOWN_DATASETS, "own")
+# An IDX file is read whole; one larger than this (a million images and more) is no data set of 28x28 digits, and
+# a gzip that would inflate past it is refused before it fills the memory.
+MAX_IDX_BYTES = 1 << 30
+IDX_IMAGES, IDX_LABELS = 2051, 2049  # the magic numbers of MNIST's image and label files: uint8, 3 and 1 dimensions
 
 
 def _decompress(source: Path, target: Path) -> None:
@@ -57,25 +91,118 @@ def _ensure_raw_files(data_folder: Path, names) -> bool:
     return True
 
 
-def _download(data_folder: Path, train: bool) -> bool:
+def _download(data_folder: Path, train: bool, title: str = "MNIST", torchvision_class: str = "MNIST") -> bool:
     # Imported here: torchvision's import loads its model zoo, which --help and a flag error need
     # not wait for.
     from torchvision import datasets
-    print(f"MNIST is not in {data_folder}; trying torchvision's download", file=sys.stderr)
+    print(f"{title} is not in {data_folder}; trying torchvision's download", file=sys.stderr)
     # torchvision prints a line per failed mirror; the one line that matters is ours.
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         try:
-            datasets.MNIST(str(data_folder), train=train, download=True)
+            getattr(datasets, torchvision_class)(str(data_folder), train=train, download=True)
         except Exception:
             return False
     return True
 
 
-def load_mnist(data_folder, train: bool) -> tuple[Tensor, Tensor]:
-    """MNIST images (N, 28, 28) uint8 and labels (N,) int64, from the original IDX files, MD5-checked.
+def read_idx(path: Path, magic: int) -> tuple[Tensor, bytes]:
+    """The uint8 values of an IDX file (gzipped or not) of 28x28 images (N, 28, 28) or of labels (N,), as `magic`
+    says, and its bytes as stored; UserError naming the file if it is not one."""
+    what = "MNIST-format image file" if magic == IDX_IMAGES else "MNIST-format label file"
+    try:
+        with open(path, "rb") as file:
+            stored = file.read(MAX_IDX_BYTES + 1)
+        if len(stored) > MAX_IDX_BYTES:
+            raise UserError(f"{path} is over {MAX_IDX_BYTES:,} bytes: it is not a {what} of 28x28 digits")
+        content = stored
+        if stored[:2] == b"\x1f\x8b":  # a gzip
+            with gzip.open(io.BytesIO(stored), "rb") as compressed:
+                content = compressed.read(MAX_IDX_BYTES + 1)
+            if len(content) > MAX_IDX_BYTES:
+                raise UserError(f"{path} inflates to over {MAX_IDX_BYTES:,} bytes: it is not a {what} of 28x28 digits")
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise UserError(f"{path} is not a readable gzip file ({error}): replace it") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path} ({error.strerror}): check the file") from None
+    header = struct.calcsize(">IIII") if magic == IDX_IMAGES else struct.calcsize(">II")
+    if len(content) < header or struct.unpack(">I", content[:4])[0] != magic:
+        raise UserError(f"{path} is not a {what} (its header does not start with the magic number {magic}): "
+                        "give the file in the IDX format of MNIST")
+    count, *side = struct.unpack(">IIII" if magic == IDX_IMAGES else ">II", content[:header])[1:]
+    if side not in ([], [28, 28]):
+        raise UserError(f"{path} holds {side[0]}x{side[1]} images: the models here read 28x28 ones")
+    size = IMAGE_PIXELS if magic == IDX_IMAGES else 1
+    if count == 0 or len(content) != header + count * size:
+        raise UserError(f"{path} says it holds {count:,} {'images' if size > 1 else 'labels'} but has "
+                        f"{len(content) - header:,} bytes of them, not {count * size:,}: it is truncated or damaged")
+    values = torch.frombuffer(bytearray(content[header:]), dtype=torch.uint8)
+    return (values.view(count, 28, 28) if size > 1 else values), stored
 
-    The files may sit in DATA/MNIST/raw (torchvision's layout) or in DATA itself, gzipped or not.
+
+def read_pair(images_path: Path, labels_path: Path, check_stored=None) -> tuple[Tensor, Tensor]:
+    """Images (N, 28, 28) uint8 and labels (N,) int64 from a pair of IDX files that agree, each file's stored bytes
+    first given to check_stored(path, stored) where there is one."""
+    images, stored_images = read_idx(images_path, IDX_IMAGES)
+    labels, stored_labels = read_idx(labels_path, IDX_LABELS)
+    if check_stored is not None:
+        check_stored(images_path, stored_images)
+        check_stored(labels_path, stored_labels)
+    if len(images) != len(labels):
+        raise UserError(f"{images_path} holds {len(images):,} images but {labels_path} {len(labels):,} labels: give "
+                        "the labels of these images")
+    if int(labels.max()) >= NUM_CLASSES:
+        raise UserError(f"{labels_path} has a label {int(labels.max())}: the labels must be the classes 0 to "
+                        f"{NUM_CLASSES - 1}")
+    return images, labels.long()
+
+
+def found(folders: list[Path], name: str, suffixes: tuple[str, ...]) -> Path | None:
+    """The first of FOLDER/NAME+SUFFIX that is a file, folder by folder, or None."""
+    return next((folder / f"{name}{suffix}" for folder in folders for suffix in suffixes
+                 if (folder / f"{name}{suffix}").is_file()), None)
+
+
+def load_known(data_folder: Path, train: bool, known: KnownDataset) -> tuple[Tensor, Tensor]:
+    """A known data set's images and labels from its original .gz files, each checked by torchvision's MD5."""
+    raw_folder = data_folder / known.folder / "raw"
+    names = TRAIN_FILES if train else TEST_FILES
+
+    def paths() -> list[Path | None]:
+        return [found([raw_folder, data_folder], name, (".gz",)) for name in names]
+
+    if None in paths() and not _download(data_folder, train, known.title, known.folder):
+        raise UserError(f"{known.title} files not found in {raw_folder} or {data_folder} and the download failed: put "
+                        f"{', '.join(f'{name}.gz' for name in known.gz_md5)} (the original files) there")
+
+    def check_stored(path: Path, stored: bytes) -> None:
+        if hashlib.md5(stored).hexdigest() != known.gz_md5[path.name.removesuffix(".gz")]:
+            raise UserError(f"{path} is corrupt or altered (its MD5 is not that of the {known.title} original): "
+                            f"delete it and put the original file back, or train on it with --dataset own")
+
+    return read_pair(*paths(), check_stored)
+
+
+def load_own(data_folder: Path, train: bool) -> tuple[Tensor, Tensor]:
+    """Images and labels from one's own MNIST-format files in the data folder, held to that format alone."""
+    paths = [found([data_folder], name, ("", ".gz")) for name in (TRAIN_FILES if train else TEST_FILES)]
+    if None in paths:
+        wanted = " and ".join(f"{name} (or {name}.gz)" for name in (TRAIN_FILES if train else TEST_FILES))
+        raise UserError(f"--dataset own reads {wanted} from --data-folder {data_folder}: put them there")
+    return read_pair(*paths)
+
+
+def load_mnist(data_folder, train: bool, dataset: str = "mnist") -> tuple[Tensor, Tensor]:
+    """The training or test images (N, 28, 28) uint8 and labels (N,) int64 of `dataset` (one of DATASETS).
+
+    MNIST's original IDX files are MD5-checked; they may sit in DATA/MNIST/raw (torchvision's layout) or in DATA
+    itself, gzipped or not. Fashion-MNIST's and KMNIST's original .gz files sit in DATA/FashionMNIST/raw or
+    DATA/KMNIST/raw (or DATA) and are checked by their MD5s; one's own files ("own") sit in DATA, gzipped or not,
+    and are held to the format: 28x28 uint8 images, as many labels, each a class 0 to 9.
     """
+    if dataset == "own":
+        return load_own(Path(data_folder), train)
+    if dataset in KNOWN_DATASETS:
+        return load_known(Path(data_folder), train, KNOWN_DATASETS[dataset])
     # Imported here: torchvision's import loads its model zoo, which --help and a flag error need
     # not wait for.
     from torchvision import datasets
@@ -140,7 +267,7 @@ def epoch_batches(images: Tensor, batch_size: int, generator: torch.Generator, n
 
 
 class Splits(NamedTuple):
-    """The MNIST training set cut into the training and validation splits, images (N, 28, 28) uint8 and labels."""
+    """The training set cut into the training and validation splits, images (N, 28, 28) uint8 and labels."""
 
     train_images: Tensor
     train_labels: Tensor
@@ -148,9 +275,9 @@ class Splits(NamedTuple):
     val_labels: Tensor
 
 
-def load_splits(data_folder, val_size: int) -> Splits:
-    """The MNIST training set, split by split_train_validation."""
-    images, labels = load_mnist(data_folder, train=True)
+def load_splits(data_folder, val_size: int, dataset: str = "mnist") -> Splits:
+    """The training set of `dataset`, split by split_train_validation."""
+    images, labels = load_mnist(data_folder, train=True, dataset=dataset)
     train_images, val_images = split_train_validation(images, val_size)
     train_labels, val_labels = split_train_validation(labels, val_size)
     return Splits(train_images, train_labels, val_images, val_labels)

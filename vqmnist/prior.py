@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from vqmnist.data import images_to_inputs
 from vqmnist.limits import MAX_CLASSES, MAX_CODE_LEVELS, MAX_CODES, MAX_DEPTH, MAX_GRID_SIDE, MAX_WIDTH
+from vqmnist.options import UNIT_INTERVAL, check_options, integer, option
 
 # Sampling defaults of generate.py and evaluate.py, and of the samples TensorBoard shows; see CodePrior.sample.
 SAMPLING_TEMPERATURE = 1.0
@@ -27,29 +28,23 @@ def default_temperature(discrete: bool) -> float:
 
 @dataclass
 class PriorConfig:
-    """The shape of the prior over code grids: all that is needed to rebuild it from a checkpoint."""
+    """The shape of the prior over code grids: all that is needed to rebuild it from a checkpoint. The first four
+    fields follow from the autoencoder; the others are set by vqvae.py's --prior-* flags (dest prior_FIELD)."""
 
-    num_embeddings: int = 512  # K, the autoencoder's number of codes (of each level)
-    grid_size: int = 7  # the code grid is grid_size x grid_size, read in raster order
-    levels: int = 1  # codes a position, L
-    num_classes: int = 10  # class tokens 0..num_classes-1; token num_classes means "no class"
-    width: int = 128
-    num_layers: int = 3
-    num_heads: int = 4
-    dropout: float = 0.0
+    num_embeddings: int = option(512, integer(1, MAX_CODES))  # K, the autoencoder's number of codes (of each level)
+    grid_size: int = option(7, integer(1, MAX_GRID_SIDE))  # the code grid is grid_size x grid_size, in raster order
+    levels: int = option(1, integer(1, MAX_CODE_LEVELS))  # codes a position, L
+    num_classes: int = option(10, integer(1, MAX_CLASSES))  # class tokens 0..num_classes-1; num_classes: no class
+    width: int = option(128, integer(1, MAX_WIDTH), "--prior-width", "width of the prior's transformer")
+    num_layers: int = option(3, integer(1, MAX_DEPTH), "--prior-layers", "layers of the prior's transformer")
+    num_heads: int = option(4, integer(1, MAX_WIDTH), "--prior-heads", "attention heads; must divide --prior-width")
+    dropout: float = option(0.0, UNIT_INTERVAL, "--prior-dropout", "dropout in the prior")
 
     def __post_init__(self):
         """Refuse a shape that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
-        for name, largest in (("num_embeddings", MAX_CODES), ("grid_size", MAX_GRID_SIDE), ("levels", MAX_CODE_LEVELS),
-                              ("num_classes", MAX_CLASSES), ("width", MAX_WIDTH), ("num_layers", MAX_DEPTH),
-                              ("num_heads", MAX_WIDTH)):
-            value = getattr(self, name)
-            if type(value) is not int or not 1 <= value <= largest:
-                raise ValueError(f"{name} must be an integer from 1 to {largest:,}, not {value!r}")
+        check_options(self)
         if self.width % self.num_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must divide width ({self.width})")
-        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), not {self.dropout!r}")
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float = 0.0) -> Tensor:

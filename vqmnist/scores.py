@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from vqmnist.bottleneck import code_statistics, perplexity_from_counts
+from vqmnist.code_statistics import code_statistics, perplexity_from_counts
 from vqmnist.data import images_to_inputs
 from vqmnist.checkpoint_checks import check_weights
 from vqmnist.errors import UserError

@@ -17,17 +17,16 @@ binary entropies, computed so in O(d), not O(K). The batch-mean distribution is 
 not factorise; it is computed exactly from the full (N, K) softmax, which is small at the default K = 512 but grows as
 2^d; for a large d, an O(d) substitute is the sum of each dimension's batch-mean binary entropy, an upper bound of it.
 """
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
-from vqmnist.cli import integer, number
+from bottleneck import Bottleneck, BottleneckOutput, beta_option
+from vqmnist.code_statistics import code_counts, perplexity_from_counts
 from vqmnist.limits import MAX_CODES, MAX_LOSS_WEIGHT, StepCost
-from vqmnist.shared_options import beta_option, check_shared_fields
+from vqmnist.options import check_options, integer, number, option
 
 MAX_LFQ_BITS = MAX_CODES.bit_length() - 1  # the most dimensions d whose 2^d codes stay within MAX_CODES
 
@@ -36,30 +35,20 @@ MAX_LFQ_BITS = MAX_CODES.bit_length() - 1  # the most dimensions d whose 2^d cod
 class LFQConfig:
     """LFQ's settings, each with its vqvae.py flag; beta is the VQ's field and flag (one flag sets both)."""
 
-    lfq_bits: int = option(9, "--lfq-bits", f"lfq: code dimensions d, each quantised to its sign; K = 2^d codes, d at "
-                           f"most {MAX_LFQ_BITS} (default: 9)", type=integer(1, MAX_LFQ_BITS))
+    lfq_bits: int = option(9, integer(1, MAX_LFQ_BITS), "--lfq-bits", "lfq: code dimensions d, each quantised to its "
+                           f"sign; K = 2^d codes, d at most {MAX_LFQ_BITS}")
     beta: float = beta_option()
-    entropy_weight: float = option(0.1, "--entropy-weight", "lfq: weight of the entropy loss, the mean entropy of each "
-                                   "position's soft code assignment minus --entropy-diversity times the entropy of "
-                                   "the batch's mean assignment (default: 0.1)", type=number(0, MAX_LOSS_WEIGHT))
-    entropy_diversity: float = option(1.0, "--entropy-diversity", "lfq: weight of the batch's code entropy within the "
-                                      "entropy loss (default: 1.0)", type=number(0, MAX_LOSS_WEIGHT))
-    lfq_temperature: float = option(0.01, "--lfq-temperature", "lfq: temperature of the soft code assignment "
-                                    "softmax(-||z - c||^2 / T) behind the entropy loss (default: 0.01)",
-                                    type=number(0, MAX_LOSS_WEIGHT, above_low=True))
+    entropy_weight: float = option(0.1, number(0, MAX_LOSS_WEIGHT), "--entropy-weight", "lfq: weight of the entropy "
+                                   "loss, the mean entropy of each position's soft code assignment minus "
+                                   "--entropy-diversity times the entropy of the batch's mean assignment")
+    entropy_diversity: float = option(1.0, number(0, MAX_LOSS_WEIGHT), "--entropy-diversity", "lfq: weight of the "
+                                      "batch's code entropy within the entropy loss")
+    lfq_temperature: float = option(0.01, number(0, MAX_LOSS_WEIGHT, above_low=True), "--lfq-temperature", "lfq: "
+                                    "temperature of the soft code assignment softmax(-||z - c||^2 / T) behind the "
+                                    "entropy loss")
 
     def __post_init__(self):
-        """Refuse settings that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
-        if type(self.lfq_bits) is not int or not 1 <= self.lfq_bits <= MAX_LFQ_BITS:
-            raise ValueError(f"lfq_bits must be an integer from 1 to {MAX_LFQ_BITS} (K = 2^lfq_bits codes, at most "
-                             f"{MAX_CODES:,}), not {self.lfq_bits!r}")
-        check_shared_fields(self)
-        for name in ("entropy_weight", "entropy_diversity"):
-            value = getattr(self, name)
-            if type(value) not in (int, float) or not 0 <= value < math.inf:
-                raise ValueError(f"{name} must be a number in [0, inf), not {value!r}")
-        if type(self.lfq_temperature) not in (int, float) or not 0 < self.lfq_temperature < math.inf:
-            raise ValueError(f"lfq_temperature must be a number in (0, inf), not {self.lfq_temperature!r}")
+        check_options(self)
 
 
 class LookupFreeQuantizer(Bottleneck):

@@ -12,23 +12,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vqmnist.bottleneck import Bottleneck, BottleneckOutput, option
-from vqmnist.cli import number
+from bottleneck import Bottleneck, BottleneckOutput, code_dim_of, code_dim_option
 from vqmnist.data import IMAGE_PIXELS
 from vqmnist.limits import MAX_LOSS_WEIGHT
-from vqmnist.shared_options import check_shared_fields, code_dim_of, code_dim_option
+from vqmnist.options import check_options, number, option
 
 
 @dataclass
 class GaussianConfig:
     code_dim: int = code_dim_option()
-    kl_weight: float = option(1.0, "--kl-weight", "gaussian: weight of KL(q(z|x) || N(0, I)) against the "
-                              "reconstruction loss, per pixel (default: 1.0)", type=number(0, MAX_LOSS_WEIGHT))
+    kl_weight: float = option(1.0, number(0, MAX_LOSS_WEIGHT), "--kl-weight", "gaussian: weight of KL(q(z|x) || "
+                              "N(0, I)) against the reconstruction loss, per pixel")
 
     def __post_init__(self):
-        check_shared_fields(self)
-        if type(self.kl_weight) not in (int, float) or not 0 <= self.kl_weight < math.inf:
-            raise ValueError(f"kl_weight must be a number in [0, inf), not {self.kl_weight!r}")
+        check_options(self)
 
 
 class GaussianBottleneck(Bottleneck):

@@ -1,18 +1,22 @@
 """The bottleneck interface between encoder and decoder: what every bottleneck takes, returns and declares.
 
-A bottleneck is one module: a subclass of `Bottleneck` with a `Config` dataclass whose fields are made with
-`option` (so that vqvae.py gives each its flag and the checkpoint stores them), registered by name in
-`modules.BOTTLENECKS`. The autoencoder, the training loop, TensorBoard, run.json, evaluate.py, generate.py and the
-study read only what this interface declares, so none of them names a particular bottleneck.
+A bottleneck is one file beside this one: a subclass of `Bottleneck` with a `Config` dataclass whose fields are made
+with `vqmnist.options.option` (so that vqvae.py makes each its flag, its rule checks it, and the checkpoint stores
+it), registered by name in `modules.BOTTLENECKS` through `registry`. The settings several bottlenecks share are the
+SharedOptions here (--k, --code-dim, --beta, --gradient). The autoencoder, the training loop, TensorBoard, run.json,
+evaluate.py, generate.py and the study read only what this interface declares, so none of them names a particular
+bottleneck.
 """
 import abc
-from dataclasses import Field, field
 from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from vqmnist.limits import StepCost
+from nearest_code import ESTIMATORS
+from vqmnist.code_statistics import code_counts
+from vqmnist.limits import MAX_CODES, MAX_LOSS_WEIGHT, MAX_WIDTH, StepCost
+from vqmnist.options import SharedOption, check_shared_names, integer, number, one_of
 
 
 class BottleneckOutput(NamedTuple):
@@ -24,24 +28,25 @@ class BottleneckOutput(NamedTuple):
     figures: dict[str, Tensor]  # () the batch's health figures by name (perplexity, KL in bits per image, ...)
 
 
-def option(default, flag: str, help: str, **argparse_options) -> Field:
-    """A field of a bottleneck's Config together with its command-line flag: vqvae.py adds `flag` with this help
-    and these add_argument options, its dest the field's name, its default the field's."""
-    return field(default=default, metadata={"flag": flag, "help": help, **argparse_options})
-
-
 class Bottleneck(nn.Module, abc.ABC):
     """What sits between encoder and decoder, on the 7x7 grid.
 
     A subclass declares:
-    - `Config`, a dataclass of its settings (fields made with `option`), checked in its __post_init__ (ValueError
-      naming the field), so that a bad flag or checkpoint fails in one line;
+    - `Config`, a dataclass of its settings (fields made with `vqmnist.options.option` or a SharedOption below),
+      whose __post_init__ calls `check_options(self)` (ValueError naming the field), so that a bad flag or checkpoint
+      fails in one line, and checks there what its fields must be together;
     - `discrete`: True if it gives codes, which the prior models; then `num_embeddings` (K) and `embed(codes)`,
       and `code_levels` (L), the codes of each position, each from its own K (a residual VQ's levels; 1 by default).
       A continuous one gives `sample_latents` (its prior's samples) and names its rate in `rate_figure`;
     - `input_dim` (channels of z_e it reads) and `code_dim` (channels of the z_q it gives), known from its config
       (`dims`); the autoencoder projects the encoder's hidden channels into and out of them where they differ.
     `forward(z_e)` returns a BottleneckOutput; `epoch_figures()` gives figures counted over an epoch (restarts).
+
+    Under `--amp` the encoder and decoder run in bf16 autocast on a device that computes bf16 in hardware, and so does
+    the bottleneck's forward: z_e may arrive in bf16. A bottleneck keeps its own arithmetic (distances, codebook
+    updates) in fp32 where it matters, and in eval mode its z_q equals `embed(codes)` exactly, autocast or not, so
+    that decoding a code grid (generate.py, the prior's samples) gives the picture the reconstruction gave
+    (tests/test_bottlenecks.py checks every registered bottleneck).
     """
 
     Config: ClassVar[type]
@@ -96,27 +101,31 @@ class Bottleneck(nn.Module, abc.ABC):
         return StepCost(values=size, operations=2 * size)
 
 
-def perplexity_from_counts(counts: Tensor) -> Tensor:
-    """exp(H(p)) of the code distribution p = counts / counts.sum(): 1 if one code is used, K if all K equally."""
-    probabilities = counts.double() / counts.sum().clamp(min=1)
-    entropy = -torch.special.xlogy(probabilities, probabilities).sum()
-    return entropy.exp().float()
+num_embeddings_option = SharedOption(
+    "num_embeddings", 512, integer(1, MAX_CODES), "--k",
+    f"number of codes K in the codebook (of each level), at most {MAX_CODES:,}")
+code_dim_option = SharedOption(
+    "code_dim", 16, integer(0, MAX_WIDTH), "--code-dim",
+    "dimension D of the codes, or of a continuous z; if it differs from --hidden-size, 1x1 convolutions project into "
+    "and out of code space; 0 means D = --hidden-size")
+beta_option = SharedOption("beta", 0.25, number(0, MAX_LOSS_WEIGHT), "--beta", "weight of the commitment loss")
+estimator_option = SharedOption(
+    "estimator", "straight-through", one_of(*ESTIMATORS), "--gradient",
+    "how the gradient passes the choice of code: straight-through (copied onto z_e) or rotation (the rotation trick: "
+    "rotated and rescaled from z_q's direction onto z_e's)")
 
 
-def code_counts(indices: Tensor, num_embeddings: int) -> Tensor:
-    """How often each of the K codes appears among indices (any shape): (K,) int64, on their device."""
-    # index_add_ rather than bincount: on CUDA, bincount reads the largest index back to the host.
-    flat = indices.flatten()
-    return torch.zeros(num_embeddings, dtype=torch.long, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
+def code_dim_of(config, hidden_size: int) -> int:
+    """D of a config with a code_dim field behind an encoder of hidden_size channels: code_dim, where 0 means
+    hidden_size."""
+    return config.code_dim or hidden_size
 
 
-# The figures code_statistics gives, which the epoch line and evaluate.py show in their own words.
-CODE_STATISTICS = ("codes_used", "codebook_usage", "perplexity", "dead_codes")
-
-
-def code_statistics(counts: Tensor) -> dict[str, float]:
-    """The health of a discrete bottleneck over a whole image set, from its code counts (K,): CODE_STATISTICS."""
-    codes_used = int((counts > 0).sum())
-    return {"codes_used": codes_used, "codebook_usage": codes_used / len(counts),
-            "perplexity": perplexity_from_counts(counts).item(), "dead_codes": len(counts) - codes_used}
-
+def registry(bottlenecks: dict[str, type[Bottleneck]]) -> dict[str, type[Bottleneck]]:
+    """The bottlenecks by name, once their Configs are known not to clash: a field name or flag two of them use must
+    be one SharedOption (or a field one inherits from the other), else TypeError names both, at import."""
+    for name, bottleneck in bottlenecks.items():
+        if not (isinstance(bottleneck, type) and issubclass(bottleneck, Bottleneck)):
+            raise TypeError(f"bottleneck {name!r} is {bottleneck!r}, not a subclass of bottleneck.Bottleneck")
+    check_shared_names({name: bottleneck.Config for name, bottleneck in bottlenecks.items()})
+    return bottlenecks

@@ -5,44 +5,46 @@ Each of the d = len(levels) dimensions of z_e is squashed into a bounded range a
 the straight-through estimator. The codes are the points of that fixed grid, K = prod(L_i) of them: nothing to learn,
 no codebook or commitment loss, no dead code to restart. Each code's index is its digits in mixed radix.
 """
-import argparse
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, option, perplexity_from_counts
+from bottleneck import Bottleneck, BottleneckOutput
+from vqmnist.code_statistics import code_counts, perplexity_from_counts
 from vqmnist.limits import MAX_CODES
+from vqmnist.options import Rule, check_options, option
 
 
 def levels_list(text: str) -> tuple[int, ...]:
-    """Comma-separated integers >= 2, such as "8,8,8": the levels of finite scalar quantisation."""
+    """Comma-separated integers such as "8,8,8"; ValueError saying so otherwise."""
     try:
-        levels = tuple(int(part) for part in text.split(","))
+        return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 8,8,8, got {text!r}") from None
-    if not all(level >= 2 for level in levels):
-        raise argparse.ArgumentTypeError(f"every level must be at least 2, got {text}")
+        raise ValueError(f"expected comma-separated integers such as 8,8,8, got {text!r}") from None
+
+
+def levels_problem(levels: tuple) -> str | None:
+    """What is wrong with the levels of finite scalar quantisation, or None: integers >= 2, at most MAX_CODES codes."""
+    if not levels or not all(type(level) is int and level >= 2 for level in levels):
+        return "integers >= 2"
     if math.prod(levels) > MAX_CODES:
-        raise argparse.ArgumentTypeError(f"the levels' product is K, the number of codes: {math.prod(levels):,} is "
-                                         f"more than {MAX_CODES:,}; give fewer or smaller levels, got {text}")
-    return levels
+        return (f"levels whose product, K, is at most {MAX_CODES:,} (these make {math.prod(levels):,} codes): give "
+                "fewer or smaller levels")
+    return None
 
 
 @dataclass
 class FSQConfig:
-    fsq_levels: tuple[int, ...] = option(
-        (8, 8, 8), "--fsq-levels", "fsq: levels of each code dimension; D is their number, K their product "
-        "(default: 8,8,8)", type=levels_list)
+    fsq_levels: tuple[int, ...] = option((8, 8, 8), Rule(tuple, parse=levels_list, problem=levels_problem),
+                                         "--fsq-levels", "fsq: levels of each code dimension; D is their number, K "
+                                         "their product")
 
     def __post_init__(self):
-        self.fsq_levels = tuple(self.fsq_levels)  # a checkpoint may hand back a list
-        if not self.fsq_levels or not all(type(level) is int and level >= 2 for level in self.fsq_levels):
-            raise ValueError(f"fsq_levels must be integers >= 2, not {self.fsq_levels!r}")
-        if math.prod(self.fsq_levels) > MAX_CODES:
-            raise ValueError(f"fsq_levels {self.fsq_levels!r} make {math.prod(self.fsq_levels):,} codes, more than "
-                             f"{MAX_CODES:,}")
+        if isinstance(self.fsq_levels, list):  # a checkpoint hands back a list
+            self.fsq_levels = tuple(self.fsq_levels)
+        check_options(self)
 
 
 class FiniteScalarQuantizer(Bottleneck):

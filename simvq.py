@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqmnist.bottleneck import Bottleneck, BottleneckOutput, code_counts, perplexity_from_counts
+from bottleneck import (Bottleneck, BottleneckOutput, beta_option, code_dim_of, code_dim_option, estimator_option,
+                        num_embeddings_option)
+from nearest_code import nearest_codes, pass_gradient, search_cost
+from vqmnist.code_statistics import code_counts, perplexity_from_counts
 from vqmnist.limits import StepCost
-from vqmnist.nearest_code import ESTIMATORS, nearest_codes, pass_gradient, search_cost
-from vqmnist.shared_options import (beta_option, check_shared_fields, code_dim_of, code_dim_option,
-                                    estimator_option, num_embeddings_option)
+from vqmnist.options import check_options
 
 
 @dataclass
@@ -29,8 +30,7 @@ class SimVQConfig:
     estimator: str = estimator_option()
 
     def __post_init__(self):
-        """Refuse settings that cannot be built (ValueError naming the field), so a bad checkpoint fails in one line."""
-        check_shared_fields(self)
+        check_options(self)
 
 
 class SimVQ(Bottleneck):
@@ -44,8 +44,6 @@ class SimVQ(Bottleneck):
 
     def __init__(self, num_embeddings: int, code_dim: int, beta: float = 0.25, estimator: str = "straight-through"):
         super().__init__()
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, not {estimator!r}")
         self.num_embeddings = num_embeddings
         self.input_dim = self.code_dim = code_dim
         self.beta = beta
@@ -90,8 +88,10 @@ class SimVQ(Bottleneck):
             quantized = codebook[indices].view(batch, height, width, dim).permute(0, 3, 1, 2)  # (B, D, H, W)
             codebook_loss = F.mse_loss(quantized, z_e_fp32.detach())
             commitment_loss = self.beta * F.mse_loss(z_e_fp32, quantized.detach())
-        # The straight-through estimator or the rotation trick; neither lets the decoder's gradient reach W.
-        z_q = pass_gradient(z_e, quantized.to(z_e.dtype), self.estimator)
+        # In training, the straight-through estimator or the rotation trick, neither letting the decoder's gradient
+        # reach W; in eval, the codes' vectors themselves (embed's).
+        z_q = (pass_gradient(z_e, quantized.to(z_e.dtype), self.estimator) if self.training
+               else quantized.detach().contiguous())  # contiguous as embed's, so the decoder sums as it does
         return BottleneckOutput(z_q=z_q, codes=indices.view(batch, height, width),
                                 losses={"codebook": codebook_loss, "commitment": commitment_loss},
                                 figures={"perplexity": perplexity_from_counts(code_counts(indices,
