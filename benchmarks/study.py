@@ -147,6 +147,9 @@ def study_rows(name: str, args) -> list[Row]:
     return bottleneck_rows(args.bottlenecks) if name == "bottleneck" and args.bottlenecks else STUDIES[name]
 
 
+DEFAULT_EXTRA = ["--data-folder", "data", "--dataset", "mnist"]  # what a row is given when nothing else is
+
+
 def run_folder(row: Row, args) -> str:
     """The row's folder under models/: its name, epochs and seed, and a digest of what else every row was given."""
     extra = [*args.train_flags, "--data-folder", args.data_folder, "--dataset", args.dataset]
@@ -358,9 +361,6 @@ def main(args) -> None:
             print(f"## study {name}\n\n" + "\n".join(lines) + "\n", flush=True)
     print(f"study.py: done in {time.perf_counter() - started:.0f} s; tables and plots in {args.out_dir}",
           file=sys.stderr)
-
-
-DEFAULT_EXTRA = ["--data-folder", "data", "--dataset", "mnist"]  # run_folder: rows given nothing else
 
 
 def sample_count(text: str) -> int:

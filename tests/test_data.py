@@ -200,3 +200,12 @@ def test_a_run_on_own_files_keeps_its_dataset_for_resume_evaluate_and_generate(t
     with pytest.raises(UserError, match="corrupt or altered"):
         generate.main(generate.build_parser().parse_args(["--model", best, "--data-folder", str(folder),
                                                           "--dataset", "mnist", "--filename", "mnist"]))
+
+
+def test_a_damaged_known_file_is_refused_by_its_md5_before_its_format(tmp_path, monkeypatch):
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    tiny_known_dataset(monkeypatch, raw)
+    gz = raw / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gzip.compress(gzip.decompress(gz.read_bytes())[:-100]))  # truncated: its format is broken too
+    with pytest.raises(UserError, match="corrupt or altered .* Fashion-MNIST original"):
+        data.load_mnist(tmp_path / "data", train=True, dataset="fashion-mnist")

@@ -105,15 +105,18 @@ def _download(data_folder: Path, train: bool, title: str = "MNIST", torchvision_
     return True
 
 
-def read_idx(path: Path, magic: int) -> tuple[Tensor, bytes]:
+def read_idx(path: Path, magic: int, check_stored=None) -> Tensor:
     """The uint8 values of an IDX file (gzipped or not) of 28x28 images (N, 28, 28) or of labels (N,), as `magic`
-    says, and its bytes as stored; UserError naming the file if it is not one."""
+    says, its bytes as stored first given to check_stored(path, stored) where there is one; UserError naming the
+    file if it is not one."""
     what = "MNIST-format image file" if magic == IDX_IMAGES else "MNIST-format label file"
     try:
         with open(path, "rb") as file:
             stored = file.read(MAX_IDX_BYTES + 1)
         if len(stored) > MAX_IDX_BYTES:
             raise UserError(f"{path} is over {MAX_IDX_BYTES:,} bytes: it is not a {what} of 28x28 digits")
+        if check_stored is not None:  # an original checked by its checksum before anything is read from it
+            check_stored(path, stored)
         content = stored
         if stored[:2] == b"\x1f\x8b":  # a gzip
             with gzip.open(io.BytesIO(stored), "rb") as compressed:
@@ -136,17 +139,14 @@ def read_idx(path: Path, magic: int) -> tuple[Tensor, bytes]:
         raise UserError(f"{path} says it holds {count:,} {'images' if size > 1 else 'labels'} but has "
                         f"{len(content) - header:,} bytes of them, not {count * size:,}: it is truncated or damaged")
     values = torch.frombuffer(bytearray(content[header:]), dtype=torch.uint8)
-    return (values.view(count, 28, 28) if size > 1 else values), stored
+    return values.view(count, 28, 28) if size > 1 else values
 
 
 def read_pair(images_path: Path, labels_path: Path, check_stored=None) -> tuple[Tensor, Tensor]:
     """Images (N, 28, 28) uint8 and labels (N,) int64 from a pair of IDX files that agree, each file's stored bytes
     first given to check_stored(path, stored) where there is one."""
-    images, stored_images = read_idx(images_path, IDX_IMAGES)
-    labels, stored_labels = read_idx(labels_path, IDX_LABELS)
-    if check_stored is not None:
-        check_stored(images_path, stored_images)
-        check_stored(labels_path, stored_labels)
+    images = read_idx(images_path, IDX_IMAGES, check_stored)
+    labels = read_idx(labels_path, IDX_LABELS, check_stored)
     if len(images) != len(labels):
         raise UserError(f"{images_path} holds {len(images):,} images but {labels_path} {len(labels):,} labels: give "
                         "the labels of these images")
