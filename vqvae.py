@@ -23,280 +23,150 @@ its own training state goes to prior_last.pt, so a --resume after a stop in the 
 The validation set is the last --val-size images of the MNIST training set; the test set is left for evaluate.py.
 """
 import argparse
-import contextlib
 import math
 import shlex
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
-from modules import BOTTLENECKS, VQVAE, VQVAEConfig, load_model, stored_autoencoder
-from vqmnist.autoencoder_training import AutoencoderTask, TrainingSettings, make_optimizer, make_schedule
-from vqmnist.checkpoints import (TRAINING_KEYS, RunState, load_checkpoint, load_prior_training, restore_training,
+from modules import BOTTLENECKS, VQVAE, load_model
+from training_flags import (build_parser, check_request, check_resumed, check_resumed_flags, load_prior_state,
+                            model_config, prior_config, prior_settings, resume_args, size_flags, training_settings)
+from vqmnist.autoencoder_training import AutoencoderTask, make_optimizer, make_schedule
+from vqmnist.checkpoints import (RunState, load_checkpoint, restore_training, restore_training_state, stored_prior,
                                  trained_dataset)
-from vqmnist.checkpoint_checks import DAMAGED, MAX_STEP, check_count, check_optimizer, check_place, check_weights
-from vqmnist.cli import (ArgumentParser, Arguments, add_device_flag, add_option_flags, integer, number, plain_name,
-                         run_cli, unit_interval)
-from vqmnist.data import DATASETS, Splits, load_splits, shard_size
+from vqmnist.checkpoint_checks import check_optimizer, check_place
+from vqmnist.cli import run_cli
+from vqmnist.data import Splits, load_splits, shard_size
 from vqmnist.errors import UserError, running_out_is_a_user_error
 from vqmnist.loop import LoopSettings, train_epochs
-from vqmnist.limits import (MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SECONDS, MAX_SEED,
-                            MAX_STEPS_BETWEEN_LOGS, MAX_THREADS, MAX_VALIDATION, MAX_WORKERS, check_size,
-                            check_step_cost)
 from vqmnist.machine import keep_freed_memory, native_bf16
-from vqmnist.prior import CodePrior, PriorConfig
-from vqmnist.prior_training import DEFAULT_PRIOR_BATCH_SIZE, PriorSettings, resumable, train_prior
+from vqmnist.prior import CodePrior
+from vqmnist.prior_training import (PriorSettings, PriorTask, encode_splits, make_prior_optimizer,
+                                    make_prior_schedule, resumable)
 from vqmnist.processes import Processes, process_group
 from vqmnist.run_folder import hold_run_folder, make_folder, prepare_run_folders, run_folders
 from vqmnist.run_log import NoWriter, RunFigures
 from vqmnist.stopping import StopOnSignal
-from vqmnist.stored_flags import as_typed, check_stored_flags
-from vqmnist.threads import DEFAULT_THREADS, ThreadChooser
-
-DEFAULT_PRIOR_EPOCHS = PriorSettings.epochs
-# Flags that say how to run, not what is trained: a --resume takes them as given now. Every other flag shapes the
-# result, so a --resume takes it from the checkpoint and refuses a different value.
-RUN_FLAGS = {"output_folder", "data_folder", "device", "num_workers", "log_interval", "overwrite", "amp", "compile",
-             "channels_last", "threads", "time_limit", "resume", "prior_only"}
-# The flag that sets each PriorSettings field: prior_last.pt stores the settings, and a --resume checks them as these.
-PRIOR_SETTING_FLAGS = {"epochs": "prior_epochs", "batch_size": "prior_batch_size", "lr": "prior_lr",
-                       "class_dropout": "class_dropout", "seed": "seed", "amp": "amp", "log_interval": "log_interval"}
-
-
-def bottleneck_flags(name: str) -> set[str]:
-    """The dests of the flags that set the bottleneck `name`'s Config."""
-    return {field.name for field in fields(BOTTLENECKS[name].Config)}
-
-
-def add_model_flags(parser: ArgumentParser) -> None:
-    """The autoencoder's flags, each one's dest the VQVAEConfig field it sets, then every registered bottleneck's,
-    each one's dest the field of its Config (model_config reads them); a field bottlenecks share is one flag."""
-    model = parser.add_argument_group("model (stored in the checkpoint)")
-    added = set(add_option_flags(model, VQVAEConfig))
-    for bottleneck in BOTTLENECKS.values():
-        added.update(add_option_flags(model, bottleneck.Config, skip=added))
-
-
-def add_prior_flags(parser: ArgumentParser) -> None:
-    """The prior's flags; a dest prior_FIELD sets the PriorConfig field FIELD (prior_config reads them)."""
-    prior = parser.add_argument_group("prior over the codes (trained after the autoencoder, stored in best.pt)")
-    prior.add_argument("--prior-epochs", type=integer(0, MAX_EPOCHS), default=DEFAULT_PRIOR_EPOCHS,
-                       help="epochs of the prior on the codes of the best autoencoder; 0 skips it "
-                            f"(default: {DEFAULT_PRIOR_EPOCHS})")
-    prior.add_argument("--prior-only", action="store_true",
-                       help="train (or retrain) only the prior of the existing models/NAME/best.pt, replacing its "
-                            "prior if it has one")
-    add_option_flags(prior, PriorConfig, prefix="prior_")
-    prior.add_argument("--prior-batch-size", type=integer(1, MAX_BATCH), default=DEFAULT_PRIOR_BATCH_SIZE,
-                       help=f"code grids per batch of the prior, at most {MAX_BATCH} (default: "
-                            f"{DEFAULT_PRIOR_BATCH_SIZE})")
-    prior.add_argument("--prior-lr", type=number(0, MAX_LEARNING_RATE, above_low=True), default=PriorSettings.lr,
-                       help="peak AdamW learning rate of the prior, after a warm-up, decayed to 0 along a cosine "
-                            f"(default: {PriorSettings.lr})")
-    prior.add_argument("--class-dropout", type=unit_interval, default=PriorSettings.class_dropout,
-                       help="fraction of training grids shown to the prior without their class, so that it also "
-                            f"samples unconditionally (default: {PriorSettings.class_dropout})")
-
-
-def add_run_flags(parser: ArgumentParser) -> None:
-    """How to run (RUN_FLAGS): they may change on a --resume."""
-    parser.add_argument("--num-workers", type=integer(0, MAX_WORKERS), default=0,
-                        help="DataLoader worker processes; the data is already in memory (default: 0)")
-    parser.add_argument("--log-interval", type=integer(1, MAX_STEPS_BETWEEN_LOGS), default=20,
-                        help="steps between TensorBoard points and progress-bar updates (default: 20)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the checkpoints of an earlier run with the same --output-folder")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast for the encoder and decoder; quantizer distances and the prior stay "
-                             "fp32 (default: on where the device computes bf16 in hardware: CUDA GPUs from Ampere "
-                             "on, CPUs with AVX512-BF16 or AMX; off elsewhere)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model; checkpoints hold the plain module's weights (default: off)")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                        help="keep activations in channels-last memory format, faster for these convolutions on the "
-                             "CPU (benchmarks/speed.py --ablation) (default: on)")
-    parser.add_argument("--threads", type=integer(0, MAX_THREADS), default=DEFAULT_THREADS,
-                        help=f"CPU threads, 1 to {MAX_THREADS}; 0: PyTorch's one per core, with one fewer or half of "
-                             "them whenever a timed probe every 20 s finds that faster, as when another program "
-                             "keeps a core busy; faster on a shared machine, but sums split differently between "
-                             "thread counts, so the weights then depend on the load: the same seed no longer gives "
-                             f"the same model (default: {DEFAULT_THREADS}, one per core: reproducible)")
-    parser.add_argument("--time-limit", type=number(0, MAX_SECONDS), default=0, metavar="SECONDS",
-                        help="stop as Ctrl-C does (last.pt saved, --resume goes on) once this many seconds have "
-                             "passed since the start; 0: no limit (default: 0)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in models/NAME where it stopped, with its own flags: its autoencoder "
-                             "(last.pt), or its prior (prior_last.pt)")
-
-
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description="Train a VQ-VAE on MNIST.")
-    parser.add_argument("--output-folder", type=plain_name, default="vqvae",
-                        help="run name: logs go to logs/NAME, checkpoints to models/NAME (default: vqvae)")
-    parser.add_argument("--data-folder", default="data",
-                        help="folder holding MNIST/raw/*-ubyte.gz, or the .gz files themselves (default: data)")
-    parser.add_argument("--dataset", choices=DATASETS, default="mnist",
-                        help="what to train on: mnist, fashion-mnist or kmnist, their original files checked by their "
-                             "MD5s (in --data-folder or its MNIST/raw, FashionMNIST/raw, KMNIST/raw), or own: one's "
-                             "own train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
-                             "t10k-labels-idx1-ubyte (gzipped or not) in --data-folder, 28x28 digits with classes 0 "
-                             "to 9, checked by their format alone (default: mnist)")
-    add_device_flag(parser, "train on")
-    add_model_flags(parser)
-    add_prior_flags(parser)
-    parser.add_argument("--batch-size", type=integer(1, MAX_BATCH), default=64,
-                        help=f"images per batch, at most {MAX_BATCH} (default: 64)")
-    parser.add_argument("--num-epochs", type=integer(1, MAX_EPOCHS), default=8, help="epochs to train (default: 8)")
-    parser.add_argument("--lr", type=number(0, MAX_LEARNING_RATE, above_low=True), default=2e-3,
-                        help="Adam learning rate (default: 2e-3)")
-    parser.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
-                        help="cosine: decay the learning rate to 0 over the run's steps (default: cosine)")
-    parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
-                        help="seed of the weights and the batch order (default: 0)")
-    parser.add_argument("--val-size", type=integer(1, MAX_VALIDATION), default=5000,
-                        help="last training images held out for validation (default: 5000)")
-    add_run_flags(parser)
-    return parser
-
-
-def model_config(args) -> VQVAEConfig:
-    """The model's shape from its flags: the autoencoder's fields, and the chosen bottleneck's Config."""
-    bottleneck_config = BOTTLENECKS[args.bottleneck].Config(**{name: getattr(args, name)
-                                                               for name in bottleneck_flags(args.bottleneck)})
-    return VQVAEConfig(**{field.name: getattr(args, field.name) for field in fields(VQVAEConfig)
-                          if hasattr(args, field.name)}, bottleneck_config=bottleneck_config)
-
-
-def prior_config(args) -> PriorConfig:
-    """The prior's shape from its flags; train_prior sets its number of codes and grid size from the autoencoder."""
-    return PriorConfig(**{field.name: getattr(args, f"prior_{field.name}") for field in fields(PriorConfig)
-                          if hasattr(args, f"prior_{field.name}")})
-
-
-def training_settings(args) -> TrainingSettings:
-    return TrainingSettings(**{field.name: getattr(args, field.name) for field in fields(TrainingSettings)})
-
-
-def prior_settings(args) -> PriorSettings:
-    return PriorSettings(**{field: getattr(args, dest) for field, dest in PRIOR_SETTING_FLAGS.items()})
-
-
-def size_flags(name: str) -> str:
-    """The flags that size the autoencoder with the bottleneck `name`, for advice on a model too large."""
-    flag_names = build_parser().flag_names()
-    sizing = [flag_names[field.name] for field in fields(BOTTLENECKS[name].Config)
-              if field.type in (int, "int", tuple[int, ...], "tuple[int, ...]")]
-    return ", ".join(["--hidden-size", "--num-residual-blocks", *sizing])
-
-
-def check_sizes(args) -> None:
-    """Refuse flags whose autoencoder or prior would be larger than this project builds, or whose training step
-    would cost more than one step may (limits.check_step_cost), before anything trains: each is counted on the meta
-    device, where nothing is allocated."""
-    try:
-        config = model_config(args)
-    except ValueError as error:
-        raise UserError(f"--bottleneck {args.bottleneck}: {error}: change that flag") from None
-    try:
-        bottleneck = check_size(lambda: VQVAE(config), "the autoencoder").bottleneck
-        check_step_cost(bottleneck.step_cost(args.batch_size * VQVAE.latent_side ** 2), "a training step")
-    except ValueError as error:
-        raise UserError(f"{error}: lower --batch-size, {size_flags(args.bottleneck)}") from None
-    if bottleneck.discrete and args.prior_epochs:
-        prior = replace(prior_config(args), num_embeddings=bottleneck.num_embeddings, levels=bottleneck.code_levels)
-        try:
-            check_size(lambda: CodePrior(prior), "the prior")
-        except ValueError as error:
-            raise UserError(f"{error}: lower --prior-width or --prior-layers") from None
-
-
-def check_stray(args, typed: set[str], whose: str) -> None:
-    """Refuse a bottleneck's flag typed for another bottleneck (`whose` names the one the run has)."""
-    stray = {name for name in typed
-             if any(name in bottleneck_flags(other) for other in BOTTLENECKS)} - bottleneck_flags(args.bottleneck)
-    if stray:
-        flag_names = build_parser().flag_names()
-        one = len(stray) == 1
-        raise UserError(f"{' and '.join(sorted(flag_names[name] for name in stray))} {'does' if one else 'do'} "
-                        f"not apply to {whose}: drop {'it' if one else 'them'}, or choose the bottleneck that "
-                        f"takes {'it' if one else 'them'}")
-
-
-def check_flags(args) -> None:
-    """Refuse flags that do not go together or ask for too much, before anything is made."""
-    if args.prior_width % args.prior_num_heads:
-        raise UserError(f"--prior-heads {args.prior_num_heads} must divide --prior-width {args.prior_width}")
-    check_sizes(args)
+from vqmnist.threads import ThreadChooser
 
 
 def resume_command(name: str) -> str:
     return f"python vqvae.py --output-folder {shlex.quote(name)} --resume"
 
 
-def resume_args(args, parser: ArgumentParser) -> tuple[argparse.Namespace, dict | None]:
-    """Without --resume: (args, None). With it: the run's own flags from models/NAME/last.pt, each checked as the
-    flag would be if typed, and that checkpoint; a flag given now that contradicts them is an error. Called with the
-    run folder held, so that no other run writes last.pt between this read and the run's first save."""
+def missing_best(model_dir: Path) -> UserError:
+    """The line for a run whose autoencoder finished but whose best.pt, which its prior is for, is gone."""
+    best, last = model_dir / "best.pt", model_dir / "last.pt"
+    return UserError(f"{best} is missing, so the prior has no autoencoder to model: copy {last} (the last epoch's "
+                     f"autoencoder) to {best} and --resume again, or start a new run with --overwrite")
+
+
+def training_splits(args, world_size: int) -> Splits:
+    """The splits of --dataset and --val-size, refused where a batch would be larger than a process's training
+    images."""
+    splits = load_splits(args.data_folder, args.val_size, args.dataset)
+    if args.batch_size > shard_size(len(splits.train_images), world_size):
+        raise UserError(f"--batch-size {args.batch_size} is more than the {len(splits.train_images):,} training "
+                        f"images{' of each process' if world_size > 1 else ''}: give a smaller one")
+    return splits
+
+
+def check_start(args, world_size: int) -> Splits | None:
+    """Refuse a run that has nothing to start from, before models/NAME is held (which makes it); returns a new
+    run's splits, read first so that a data set that cannot be read leaves no folder behind."""
+    model_dir = run_folders(args.output_folder).model_dir
+    if args.prior_only:
+        if world_size > 1:
+            raise UserError("--prior-only runs in one process: start it with python vqvae.py, not torchrun")
+        if not (model_dir / "best.pt").is_file():
+            raise UserError(f"there is no {model_dir / 'best.pt'} to train a prior for; train the autoencoder first "
+                            f"with python vqvae.py --output-folder {shlex.quote(args.output_folder)}")
+        return None
+    if args.resume:
+        # A folder whose prior alone trained here (--prior-only) has a prior_last.pt but no last.pt.
+        if not ((model_dir / "last.pt").is_file() or (model_dir / "prior_last.pt").is_file() and world_size == 1):
+            raise UserError(f"--resume: there is no {model_dir / 'last.pt'} to continue; start the run without "
+                            "--resume")
+        return None
+    return training_splits(args, world_size)
+
+
+class RunPlan(NamedTuple):
+    """What a run does, decided once from its flags and the files of models/NAME before anything trains."""
+
+    args: argparse.Namespace  # the flags it trains with: a --resume's are its checkpoint's
+    splits: Splits | None  # the autoencoder's; None where the prior reads best.pt's own
+    autoencoder: bool  # the autoencoder trains
+    autoencoder_resumed: dict | None  # last.pt, where the autoencoder goes on from it
+    prior: bool  # the prior trains, on process 0, once the autoencoder is done
+    prior_resumed: dict | None  # prior_last.pt, where the prior goes on from it
+    note: str  # what a --resume found, when that is not plain
+
+
+def plan_run(args, processes: Processes, splits: Splits | None) -> RunPlan:
+    """The run's plan: a new run trains its autoencoder, then its prior (where its bottleneck is discrete and
+    --prior-epochs is not 0); --prior-only trains the prior of best.pt; a --resume goes on with the autoencoder of
+    last.pt, or, where that finished its epochs, with the prior of prior_last.pt, or trains the prior from its start
+    where it has none or another autoencoder's. Called with models/NAME held."""
+    model_dir = run_folders(args.output_folder).model_dir
+    last, best, prior_last = model_dir / "last.pt", model_dir / "best.pt", model_dir / "prior_last.pt"
+    wants_prior = bool(args.prior_epochs) and BOTTLENECKS[args.bottleneck].discrete and processes.rank == 0
+    if args.prior_only:
+        return RunPlan(args, None, False, None, True, None, "")
     if not args.resume:
-        return args, None
-    path = run_folders(args.output_folder).model_dir / "last.pt"
-    checkpoint = load_checkpoint(path)
-    if not all(key in checkpoint for key in TRAINING_KEYS):
-        raise UserError(f"{path} holds no training state to resume from; start a new run with --overwrite")
-    saved, flag_names = checkpoint["args"], parser.flag_names()
-    if not isinstance(saved, dict):
-        raise UserError(f"{path}: its stored flags are a {type(saved).__name__}, not a dict: {DAMAGED}")
-    result_names = [name for name in vars(args) if name not in RUN_FLAGS]
-    check_stored_flags(parser, saved, result_names, path)
-    # A checkpoint from before a flag existed lacks it: the flag takes its default.
-    result_flags = {name: saved.get(name, parser.get_default(name)) for name in result_names}
-    # Arguments know the flags the user typed; of a plain Namespace, only the values that are not defaults tell.
-    typed = (args.typed if isinstance(args, Arguments)
-             else {name for name, value in vars(args).items() if value != parser.get_default(name)})
-    check_stray(argparse.Namespace(bottleneck=result_flags["bottleneck"]), typed,
-                f"the bottleneck {result_flags['bottleneck']} of {path}")
-    for name, kept in result_flags.items():
-        given = getattr(args, name)
-        if name in typed and given != kept:
-            flag = flag_names[name]
-            raise UserError(f"--resume continues {path} with its own {flag} {as_typed(kept)}: drop {flag} "
-                            f"{as_typed(given)}, or start a new run")
-    return argparse.Namespace(**{**vars(args), **result_flags}), checkpoint
+        return RunPlan(args, splits, True, None, wants_prior, None, "")
+    if not last.is_file():  # the prior alone trained here, with --prior-only
+        if not best.is_file():
+            raise missing_best(model_dir)
+        resumed = load_prior_state(prior_last)
+        if resumable(resumed, load_checkpoint(best)):
+            return RunPlan(args, None, False, None, True, resumed, "")
+        return RunPlan(args, None, False, None, False, None, f"{prior_last} already finished its prior epochs; "
+                                                             "nothing to do")
+    args, resumed = resume_args(args, build_parser())
+    check_resumed_flags(args, last)
+    wants_prior = bool(args.prior_epochs) and BOTTLENECKS[args.bottleneck].discrete and processes.rank == 0
+    splits = training_splits(args, processes.world_size)  # its --val-size is the checkpoint's
+    check_resumed(resumed, args, math.ceil(shard_size(len(splits.train_images), processes.world_size)
+                                           / args.batch_size))
+    if resumed["epoch"] < args.num_epochs:
+        return RunPlan(args, splits, True, resumed, wants_prior, None, "")
+    finished = f"{last} already finished its {args.num_epochs} epochs"
+    if not wants_prior:
+        return RunPlan(args, splits, False, None, False, None, f"{finished}; nothing to do" if processes.rank == 0
+                       else "")
+    if not best.is_file():
+        raise missing_best(model_dir)
+    best_checkpoint, prior_resumed = load_checkpoint(best), load_prior_state(prior_last)
+    if resumable(prior_resumed, best_checkpoint):
+        return RunPlan(args, splits, False, None, True, prior_resumed, "")
+    if "prior" in best_checkpoint and prior_resumed is not None \
+            and prior_resumed["autoencoder_step"] == best_checkpoint["step"]:
+        return RunPlan(args, splits, False, None, False, None,
+                       f"{finished} and its prior its {prior_resumed['settings']['epochs']}; nothing to do")
+    why = ("it has no prior yet" if "prior" not in best_checkpoint else
+           f"{prior_last}, which says where its prior stood, is missing" if prior_resumed is None else
+           f"{prior_last} is the prior of another autoencoder")
+    return RunPlan(args, splits, False, None, True, None, f"{finished}, but {why}: training its prior from its start")
 
 
-def check_resumed_flags(args, path: Path) -> None:
-    """check_flags on the flags a --resume took from last.pt (at `path`): one that is refused names the file."""
-    try:
-        check_flags(args)
-    except UserError as error:
-        raise UserError(f"{path}: its stored flags are refused ({error}): {DAMAGED}") from None
-
-
-def check_resumed(checkpoint: dict, args, steps_per_epoch: int) -> None:
-    """Refuse a last.pt whose model config is not the one its flags make, whose weights do not fit it as they are,
-    or whose place in the run does not hold together (checkpoint_checks), before anything is built from it."""
-    path = run_folders(args.output_folder).model_dir / "last.pt"
-    stored, config = stored_autoencoder(checkpoint, path), model_config(args)
-    if stored.config != config:
-        differ = [name for name in asdict(config) if asdict(config)[name] != asdict(stored.config)[name]]
-        raise UserError(f"{path}: its model config and its stored flags disagree on {', '.join(differ)}: {DAMAGED}")
-    check_weights(stored, checkpoint["model"], path)
-    check_place(checkpoint, path, args.num_epochs, steps_per_epoch)
-
-
-def set_up(args, processes: Processes, splits: Splits, resumed: dict | None) -> tuple[AutoencoderTask, RunState]:
-    """The run folders, the model (wrapped by DDP and torch.compile where asked), its optimizer and schedule as the
-    autoencoder's task, and where the run stands: at its start, or where the --resume checkpoint left it."""
+def set_up_autoencoder(args, processes: Processes, splits: Splits, resumed: dict | None,
+                       writer: SummaryWriter) -> tuple[AutoencoderTask, RunState]:
+    """The model (wrapped by DDP and torch.compile where asked), its optimizer and schedule as the autoencoder's
+    task, and where the run stands: at its start, or where the --resume checkpoint left it."""
     rank, world_size, device = processes
-    log_dir, model_dir = prepare_run_folders(args.output_folder, args.overwrite, args.resume, create=rank == 0)
+    model_dir = run_folders(args.output_folder).model_dir
     settings = training_settings(args)
     # The training set lives in memory as one uint8 tensor, on the training device unless workers read it.
     train_images = splits.train_images.to(device if args.num_workers == 0 else "cpu")
+    torch.manual_seed(args.seed)
     model = VQVAE(model_config(args)).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)  # before DDP, which must see the final parameters
@@ -322,14 +192,60 @@ def set_up(args, processes: Processes, splits: Splits, resumed: dict | None) -> 
                 print(f"{model_dir / 'best.pt'} is missing, and with it epoch {state.best_epoch}'s autoencoder: "
                       "best.pt will be the best of the epochs still to train")
             state.best_score, state.best_epoch = math.inf, 0
-    # purge_step drops events an interrupted run wrote after its last checkpoint, so the curves do not jump.
-    writer = (SummaryWriter(log_dir, purge_step=state.step + 1 if resumed is not None else None) if rank == 0
-              else NoWriter())
     task = AutoencoderTask(model=model, forward=forward, optimizer=optimizer, schedule=schedule,
                            shuffle_generator=shuffle_generator, train_images=train_images,
                            val_images=splits.val_images, settings=settings, processes=processes,
                            steps_per_epoch=steps_per_epoch, model_dir=model_dir, flags=vars(args),
                            resume_command=resume_command(args.output_folder), writer=writer)
+    return task, state
+
+
+def set_up_prior(args, device: torch.device, splits: Splits | None, resumed: dict | None,
+                 writer: SummaryWriter) -> tuple[PriorTask, RunState]:
+    """The prior of --prior-* (its number of codes and grid size the autoencoder's), its optimizer and schedule as
+    its task on the code grids of best.pt's autoencoder, and where it stands: at its start, or where `resumed`
+    (prior_last.pt, with its own settings and config) left it. `splits` are the autoencoder's own (its --val-size;
+    None: read as best.pt's flags say), so the prior is validated on grids it did not train on."""
+    model_dir = run_folders(args.output_folder).model_dir
+    best_path, last_path = model_dir / "best.pt", model_dir / "prior_last.pt"
+    # The checkpoint stays on the CPU, since it is written back with the new prior; the old one is not read.
+    autoencoder, _, best_checkpoint, _ = load_model(best_path, "cpu", with_prior=False)
+    autoencoder.to(device)
+    if not autoencoder.discrete:
+        raise UserError(f"{best_path} has a continuous bottleneck ({autoencoder.config.bottleneck}): it has no codes "
+                        "for a prior to model, and samples its latents from its own prior (python generate.py "
+                        "--input random)")
+    if splits is None:
+        splits = load_splits(args.data_folder, best_checkpoint["args"].get("val_size", args.val_size),
+                             trained_dataset(best_checkpoint, best_path))
+    codes = encode_splits(autoencoder, splits, device)
+    settings, config = prior_settings(args), prior_config(args)
+    if resumed is not None:
+        settings = PriorSettings(**resumed["settings"])  # checked as their flags by load_prior_state
+        config = stored_prior(resumed["prior"], last_path, autoencoder).config
+    else:
+        config = replace(config, num_embeddings=autoencoder.bottleneck.num_embeddings,
+                         levels=autoencoder.bottleneck.code_levels, grid_size=codes.train_codes.shape[-1])
+    steps_per_epoch = math.ceil(len(codes.train_codes) / settings.batch_size)
+    if resumed is not None:
+        check_place(resumed, last_path, settings.epochs, steps_per_epoch)
+    # The prior's first weights and draws come from its seed alone, not from wherever the autoencoder's training left
+    # the generators: a run stopped between the two then starts the prior exactly as the unbroken run did.
+    torch.manual_seed(settings.seed)
+    prior = CodePrior(config).to(device)
+    prior.class_frequencies.copy_(torch.bincount(codes.train_labels, minlength=config.num_classes)
+                                  / len(codes.train_labels))
+    optimizer = make_prior_optimizer(prior, settings.lr)
+    schedule = make_prior_schedule(optimizer, settings.epochs * steps_per_epoch)
+    task = PriorTask(prior, optimizer, schedule, torch.Generator().manual_seed(settings.seed), codes, settings,
+                     autoencoder, best_checkpoint, best_path, last_path, resume_command(args.output_folder), writer)
+    state = RunState()
+    if resumed is not None:
+        check_optimizer(optimizer, resumed["optimizer"], last_path, "prior's optimizer state")
+        prior.load_state_dict(resumed["prior"]["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        state = restore_training_state(resumed["training"], resumed["epoch"], resumed["step"], schedule, device)
+        task.shuffle_generator.set_state(state.shuffle_rng)
     return task, state
 
 
@@ -353,180 +269,15 @@ def announce(task: AutoencoderTask, state: RunState, args) -> None:
           f"{task.model_dir}")
 
 
-def best_to_give_a_prior(args) -> Path:
-    """models/NAME/best.pt, whose autoencoder the prior is trained for; one line if there is none."""
-    path = run_folders(args.output_folder).model_dir / "best.pt"
-    if not path.is_file():
-        raise UserError(f"there is no {path} to train a prior for; train the autoencoder first with python vqvae.py "
-                        f"--output-folder {shlex.quote(args.output_folder)}")
-    return path
-
-
-def give_prior(args, device: torch.device, deadline: float, splits: Splits | None = None,
-               writer: SummaryWriter | None = None, resumed: dict | None = None) -> None:
-    """Train the prior of models/NAME/best.pt and store it there, whichever way the run comes here: after its
-    autoencoder trained (with the run's splits and writer), on a --resume (going on with `resumed`, the
-    prior_last.pt of a prior that stopped), or with --prior-only. The splits are the autoencoder's own (its
-    --val-size), so the prior is validated on grids it did not train on."""
-    log_dir, model_dir = run_folders(args.output_folder)
-    path = best_to_give_a_prior(args)
-    # The checkpoint stays on the CPU, since it is written back with the new prior; the old one is not read.
-    model, _, checkpoint, _ = load_model(path, "cpu", with_prior=False)
-    model.to(device)
-    if not model.discrete:
-        raise UserError(f"{path} has a continuous bottleneck ({model.config.bottleneck}): it has no codes for a "
-                        "prior to model, and samples its latents from its own prior (python generate.py --input "
-                        "random)")
-    if splits is None:
-        splits = load_splits(args.data_folder, checkpoint["args"].get("val_size", args.val_size),
-                             trained_dataset(checkpoint, path))
-    figures = RunFigures(model_dir, fresh=False)
-    make_folder(log_dir)
-    # The run's own writer when it has one, so that its curves stay in one event file; else one of the prior's own.
-    with (SummaryWriter(log_dir) if writer is None else contextlib.nullcontext(writer)) as writer, \
-            StopOnSignal(deadline) as stop, running_out_is_a_user_error(
-                f"lower --prior-batch-size (now {args.prior_batch_size})", model_dir / "prior_last.pt",
-                "--resume" if (model_dir / "last.pt").is_file() else "--prior-only"):
-        train_prior(model, checkpoint, model_dir, splits, prior_settings(args), prior_config(args), resumed,
-                    resume_command(args.output_folder), writer, stop, device, figures,
-                    ThreadChooser.for_training(device, args.threads))
-
-
-def prior_only(args, device: torch.device, deadline: float) -> None:
-    """--prior-only: fit a prior for the autoencoder an earlier run left in models/NAME/best.pt."""
-    if args.resume or args.overwrite:
-        raise UserError("--prior-only trains only the prior of an existing run: drop --resume and --overwrite")
-    if args.prior_epochs == 0:
-        raise UserError("--prior-only with --prior-epochs 0 has nothing to do: give --prior-epochs N")
-    best_to_give_a_prior(args)  # checked before the lock would make the folder
-    with hold_run_folder(run_folders(args.output_folder).model_dir):
-        give_prior(args, device, deadline)
-
-
-def load_prior_state(path: Path) -> dict | None:
-    """prior_last.pt (None if there is none), its settings checked as the flags that set them would be if typed, and
-    where it stands."""
-    checkpoint = load_prior_training(path)
-    if checkpoint is None:
-        return None
-    settings = checkpoint["settings"]
-    if not isinstance(settings, dict) or settings.keys() != PRIOR_SETTING_FLAGS.keys():
-        raise UserError(f"{path}: its prior settings are not {', '.join(PRIOR_SETTING_FLAGS)}: {DAMAGED}")
-    check_stored_flags(build_parser(), settings, PRIOR_SETTING_FLAGS, path, "prior settings", PRIOR_SETTING_FLAGS)
-    check_count(checkpoint["autoencoder_step"], path, "autoencoder step", 0, MAX_STEP)
-    check_count(checkpoint["epoch"], path, "epoch", 0, settings["epochs"])
-    check_count(checkpoint["step"], path, "step", 0, MAX_STEP)
-    return checkpoint
-
-
-def missing_best(model_dir: Path) -> UserError:
-    """The line for a run whose autoencoder finished but whose best.pt, which its prior is for, is gone."""
-    best, last = model_dir / "best.pt", model_dir / "last.pt"
-    return UserError(f"{best} is missing, so the prior has no autoencoder to model: copy {last} (the last epoch's "
-                     f"autoencoder) to {best} and --resume again, or start a new run with --overwrite")
-
-
-def resume_prior_only(args, device: torch.device, deadline: float) -> None:
-    """A --resume of a folder whose prior alone was trained here (--prior-only beside a best.pt without last.pt)."""
-    model_dir = run_folders(args.output_folder).model_dir
-    with hold_run_folder(model_dir):
-        if not (model_dir / "best.pt").is_file():
-            raise missing_best(model_dir)
-        resumed = load_prior_state(model_dir / "prior_last.pt")
-        if resumable(resumed, load_checkpoint(model_dir / "best.pt")):
-            give_prior(args, device, deadline, resumed=resumed)
-        else:
-            print(f"{model_dir / 'prior_last.pt'} already finished its prior epochs; nothing to do")
-
-
-def finish_resumed(args, processes: Processes, splits: Splits, deadline: float) -> None:
-    """A --resume of a run whose autoencoder has finished its epochs: its prior goes on where it stopped, or trains
-    from its start where it has not started or where prior_last.pt, which says where it stood, is gone; else there
-    is nothing to do."""
-    if processes.rank != 0:
-        return
-    model_dir = run_folders(args.output_folder).model_dir
-    last, best_path, prior_last = model_dir / "last.pt", model_dir / "best.pt", model_dir / "prior_last.pt"
-    if not (args.prior_epochs and BOTTLENECKS[args.bottleneck].discrete):
-        print(f"{last} already finished its {args.num_epochs} epochs; nothing to do")
-        return
-    if not best_path.is_file():
-        raise missing_best(model_dir)
-    best, resumed = load_checkpoint(best_path), load_prior_state(prior_last)
-    if resumable(resumed, best):
-        give_prior(args, processes.device, deadline, splits, resumed=resumed)
-    elif "prior" not in best or resumed is None or resumed["autoencoder_step"] != best["step"]:
-        why = ("it has no prior yet" if "prior" not in best else
-               f"{prior_last}, which says where its prior stood, is missing" if resumed is None else
-               f"{prior_last} is the prior of another autoencoder")
-        print(f"{last} already finished its {args.num_epochs} epochs, but {why}: training its prior from its start")
-        give_prior(args, processes.device, deadline, splits)
-    else:
-        print(f"{last} already finished its {args.num_epochs} epochs and its prior its "
-              f"{resumed['settings']['epochs']}; nothing to do")
-
-
-def training_splits(args, world_size: int) -> Splits:
-    """The splits of --dataset and --val-size, refused where a batch would be larger than a process's training
-    images."""
-    splits = load_splits(args.data_folder, args.val_size, args.dataset)
-    if args.batch_size > shard_size(len(splits.train_images), world_size):
-        raise UserError(f"--batch-size {args.batch_size} is more than the {len(splits.train_images):,} training "
-                        f"images{' of each process' if world_size > 1 else ''}: give a smaller one")
-    return splits
-
-
-def train(args, processes: Processes, deadline: float = math.inf) -> VQVAE | None:
-    """The autoencoder's epochs, then its prior; returns the autoencoder (None when there was nothing to train)."""
-    model_dir = run_folders(args.output_folder).model_dir
-    if args.resume and args.overwrite:
-        raise UserError("--resume continues a run and --overwrite replaces it: pass only one")
-    if args.resume and not (model_dir / "last.pt").is_file():
-        raise UserError(f"--resume: there is no {model_dir / 'last.pt'} to continue; start the run without --resume")
-    splits = None if args.resume else training_splits(args, processes.world_size)  # before the folder is made
-    # The folder is held before last.pt is read: a run that ends after this read cannot then have its newer last.pt
-    # replaced by this one's older state.
-    with hold_run_folder(model_dir, hold=processes.rank == 0):
-        if processes.world_size > 1:
-            dist.barrier()  # the others read last.pt only once process 0 holds the folder
-        args, resumed = resume_args(args, build_parser())
-        if resumed is not None:
-            check_resumed_flags(args, model_dir / "last.pt")
-        torch.manual_seed(args.seed)
-        if resumed is not None:  # its --val-size is the checkpoint's
-            splits = training_splits(args, processes.world_size)
-            check_resumed(resumed, args, math.ceil(shard_size(len(splits.train_images), processes.world_size)
-                                                   / args.batch_size))
-            if resumed["epoch"] >= args.num_epochs:
-                finish_resumed(args, processes, splits, deadline)
-                return None
-        task, state = set_up(args, processes, splits, resumed)
-        announce(task, state, args)
-        main_process = processes.rank == 0
-        figures = RunFigures(task.model_dir, fresh=resumed is None, enabled=main_process)
-        if resumed is None:
-            figures.start("autoencoder")
-        started = time.perf_counter()
-        with StopOnSignal(deadline) as stop, running_out_is_a_user_error(
-                f"lower --batch-size (now {args.batch_size}), {size_flags(args.bottleneck)} and start again with "
-                "--overwrite", task.last_path, "--resume"):
-            train_epochs(task, state, LoopSettings(args.num_epochs, args.log_interval, processes.device,
-                                                   main_process, processes.world_size),
-                         stop, task.writer, figures, ThreadChooser.for_training(processes.device, args.threads))
-        if processes.world_size > 1:
-            dist.barrier()  # the others leave only once process 0 has written the last checkpoint
-        if main_process:
-            seconds = time.perf_counter() - started
-            figures.finished("autoencoder", seconds=seconds, best_epoch=state.best_epoch)
-            best = task.model_dir / "best.pt"
-            print(f"autoencoder trained in {seconds:.0f} s; {best_line(best, state.best_epoch, task.last_path)}")
-            if args.prior_epochs and task.model.discrete:
-                if not best.is_file():
-                    raise missing_best(task.model_dir)
-                # The prior is small and trains in the one process; under torchrun the others are done.
-                give_prior(args, processes.device, deadline, splits, task.writer)
-        task.writer.close()
-    return task.model
+def announce_prior(task: PriorTask, state: RunState, resumed: bool) -> None:
+    """Where the prior's training starts, and what it trains on."""
+    if resumed:
+        print(f"resuming the prior in {task.last_path} at prior epoch {state.epoch + 1}, batch "
+              f"{state.batches_done + 1} (step {state.step})")
+    num_parameters = sum(parameter.numel() for parameter in task.prior.parameters())
+    print(f"prior: {num_parameters:,} parameters, on the codes of {task.best_path} (epoch "
+          f"{task.best_checkpoint['epoch']}): {len(task.codes.train_codes):,} train / "
+          f"{len(task.codes.val_codes):,} validation grids")
 
 
 def best_line(best: Path, best_epoch: int, last: Path) -> str:
@@ -539,30 +290,93 @@ def best_line(best: Path, best_epoch: int, last: Path) -> str:
             f"autoencoder (python generate.py --model {shlex.quote(str(last))} --input MNIST --filename recon)")
 
 
+def train_autoencoder(args, processes: Processes, plan: RunPlan, writer: SummaryWriter, figures: RunFigures,
+                      deadline: float) -> VQVAE:
+    """The autoencoder's epochs, from its start or from where the plan's last.pt left it."""
+    rank, world_size, device = processes
+    task, state = set_up_autoencoder(args, processes, plan.splits, plan.autoencoder_resumed, writer)
+    announce(task, state, args)
+    if plan.autoencoder_resumed is None:
+        figures.start("autoencoder")
+    started = time.perf_counter()
+    with StopOnSignal(deadline) as stop, running_out_is_a_user_error(
+            f"lower --batch-size (now {args.batch_size}), {size_flags(args.bottleneck)} and start again with "
+            "--overwrite", task.last_path, "--resume"):
+        train_epochs(task, state, LoopSettings(args.num_epochs, args.log_interval, device, rank == 0, world_size),
+                     stop, writer, figures, ThreadChooser.for_training(device, args.threads))
+    if world_size > 1:
+        dist.barrier()  # the others leave only once process 0 has written the last checkpoint
+    seconds = time.perf_counter() - started
+    figures.finished("autoencoder", seconds=seconds, best_epoch=state.best_epoch)
+    if rank == 0:
+        print(f"autoencoder trained in {seconds:.0f} s; "
+              f"{best_line(task.model_dir / 'best.pt', state.best_epoch, task.last_path)}")
+    return task.model
+
+
+def train_prior(args, device: torch.device, plan: RunPlan, writer: SummaryWriter, figures: RunFigures,
+                deadline: float) -> None:
+    """The prior's epochs on the codes of best.pt's autoencoder, from its start or from where the plan's
+    prior_last.pt left it; the best epoch's prior goes into best.pt."""
+    model_dir = run_folders(args.output_folder).model_dir
+    if not (model_dir / "best.pt").is_file():
+        raise missing_best(model_dir)
+    started = time.perf_counter()
+    with StopOnSignal(deadline) as stop, running_out_is_a_user_error(
+            f"lower --prior-batch-size (now {args.prior_batch_size})", model_dir / "prior_last.pt",
+            "--resume" if (model_dir / "last.pt").is_file() else "--prior-only"):
+        task, state = set_up_prior(args, device, plan.splits, plan.prior_resumed, writer)
+        if plan.prior_resumed is None:
+            task.last_path.unlink(missing_ok=True)  # an earlier prior's state, which this one replaces
+            figures.start("prior")
+        announce_prior(task, state, plan.prior_resumed is not None)
+        train_epochs(task, state, LoopSettings(task.settings.epochs, task.settings.log_interval, device), stop,
+                     writer, figures, ThreadChooser.for_training(device, args.threads))
+    seconds = time.perf_counter() - started
+    figures.finished("prior", seconds=seconds, best_epoch=state.best_epoch)
+    print(f"prior ({seconds:.0f} s, codes included) saved in {task.best_path}; next: python generate.py --model "
+          f"{shlex.quote(str(task.best_path))} --input random --filename samples")
+
+
 def main(args):
-    """Train as the command line says; returns the trained autoencoder (None when there was nothing to train)."""
-    if not args.resume:  # a resumed run's flags are its checkpoint's, checked once read
-        if isinstance(args, Arguments):
-            check_stray(args, args.typed, f"--bottleneck {args.bottleneck}")
-        check_flags(args)
+    """Train as the command line says: the plan's autoencoder, then its prior. Returns the trained autoencoder (None
+    when it did not train)."""
+    check_request(args)
     deadline = time.monotonic() + args.time_limit if args.time_limit else math.inf
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     with process_group(args.device) as processes:
+        rank, world_size, device = processes
         if args.amp is None:
-            args.amp = native_bf16(processes.device)
-        if args.prior_only:
-            if processes.world_size > 1:
-                raise UserError("--prior-only runs in one process: start it with python vqvae.py, not torchrun")
-            prior_only(args, processes.device, deadline)
-            return None
-        model_dir = run_folders(args.output_folder).model_dir
-        if args.resume and not (model_dir / "last.pt").is_file() and (model_dir / "prior_last.pt").is_file() \
-                and processes.world_size == 1:
-            resume_prior_only(args, processes.device, deadline)
-            return None
-        return train(args, processes, deadline)
+            args.amp = native_bf16(device)
+        splits = check_start(args, world_size)
+        log_dir, model_dir = run_folders(args.output_folder)
+        # The folder is held before last.pt is read: a run that ends after this read cannot then have its newer
+        # last.pt replaced by this one's older state.
+        with hold_run_folder(model_dir, hold=rank == 0):
+            if world_size > 1:
+                dist.barrier()  # the others read last.pt only once process 0 holds the folder
+            plan = plan_run(args, processes, splits)
+            args = plan.args
+            if plan.note:
+                print(plan.note)
+            if not (plan.autoencoder or plan.prior):
+                return None
+            if plan.autoencoder:
+                prepare_run_folders(args.output_folder, args.overwrite, args.resume, create=rank == 0)
+            else:
+                make_folder(log_dir)
+            # purge_step drops events an interrupted run wrote after its last checkpoint, so the curves do not jump.
+            purge_step = plan.autoencoder_resumed["step"] + 1 if plan.autoencoder_resumed is not None else None
+            writer = SummaryWriter(log_dir, purge_step=purge_step) if rank == 0 else NoWriter()
+            figures = RunFigures(model_dir, fresh=plan.autoencoder and plan.autoencoder_resumed is None,
+                                 enabled=rank == 0)
+            model = train_autoencoder(args, processes, plan, writer, figures, deadline) if plan.autoencoder else None
+            if plan.prior:
+                train_prior(args, device, plan, writer, figures, deadline)
+            writer.close()
+    return model
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+import training_flags
 import vqvae
 from vqmnist import data
 from vqmnist.cli import run_cli
@@ -28,7 +29,7 @@ def main() -> None:
             return original(self, *args, **kwargs)
 
         torch.optim.Adam.step = step_then_signal
-    model = vqvae.main(vqvae.build_parser().parse_args(flags))
+    model = vqvae.main(training_flags.build_parser().parse_args(flags))
     if model is not None:
         torch.save(model.bottleneck.embedding.weight.detach(), Path(output) / f"codebook{os.environ['RANK']}.pt")
 

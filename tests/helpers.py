@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import training_flags
 import vqvae
 from modules import BOTTLENECKS, VQVAEConfig
 from vqmnist import data
@@ -64,7 +65,7 @@ TINY_BOTTLENECKS = {"vq": ("--k", "16"), "fsq": ("--bottleneck", "fsq", "--fsq-l
 
 def train_tiny(data_folder, *extra, bottleneck: str | None = "vq"):
     """The tiny run with flags `extra`, and the tiny flags of a bottleneck of TINY_BOTTLENECKS (none for None)."""
-    args = vqvae.build_parser().parse_args([
+    args = training_flags.build_parser().parse_args([
         "--data-folder", str(data_folder), "--num-epochs", "1", "--val-size", "64", "--batch-size", "64",
         "--hidden-size", "8", *TINY_BOTTLENECKS.get(bottleneck, ()), "--log-interval", "1", "--output-folder", "tiny",
         *TINY_PRIOR, *extra])

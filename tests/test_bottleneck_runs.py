@@ -13,6 +13,7 @@ from PIL import Image
 import evaluate
 import export_model
 import generate
+import training_flags
 import vqvae
 from helpers import TINY_BOTTLENECKS, signal_on_call, tiny_run_in, train_tiny
 from modules import load_model
@@ -169,8 +170,8 @@ def test_a_gaussian_vae_refuses_codes_and_classes(flags, tiny_runs, tiny_mnist, 
         run_generate("--model", str(folder / "models" / "tiny" / "best.pt"), "--data-folder", str(tiny_mnist), *flags)
     with pytest.raises(UserError, match="has a continuous bottleneck \\(gaussian\\): it has no codes for a prior"):
         monkeypatch.chdir(folder)
-        vqvae.main(vqvae.build_parser().parse_args(["--output-folder", "tiny", "--prior-only", "--data-folder",
-                                                    str(tiny_mnist)]))
+        vqvae.main(training_flags.build_parser().parse_args(["--output-folder", "tiny", "--prior-only", "--data-folder",
+                                                             str(tiny_mnist)]))
 
 
 def test_fsq_refuses_a_k_or_d_of_its_own(tiny_mnist, tmp_path, monkeypatch):

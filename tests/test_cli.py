@@ -9,6 +9,7 @@ import torch
 
 import evaluate
 import generate
+import training_flags
 import vqvae
 from vqmnist.cli import run_cli
 from vqmnist.errors import RunStopped, UserError
@@ -59,7 +60,7 @@ def test_unknown_device_is_one_line(script, capsys):
                                          ("--num-workers", "-2"), ("--lr", "nan"), ("--k", "many")])
 def test_bad_training_flag_is_one_line(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        vqvae.build_parser().parse_args([flag, value])
+        training_flags.build_parser().parse_args([flag, value])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and flag in error
@@ -69,7 +70,7 @@ def test_bad_training_flag_is_one_line(flag, value, capsys):
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="--device cpu"):
-        vqvae.main(vqvae.build_parser().parse_args(["--device", "cuda"]))
+        vqvae.main(training_flags.build_parser().parse_args(["--device", "cuda"]))
 
 
 @pytest.mark.parametrize("script, flag", [(vqvae, "--output-folder"), (generate, "--filename")])

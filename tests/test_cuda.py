@@ -10,6 +10,7 @@ import torch
 
 import evaluate
 import generate
+import training_flags
 import vqvae
 from helpers import model_config, signal_on_call, train_tiny
 from modules import VQVAE, load_model
@@ -125,4 +126,4 @@ def test_cuda_is_refused_in_one_line_where_there_is_none(capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(UserError, match="CUDA is not available"):
-        vqvae.main(vqvae.build_parser().parse_args(["--device", "cuda"]))
+        vqvae.main(training_flags.build_parser().parse_args(["--device", "cuda"]))

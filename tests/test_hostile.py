@@ -14,7 +14,7 @@ import torch
 import evaluate
 import generate
 import train_classifier
-import vqvae
+import training_flags
 from helpers import format_2, signal_on_call, tiny_run_in, train_tiny
 from modules import load_model
 from vqmnist import scores
@@ -86,7 +86,7 @@ def test_a_checkpoint_asking_for_an_absurd_prior_is_refused_before_it_is_built(e
 ])
 def test_vqvae_numbers_out_of_a_runs_range_are_flag_errors(flags, capsys):
     with pytest.raises(SystemExit) as exit_:
-        vqvae.build_parser().parse_args(flags)
+        training_flags.build_parser().parse_args(flags)
     assert exit_.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
@@ -163,7 +163,7 @@ def test_an_overwrite_stopped_in_its_first_epoch_leaves_nothing_of_the_replaced_
 @pytest.mark.parametrize("name", [".", ""])
 def test_an_output_folder_that_is_no_name_is_a_flag_error(name):
     with pytest.raises(SystemExit) as exit_:
-        vqvae.build_parser().parse_args(["--output-folder", name])
+        training_flags.build_parser().parse_args(["--output-folder", name])
     assert exit_.value.code == 2
 
 

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-import vqvae
+import training_flags
 from helpers import model_config
 from modules import VQVAE
 from vector_quantizer import VQConfig
@@ -165,10 +165,10 @@ def test_under_autocast_the_codes_and_losses_stay_fp32_and_z_q_takes_the_input_d
 
 
 def test_the_flags_build_the_config_and_beta_is_the_vqs_flag():
-    args = vqvae.build_parser().parse_args(["--bottleneck", "lfq", "--lfq-bits", "5", "--beta", "0.5",
-                                            "--entropy-weight", "0.2", "--entropy-diversity", "0.8",
-                                            "--lfq-temperature", "0.1", "--hidden-size", "8"])
-    config = vqvae.model_config(args)
+    args = training_flags.build_parser().parse_args(["--bottleneck", "lfq", "--lfq-bits", "5", "--beta", "0.5",
+                                                     "--entropy-weight", "0.2", "--entropy-diversity", "0.8",
+                                                     "--lfq-temperature", "0.1", "--hidden-size", "8"])
+    config = training_flags.model_config(args)
     assert config.bottleneck_config == LFQConfig(lfq_bits=5, beta=0.5, entropy_weight=0.2, entropy_diversity=0.8,
                                                  lfq_temperature=0.1)
     shared = VQConfig.__dataclass_fields__["beta"]
@@ -179,7 +179,7 @@ def test_the_flags_build_the_config_and_beta_is_the_vqs_flag():
     assert (model.bottleneck.num_embeddings, model.bottleneck.input_dim, model.bottleneck.code_dim) == (32, 5, 5)
     assert model.discrete and model.encode(torch.zeros(2, 1, 28, 28)).max() < 32
     with pytest.raises(SystemExit):
-        vqvae.build_parser().parse_args(["--lfq-bits", str(MAX_LFQ_BITS + 1)])
+        training_flags.build_parser().parse_args(["--lfq-bits", str(MAX_LFQ_BITS + 1)])
 
 
 @pytest.mark.parametrize("field, value, message", [

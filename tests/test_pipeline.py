@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import evaluate
 import generate
-import vqvae
+import training_flags
 from helpers import model_config, train_tiny
 from modules import BOTTLENECKS, VQVAE, VQVAEConfig, load_model
 from vqmnist.errors import UserError
@@ -171,7 +171,7 @@ def test_quantizer_options_are_stored_and_rebuilt(flags, stored, tiny_mnist, tmp
 
 
 def test_each_config_field_has_one_flag_that_sets_it():
-    parser = vqvae.build_parser()
+    parser = training_flags.build_parser()
     dests = set(vars(parser.parse_args([])))
     assert {field.name for field in fields(VQVAEConfig)} - dests == {"in_channels", "bottleneck_config"}
     for bottleneck in BOTTLENECKS.values():
@@ -181,10 +181,10 @@ def test_each_config_field_has_one_flag_that_sets_it():
     assert {field.name for field in fields(PriorConfig)} - prior_fields == set_from_the_autoencoder
     args = parser.parse_args(["--k", "7", "--hidden-size", "8", "--code-dim", "0", "--decay", "0.5", "--init", "random",
                               "--prior-layers", "5", "--prior-heads", "3", "--prior-width", "9"])
-    assert vqvae.model_config(args) == model_config(num_embeddings=7, hidden_size=8, code_dim=0, ema_decay=0.5,
-                                                    codebook_init="random")
-    assert VQVAE(vqvae.model_config(args)).bottleneck.code_dim == 8, "--code-dim 0 means D = --hidden-size"
-    assert vqvae.prior_config(args) == PriorConfig(num_layers=5, num_heads=3, width=9)
+    assert training_flags.model_config(args) == model_config(num_embeddings=7, hidden_size=8, code_dim=0, ema_decay=0.5,
+                                                             codebook_init="random")
+    assert VQVAE(training_flags.model_config(args)).bottleneck.code_dim == 8, "--code-dim 0 means D = --hidden-size"
+    assert training_flags.prior_config(args) == PriorConfig(num_layers=5, num_heads=3, width=9)
 
 
 @pytest.mark.parametrize("count", [1, 2])

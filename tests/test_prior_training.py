@@ -9,6 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import generate
+import training_flags
 import vqvae
 from helpers import TINY_PRIOR, signal_on_call, tiny_run_in, train_tiny
 from vqmnist.errors import RunStopped, UserError
@@ -55,7 +56,7 @@ def test_prior_only_trains_a_prior_for_an_existing_autoencoder(tiny_mnist, tmp_p
     with pytest.raises(UserError, match="holds no prior"):
         generate_grid("models/tiny/best.pt", "--input", "random")
 
-    vqvae.main(vqvae.build_parser().parse_args(
+    vqvae.main(training_flags.build_parser().parse_args(
         ["--data-folder", str(tiny_mnist), "--output-folder", "tiny", "--prior-only", *TINY_PRIOR[2:],
          "--prior-epochs", "2"]))
     after = torch.load("models/tiny/best.pt", weights_only=True)

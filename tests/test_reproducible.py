@@ -86,9 +86,10 @@ PRIOR_ONLY = """
 import json, sys
 from pathlib import Path
 from vqmnist import data
+import training_flags
 import vqvae
 data.MNIST_MD5 = json.loads(Path(sys.argv[1]).read_text())
-vqvae.main(vqvae.build_parser().parse_args(sys.argv[2:]))
+vqvae.main(training_flags.build_parser().parse_args(sys.argv[2:]))
 """
 
 

@@ -19,6 +19,7 @@ import evaluate
 import export_model
 import generate
 import vector_quantizer
+import training_flags
 import vqvae
 from helpers import assert_same_weights, fail_on_call, signal_on_call, tiny_run_in, train_tiny
 from modules import load_model
@@ -171,8 +172,8 @@ LAST_PT_EDITS = {
 
 def resume_as_typed(data_folder: Path) -> None:
     """`python vqvae.py --output-folder tiny --resume`, the run's own flags taken from its last.pt."""
-    vqvae.main(vqvae.build_parser().parse_args(["--data-folder", str(data_folder), "--output-folder", "tiny",
-                                                "--resume"]))
+    vqvae.main(training_flags.build_parser().parse_args(["--data-folder", str(data_folder), "--output-folder", "tiny",
+                                                         "--resume"]))
 
 
 @pytest.mark.parametrize("change, match, when", [(*edit, "before")[:3] for edit in LAST_PT_EDITS.values()],

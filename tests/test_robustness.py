@@ -20,6 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import evaluate
 import generate
+import training_flags
 import vqvae
 from helpers import assert_same_weights, fail_on_call, format_1, format_2, signal_on_call, tiny_run_in, train_tiny
 from modules import BOTTLENECKS, VQVAE
@@ -151,34 +152,34 @@ def finished_run(tmp_path_factory):
     return tiny_run_in(tmp_path_factory.mktemp("finished"), "--prior-epochs", "0", "--seed", "5")
 
 
-RESULT_FLAGS = sorted(set(vars(vqvae.build_parser().parse_args([]))) - vqvae.RUN_FLAGS)
+RESULT_FLAGS = sorted(set(vars(training_flags.build_parser().parse_args([]))) - training_flags.RUN_FLAGS)
 
 
 @pytest.mark.parametrize("name", RESULT_FLAGS)
 def test_resume_refuses_a_change_to_every_flag_that_shapes_the_result(name, finished_run, monkeypatch):
     """Every flag outside RUN_FLAGS is checked, with no list of them kept by hand: a flag added later is too."""
     monkeypatch.chdir(finished_run)
-    parser = vqvae.build_parser()
+    parser = training_flags.build_parser()
     args = parser.parse_args(["--output-folder", "tiny", "--resume"])
-    resumed, _ = vqvae.resume_args(args, parser)
+    resumed, _ = training_flags.resume_args(args, parser)
     saved = torch.load("models/tiny/last.pt", weights_only=True)["args"]
     assert getattr(resumed, name) == saved[name]
     setattr(args, name, "a value the run was not trained with")
     args.typed.add(name)  # as if typed on the command line
     flag = parser.flag_names()[name]
-    others = {field for other in BOTTLENECKS for field in vqvae.bottleneck_flags(other)} - vqvae.bottleneck_flags(
-        saved["bottleneck"])
+    others = ({field for other in BOTTLENECKS for field in training_flags.bottleneck_flags(other)}
+              - training_flags.bottleneck_flags(saved["bottleneck"]))
     # Another bottleneck's flag is refused as not the run's own bottleneck's, naming it.
     expected = (f"{flag} does not apply to the bottleneck {saved['bottleneck']} of models/tiny/last.pt" if name in others
                 else f"its own {flag} .*: drop {flag} a value the run was not trained with")
     with pytest.raises(UserError, match=expected):
-        vqvae.resume_args(args, parser)
+        training_flags.resume_args(args, parser)
 
 
 def test_resume_takes_the_seed_from_the_checkpoint(finished_run, monkeypatch):
     monkeypatch.chdir(finished_run)
-    parser = vqvae.build_parser()
-    resumed, checkpoint = vqvae.resume_args(parser.parse_args(["--output-folder", "tiny", "--resume"]), parser)
+    parser = training_flags.build_parser()
+    resumed, checkpoint = training_flags.resume_args(parser.parse_args(["--output-folder", "tiny", "--resume"]), parser)
     assert resumed.seed == 5 and checkpoint["epoch"] == 1
 
 
@@ -320,9 +321,9 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["vqvae.py"])
     fail_on_call(monkeypatch, torch, "save", 3, TORCH_SAVE_ON_A_FULL_DISK)  # epoch 2's last.pt
-    args = vqvae.build_parser().parse_args(["--data-folder", str(tiny_mnist), "--num-epochs", "2", "--val-size", "64",
-                                            "--hidden-size", "8", "--k", "16", "--output-folder", "tiny",
-                                            "--prior-epochs", "0"])
+    args = training_flags.build_parser().parse_args(["--data-folder", str(tiny_mnist), "--num-epochs", "2",
+                                                     "--val-size", "64", "--hidden-size", "8", "--k", "16",
+                                                     "--output-folder", "tiny", "--prior-epochs", "0"])
     with pytest.raises(SystemExit) as exit_info:
         run_cli(vqvae.main, args)
     assert exit_info.value.code == 2

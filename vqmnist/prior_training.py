@@ -1,8 +1,6 @@
-"""The prior's side of the training loop: its task, whose batches are the autoencoder's code grids, and its run."""
+"""The prior's side of the training loop: the task whose batches are the frozen autoencoder's code grids."""
 import math
-import shlex
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -10,15 +8,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
-from vqmnist.checkpoint_checks import check_optimizer, check_place
-from vqmnist.checkpoints import (RunState, prior_entry, prior_training_checkpoint, restore_training_state,
-                                 save_checkpoint, stored_prior)
+from vqmnist.checkpoints import (RunState, prior_entry, prior_training_checkpoint, save_checkpoint)
 from vqmnist.data import Splits
-from vqmnist.loop import LoopSettings, Validation, train_epochs
-from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, CodePrior, PriorConfig, encode_images, prior_nll_bits
-from vqmnist.run_log import RunFigures
-from vqmnist.stopping import StopOnSignal
-from vqmnist.threads import ThreadChooser
+from vqmnist.loop import Validation
+from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, CodePrior, encode_images, prior_nll_bits
 
 PRIOR_WARMUP_STEPS = 200
 DEFAULT_PRIOR_BATCH_SIZE = 128
@@ -50,6 +43,18 @@ class CodeSplits(NamedTuple):
 def make_prior_optimizer(prior: CodePrior, lr: float) -> torch.optim.AdamW:
     """AdamW over the prior's parameters, fused: one kernel updates them all."""
     return torch.optim.AdamW(prior.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01, fused=True)
+
+
+def make_prior_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A linear warm-up over PRIOR_WARMUP_STEPS, then a cosine decay to 0 at total_steps."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / PRIOR_WARMUP_STEPS)
+                                             * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+
+
+def encode_splits(autoencoder: nn.Module, splits: Splits, device: torch.device) -> CodeSplits:
+    """The splits as the frozen autoencoder's code grids, computed once, the labels on the codes' device."""
+    return CodeSplits(encode_images(autoencoder, splits.train_images, device), splits.train_labels.to(device),
+                      encode_images(autoencoder, splits.val_images, device), splits.val_labels.to(device))
 
 
 def prior_step(prior: CodePrior, optimizer: torch.optim.Optimizer, codes: Tensor, classes: Tensor,
@@ -141,59 +146,3 @@ def resumable(checkpoint: dict | None, best_checkpoint: dict) -> bool:
     """Whether a prior training checkpoint is one to go on with: unfinished, and on best.pt's autoencoder."""
     return (checkpoint is not None and checkpoint["autoencoder_step"] == best_checkpoint["step"]
             and checkpoint["epoch"] < checkpoint["settings"]["epochs"])
-
-
-def train_prior(autoencoder: nn.Module, best_checkpoint: dict, model_dir: Path, splits: Splits,
-                settings: PriorSettings, config: PriorConfig, resumed: dict | None, resume_command: str,
-                writer: SummaryWriter, stop: StopOnSignal, device: torch.device, figures: RunFigures,
-                threads: ThreadChooser) -> None:
-    """Fit a prior of `config` (its number of codes and grid size taken from the autoencoder) to the code grids of
-    the autoencoder of best.pt, or go on with the prior training checkpoint `resumed` (with its own settings and
-    config); store the best epoch's prior in best.pt and each epoch's state in prior_last.pt."""
-    started, best_path = time.perf_counter(), model_dir / "best.pt"
-    # The codes are computed once: the autoencoder is frozen from here on. The labels follow the codes' device.
-    codes = CodeSplits(encode_images(autoencoder, splits.train_images, device), splits.train_labels.to(device),
-                       encode_images(autoencoder, splits.val_images, device), splits.val_labels.to(device))
-    last_path = model_dir / "prior_last.pt"
-    if resumed is not None:
-        settings = PriorSettings(**resumed["settings"])  # checked as their flags by the caller
-        config = stored_prior(resumed["prior"], last_path, autoencoder).config
-    else:
-        config = replace(config, num_embeddings=autoencoder.bottleneck.num_embeddings,
-                         levels=autoencoder.bottleneck.code_levels, grid_size=codes.train_codes.shape[-1])
-    steps_per_epoch = math.ceil(len(codes.train_codes) / settings.batch_size)
-    if resumed is not None:
-        check_place(resumed, last_path, settings.epochs, steps_per_epoch)
-    # The prior's first weights and draws come from its seed alone, not from wherever the autoencoder's training left
-    # the generators: a run stopped between the two then starts the prior exactly as the unbroken run did.
-    torch.manual_seed(settings.seed)
-    prior = CodePrior(config).to(device)
-    labels = codes.train_labels
-    prior.class_frequencies.copy_(torch.bincount(labels, minlength=config.num_classes) / len(labels))
-    optimizer = make_prior_optimizer(prior, settings.lr)
-    total_steps = settings.epochs * steps_per_epoch
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / PRIOR_WARMUP_STEPS)
-                                                 * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
-    task = PriorTask(prior, optimizer, schedule, torch.Generator().manual_seed(settings.seed), codes, settings,
-                     autoencoder, best_checkpoint, best_path, last_path, resume_command, writer)
-    state = RunState()
-    if resumed is not None:
-        check_optimizer(optimizer, resumed["optimizer"], last_path, "prior's optimizer state")
-        prior.load_state_dict(resumed["prior"]["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        state = restore_training_state(resumed["training"], resumed["epoch"], resumed["step"], schedule, device)
-        task.shuffle_generator.set_state(state.shuffle_rng)
-        print(f"resuming the prior in {task.last_path} at prior epoch {state.epoch + 1}, batch "
-              f"{state.batches_done + 1} (step {state.step})")
-    else:
-        task.last_path.unlink(missing_ok=True)  # an earlier prior's state, which this one replaces
-        figures.start("prior")
-    num_parameters = sum(parameter.numel() for parameter in prior.parameters())
-    print(f"prior: {num_parameters:,} parameters, on the codes of {best_path} (epoch {best_checkpoint['epoch']}): "
-          f"{len(codes.train_codes):,} train / {len(codes.val_codes):,} validation grids")
-    train_epochs(task, state, LoopSettings(settings.epochs, settings.log_interval, device), stop, writer, figures,
-                 threads)
-    seconds = time.perf_counter() - started
-    figures.finished("prior", seconds=seconds, best_epoch=state.best_epoch)
-    print(f"prior ({seconds:.0f} s, codes included) saved in {best_path}; next: python generate.py --model "
-          f"{shlex.quote(str(best_path))} --input random --filename samples")

@@ -1,0 +1,276 @@
+"""vqvae.py's command line: its flags, made from the configs, and their checks, whether typed or read back by
+a --resume from the run's checkpoints."""
+import argparse
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+from modules import BOTTLENECKS, VQVAE, VQVAEConfig, stored_autoencoder
+from vqmnist.autoencoder_training import TrainingSettings
+from vqmnist.checkpoints import TRAINING_KEYS, load_checkpoint, load_prior_training
+from vqmnist.checkpoint_checks import DAMAGED, MAX_STEP, check_count, check_place, check_weights
+from vqmnist.cli import (ArgumentParser, Arguments, add_device_flag, add_option_flags, integer, number, plain_name,
+                         unit_interval)
+from vqmnist.data import DATASETS
+from vqmnist.errors import UserError
+from vqmnist.limits import (MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SECONDS, MAX_SEED, MAX_STEPS_BETWEEN_LOGS,
+                            MAX_THREADS, MAX_VALIDATION, MAX_WORKERS, check_size, check_step_cost)
+from vqmnist.prior import CodePrior, PriorConfig
+from vqmnist.prior_training import DEFAULT_PRIOR_BATCH_SIZE, PriorSettings
+from vqmnist.run_folder import run_folders
+from vqmnist.stored_flags import as_typed, check_stored_flags
+from vqmnist.threads import DEFAULT_THREADS
+
+DEFAULT_PRIOR_EPOCHS = PriorSettings.epochs
+# Flags that say how to run, not what is trained: a --resume takes them as given now. Every other flag shapes the
+# result, so a --resume takes it from the checkpoint and refuses a different value.
+RUN_FLAGS = {"output_folder", "data_folder", "device", "num_workers", "log_interval", "overwrite", "amp", "compile",
+             "channels_last", "threads", "time_limit", "resume", "prior_only"}
+# The flag that sets each PriorSettings field: prior_last.pt stores the settings, and a --resume checks them as these.
+PRIOR_SETTING_FLAGS = {"epochs": "prior_epochs", "batch_size": "prior_batch_size", "lr": "prior_lr",
+                       "class_dropout": "class_dropout", "seed": "seed", "amp": "amp", "log_interval": "log_interval"}
+
+
+def bottleneck_flags(name: str) -> set[str]:
+    """The dests of the flags that set the bottleneck `name`'s Config."""
+    return {field.name for field in fields(BOTTLENECKS[name].Config)}
+
+
+def add_model_flags(parser: ArgumentParser) -> None:
+    """The autoencoder's flags, each one's dest the VQVAEConfig field it sets, then every registered bottleneck's,
+    each one's dest the field of its Config (model_config reads them); a field bottlenecks share is one flag."""
+    model = parser.add_argument_group("model (stored in the checkpoint)")
+    added = set(add_option_flags(model, VQVAEConfig))
+    for bottleneck in BOTTLENECKS.values():
+        added.update(add_option_flags(model, bottleneck.Config, skip=added))
+
+
+def add_prior_flags(parser: ArgumentParser) -> None:
+    """The prior's flags; a dest prior_FIELD sets the PriorConfig field FIELD (prior_config reads them)."""
+    prior = parser.add_argument_group("prior over the codes (trained after the autoencoder, stored in best.pt)")
+    prior.add_argument("--prior-epochs", type=integer(0, MAX_EPOCHS), default=DEFAULT_PRIOR_EPOCHS,
+                       help="epochs of the prior on the codes of the best autoencoder; 0 skips it "
+                            f"(default: {DEFAULT_PRIOR_EPOCHS})")
+    prior.add_argument("--prior-only", action="store_true",
+                       help="train (or retrain) only the prior of the existing models/NAME/best.pt, replacing its "
+                            "prior if it has one")
+    add_option_flags(prior, PriorConfig, prefix="prior_")
+    prior.add_argument("--prior-batch-size", type=integer(1, MAX_BATCH), default=DEFAULT_PRIOR_BATCH_SIZE,
+                       help=f"code grids per batch of the prior, at most {MAX_BATCH} (default: "
+                            f"{DEFAULT_PRIOR_BATCH_SIZE})")
+    prior.add_argument("--prior-lr", type=number(0, MAX_LEARNING_RATE, above_low=True), default=PriorSettings.lr,
+                       help="peak AdamW learning rate of the prior, after a warm-up, decayed to 0 along a cosine "
+                            f"(default: {PriorSettings.lr})")
+    prior.add_argument("--class-dropout", type=unit_interval, default=PriorSettings.class_dropout,
+                       help="fraction of training grids shown to the prior without their class, so that it also "
+                            f"samples unconditionally (default: {PriorSettings.class_dropout})")
+
+
+def add_run_flags(parser: ArgumentParser) -> None:
+    """How to run (RUN_FLAGS): they may change on a --resume."""
+    parser.add_argument("--num-workers", type=integer(0, MAX_WORKERS), default=0,
+                        help="DataLoader worker processes; the data is already in memory (default: 0)")
+    parser.add_argument("--log-interval", type=integer(1, MAX_STEPS_BETWEEN_LOGS), default=20,
+                        help="steps between TensorBoard points and progress-bar updates (default: 20)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the checkpoints of an earlier run with the same --output-folder")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast for the encoder and decoder; quantizer distances and the prior stay "
+                             "fp32 (default: on where the device computes bf16 in hardware: CUDA GPUs from Ampere "
+                             "on, CPUs with AVX512-BF16 or AMX; off elsewhere)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model; checkpoints hold the plain module's weights (default: off)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep activations in channels-last memory format, faster for these convolutions on the "
+                             "CPU (benchmarks/speed.py --ablation) (default: on)")
+    parser.add_argument("--threads", type=integer(0, MAX_THREADS), default=DEFAULT_THREADS,
+                        help=f"CPU threads, 1 to {MAX_THREADS}; 0: PyTorch's one per core, with one fewer or half of "
+                             "them whenever a timed probe every 20 s finds that faster, as when another program "
+                             "keeps a core busy; faster on a shared machine, but sums split differently between "
+                             "thread counts, so the weights then depend on the load: the same seed no longer gives "
+                             f"the same model (default: {DEFAULT_THREADS}, one per core: reproducible)")
+    parser.add_argument("--time-limit", type=number(0, MAX_SECONDS), default=0, metavar="SECONDS",
+                        help="stop as Ctrl-C does (last.pt saved, --resume goes on) once this many seconds have "
+                             "passed since the start; 0: no limit (default: 0)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in models/NAME where it stopped, with its own flags: its autoencoder "
+                             "(last.pt), or its prior (prior_last.pt)")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Train a VQ-VAE on MNIST.")
+    parser.add_argument("--output-folder", type=plain_name, default="vqvae",
+                        help="run name: logs go to logs/NAME, checkpoints to models/NAME (default: vqvae)")
+    parser.add_argument("--data-folder", default="data",
+                        help="folder holding MNIST/raw/*-ubyte.gz, or the .gz files themselves (default: data)")
+    parser.add_argument("--dataset", choices=DATASETS, default="mnist",
+                        help="what to train on: mnist, fashion-mnist or kmnist, their original files checked by their "
+                             "MD5s (in --data-folder or its MNIST/raw, FashionMNIST/raw, KMNIST/raw), or own: one's "
+                             "own train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+                             "t10k-labels-idx1-ubyte (gzipped or not) in --data-folder, 28x28 digits with classes 0 "
+                             "to 9, checked by their format alone (default: mnist)")
+    add_device_flag(parser, "train on")
+    add_model_flags(parser)
+    add_prior_flags(parser)
+    parser.add_argument("--batch-size", type=integer(1, MAX_BATCH), default=64,
+                        help=f"images per batch, at most {MAX_BATCH} (default: 64)")
+    parser.add_argument("--num-epochs", type=integer(1, MAX_EPOCHS), default=8, help="epochs to train (default: 8)")
+    parser.add_argument("--lr", type=number(0, MAX_LEARNING_RATE, above_low=True), default=2e-3,
+                        help="Adam learning rate (default: 2e-3)")
+    parser.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
+                        help="cosine: decay the learning rate to 0 over the run's steps (default: cosine)")
+    parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                        help="seed of the weights and the batch order (default: 0)")
+    parser.add_argument("--val-size", type=integer(1, MAX_VALIDATION), default=5000,
+                        help="last training images held out for validation (default: 5000)")
+    add_run_flags(parser)
+    return parser
+
+
+def model_config(args) -> VQVAEConfig:
+    """The model's shape from its flags: the autoencoder's fields, and the chosen bottleneck's Config."""
+    bottleneck_config = BOTTLENECKS[args.bottleneck].Config(**{name: getattr(args, name)
+                                                               for name in bottleneck_flags(args.bottleneck)})
+    return VQVAEConfig(**{field.name: getattr(args, field.name) for field in fields(VQVAEConfig)
+                          if hasattr(args, field.name)}, bottleneck_config=bottleneck_config)
+
+
+def prior_config(args) -> PriorConfig:
+    """The prior's shape from its flags; train_prior sets its number of codes and grid size from the autoencoder."""
+    return PriorConfig(**{field.name: getattr(args, f"prior_{field.name}") for field in fields(PriorConfig)
+                          if hasattr(args, f"prior_{field.name}")})
+
+
+def training_settings(args) -> TrainingSettings:
+    return TrainingSettings(**{field.name: getattr(args, field.name) for field in fields(TrainingSettings)})
+
+
+def prior_settings(args) -> PriorSettings:
+    return PriorSettings(**{field: getattr(args, dest) for field, dest in PRIOR_SETTING_FLAGS.items()})
+
+
+def size_flags(name: str) -> str:
+    """The flags that size the autoencoder with the bottleneck `name`, for advice on a model too large."""
+    flag_names = build_parser().flag_names()
+    sizing = [flag_names[field.name] for field in fields(BOTTLENECKS[name].Config)
+              if field.type in (int, "int", tuple[int, ...], "tuple[int, ...]")]
+    return ", ".join(["--hidden-size", "--num-residual-blocks", *sizing])
+
+
+def check_sizes(args) -> None:
+    """Refuse flags whose autoencoder or prior would be larger than this project builds, or whose training step
+    would cost more than one step may (limits.check_step_cost), before anything trains: each is counted on the meta
+    device, where nothing is allocated."""
+    try:
+        config = model_config(args)
+    except ValueError as error:
+        raise UserError(f"--bottleneck {args.bottleneck}: {error}: change that flag") from None
+    try:
+        bottleneck = check_size(lambda: VQVAE(config), "the autoencoder").bottleneck
+        check_step_cost(bottleneck.step_cost(args.batch_size * VQVAE.latent_side ** 2), "a training step")
+    except ValueError as error:
+        raise UserError(f"{error}: lower --batch-size, {size_flags(args.bottleneck)}") from None
+    if bottleneck.discrete and args.prior_epochs:
+        prior = replace(prior_config(args), num_embeddings=bottleneck.num_embeddings, levels=bottleneck.code_levels)
+        try:
+            check_size(lambda: CodePrior(prior), "the prior")
+        except ValueError as error:
+            raise UserError(f"{error}: lower --prior-width or --prior-layers") from None
+
+
+def check_stray(args, typed: set[str], whose: str) -> None:
+    """Refuse a bottleneck's flag typed for another bottleneck (`whose` names the one the run has)."""
+    stray = {name for name in typed
+             if any(name in bottleneck_flags(other) for other in BOTTLENECKS)} - bottleneck_flags(args.bottleneck)
+    if stray:
+        flag_names = build_parser().flag_names()
+        one = len(stray) == 1
+        raise UserError(f"{' and '.join(sorted(flag_names[name] for name in stray))} {'does' if one else 'do'} "
+                        f"not apply to {whose}: drop {'it' if one else 'them'}, or choose the bottleneck that "
+                        f"takes {'it' if one else 'them'}")
+
+
+def check_flags(args) -> None:
+    """Refuse flags that do not go together or ask for too much, before anything is made."""
+    if args.prior_width % args.prior_num_heads:
+        raise UserError(f"--prior-heads {args.prior_num_heads} must divide --prior-width {args.prior_width}")
+    check_sizes(args)
+
+
+def check_request(args) -> None:
+    """Refuse flags that contradict each other or their bottleneck, before anything is read or made. A resumed run's
+    own flags are its checkpoint's, checked once read (check_resumed_flags)."""
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it: pass only one")
+    if args.prior_only and (args.resume or args.overwrite):
+        raise UserError("--prior-only trains only the prior of an existing run: drop --resume and --overwrite")
+    if args.prior_only and args.prior_epochs == 0:
+        raise UserError("--prior-only with --prior-epochs 0 has nothing to do: give --prior-epochs N")
+    if not args.resume:
+        if isinstance(args, Arguments):
+            check_stray(args, args.typed, f"--bottleneck {args.bottleneck}")
+        check_flags(args)
+
+
+def resume_args(args, parser: ArgumentParser) -> tuple[argparse.Namespace, dict]:
+    """The run's own flags from models/NAME/last.pt, each checked as the flag would be if typed, and that checkpoint;
+    a flag given now that contradicts them is an error. Called with the run folder held, so that no other run
+    writes last.pt between this read and the run's first save."""
+    path = run_folders(args.output_folder).model_dir / "last.pt"
+    checkpoint = load_checkpoint(path)
+    if not all(key in checkpoint for key in TRAINING_KEYS):
+        raise UserError(f"{path} holds no training state to resume from; start a new run with --overwrite")
+    saved, flag_names = checkpoint["args"], parser.flag_names()
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: its stored flags are a {type(saved).__name__}, not a dict: {DAMAGED}")
+    result_names = [name for name in vars(args) if name not in RUN_FLAGS]
+    check_stored_flags(parser, saved, result_names, path)
+    # A checkpoint from before a flag existed lacks it: the flag takes its default.
+    result_flags = {name: saved.get(name, parser.get_default(name)) for name in result_names}
+    # Arguments know the flags the user typed; of a plain Namespace, only the values that are not defaults tell.
+    typed = (args.typed if isinstance(args, Arguments)
+             else {name for name, value in vars(args).items() if value != parser.get_default(name)})
+    check_stray(argparse.Namespace(bottleneck=result_flags["bottleneck"]), typed,
+                f"the bottleneck {result_flags['bottleneck']} of {path}")
+    for name, kept in result_flags.items():
+        given = getattr(args, name)
+        if name in typed and given != kept:
+            flag = flag_names[name]
+            raise UserError(f"--resume continues {path} with its own {flag} {as_typed(kept)}: drop {flag} "
+                            f"{as_typed(given)}, or start a new run")
+    return argparse.Namespace(**{**vars(args), **result_flags}), checkpoint
+
+
+def check_resumed_flags(args, path: Path) -> None:
+    """check_flags on the flags a --resume took from last.pt (at `path`): one that is refused names the file."""
+    try:
+        check_flags(args)
+    except UserError as error:
+        raise UserError(f"{path}: its stored flags are refused ({error}): {DAMAGED}") from None
+
+
+def check_resumed(checkpoint: dict, args, steps_per_epoch: int) -> None:
+    """Refuse a last.pt whose model config is not the one its flags make, whose weights do not fit it as they are,
+    or whose place in the run does not hold together (checkpoint_checks), before anything is built from it."""
+    path = run_folders(args.output_folder).model_dir / "last.pt"
+    stored, config = stored_autoencoder(checkpoint, path), model_config(args)
+    if stored.config != config:
+        differ = [name for name in asdict(config) if asdict(config)[name] != asdict(stored.config)[name]]
+        raise UserError(f"{path}: its model config and its stored flags disagree on {', '.join(differ)}: {DAMAGED}")
+    check_weights(stored, checkpoint["model"], path)
+    check_place(checkpoint, path, args.num_epochs, steps_per_epoch)
+
+
+def load_prior_state(path: Path) -> dict | None:
+    """prior_last.pt (None if there is none), its settings checked as the flags that set them would be if typed, and
+    where it stands."""
+    checkpoint = load_prior_training(path)
+    if checkpoint is None:
+        return None
+    settings = checkpoint["settings"]
+    if not isinstance(settings, dict) or settings.keys() != PRIOR_SETTING_FLAGS.keys():
+        raise UserError(f"{path}: its prior settings are not {', '.join(PRIOR_SETTING_FLAGS)}: {DAMAGED}")
+    check_stored_flags(build_parser(), settings, PRIOR_SETTING_FLAGS, path, "prior settings", PRIOR_SETTING_FLAGS)
+    check_count(checkpoint["autoencoder_step"], path, "autoencoder step", 0, MAX_STEP)
+    check_count(checkpoint["epoch"], path, "epoch", 0, settings["epochs"])
+    check_count(checkpoint["step"], path, "step", 0, MAX_STEP)
+    return checkpoint
