@@ -37,7 +37,8 @@ class Bottleneck(nn.Module, abc.ABC):
       fails in one line, and checks there what its fields must be together;
     - `discrete`: True if it gives codes, which the prior models; then `num_embeddings` (K) and `embed(codes)`,
       and `code_levels` (L), the codes of each position, each from its own K (a residual VQ's levels; 1 by default).
-      A continuous one gives `sample_latents` (its prior's samples) and names its rate in `rate_figure`;
+      A continuous one gives `sample_latents` (its prior's samples), `posterior` and `latent_prior` (q(z|x) and
+      p(z), for the likelihood bounds), and names its rate in `rate_figure`;
     - `input_dim` (channels of z_e it reads) and `code_dim` (channels of the z_q it gives), known from its config
       (`dims`); the autoencoder projects the encoder's hidden channels into and out of them where they differ.
     `forward(z_e)` returns a BottleneckOutput; `epoch_figures()` gives figures counted over an epoch (restarts).
@@ -88,6 +89,15 @@ class Bottleneck(nn.Module, abc.ABC):
     def sample_latents(self, shape: tuple[int, int, int], temperature: float, generator: torch.Generator) -> Tensor:
         """Continuous: (count, H, W) latents z (count, D, H, W) drawn from its prior, on the CPU."""
         raise NotImplementedError(f"{type(self).__name__} has codes, which the learned prior samples")
+
+    def posterior(self, z_e: Tensor) -> torch.distributions.Distribution:
+        """Continuous: q(z|x) from z_e (B, input_dim, H, W), a distribution over z (B, D, H, W) whose log_prob is per
+        element; with `latent_prior` it gives the ELBO and importance-weighted bounds (vqmnist/bits_per_dim.py)."""
+        raise NotImplementedError(f"{type(self).__name__} has codes, whose prior is the learned prior")
+
+    def latent_prior(self, z: Tensor) -> torch.distributions.Distribution:
+        """Continuous: p(z), a distribution over a z shaped like `z` whose log_prob is per element."""
+        raise NotImplementedError(f"{type(self).__name__} has codes, whose prior is the learned prior")
 
     def epoch_figures(self) -> dict[str, float]:
         """Figures counted since the last call (which resets them), read once an epoch; none by default."""

@@ -19,6 +19,15 @@ grids summed over the 49 positions (49 L codes with L levels), without the class
 log2 K bits of uniform codes;
 for a continuous bottleneck, the figure it names as its rate (the Gaussian VAE's KL(q(z|x) || N(0, I))).
 
+Likelihood, in bits per dimension (`bits_per_dim` in --json): upper bounds on -log2 p(x) / 784 of the 8-bit test
+digits, each named for what it is (vqmnist/bits_per_dim.py), with where the bits go:
+- codes: the pixels given the codes, -log2 p(x | z_q(x)) / 784, plus the codes under the learned prior, without
+  the class and given it, and under the uniform prior (49 L log2 K bits);
+- a continuous bottleneck: the negative ELBO (its reconstruction term and its KL) and the importance-weighted bound
+  with --iw-samples samples of z;
+- a decoder that gives no distribution over the 256 grey levels (tanh, linear, logits): the bounds of a discretised
+  logistic around its output, whose one scale is fitted on 1,000 of the run's validation digits (labelled so).
+
 Samples (--samples N of each kind), judged by the project's MNIST classifier (train_classifier.py):
 - recognisable: the fraction classified with confidence >= 0.9;
 - class entropy: entropy of the predicted classes' histogram over log 10 (1.0: every digit equally often);
@@ -43,12 +52,14 @@ from dataclasses import asdict
 import torch
 
 from modules import LATENT_SIDE, load_model
+from vqmnist.bits_per_dim import continuous_bounds, decoder_bits, fit_log_scale
 from vqmnist.code_statistics import CODE_STATISTICS
 from vqmnist.checkpoints import trained_dataset
 from vqmnist.cli import ArgumentParser, add_dataset_flag, add_device_flag, integer, number, resolve_device, run_cli
-from vqmnist.data import load_mnist
+from vqmnist.data import IMAGE_PIXELS, load_mnist, split_train_validation
 from vqmnist.errors import UserError
-from vqmnist.limits import MAX_GUIDANCE, MAX_SAMPLES, MAX_SCORING_BATCH, MAX_SEED, MAX_TEMPERATURE, MIN_TEMPERATURE
+from vqmnist.limits import (MAX_GUIDANCE, MAX_IW_SAMPLES, MAX_SAMPLES, MAX_SCORING_BATCH, MAX_SEED, MAX_TEMPERATURE,
+                            MIN_TEMPERATURE)
 from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, default_temperature, encode_images, prior_nll_bits
 from vqmnist.scores import (DEFAULT_CLASSIFIER, FRECHET_MIN_SAMPLES, classify, load_classifier, score_reconstructions,
                     score_samples)
@@ -60,6 +71,12 @@ SAMPLE_KINDS = {
     "noise": "noise (reference)",
     "real": "real test digits",
 }
+
+DEFAULT_IW_SAMPLES = 8
+DEFAULT_VAL_SIZE = 5000  # vqvae.py's, for a checkpoint that does not store its own
+# The fitted scale is one number: 1,000 validation digits (784,000 pixels) pin it down, at a fifth of the cost.
+FIT_IMAGES = 1000
+DECODERS = {"logistic": "its own discretised logistic mixture", "categorical": "its own 256-way categorical"}
 
 
 def build_parser() -> ArgumentParser:
@@ -75,6 +92,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--samples", type=integer(0, MAX_SAMPLES), default=1000,
                         help="images of each kind to score; 0 skips the sample scores, and fewer than "
                              f"{FRECHET_MIN_SAMPLES} give no Frechet distance (default: 1000)")
+    parser.add_argument("--iw-samples", type=integer(1, MAX_IW_SAMPLES), default=None,
+                        help=f"a continuous bottleneck's samples of z for its importance-weighted bound, at most "
+                             f"{MAX_IW_SAMPLES:,} (default: {DEFAULT_IW_SAMPLES})")
     parser.add_argument("--temperature", type=number(MIN_TEMPERATURE, MAX_TEMPERATURE), default=None,
                         help=f"of the prior's samples, or a continuous bottleneck's latents' standard deviation "
                              f"(default: {SAMPLING_TEMPERATURE} for a prior over codes, 1 for continuous latents)")
@@ -161,6 +181,57 @@ def rates(model, prior, scores, test_images, test_labels, args, device) -> dict:
             "rate_bits_given_class": conditional * positions, "rate_bound_bits": bound, "code_positions": positions}
 
 
+def validation_images(args, checkpoint: dict):
+    """The first FIT_IMAGES of the run's own validation digits: the last --val-size of the training set, as vqvae.py
+    split them."""
+    stored = checkpoint["args"].get("val_size", DEFAULT_VAL_SIZE) if isinstance(checkpoint["args"], dict) \
+        else DEFAULT_VAL_SIZE
+    if type(stored) is not int:
+        raise UserError(f"{args.model} stores a --val-size of {stored!r}, not a whole number: its checkpoint is "
+                        "damaged; use another")
+    return split_train_validation(load_mnist(args.data_folder, train=True, dataset=args.dataset)[0],
+                                  stored)[1][:FIT_IMAGES]
+
+
+def bits_per_dim(args, model, rate: dict, checkpoint: dict, test_images, device) -> dict:
+    """The likelihood bounds and their parts in bits per dimension (see the module docstring), by name."""
+    log_scale = None if model.likelihood else fit_log_scale(model, validation_images(args, checkpoint),
+                                                             args.batch_size, device)
+    report = {"decoder": model.config.decoder_output, "fitted_log_scale": log_scale}
+    if model.discrete:
+        pixels = decoder_bits(model, test_images, args.batch_size, device, log_scale).mean().item()
+        report["pixels_given_codes"] = pixels / IMAGE_PIXELS
+        codes = {"learned_prior": rate["rate_bits"], "learned_prior_given_class": rate["rate_bits_given_class"],
+                 "uniform_prior": rate["rate_bound_bits"]}
+        for name, bits in codes.items():
+            if bits is not None:  # the learned prior's where the checkpoint has one
+                report[f"codes_{name}"] = bits / IMAGE_PIXELS
+                report[name] = (pixels + bits) / IMAGE_PIXELS
+        return report
+    bounds = continuous_bounds(model, test_images, args.batch_size, device, args.iw_samples,
+                               torch.Generator().manual_seed(args.seed), log_scale)
+    return {**report, **{name: value.mean().item() / IMAGE_PIXELS for name, value in bounds._asdict().items()},
+            "iw_samples": args.iw_samples}
+
+
+def print_bits_per_dim(args, bits: dict) -> None:
+    decoder = DECODERS.get(bits["decoder"]) or (
+        f"a discretised logistic of scale exp({bits['fitted_log_scale']:.3f}) around its {bits['decoder']} output, "
+        f"fitted on {FIT_IMAGES:,} of the run's validation digits")
+    print(f"  likelihood, bits/dim (upper bounds on -log2 p(x) / 784 of the 8-bit digits; decoder: {decoder})")
+    if "pixels_given_codes" in bits:
+        print(f"    pixels given the codes   {bits['pixels_given_codes']:.4f}")
+        for name, label in (("learned_prior", "learned prior"), ("learned_prior_given_class", "given the class"),
+                            ("uniform_prior", "uniform prior")):
+            if name in bits:
+                print(f"    + codes, {label:<15} {bits['codes_' + name]:.4f}  = {bits[name]:.4f}")
+        return
+    print(f"    negative ELBO            {bits['negative_elbo']:.4f}  (reconstruction {bits['reconstruction']:.4f} + "
+          f"KL {bits['kl']:.4f})")
+    print(f"    importance-weighted      {bits['importance_weighted']:.4f}  ({bits['iw_samples']} samples of z)",
+          flush=True)
+
+
 def print_samples(args, samples: dict, discrete: bool) -> None:
     sampled = (f"prior temperature {args.temperature}, guidance {args.guidance}" if "prior_conditional" in samples
                else f"latents from the bottleneck's prior x temperature {args.temperature}")
@@ -199,6 +270,10 @@ def main(args) -> None:
     if args.samples > len(test_images):
         raise UserError(f"--samples {args.samples} is more than the {len(test_images)} test digits it is compared "
                         "with")
+    if args.iw_samples is not None and model.discrete:
+        raise UserError(f"--iw-samples samples a continuous z, and {args.model}'s bottleneck "
+                        f"({model.config.bottleneck}) gives codes, whose bound needs no samples: drop it")
+    args.iw_samples = args.iw_samples or DEFAULT_IW_SAMPLES
     scores = score_reconstructions(model, test_images, args.batch_size, device, per_image_8bit=True)
     if not all(math.isfinite(value) for value in (scores.mse, scores.psnr, *scores.figures.values())):
         raise UserError(f"{args.model} reconstructs the test set with non-finite scores (MSE {scores.mse}, PSNR "
@@ -222,6 +297,9 @@ def main(args) -> None:
     }
     if not args.json:  # printed before the samples are scored, so that nothing computed is lost
         print_reconstructions(args, report, len(test_images))
+    report["bits_per_dim"] = bits_per_dim(args, model, report, checkpoint, test_images, device)
+    if not args.json:
+        print_bits_per_dim(args, report["bits_per_dim"])
     if args.samples:
         report["samples"] = {"count": args.samples, "temperature": args.temperature, "guidance": args.guidance,
                              "seed": args.seed,

@@ -4,13 +4,15 @@ The encoder gives the mean and log-variance of q(z|x) = N(mean, diag(var)) at ea
 z = mean + std * eps (the reparameterisation trick, eps ~ N(0, I)), evaluation the mean. Its loss term is
 kl_weight * KL(q(z|x) || N(0, I)) per pixel, the KL in nats per image: with "logits" and weight 1 that is the
 negative ELBO per pixel; with MSE in [-1, 1], that of a Gaussian decoder of variance 1/2. It has no codes, so no
-learned prior: its samples are z ~ N(0, I) decoded.
+learned prior: its samples are z ~ N(0, I) decoded. `posterior` and `latent_prior` give q(z|x) and N(0, I) as
+distributions, which evaluate.py's ELBO and importance-weighted bounds sample (vqmnist/bits_per_dim.py).
 """
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.distributions import Normal
 
 from bottleneck import Bottleneck, BottleneckOutput, code_dim_of, code_dim_option
 from vqmnist.data import IMAGE_PIXELS
@@ -47,13 +49,27 @@ class GaussianBottleneck(Bottleneck):
     def from_config(cls, config: GaussianConfig, hidden_size: int) -> "GaussianBottleneck":
         return cls(code_dim_of(config, hidden_size), config.kl_weight)
 
+    @staticmethod
+    def mean_and_log_var(statistics: Tensor) -> tuple[Tensor, Tensor]:
+        """statistics (B, 2D, H, W) -> the mean and log-variance of q(z|x), each (B, D, H, W), in float32."""
+        mean, log_var = statistics.float().chunk(2, dim=1)
+        return mean, log_var.clamp(-30.0, 20.0)  # keeps exp() finite while the encoder is still wild
+
+    def posterior(self, statistics: Tensor) -> Normal:
+        """q(z|x) = N(mean, diag(var)) at every element of z (B, D, H, W), from statistics (B, 2D, H, W)."""
+        mean, log_var = self.mean_and_log_var(statistics)
+        return Normal(mean, (0.5 * log_var).exp())
+
+    def latent_prior(self, z: Tensor) -> Normal:
+        """p(z) = N(0, I), at every element of a z shaped like `z`."""
+        return Normal(torch.zeros_like(z), torch.ones_like(z))
+
     def forward(self, statistics: Tensor) -> BottleneckOutput:
         """statistics (B, 2D, H, W), the mean and log-variance of q(z|x) -> z (B, D, H, W) as `z_q` (sampled in
         training, the mean in evaluation), the weighted KL as the loss term "kl" and the KL in bits per image as
         the figure "kl_bits"; no codes."""
         with torch.autocast(device_type=statistics.device.type, enabled=False):
-            mean, log_var = statistics.float().chunk(2, dim=1)
-            log_var = log_var.clamp(-30.0, 20.0)  # keeps exp() finite while the encoder is still wild
+            mean, log_var = self.mean_and_log_var(statistics)
             # KL(N(mean, var) || N(0, 1)) = (mean^2 + var - 1 - log var) / 2 per dimension, summed over an image.
             kl = 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).flatten(1).sum(1).mean()
             # reparameterisation trick: z = mean + std * eps, differentiable in mean and log_var.

@@ -10,8 +10,14 @@ The encoder reads images in [-1, 1] (`images_to_inputs`). What the decoder's las
 reconstruction loss trains it, is the config's `decoder_output`:
 - "tanh": values in [-1, 1], MSE against the input (the reference's choice);
 - "linear": unbounded values, MSE against the input, clamped to [-1, 1] when turned into pixels;
-- "logits": Bernoulli logits of each pixel's grey level in [0, 1], binary cross-entropy against it.
-`VQVAE.reconstruction_loss` and `VQVAE.to_pixels` hide the difference from the scripts.
+- "logits": Bernoulli logits of each pixel's grey level in [0, 1], binary cross-entropy against it;
+- "logistic": a discretised logistic mixture over each pixel's 256 grey levels (PixelCNN++), of
+  `mixture_components` components, trained by its negative log-likelihood;
+- "categorical": a 256-way softmax over each pixel's grey levels, trained by its negative log-likelihood.
+The last two are likelihood decoders (LIKELIHOOD_OUTPUTS): p(x | z) is a distribution over 8-bit images, so
+evaluate.py reads a bound in bits per dimension off it (vqmnist/pixel_distributions.py); their pictures show the
+distribution's mean. `VQVAE.reconstruction_loss`, `VQVAE.to_pixels` and `VQVAE.pixel_log_probs` hide the
+difference from the scripts.
 """
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -34,6 +40,8 @@ from vqmnist.data import outputs_to_pixels
 from vqmnist.errors import UserError
 from vqmnist.limits import MAX_DEPTH, MAX_WIDTH, check_size
 from vqmnist.options import check_options, integer, one_of, one_of_the_keys, option
+from vqmnist.pixel_distributions import (LEVELS, categorical_log_probs, categorical_mean, inputs_to_levels,
+                                         mixture_channels, mixture_log_probs, mixture_mean, one_logistic_log_probs)
 from vqmnist.prior import CodePrior
 
 # The bottlenecks by name: vqvae.py's --bottleneck choices, and the name a checkpoint stores.
@@ -45,7 +53,9 @@ BOTTLENECKS: dict[str, type[Bottleneck]] = registry({
     "gaussian": GaussianBottleneck,
     "rvq": ResidualVectorQuantizer,
 })
-DECODER_OUTPUTS = ("tanh", "linear", "logits")
+DECODER_OUTPUTS = ("tanh", "linear", "logits", "logistic", "categorical")
+LIKELIHOOD_OUTPUTS = ("logistic", "categorical")  # the decoder outputs that are a distribution over 256 levels
+MAX_MIXTURE_COMPONENTS = 32
 LATENT_SIDE = 28 // 4  # the latent grid (codes or the Gaussian's z) is 7x7: the encoder's two stride-2 convolutions
 
 
@@ -59,7 +69,11 @@ class VQVAEConfig:
     num_residual_blocks: int = option(2, integer(0, MAX_DEPTH), "--num-residual-blocks",
                                       "residual blocks in the encoder and in the decoder")
     decoder_output: str = option("tanh", one_of(*DECODER_OUTPUTS), "--decoder-output", "last layer and loss: tanh or "
-                                 "linear output with MSE, or logits with binary cross-entropy")
+                                 "linear output with MSE, logits with binary cross-entropy, or a distribution over "
+                                 "the 256 grey levels with its negative log-likelihood: logistic (a discretised "
+                                 "logistic mixture) or categorical (a 256-way softmax)")
+    mixture_components: int = option(5, integer(1, MAX_MIXTURE_COMPONENTS), "--mixture-components",
+                                     "components of the logistic decoder's mixture, per pixel")
     bottleneck: str = option("vq", one_of_the_keys(BOTTLENECKS), "--bottleneck",
                              "what sits between encoder and decoder, each with the flags below that apply to it: " + ", ".join(
                                  f"{name} ({bottleneck.__name__})" for name, bottleneck in BOTTLENECKS.items()))
@@ -113,6 +127,15 @@ class Encoder(nn.Module):
         return self.layers(x)
 
 
+def decoder_channels(config: VQVAEConfig) -> int:
+    """Channels of the decoder's output: one per image channel, or a distribution's parameters per image channel."""
+    if config.decoder_output == "logistic":
+        return config.in_channels * mixture_channels(config.mixture_components)
+    if config.decoder_output == "categorical":
+        return config.in_channels * LEVELS
+    return config.in_channels
+
+
 class Decoder(nn.Module):
     def __init__(self, config: VQVAEConfig):
         super().__init__()
@@ -123,7 +146,7 @@ class Decoder(nn.Module):
             nn.ConvTranspose2d(hidden, hidden, kernel_size=4, stride=2, padding=1),  # 7x7 -> 14x14
             nn.BatchNorm2d(hidden),
             nn.ReLU(),
-            nn.ConvTranspose2d(hidden, config.in_channels, kernel_size=4, stride=2, padding=1),  # 14x14 -> 28x28
+            nn.ConvTranspose2d(hidden, decoder_channels(config), kernel_size=4, stride=2, padding=1),  # -> 28x28
             *([nn.Tanh()] if config.decoder_output == "tanh" else []),
         )
 
@@ -132,7 +155,7 @@ class Decoder(nn.Module):
 
 
 class VQVAEOutput(NamedTuple):
-    x_recon: Tensor  # (B, 1, 28, 28) decoder output, in the form of config.decoder_output
+    x_recon: Tensor  # (B, decoder_channels, 28, 28) decoder output, in the form of config.decoder_output
     quantized: BottleneckOutput  # the bottleneck's output: z_q, codes, loss terms and figures
 
 
@@ -168,17 +191,42 @@ class VQVAE(nn.Module):
         losses, where with EMA the codebook loss has no gradient and adds a constant; a Gaussian's weighted KL)."""
         return sum((term.float() for term in quantized.losses.values()), torch.zeros(()))
 
+    @property
+    def likelihood(self) -> bool:
+        """Whether the decoder outputs a distribution over each pixel's 256 grey levels."""
+        return self.config.decoder_output in LIKELIHOOD_OUTPUTS
+
     def reconstruction_loss(self, x_recon: Tensor, x: Tensor) -> Tensor:
-        """Mean loss per pixel of decoder outputs x_recon against the inputs x in [-1, 1]."""
+        """Mean loss per pixel of decoder outputs x_recon against the inputs x in [-1, 1]: for a likelihood decoder
+        its negative log-likelihood in nats per pixel."""
+        if self.likelihood:
+            return -self.pixel_log_probs(x_recon, inputs_to_levels(x)).mean()
         if self.config.decoder_output == "logits":
             return F.binary_cross_entropy_with_logits(x_recon.float(), x.float().add(1.0).div(2.0))
         return F.mse_loss(x_recon.float(), x.float())
 
     def to_pixels(self, x_recon: Tensor) -> Tensor:
-        """Decoder outputs -> pixels in [0, 1], for scoring and saving."""
+        """Decoder outputs -> pixels (B, C, 28, 28) in [0, 1], for scoring and saving: a likelihood decoder's mean."""
+        if self.config.decoder_output == "logistic":
+            return mixture_mean(x_recon, self.config.mixture_components)
+        if self.config.decoder_output == "categorical":
+            return categorical_mean(x_recon)
         if self.config.decoder_output == "logits":
             return torch.sigmoid(x_recon.float())
         return outputs_to_pixels(x_recon)
+
+    def pixel_log_probs(self, x_recon: Tensor, levels: Tensor, log_scale: Tensor | float | None = None) -> Tensor:
+        """log p(levels | decoder outputs) (B, C, 28, 28) in nats, levels the images' 8-bit integers (B, C, 28, 28).
+
+        A likelihood decoder gives its own; any other decoder gets the fitted-scale likelihood, a discretised
+        logistic of scale exp(log_scale) around its pixels (log_scale required)."""
+        if self.config.decoder_output == "logistic":
+            return mixture_log_probs(x_recon, levels, self.config.mixture_components)
+        if self.config.decoder_output == "categorical":
+            return categorical_log_probs(x_recon, levels)
+        if log_scale is None:
+            raise ValueError(f"a {self.config.decoder_output} decoder gives no distribution: pass a log_scale")
+        return one_logistic_log_probs(self.to_pixels(x_recon), log_scale, levels)
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:

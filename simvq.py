@@ -84,8 +84,9 @@ class SimVQ(Bottleneck):
             flat = z_e_fp32.permute(0, 2, 3, 1).reshape(-1, dim)  # (B*H*W, D)
             with torch.no_grad():
                 indices = nearest_codes(flat, codebook)  # (B*H*W,)
-            # Indexed from the live codebook, so that the codebook loss reaches W.
-            quantized = codebook[indices].view(batch, height, width, dim).permute(0, 3, 1, 2)  # (B, D, H, W)
+            # Looked up in the live codebook, so that the codebook loss reaches W; by F.embedding, whose CPU backward
+            # sums each code's gradient in a fixed order, where advanced indexing's adds them in the threads' order.
+            quantized = F.embedding(indices, codebook).view(batch, height, width, dim).permute(0, 3, 1, 2)
             codebook_loss = F.mse_loss(quantized, z_e_fp32.detach())
             commitment_loss = self.beta * F.mse_loss(z_e_fp32, quantized.detach())
         # In training, the straight-through estimator or the rotation trick, neither letting the decoder's gradient

@@ -208,6 +208,9 @@ def check_request(args) -> None:
     if not args.resume:
         if isinstance(args, Arguments):
             check_stray(args, args.typed, f"--bottleneck {args.bottleneck}")
+            if "mixture_components" in args.typed and args.decoder_output != "logistic":
+                raise UserError(f"--mixture-components is the logistic decoder's, not --decoder-output "
+                                f"{args.decoder_output}'s: drop it, or give --decoder-output logistic")
         check_flags(args)
 
 

@@ -240,8 +240,8 @@ def build_loop(name: str, images: torch.Tensor, args, device: torch.device) -> L
 def print_table(results: dict[str, Measured], limits: dict[str, float], args, device: torch.device) -> None:
     print(f"device {device}, {torch.get_num_threads()} CPU threads, default models, batch {args.batch_size} "
           f"(autoencoder) and {args.prior_batch_size} grids (prior), median of {args.repeats} x {args.steps} steps "
-          f"after {args.warmup}; limit: {MATMUL_SIZE}-square matrix products, {limits['fp32']:,.0f} GFLOP/s in fp32 "
-          f"and {limits['bf16']:,.0f} in bf16")
+          f"after {args.warmup}; limit: {MATMUL_SIZE}-square matrix products, {limits['fp32']:,.1f} GFLOP/s in fp32 "
+          f"and {limits['bf16']:,.1f} in bf16")  # one decimal: bf16 without hardware support runs below one GFLOP/s
     print("| loop | precision | speed | GFLOP per step | GFLOP/s | of the limit | vs the plain loop |")
     print("|---|---|---|---|---|---|---|")
     for name, measured in results.items():

@@ -1,5 +1,5 @@
 """What K, D, the bottleneck and the quantizer do: train the runs of a named study, score each with evaluate.py, and
-write a Markdown table and a distortion-rate plot.
+write a Markdown table and a distortion-rate plot (for the likelihood study, bits per dimension against the rate).
 
 Usage (from the repository root; `python -m benchmarks.study` is the same):
     python benchmarks/study.py --study k             # K in 16, 64, 256, 512, 1024 (VQ, all else default)
@@ -8,6 +8,7 @@ Usage (from the repository root; `python -m benchmarks.study` is the same):
     python benchmarks/study.py --study quantizers    # VQs, rotation trick, SimVQ, LFQ, residual VQ, FSQ: 512 codes
     python benchmarks/study.py --study all --epochs 3 --prior-epochs 2 --out-dir docs/images
     python benchmarks/study.py --study bottleneck --bottlenecks vq,fsq,mine   # any registered ones, at defaults
+    python benchmarks/study.py --study likelihood    # bits/dim: Gaussian VAE and VQ over capacity, the quantizers
 
 Each row is `python vqvae.py` in a subprocess, as a user runs it, with --num-epochs --epochs, --prior-epochs and
 --seed, kept in models/study/NAME; then `python evaluate.py --json` on its best.pt, whose scores are kept in
@@ -25,6 +26,12 @@ to every run (and its folder's name then ends in a digest of them). The table go
 stdout, the plot of test MSE against the rate to OUT_DIR/study_NAME.png. Each scored run also goes to TensorBoard's
 hparams dashboard, its flags beside its scores, in its own logs/study/NAME folder: `tensorboard --logdir logs/study`
 sets the rows side by side.
+
+The likelihood study's rows all have a likelihood decoder (--decoder-output logistic, and one categorical), and its
+own table: each row's bounds in bits per dimension from evaluate.py (the learned prior's without and with the class
+and the uniform prior's for codes, the importance-weighted bound and the negative ELBO for the Gaussian VAE), where
+the bits go (pixels given the latents, the latents), the test MSE, the PSNR per 8-bit image and the samples'
+scores; its plot is the bits/dim bound against the rate.
 
 A kept scores.json the table cannot read is scored again. One study runs at a time: it holds models/study (its
 .lock) while it runs, and a second one stops at once.
@@ -100,6 +107,18 @@ STUDIES = {
         FSQ,
     ],
 }
+# The paper's comparison (its section 4.1) on MNIST: the Gaussian VAE and the VQ-VAE with the same encoder and the
+# same likelihood decoder over latent capacity, beside the other quantizers at their defaults.
+LIKELIHOOD_DECODER = ("--decoder-output", "logistic")
+STUDIES["likelihood"] = [
+    *[Row(f"Gaussian VAE, D = {d}", f"likelihood-gaussian-d{d}",
+          (*LIKELIHOOD_DECODER, "--bottleneck", "gaussian", "--code-dim", str(d)), "Gaussian") for d in (2, 16)],
+    *[Row(f"VQ, K = {k}", f"likelihood-vq-k{k}", (*LIKELIHOOD_DECODER, "--k", str(k)), "VQ") for k in (32, 512)],
+    Row("VQ, K = 512, 256-way categorical decoder", "likelihood-vq-k512-categorical",
+        ("--decoder-output", "categorical"), "VQ, categorical decoder"),
+    *[Row(f"{name} at its defaults", f"likelihood-{name}", (*LIKELIHOOD_DECODER, "--bottleneck", name), marker)
+      for name, marker in (("fsq", "FSQ"), ("lfq", "LFQ"), ("simvq", "SimVQ"), ("rvq", "residual VQ"))],
+]
 # Each bottleneck's marker, and where its points' names go (offset in points, alignment), apart from the others'.
 # A line joins the points of one marker set, so each set is one sweep of a setting (KL weights) or one point.
 MARKERS = {"VQ": ("o", (5, 5), "left"), "reference VQ": ("D", (5, 5), "left"), "FSQ": ("s", (-6, -12), "right"),
@@ -172,11 +191,16 @@ def read_kept_json(path: Path):
     return json.loads(content)
 
 
+def table_of(row: Row):
+    """The table that shows the row: the likelihood study's for its rows, else the common one."""
+    return likelihood_table if row in STUDIES["likelihood"] else table
+
+
 def tabulable(row: Row, scores) -> bool:
-    """Whether the table (and so the plot, which reads the same figures) can show scores as row's."""
-    # Rendering the row is the check that cannot drift from what table() reads.
+    """Whether the row's table (and so the plot, which reads the same figures) can show scores as row's."""
+    # Rendering the row is the check that cannot drift from what the table reads.
     try:
-        table([row], [scores])
+        table_of(row)([row], [scores])
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
         return False
     return True
@@ -295,11 +319,47 @@ def table(rows: list[Row], results: list[dict]) -> list[str]:
     return lines
 
 
-def plot(rows: list[Row], results: list[dict], title: str, path: Path) -> None:
-    """Test MSE against the rate, one marker set per bottleneck (a line through a sweep of it), each point named."""
+def likelihood_table(rows: list[Row], results: list[dict]) -> list[str]:
+    """The likelihood study's table: each row's bounds in bits per dimension and where the bits go."""
+    lines = ["| run | bits/dim: learned prior (given the class), or IWAE | uniform prior, or negative ELBO | "
+             "pixels given the latents | latents: prior NLL, or KL | test MSE | PSNR per 8-bit image | "
+             "recognisable | Frechet distance | train s (autoencoder + prior) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row, scores in zip(rows, results):
+        bits = scores["bits_per_dim"]
+        if "pixels_given_codes" in bits:
+            bound = f"{bits['learned_prior']:.3f} ({bits['learned_prior_given_class']:.3f})"
+            second, pixels, latents = (f"{bits['uniform_prior']:.3f}", f"{bits['pixels_given_codes']:.3f}",
+                                       f"{bits['codes_learned_prior']:.3f}")
+        else:
+            bound = f"{bits['importance_weighted']:.3f} (k = {bits['iw_samples']})"
+            second, pixels, latents = (f"{bits['negative_elbo']:.3f}", f"{bits['reconstruction']:.3f}",
+                                       f"{bits['kl']:.3f}")
+        samples = scores["samples"]["prior_unconditional"]
+        seconds = " + ".join(f"{value:.0f}" for value in scores["seconds"].values())
+        lines.append(f"| {row.label} | {bound} | {second} | {pixels} | {latents} | {scores['test_mse']:.5f} | "
+                     f"{scores['published_protocol']['psnr']:.2f} | {samples['recognisable']:.1%} | "
+                     f"{samples['frechet_distance']:.2f} | {seconds} |")
+    real = results[0]["samples"]["real"]
+    lines.append(f"\nbits/dim: upper bounds on -log2 p(x) / 784 of the 10,000 8-bit test digits (evaluate.py). "
+                 f"Samples: {results[0]['samples']['count']} unconditional ones per row; the Frechet distance of as "
+                 f"many real test digits, the floor, is {real['frechet_distance']:.2f}.")
+    return lines
+
+
+def likelihood_bound(scores: dict) -> float:
+    """A row's tightest bound in bits/dim: the learned prior's (class not given), or the importance-weighted one."""
+    bits = scores["bits_per_dim"]
+    return bits["learned_prior"] if "learned_prior" in bits else bits["importance_weighted"]
+
+
+def plot(rows: list[Row], results: list[dict], title: str, path: Path, likelihood: bool = False) -> None:
+    """Test MSE (or, for the likelihood study, the bits/dim bound) against the rate, one marker set per bottleneck
+    (a line through a sweep of it), each point named."""
     figure, axes = plt.subplots(figsize=(9, 4.5))
     for bottleneck, (marker, offset, alignment) in marker_styles(rows).items():
-        points = [(scores["rate_bits"], scores["test_mse"], row.label) for row, scores in zip(rows, results)
+        points = [(scores["rate_bits"], likelihood_bound(scores) if likelihood else scores["test_mse"], row.label)
+                  for row, scores in zip(rows, results)
                   if row.bottleneck == bottleneck and scores["rate_bits"] is not None]
         if not points:
             continue
@@ -308,7 +368,9 @@ def plot(rows: list[Row], results: list[dict], title: str, path: Path) -> None:
         for x, y, label in points:
             axes.annotate(label.split(" (")[0], (x, y), textcoords="offset points", xytext=offset, ha=alignment,
                           fontsize=7)
-    axes.set(xlabel="rate (bits per image)", ylabel="test MSE ([0, 1] pixels)", yscale="log", title=title)
+    axes.set(xlabel="rate (bits per image): the prior's NLL of the codes, or the KL",
+             ylabel="bits/dim (learned prior, or IWAE)" if likelihood else "test MSE ([0, 1] pixels)",
+             yscale="linear" if likelihood else "log", title=title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes, clear of the names
     figure.tight_layout()
@@ -348,14 +410,14 @@ def main(args) -> None:
         for name in STUDIES if args.study == "all" else [args.study]:
             rows = study_rows(name, args)
             results = [train_and_score(row, args) for row in rows]
-            lines = table(rows, results)
+            lines = (likelihood_table if name == "likelihood" else table)(rows, results)
             path = args.out_dir / f"study_{name}.md"
             try:
                 with atomic_path(path) as temporary:
                     temporary.write_text("\n".join(lines) + "\n")
                 path = args.out_dir / f"study_{name}.png"
                 plot(rows, results, f"study {name}: {args.epochs} epochs, prior {args.prior_epochs}, seed {args.seed}",
-                     path)
+                     path, likelihood=name == "likelihood")
             except OSError as error:
                 raise write_failure(path, error, "run the study again; its scores are kept") from None
             print(f"## study {name}\n\n" + "\n".join(lines) + "\n", flush=True)

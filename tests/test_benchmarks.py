@@ -42,7 +42,7 @@ def test_speed_benchmark_tables_every_loop_against_the_limit(tiny_mnist, capsys)
     speed.main(speed.build_parser().parse_args(["--data-folder", str(tiny_mnist), "--steps", "2", "--warmup", "1",
                                                 "--repeats", "2", "--prior-batch-size", "8", "--beside-busy"]))
     output = capsys.readouterr().out
-    limits = re.search(r"limit: .* ([\d,]+) GFLOP/s in fp32 and ([\d,]+) in bf16", output)
+    limits = re.search(r"limit: .* ([\d,]+\.\d) GFLOP/s in fp32 and ([\d,]+\.\d) in bf16", output)
     assert limits and all(float(limit.replace(",", "")) > 0 for limit in limits.groups())
     rows = {loop_kind(row[0]): row for row in table_rows(output, "| loop | precision")}
     assert sorted(rows) == ["autoencoder plain", "autoencoder project", "prior plain", "prior project"]
@@ -183,6 +183,30 @@ def test_the_study_table_has_every_column_and_the_plot_is_written(tmp_path):
     assert "| 1000/1024 |" in study.table(study.STUDIES["quantizers"][6:7], [residual])[2]
     assert "the floor, is 0.50" in lines[-1]
     study.plot(rows, results, "test", tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_likelihood_table_shows_each_bound_by_its_kind_and_the_plot_is_written(tmp_path):
+    study = load_benchmark("study")
+    rows = study.STUDIES["likelihood"]
+    gaussian, vq = rows[0], rows[2]
+    assert all("--decoder-output" in row.flags for row in rows) and len({row.name for row in rows}) == len(rows)
+    discrete_bits = {"decoder": "logistic", "fitted_log_scale": None, "pixels_given_codes": 0.875,
+                     "codes_learned_prior": 0.375, "codes_learned_prior_given_class": 0.3125,
+                     "codes_uniform_prior": 0.5625, "learned_prior": 1.25, "learned_prior_given_class": 1.1875,
+                     "uniform_prior": 1.4375}
+    continuous_bits = {"decoder": "logistic", "fitted_log_scale": None, "negative_elbo": 1.5,
+                       "reconstruction": 1.25, "kl": 0.25, "importance_weighted": 1.4375, "iw_samples": 8}
+    results = [fake_scores("gaussian", 196.0) | {"bits_per_dim": continuous_bits},
+               fake_scores("vq", 294.0) | {"bits_per_dim": discrete_bits}]
+    lines = study.likelihood_table([gaussian, vq], results)
+    assert lines[2] == ("| Gaussian VAE, D = 2 | 1.438 (k = 8) | 1.500 | 1.250 | 0.250 | 0.00150 | 29.12 | 50.0% | "
+                        "3.25 | 60 + 101 |")
+    assert lines[3] == ("| VQ, K = 32 | 1.250 (1.188) | 1.438 | 0.875 | 0.375 | 0.00150 | 29.12 | 50.0% | 3.25 | "
+                        "60 + 101 |")
+    # a kept scores.json from before the likelihood bounds cannot fill the likelihood table, and is scored again
+    assert study.tabulable(vq, results[1]) and not study.tabulable(vq, fake_scores("vq", 294.0))
+    study.plot([gaussian, vq], results, "test", tmp_path / "plot.png", likelihood=True)
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

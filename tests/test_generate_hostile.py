@@ -12,10 +12,12 @@ import pytest
 import torch
 
 import generate
-from helpers import tiny_run_in
+from helpers import blob_images, tiny_run_in
 from modules import load_model
 from vqmnist import limits
+from vqmnist.checkpoints import save_checkpoint
 from vqmnist.code_files import load_codes
+from vqmnist.data import images_to_inputs
 from vqmnist.errors import UserError
 
 K = 16  # the tiny run's codebook
@@ -25,6 +27,22 @@ K = 16  # the tiny run's codebook
 def tiny_model(tmp_path_factory) -> Path:
     """The checkpoint of a tiny one-epoch VQ run with its prior, shared by the module's tests."""
     return tiny_run_in(tmp_path_factory.mktemp("tiny_vq")) / "models" / "tiny" / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def varied_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model with its K codes set to the encoder's outputs at K positions of the blob digits, so that
+    different digits get different codes, which a seed then changes, whatever the tiny training made of them (on a
+    CPU without bf16 it can end with one code for everything)."""
+    checkpoint = torch.load(tiny_model, weights_only=True)
+    model = load_model(tiny_model).model
+    with torch.no_grad():
+        z_e = model.to_code_space(model.encoder(images_to_inputs(blob_images(K, seed=6))))  # (K, D, 7, 7)
+        # the centre of each digit, (K, D): a different blob's features for every code
+        model.bottleneck.embedding.weight.copy_(z_e[:, :, 3, 3])
+    path = tmp_path_factory.mktemp("varied") / "varied.pt"
+    save_checkpoint(path, {**checkpoint, "model": model.state_dict()})
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -183,11 +201,11 @@ NO_SPACE = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
      "no space left on the device holding out"),
     (".npy", "png", NO_SPACE, "no space left on the device holding generatedImages"),
 ])
-def test_a_failed_write_leaves_no_new_or_replaced_file(suffix, writer, error, message, tiny_model, tiny_mnist,
+def test_a_failed_write_leaves_no_new_or_replaced_file(suffix, writer, error, message, varied_model, tiny_mnist,
                                                        tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("out").mkdir()
-    flags = ["--model", str(tiny_model), "--input", "MNIST", "--data-folder", str(tiny_mnist), "--filename", "recon",
+    flags = ["--model", str(varied_model), "--input", "MNIST", "--data-folder", str(tiny_mnist), "--filename", "recon",
              "--save-codes", f"out/codes{suffix}"]
     outputs = [Path("generatedImages/recon.png"), Path("generatedImages/recon_input.png"), Path(f"out/codes{suffix}")]
 

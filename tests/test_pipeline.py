@@ -151,6 +151,8 @@ def test_worker_processes_do_not_change_the_result(tiny_mnist, tmp_path, monkeyp
     (["--decoder-output", "linear", "--num-residual-blocks", "0", "--lr-schedule", "constant"],
      {"decoder_output": "linear", "num_residual_blocks": 0}),
     (["--amp"], {"codebook_update": "ema"}),
+    (["--decoder-output", "logistic", "--mixture-components", "3"], {"decoder_output": "logistic",
+                                                                     "mixture_components": 3}),
 ])
 def test_quantizer_options_are_stored_and_rebuilt(flags, stored, tiny_mnist, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -11,7 +11,7 @@ from modules import VQVAE
 from vqmnist.scores import DigitClassifier, frechet_distance, score_reconstructions, score_samples
 
 
-@pytest.mark.parametrize("decoder_output", ["tanh", "linear", "logits"])
+@pytest.mark.parametrize("decoder_output", ["tanh", "linear", "logits", "logistic", "categorical"])
 def test_usage_and_perplexity_are_over_the_whole_set(decoder_output, monkeypatch):
     model = VQVAE(model_config(hidden_size=8, num_embeddings=16, decoder_output=decoder_output))
     # The first batch is quantized entirely to code 3, the second to code 5: each batch alone uses one code

@@ -1,4 +1,5 @@
 """The autoencoder's side of the training loop: its settings, its optimizer step, and its task of batches of digits."""
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,14 +128,17 @@ class AutoencoderTask:
         if self.processes.rank == 0:
             log_validation(self.writer, self.model, scores, self.val_images[:NUM_FIXED_IMAGES].to(device), step,
                            epoch_figures)
-        figures = {"recon_loss": scores.recon_loss, "mse": scores.mse, "psnr": scores.psnr, "ssim": scores.ssim,
+        # A likelihood decoder's reconstruction loss is its NLL in nats per pixel.
+        nll = {"decoder_nll_bits_per_dim": scores.recon_loss / math.log(2)} if self.model.likelihood else {}
+        figures = {"recon_loss": scores.recon_loss, **nll, "mse": scores.mse, "psnr": scores.psnr, "ssim": scores.ssim,
                    **{f"loss_{name}": value for name, value in scores.losses.items()}, **scores.figures,
                    **epoch_figures}
         bottleneck = self.model.bottleneck
         health = health_line({**scores.figures, **epoch_figures},
                              bottleneck.num_codes if bottleneck.discrete else None)
-        return Validation(scores.recon_loss, figures, f"val recon loss {scores.recon_loss:.5f}  MSE {scores.mse:.5f} "
-                                                      f"({scores.psnr:.1f} dB)  {health}")
+        bits = f" ({nll['decoder_nll_bits_per_dim']:.4f} bits/dim)" if nll else ""
+        return Validation(scores.recon_loss, figures, f"val recon loss {scores.recon_loss:.5f}{bits}  MSE "
+                                                      f"{scores.mse:.5f} ({scores.psnr:.1f} dB)  {health}")
 
     def save(self, state: RunState, validation: Validation | None, best: bool) -> None:
         checkpoint = training_checkpoint(self.model, self.optimizer, self.schedule, state, self.flags,

@@ -26,6 +26,7 @@ MAX_SECONDS = 10 ** 8  # --time-limit: three years
 MAX_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 MAX_WORKERS = 64
 MAX_SAMPLES = 10_000  # the MNIST test set, which sample scores are compared with
+MAX_IW_SAMPLES = 5_000  # samples of z an image for the importance-weighted bound: 50 million decodes of the test set
 # Sampling: a temperature below this turns softmax(logits / T) into a one-hot of the largest logit in float32 and
 # then overflows; above MAX_TEMPERATURE or MAX_GUIDANCE the logits say nothing any more.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0

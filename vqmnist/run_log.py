@@ -1,5 +1,6 @@
 """What a run reports as it trains: TensorBoard curves, reconstructions, and its figures in models/NAME/run.json."""
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -35,6 +36,8 @@ def log_validation(writer: SummaryWriter, model: torch.nn.Module, scores, fixed_
     reconstruction's, the bottleneck's loss terms and health figures by name (val/NAME), the code histogram of a
     discrete bottleneck, the figures it counted over the epoch (train/NAME_per_epoch), and reconstructions."""
     writer.add_scalar("val/loss_reconstruction", scores.recon_loss, step)
+    if model.likelihood:  # its reconstruction loss is the decoder's NLL in nats per pixel
+        writer.add_scalar("val/decoder_nll_bits_per_dim", scores.recon_loss / math.log(2), step)
     writer.add_scalar("val/mse_pixels", scores.mse, step)
     writer.add_scalar("val/ssim", scores.ssim, step)
     for name, value in scores.losses.items():
