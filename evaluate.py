@@ -72,7 +72,7 @@ SAMPLE_KINDS = {
     "real": "real test digits",
 }
 
-DEFAULT_IW_SAMPLES = 8
+DEFAULT_IW_SAMPLES = 4  # each sample of z is one more pass of the decoder over the test set
 DEFAULT_VAL_SIZE = 5000  # vqvae.py's, for a checkpoint that does not store its own
 # The fitted scale is one number: 1,000 validation digits (784,000 pixels) pin it down, at a fifth of the cost.
 FIT_IMAGES = 1000
