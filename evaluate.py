@@ -56,7 +56,7 @@ from vqmnist.bits_per_dim import continuous_bounds, decoder_bits, fit_log_scale
 from vqmnist.code_statistics import CODE_STATISTICS
 from vqmnist.checkpoints import trained_dataset
 from vqmnist.cli import ArgumentParser, add_dataset_flag, add_device_flag, integer, number, resolve_device, run_cli
-from vqmnist.data import IMAGE_PIXELS, load_mnist, split_train_validation
+from vqmnist.data import IMAGE_PIXELS, load_mnist, load_splits
 from vqmnist.errors import UserError
 from vqmnist.limits import (MAX_GUIDANCE, MAX_IW_SAMPLES, MAX_SAMPLES, MAX_SCORING_BATCH, MAX_SEED, MAX_TEMPERATURE,
                             MIN_TEMPERATURE)
@@ -189,8 +189,7 @@ def validation_images(args, checkpoint: dict):
     if type(stored) is not int:
         raise UserError(f"{args.model} stores a --val-size of {stored!r}, not a whole number: its checkpoint is "
                         "damaged; use another")
-    return split_train_validation(load_mnist(args.data_folder, train=True, dataset=args.dataset)[0],
-                                  stored)[1][:FIT_IMAGES]
+    return load_splits(args.data_folder, stored, args.dataset).val_images[:FIT_IMAGES]
 
 
 def bits_per_dim(args, model, rate: dict, checkpoint: dict, test_images, device) -> dict:

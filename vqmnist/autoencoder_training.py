@@ -1,5 +1,4 @@
 """The autoencoder's side of the training loop: its settings, its optimizer step, and its task of batches of digits."""
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from vqmnist.checkpoints import RunState, save_checkpoint, training_checkpoint
 from vqmnist.data import epoch_batches, images_to_inputs
 from vqmnist.loop import Validation
 from vqmnist.processes import Processes
-from vqmnist.run_log import NUM_FIXED_IMAGES, NoWriter, log_validation
+from vqmnist.run_log import NUM_FIXED_IMAGES, NoWriter, decoder_nll_bits_per_dim, log_validation
 from vqmnist.scores import score_reconstructions
 
 VALIDATION_BATCH_SIZE = 1000
@@ -128,8 +127,8 @@ class AutoencoderTask:
         if self.processes.rank == 0:
             log_validation(self.writer, self.model, scores, self.val_images[:NUM_FIXED_IMAGES].to(device), step,
                            epoch_figures)
-        # A likelihood decoder's reconstruction loss is its NLL in nats per pixel.
-        nll = {"decoder_nll_bits_per_dim": scores.recon_loss / math.log(2)} if self.model.likelihood else {}
+        nll = {"decoder_nll_bits_per_dim": decoder_nll_bits_per_dim(self.model, scores)} if self.model.likelihood \
+            else {}
         figures = {"recon_loss": scores.recon_loss, **nll, "mse": scores.mse, "psnr": scores.psnr, "ssim": scores.ssim,
                    **{f"loss_{name}": value for name, value in scores.losses.items()}, **scores.figures,
                    **epoch_figures}

@@ -30,14 +30,20 @@ def log_training(writer: SummaryWriter, progress: tqdm, means: dict[str, float],
                           if name != "lr"})
 
 
+def decoder_nll_bits_per_dim(model: torch.nn.Module, scores) -> float | None:
+    """A likelihood decoder's NLL of the scored images given their latents in bits per dimension: its
+    reconstruction loss is that NLL in nats per pixel. None for any other decoder."""
+    return scores.recon_loss / math.log(2) if model.likelihood else None
+
+
 def log_validation(writer: SummaryWriter, model: torch.nn.Module, scores, fixed_images: torch.Tensor, step: int,
                    epoch_figures: dict[str, float]) -> None:
     """Validation scores at the training step they were reached, on the same axis as the training curves: the
     reconstruction's, the bottleneck's loss terms and health figures by name (val/NAME), the code histogram of a
     discrete bottleneck, the figures it counted over the epoch (train/NAME_per_epoch), and reconstructions."""
     writer.add_scalar("val/loss_reconstruction", scores.recon_loss, step)
-    if model.likelihood:  # its reconstruction loss is the decoder's NLL in nats per pixel
-        writer.add_scalar("val/decoder_nll_bits_per_dim", scores.recon_loss / math.log(2), step)
+    if model.likelihood:
+        writer.add_scalar("val/decoder_nll_bits_per_dim", decoder_nll_bits_per_dim(model, scores), step)
     writer.add_scalar("val/mse_pixels", scores.mse, step)
     writer.add_scalar("val/ssim", scores.ssim, step)
     for name, value in scores.losses.items():
