@@ -15,8 +15,9 @@ equally often, 1 if only one is);
 any other figure its bottleneck reports (modules.BOTTLENECKS), by name.
 
 Rate, in bits per image: for codes (VQ, FSQ), the prior's negative log-likelihood of the test set's code
-grids summed over the 49 positions (49 L codes with L levels), without the class and given it, beside the 49 L
-log2 K bits of uniform codes;
+grids summed over the 49 positions (49 L codes with L levels): without the class (the prior's p(codes) = sum over c
+of p(c) p(codes | c), the model its unconditional samples come from), given it, and under the class-free half that
+guidance contrasts with (the "no class" token), beside the 49 L log2 K bits of uniform codes;
 for a continuous bottleneck, the figure it names as its rate (the Gaussian VAE's KL(q(z|x) || N(0, I))).
 
 Likelihood, in bits per dimension (`bits_per_dim` in --json): upper bounds on -log2 p(x) / 784 of the 8-bit test
@@ -55,12 +56,14 @@ from modules import LATENT_SIDE, load_model
 from vqmnist.bits_per_dim import continuous_bounds, decoder_bits, fit_log_scale
 from vqmnist.code_statistics import CODE_STATISTICS
 from vqmnist.checkpoints import trained_dataset
-from vqmnist.cli import ArgumentParser, add_dataset_flag, add_device_flag, integer, number, resolve_device, run_cli
+from vqmnist.cli import (ArgumentParser, add_dataset_flag, add_device_flag, add_option_flags, integer, number,
+                         resolve_device, run_cli)
 from vqmnist.data import IMAGE_PIXELS, load_mnist, load_splits
 from vqmnist.errors import UserError
 from vqmnist.limits import (MAX_GUIDANCE, MAX_IW_SAMPLES, MAX_SAMPLES, MAX_SCORING_BATCH, MAX_SEED, MAX_TEMPERATURE,
                             MIN_TEMPERATURE)
-from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, default_temperature, encode_images, prior_nll_bits
+from vqmnist.prior import (GUIDANCE, SAMPLING_TEMPERATURE, Truncation, default_temperature, encode_images,
+                           marginal_nll_bits, prior_nll_bits)
 from vqmnist.scores import (DEFAULT_CLASSIFIER, FRECHET_MIN_SAMPLES, classify, load_classifier, score_reconstructions,
                     score_samples)
 
@@ -100,6 +103,7 @@ def build_parser() -> ArgumentParser:
                              f"(default: {SAMPLING_TEMPERATURE} for a prior over codes, 1 for continuous latents)")
     parser.add_argument("--guidance", type=number(0, MAX_GUIDANCE), default=GUIDANCE,
                         help=f"classifier-free guidance weight of the prior's samples (default: {GUIDANCE})")
+    add_option_flags(parser, Truncation)
     parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
                         help="seed of the samples and noise (default: 0)")
     parser.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER),
@@ -120,7 +124,8 @@ def sample_scores(args, model, prior, classifier, test_images, device) -> dict:
         for kind, classes, guidance in (("prior_conditional", asked, args.guidance),
                                         ("prior_unconditional", prior.draw_classes(count, generator), args.guidance),
                                         ("prior_no_class", torch.full_like(asked, prior.no_class), 0.0)):
-            codes = prior.sample(classes, args.temperature, guidance, generator)
+            codes = prior.sample(classes, args.temperature, guidance, generator,
+                                 truncation=Truncation(args.top_k, args.top_p))
             scores[kind] = score_samples(classifier, model.to_pixels(model.decode(codes)), test_features,
                                          asked if kind == "prior_conditional" else None, frechet)
     elif not model.discrete:
@@ -160,7 +165,8 @@ def print_reconstructions(args, report: dict, count: int) -> None:
               f"{report['code_positions']} log2 K)", flush=True)
         return
     print(f"  rate (prior NLL)         {report['rate_bits']:.1f} bits per image, {report['rate_bits_given_class']:.1f} "
-          f"given the class ({report['code_positions']} log2 K = {report['rate_bound_bits']:.0f})", flush=True)
+          f"given the class, {report['rate_bits_no_class_token']:.1f} by its class-free half "
+          f"({report['code_positions']} log2 K = {report['rate_bound_bits']:.0f})", flush=True)
 
 
 def rates(model, prior, scores, test_images, test_labels, args, device) -> dict:
@@ -171,14 +177,16 @@ def rates(model, prior, scores, test_images, test_labels, args, device) -> dict:
     positions = LATENT_SIDE ** 2 * model.bottleneck.code_levels  # codes an image: 49 L
     bound = positions * math.log2(model.bottleneck.num_embeddings)
     if prior is None:
-        return {"rate_figure": None, "rate_bits": None, "rate_bits_given_class": None, "rate_bound_bits": bound,
-                "code_positions": positions}
+        return {"rate_figure": None, "rate_bits": None, "rate_bits_given_class": None, "rate_bits_no_class_token": None,
+                "rate_bound_bits": bound, "code_positions": positions}
     codes = encode_images(model, test_images, device, args.batch_size)
     labels = test_labels.to(device)
-    unconditional = prior_nll_bits(prior, codes, torch.full_like(labels, prior.no_class), args.batch_size)
+    unconditional = marginal_nll_bits(prior, codes, args.batch_size)
     conditional = prior_nll_bits(prior, codes, labels, args.batch_size)
+    class_free = prior_nll_bits(prior, codes, torch.full_like(labels, prior.no_class), args.batch_size)
     return {"rate_figure": None, "rate_bits": unconditional * positions,
-            "rate_bits_given_class": conditional * positions, "rate_bound_bits": bound, "code_positions": positions}
+            "rate_bits_given_class": conditional * positions, "rate_bits_no_class_token": class_free * positions,
+            "rate_bound_bits": bound, "code_positions": positions}
 
 
 def validation_images(args, checkpoint: dict):
@@ -232,7 +240,9 @@ def print_bits_per_dim(args, bits: dict) -> None:
 
 
 def print_samples(args, samples: dict, discrete: bool) -> None:
-    sampled = (f"prior temperature {args.temperature}, guidance {args.guidance}" if "prior_conditional" in samples
+    truncation = Truncation(args.top_k, args.top_p).describe()
+    sampled = (f"prior temperature {args.temperature}, guidance {args.guidance}{truncation}"
+               if "prior_conditional" in samples
                else f"latents from the bottleneck's prior x temperature {args.temperature}")
     print(f"samples: {args.samples} of each kind, {sampled}, seed {args.seed}, judged by "
           f"{os.path.relpath(args.classifier)}")
@@ -301,7 +311,7 @@ def main(args) -> None:
         print_bits_per_dim(args, report["bits_per_dim"])
     if args.samples:
         report["samples"] = {"count": args.samples, "temperature": args.temperature, "guidance": args.guidance,
-                             "seed": args.seed,
+                             "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
                              **sample_scores(args, model, prior, classifier, test_images, device)}
         if not args.json:
             print_samples(args, report["samples"], model.discrete)

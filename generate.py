@@ -5,6 +5,7 @@ Usage:
     python generate.py --model models/vqvae/best.pt --input random --filename samples # row i: ten samples of digit i
     python generate.py --model models/vqvae/best.pt --input random --digit 7 --temperature 0.8 --seed 1
     python generate.py --model models/vqvae/best.pt --input random --unconditional
+    python generate.py --model models/vqvae/best.pt --input random --top-p 0.95   # cleaner, less varied digits
     python generate.py --model models/vqvae/best.pt --input complete --keep-rows 3  # half-drawn digits completed
     python generate.py --model models/vqvae/best.pt --input noise --filename noise
     python generate.py --model models/vqvae/best.pt --input random --save-codes codes.npy   # the 100 sampled grids
@@ -14,7 +15,8 @@ Usage:
 --input random samples code grids from the prior stored in the checkpoint (trained by vqvae.py after the
 autoencoder) and decodes them: row i holds ten samples of digit i, or with --digit D all 100 are Ds, or with
 --unconditional the prior draws each sample's class itself (from the training set's class frequencies) and then
-its codes. --temperature and --guidance (classifier-free guidance) trade variety for clean, typical digits.
+its codes. --temperature, --guidance (classifier-free guidance), --top-k and --top-p (nucleus sampling) trade
+variety for clean, typical digits.
 --input complete shows, in row i, a test digit i picked by --seed, then nine completions: the top --keep-rows rows
 of its code grid kept, the rest drawn by the prior, given the digit's class (or, --unconditional, without it).
 --input noise decodes what the autoencoder makes of standard-normal noise images, as the reference repository's
@@ -45,13 +47,14 @@ from torchvision.utils import make_grid, save_image
 
 from modules import LATENT_SIDE, load_model
 from vqmnist.checkpoints import trained_dataset
-from vqmnist.cli import ArgumentParser, add_dataset_flag, add_device_flag, integer, number, plain_name, resolve_device, run_cli
+from vqmnist.cli import (ArgumentParser, add_dataset_flag, add_device_flag, add_option_flags, integer, number,
+                         plain_name, resolve_device, run_cli)
 from vqmnist.code_files import load_codes
 from vqmnist.data import images_to_inputs, load_mnist
 from vqmnist.errors import UserError
 from vqmnist.files import atomic_path, write_failure
 from vqmnist.limits import MAX_CODES, MAX_GUIDANCE, MAX_SEED, MAX_TEMPERATURE, MAX_WIDTH, MIN_TEMPERATURE
-from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, default_temperature
+from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, Truncation, default_temperature
 
 GRID_SIDE = 10
 DEFAULT_KEPT_ROWS = 3
@@ -92,6 +95,7 @@ def build_parser() -> ArgumentParser:
                         help=f"--input random: classifier-free guidance weight, 0 to {MAX_GUIDANCE:g}; higher gives "
                              "digits more typical of their class, 0 samples the prior as trained (default: "
                              f"{GUIDANCE})")
+    add_option_flags(parser, Truncation)
     parser.add_argument("--digit", type=int, choices=range(10), default=None, metavar="D",
                         help="--input random: all 100 samples are of digit D (default: row i holds digit i)")
     parser.add_argument("--unconditional", action="store_true",
@@ -217,11 +221,13 @@ def samples(args, loaded, generator, device) -> Picture:
     else:
         classes, what = torch.arange(GRID_SIDE).repeat_interleave(GRID_SIDE), "prior samples, row i = digit i"
     started = time.perf_counter()
-    codes = prior.sample(classes.to(device), args.temperature, args.guidance, generator)  # (100, [L,] 7, 7)
+    truncation = Truncation(args.top_k, args.top_p)
+    codes = prior.sample(classes.to(device), args.temperature, args.guidance, generator,
+                         truncation=truncation)  # (100, [L,] 7, 7)
     seconds = time.perf_counter() - started
     return Picture(model.to_pixels(model.decode(codes)), codes,
-                   f"{what}, temperature {args.temperature}, guidance {args.guidance}; the 100 code grids took "
-                   f"{seconds:.2f} s to sample")
+                   f"{what}, temperature {args.temperature}, guidance {args.guidance}{truncation.describe()}; the 100 "
+                   f"code grids took {seconds:.2f} s to sample")
 
 
 def completions(args, loaded, generator, device) -> Picture:
@@ -241,14 +247,15 @@ def completions(args, loaded, generator, device) -> Picture:
     prefix = prior.to_sequence(codes)[:, :kept * LATENT_SIDE * prior.config.levels].repeat_interleave(per_digit, 0)
     classes = torch.full((len(prefix),), prior.no_class, device=device) if args.unconditional else \
         test_labels[picks].to(device).repeat_interleave(per_digit)
-    completed = prior.sample(classes, args.temperature, args.guidance, generator, prefix)  # (90, [L,] 7, 7)
+    truncation = Truncation(args.top_k, args.top_p)
+    completed = prior.sample(classes, args.temperature, args.guidance, generator, prefix, truncation)  # (90, [L,] 7, 7)
     pixels = model.to_pixels(model.decode(completed)).view(GRID_SIDE, per_digit, 1, 28, 28)
     originals = originals.unsqueeze(1).float().div(255).unsqueeze(1)  # (10, 1, 1, 28, 28)
     grids = torch.cat([codes.unsqueeze(1), completed.view(GRID_SIDE, per_digit, *codes.shape[1:])], 1)
     given = "without their classes" if args.unconditional else "given their classes"
     return Picture(torch.cat([originals, pixels], 1).flatten(0, 1), grids.flatten(0, 1),
                    f"row i: a test digit i, then nine completions {given} of its top {kept} of {LATENT_SIDE} code "
-                   f"rows, temperature {args.temperature}, guidance {args.guidance}")
+                   f"rows, temperature {args.temperature}, guidance {args.guidance}{truncation.describe()}")
 
 
 def grid_writer(images: torch.Tensor) -> Callable[[BinaryIO], None]:

@@ -27,7 +27,8 @@ RUN_FLAGS = {"output_folder", "data_folder", "device", "num_workers", "log_inter
              "channels_last", "threads", "time_limit", "resume", "prior_only"}
 # The flag that sets each PriorSettings field: prior_last.pt stores the settings, and a --resume checks them as these.
 PRIOR_SETTING_FLAGS = {"epochs": "prior_epochs", "batch_size": "prior_batch_size", "lr": "prior_lr",
-                       "class_dropout": "class_dropout", "seed": "seed", "amp": "amp", "log_interval": "log_interval"}
+                       "class_dropout": "class_dropout", "distorted": "prior_distorted", "seed": "seed", "amp": "amp",
+                       "log_interval": "log_interval"}
 
 
 def bottleneck_flags(name: str) -> set[str]:
@@ -63,6 +64,10 @@ def add_prior_flags(parser: ArgumentParser) -> None:
     prior.add_argument("--class-dropout", type=unit_interval, default=PriorSettings.class_dropout,
                        help="fraction of training grids shown to the prior without their class, so that it also "
                             f"samples unconditionally (default: {PriorSettings.class_dropout})")
+    prior.add_argument("--prior-distorted", type=unit_interval, default=PriorSettings.distorted,
+                       help="fraction of each batch of the prior whose code grids are encoded anew from its digits "
+                            "randomly rotated, scaled and shifted a little, so that it sees more than the training "
+                            f"set's grids (default: {PriorSettings.distorted})")
 
 
 def add_run_flags(parser: ArgumentParser) -> None:

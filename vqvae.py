@@ -237,8 +237,9 @@ def set_up_prior(args, device: torch.device, splits: Splits | None, resumed: dic
                                   / len(codes.train_labels))
     optimizer = make_prior_optimizer(prior, settings.lr)
     schedule = make_prior_schedule(optimizer, settings.epochs * steps_per_epoch)
-    task = PriorTask(prior, optimizer, schedule, torch.Generator().manual_seed(settings.seed), codes, settings,
-                     autoencoder, best_checkpoint, best_path, last_path, resume_command(args.output_folder), writer)
+    task = PriorTask(prior, optimizer, schedule, torch.Generator().manual_seed(settings.seed), codes,
+                     splits.train_images.to(device), settings, autoencoder, best_checkpoint, best_path, last_path,
+                     resume_command(args.output_folder), writer)
     state = RunState()
     if resumed is not None:
         check_optimizer(optimizer, resumed["optimizer"], last_path, "prior's optimizer state")

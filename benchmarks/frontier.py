@@ -1,4 +1,4 @@
-"""Time against quality: train three presets of the default command, score each with evaluate.py at three sample
+"""Time against quality: train three presets of the default command, score each with evaluate.py at five sample
 seeds, and write one Markdown table.
 
 Usage (from the repository root; `python -m benchmarks.frontier` is the same):
@@ -10,9 +10,10 @@ Each preset is `python vqvae.py FLAGS` in a subprocess, as a user runs it, kept 
 time taken from the outside and its autoencoder's and prior's seconds from its run.json; then `python evaluate.py
 --json --seed S` on its best.pt for each --seeds S, kept in models/frontier/NAME/scores-S.json. A preset with
 scores is read back, so a stopped run of this script goes on where it was (a stopped training starts again).
-The table gives the test MSE and codes used (the same at every seed), and for the samples with the digit asked
-for the recognisable fraction, the fraction read as asked and the Frechet distance against its floor (as many
-real test digits), at each seed.
+The table gives the test MSE, codes used and the rate (the prior's NLL of the test grids, the same at every seed),
+for the samples with the digit asked for the recognisable fraction, the fraction read as asked and the Frechet
+distance against its floor (as many real test digits), and for the unconditional samples the recognisable fraction
+and the Frechet distance against the floor, each at every seed with the worst of them first.
 """
 import argparse
 import json
@@ -63,23 +64,34 @@ def scores_at(model_dir: Path, seed: int, args) -> dict:
     return json.loads(path.read_text())
 
 
+def worst_then_each(values: list[float], text, worst=min) -> str:
+    """'worst: a / b / c', each value written by text()."""
+    return f"{text(worst(values))}: " + " / ".join(text(value) for value in values)
+
+
 def row(preset: Preset, times: dict, by_seed: list[dict], floors: list[float]) -> str:
     first = by_seed[0]
     command = "python vqvae.py" + "".join(f" {flag}" for flag in preset.flags)
-    conditional = [scores["samples"]["prior_conditional"] for scores in by_seed]
-    recognisable = " / ".join(f"{samples['recognisable']:.1%}" for samples in conditional)
-    asked = " / ".join(f"{samples['matches_class']:.1%}" for samples in conditional)
-    distance = " / ".join(f"{samples['frechet_distance']:.2f} ({samples['frechet_distance'] / floor:.1f}x)"
-                          for samples, floor in zip(conditional, floors))
+    columns = []
+    for kind in ("prior_conditional", "prior_unconditional"):
+        samples = [scores["samples"][kind] for scores in by_seed]
+        columns.append(worst_then_each([sample["recognisable"] for sample in samples], lambda value: f"{value:.1%}"))
+        if kind == "prior_conditional":
+            columns.append(worst_then_each([sample["matches_class"] for sample in samples],
+                                           lambda value: f"{value:.1%}"))
+        columns.append(worst_then_each([sample["frechet_distance"] / floor for sample, floor in zip(samples, floors)],
+                                       lambda value: f"{value:.2f}x", worst=max))
     return (f"| {preset.name} | `{command}` | {times['wall']:.0f} ({times['autoencoder']:.0f} + "
             f"{times['prior']:.0f}) | {first['test_mse']:.5f} | {first['psnr']:.2f} | {first['codes_used']}/"
-            f"{first['num_embeddings']} | {recognisable} | {asked} | {distance} |")
+            f"{first['num_embeddings']} | {first['rate_bits']:.1f} | {' | '.join(columns)} |")
 
 
 def main(args) -> None:
-    lines = ["| preset | command | wall s (autoencoder + prior) | test MSE | PSNR (dB) | codes used | "
-             f"recognisable, seeds {', '.join(map(str, args.seeds))} | as asked | Frechet distance (x the floor) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    seeds = ", ".join(map(str, args.seeds))
+    lines = ["| preset | command | wall s (autoencoder + prior) | test MSE | PSNR (dB) | codes used | rate (bits) | "
+             f"digit asked: recognisable, worst: seeds {seeds} | as asked | Frechet distance / floor | "
+             "unconditional: recognisable | Frechet distance / floor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     floors = []
     for name in args.presets:
         preset, model_dir = PRESETS[name], ROOT / "models" / "frontier" / name
@@ -87,8 +99,9 @@ def main(args) -> None:
         by_seed = [scores_at(model_dir, seed, args) for seed in args.seeds]
         floors = [scores["samples"]["real"]["frechet_distance"] for scores in by_seed]
         lines.append(row(preset, times, by_seed, floors))
-    lines.append(f"\nSamples: 1,000 with the digit asked for (100 of each) per seed; the floor, the Frechet distance "
-                 f"of 1,000 real test digits, is {' / '.join(f'{floor:.2f}' for floor in floors)} at the seeds.")
+    lines.append(f"\nSamples: 1,000 of each kind per seed (100 of each digit where it is asked for); the floor, the "
+                 f"Frechet distance of 1,000 real test digits, is {' / '.join(f'{floor:.2f}' for floor in floors)} "
+                 "at the seeds.")
     print("\n".join(lines), flush=True)
     if args.out_dir is not None:
         args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train and score the fast, default and quality presets.")
     parser.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(PRESETS),
                         help="which presets, in order (default: fast default quality)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
-                        help="evaluate.py --seed of each scoring (default: 0 1 2)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4],
+                        help="evaluate.py --seed of each scoring (default: 0 1 2 3 4)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to train on (default: cpu)")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="also write the table to OUT_DIR/frontier.md (default: print it only)")

@@ -1,15 +1,20 @@
-"""Prior sampling of a checkpoint: how long 100 code grids take, and sample scores over temperatures and guidance
-weights against the validation split (for choosing the sampling defaults without looking at the test set).
+"""Prior sampling of a checkpoint: how long 100 code grids take, and sample scores over temperatures, guidance
+weights and truncations (top-k, nucleus) against the validation split (for choosing the sampling defaults without
+looking at the test set).
 
 Usage (from the repository root; `python -m benchmarks.sampling` is the same):
     python benchmarks/sampling.py --model pretrained/vqvae_mnist.pt
     python benchmarks/sampling.py --model models/vqvae/best.pt --temperatures 0.9,1.0 --guidance 0.5,0.75,1.0
+    python benchmarks/sampling.py --temperatures 1.0 --guidance 0.75 --top-p 0.9,0.95,1.0 --top-k 0,64
+    python benchmarks/sampling.py --temperatures 1.0 --guidance 0.75 --exact-mix
 
 Timing: generate.py's batch (100 grids, classes 0-9 ten times, default temperature and guidance), sampled
 --repeats times after one warm-up; prints the median. Scores: for each setting, 1,000 samples with the digit
 asked for (100 of each) and 1,000 unconditional ones, per seed, judged by the committed classifier against the
 features of the validation split (the last 5,000 training images); the table gives the mean over the seeds,
-and the floor is 1,000 random validation digits' distance to the whole split, averaged the same way.
+and the floor is 1,000 random validation digits' distance to the whole split, averaged the same way. With
+--exact-mix, a third kind: unconditional samples whose classes are p(class) x 1,000 rounded, in a random order, not
+drawn one by one, so that what the luck of the drawn mix adds to the Frechet distance shows.
 """
 import argparse
 import statistics
@@ -21,7 +26,7 @@ import torch
 from modules import load_model
 from vqmnist.checkpoints import trained_dataset
 from vqmnist.data import load_mnist, split_train_validation
-from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE
+from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, Truncation
 from vqmnist.scores import DEFAULT_CLASSIFIER, classify, load_classifier, score_samples
 
 SAMPLES = 1000
@@ -37,8 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperatures", type=numbers, default=[0.9, 1.0], help="comma-separated (default: 0.9,1.0)")
     parser.add_argument("--guidance", type=numbers, default=[0.5, 0.75, 1.0],
                         help="comma-separated guidance weights (default: 0.5,0.75,1.0)")
+    parser.add_argument("--top-k", type=lambda text: [int(v) for v in text.split(",")], default=[0],
+                        help="comma-separated top-k truncations, 0 for none (default: 0)")
+    parser.add_argument("--top-p", type=numbers, default=[1.0],
+                        help="comma-separated nucleus truncations, 1 for none (default: 1.0)")
     parser.add_argument("--seeds", type=lambda text: [int(v) for v in text.split(",")], default=[0, 1, 2],
                         help="comma-separated (default: 0,1,2)")
+    parser.add_argument("--exact-mix", action="store_true",
+                        help="also score unconditional samples whose classes come in p(class)'s exact proportions")
     parser.add_argument("--repeats", type=int, default=5, help="timed batches of 100 (default: 5)")
     parser.add_argument("--data-folder", default="data", help="MNIST folder (default: data)")
     return parser
@@ -56,23 +67,44 @@ def sampling_seconds(prior, repeats: int) -> float:
     return statistics.median(seconds)
 
 
-def setting_row(model, prior, classifier, reference, temperature: float, guidance: float, seeds) -> str:
-    """The table row of one temperature and guidance weight: mean scores over the seeds."""
+def exact_mix(frequencies: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """count classes (count,), class c round(frequencies[c] * count) times (the largest remainders rounded up, so
+    that they add up to count), in a random order."""
+    shares = frequencies.double().cpu() * count
+    counts = shares.floor().long()
+    counts[(shares - counts).argsort(descending=True)[:count - int(counts.sum())]] += 1
+    classes = torch.repeat_interleave(torch.arange(len(frequencies)), counts)
+    return classes[torch.randperm(count, generator=generator)]
+
+
+def setting_row(model, prior, classifier, reference, temperature: float, guidance: float, truncation: Truncation,
+                seeds, with_exact_mix: bool) -> str:
+    """The table row of one temperature, guidance weight and truncation: mean and worst scores over the seeds."""
     asked = torch.arange(SAMPLES) % 10
-    rows = {"asked": [], "unconditional": []}
+    rows = {"asked": [], "unconditional": [], "exact mix": []}
     for seed in seeds:
         generator = torch.Generator().manual_seed(seed)
-        for kind, kind_classes in (("asked", asked), ("unconditional", prior.draw_classes(SAMPLES, generator))):
-            codes = prior.sample(kind_classes, temperature, guidance, generator)
+        kinds = [("asked", asked), ("unconditional", prior.draw_classes(SAMPLES, generator))]
+        if with_exact_mix:
+            kinds.append(("exact mix", exact_mix(prior.class_frequencies, SAMPLES, generator)))
+        for kind, kind_classes in kinds:
+            codes = prior.sample(kind_classes, temperature, guidance, generator, truncation=truncation)
             rows[kind].append(score_samples(classifier, model.to_pixels(model.decode(codes)), reference,
                                             asked if kind == "asked" else None))
 
     def mean(kind, key):
         return statistics.mean(row[key] for row in rows[kind])
 
-    return (f"| {temperature} | {guidance} | {mean('asked', 'recognisable'):.1%} / "
-            f"{mean('asked', 'matches_class'):.1%} / {mean('asked', 'frechet_distance'):.3f} | "
-            f"{mean('unconditional', 'recognisable'):.1%} / {mean('unconditional', 'frechet_distance'):.3f} |")
+    def worst_distance(kind):
+        return max(row["frechet_distance"] for row in rows[kind])
+
+    exact = (f" {mean('exact mix', 'frechet_distance'):.3f} ({worst_distance('exact mix'):.3f}) |" if with_exact_mix
+             else "")
+    return (f"| {temperature} | {guidance} | {truncation.top_k} | {truncation.top_p} | "
+            f"{mean('asked', 'recognisable'):.1%} / {mean('asked', 'matches_class'):.1%} / "
+            f"{mean('asked', 'frechet_distance'):.3f} ({worst_distance('asked'):.3f}) | "
+            f"{mean('unconditional', 'recognisable'):.1%} / {mean('unconditional', 'frechet_distance'):.3f} "
+            f"({worst_distance('unconditional'):.3f}) |{exact}")
 
 
 def main(args) -> None:
@@ -92,11 +124,16 @@ def main(args) -> None:
         for seed in args.seeds]
     print(f"floor: 1,000 random validation digits, Frechet distance {statistics.mean(floors):.3f} (mean of seeds "
           f"{args.seeds})")
-    print("| temperature | guidance | digit asked: recognisable / as asked / FD | unconditional: recognisable / FD |")
-    print("| --- | --- | --- | --- |")
+    exact = " unconditional, classes in exact proportions: FD (worst) |" if args.exact_mix else ""
+    print("| temperature | guidance | top-k | top-p | digit asked: recognisable / as asked / FD (worst) | "
+          f"unconditional: recognisable / FD (worst) |{exact}")
+    print("| --- | --- | --- | --- | --- | --- |" + (" --- |" if args.exact_mix else ""))
     for temperature in args.temperatures:
         for guidance in args.guidance:
-            print(setting_row(model, prior, classifier, reference, temperature, guidance, args.seeds), flush=True)
+            for top_k in args.top_k:
+                for top_p in args.top_p:
+                    print(setting_row(model, prior, classifier, reference, temperature, guidance,
+                                      Truncation(top_k, top_p), args.seeds, args.exact_mix), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """benchmarks/speed.py times both loops, and reads what vqvae.py did from the run's run.json, not its printed lines;
 benchmarks/study.py names each run once, resumes from what it kept, and tabulates every column."""
 import importlib
+import math
 import json
 import re
 from pathlib import Path
@@ -211,9 +212,11 @@ def test_the_likelihood_table_shows_each_bound_by_its_kind_and_the_plot_is_writt
 
 
 def fake_evaluation(seed: int) -> dict:
-    conditional = {"recognisable": 0.975 + seed / 1000, "matches_class": 0.99, "frechet_distance": 0.26}
-    return {"test_mse": 0.00131, "psnr": 28.83, "codes_used": 512, "num_embeddings": 512,
-            "samples": {"prior_conditional": conditional, "real": {"frechet_distance": 0.13 + seed / 100}}}
+    conditional = {"recognisable": 0.975 + seed / 1000, "matches_class": 0.99 - seed / 100, "frechet_distance": 0.26}
+    unconditional = {"recognisable": 0.96 - seed / 100, "frechet_distance": 0.39 - seed / 10}
+    return {"test_mse": 0.00131, "psnr": 28.83, "codes_used": 512, "num_embeddings": 512, "rate_bits": 280.25,
+            "samples": {"prior_conditional": conditional, "prior_unconditional": unconditional,
+                        "real": {"frechet_distance": 0.13 + seed / 100}}}
 
 
 def test_the_frontier_trains_each_preset_once_and_tabulates_each_seed(tmp_path, monkeypatch, capsys):
@@ -232,8 +235,45 @@ def test_the_frontier_trains_each_preset_once_and_tabulates_each_seed(tmp_path, 
     assert [command[command.index("--seed") + 1] for command in commands[1:]] == ["0", "1"]
     row = (tmp_path / "docs" / "frontier.md").read_text().splitlines()[2]
     assert re.fullmatch(rf"\| quality \| `python vqvae\.py {re.escape(' '.join(flags))}` \| \d+ \(200 \+ 201\) \| "
-                        r"0\.00131 \| 28\.83 \| 512/512 \| 97\.5% / 97\.6% \| 99\.0% / 99\.0% \| "
-                        r"0\.26 \(2\.0x\) / 0\.26 \(1\.9x\) \|", row), row
+                        r"0\.00131 \| 28\.83 \| 512/512 \| 280\.2 \| 97\.5%: 97\.5% / 97\.6% \| "
+                        r"98\.0%: 99\.0% / 98\.0% \| 2\.00x: 2\.00x / 1\.86x \| 95\.0%: 96\.0% / 95\.0% \| "
+                        r"3\.00x: 3\.00x / 2\.07x \|", row), row
     frontier.main(args)
     assert len(commands) == 3, "a trained and scored preset is read back"
     assert capsys.readouterr().out.count("| quality |") == 2
+
+
+def test_prior_fit_tables_the_nll_of_each_split_as_the_prior_computes_it(tiny_mnist, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    train_tiny(tiny_mnist)
+    prior_fit = load_benchmark("prior_fit")
+    prior_fit.main(prior_fit.build_parser().parse_args(["--model", "models/tiny/best.pt", "--data-folder",
+                                                        str(tiny_mnist), "--train-grids", "100"]))
+    rows = table_rows(capsys.readouterr().out, "| grids |")
+    assert [row[:2] for row in rows] == [["training", "100"], ["validation", "64"], ["test", "120"]]
+    rarest = torch.load("models/tiny/best.pt", weights_only=True)["prior"]["model"]["class_frequencies"].min().item()
+    for row in rows:
+        given, summed_out, class_free = (float(cell) for cell in row[2:])
+        # 49 codes of 16: each figure a positive cost below 49 * 2 log2(16); summing the class out costs at most
+        # log2 of 1 / the rarest class's frequency more than being told it, per image (0.05: the table's rounding)
+        assert 0 < given < 392 and 0 < class_free < 392
+        assert 0 < summed_out <= given - math.log2(rarest) + 0.05
+
+
+@pytest.mark.parametrize("frequencies, count, expected", [
+    ([0.5, 0.25, 0.25], 8, [4, 2, 2]),
+    ([0.45, 0.35, 0.2], 10, None),  # 4.5, 3.5, 2: a tie between the two halves, either way within one of its share
+    ([0.125, 0.3, 0.575], 1000, [125, 300, 575]),
+    ([1 / 3, 1 / 3, 1 / 3], 10, None),
+])
+def test_the_exact_mix_gives_each_class_its_rounded_share_in_a_random_order(frequencies, count, expected):
+    sampling = load_benchmark("sampling")
+    classes = sampling.exact_mix(torch.tensor(frequencies), count, torch.Generator().manual_seed(0))
+    counts = torch.bincount(classes, minlength=len(frequencies)).tolist()
+    assert len(classes) == count and sum(counts) == count
+    shares = [frequency * count for frequency in frequencies]
+    assert all(abs(got - share) < 1 for got, share in zip(counts, shares))
+    if expected is not None:
+        assert counts == expected
+    if count >= 10:
+        assert not torch.equal(classes, classes.sort().values), "in a random order"

@@ -314,6 +314,8 @@ def test_the_decode_hint_can_be_pasted_into_a_shell(tiny_model, tmp_path, monkey
     ("--guidance", "1e308"), ("--guidance", "-0.1"), ("--guidance", "nan"), ("--guidance", "inf"),
     ("--guidance", str(limits.MAX_GUIDANCE + 1)),
     ("--hidden-size", "0"), ("--hidden-size", str(10 ** 9)), ("--k", "0"), ("--k", str(limits.MAX_CODES + 1)),
+    ("--top-k", "-1"), ("--top-k", str(limits.MAX_CODES + 1)),
+    ("--top-p", "0"), ("--top-p", "-0.5"), ("--top-p", "1.01"), ("--top-p", "nan"),
 ])
 def test_flags_out_of_range_are_one_line(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_:

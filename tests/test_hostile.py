@@ -94,6 +94,8 @@ def test_vqvae_numbers_out_of_a_runs_range_are_flag_errors(flags, capsys):
 @pytest.mark.parametrize("script, flags", [
     (evaluate, ["--seed", str(2 ** 70)]), (evaluate, ["--temperature", "1e-300"]),
     (evaluate, ["--guidance", "1e308"]), (evaluate, ["--samples", str(10 ** 9)]),
+    (evaluate, ["--top-k", "-1"]), (evaluate, ["--top-p", "0"]), (evaluate, ["--top-p", "1.5"]),
+    (training_flags, ["--prior-distorted", "1.5"]), (training_flags, ["--prior-distorted", "-0.1"]),
     (train_classifier, ["--batch-size", "60000"]), (train_classifier, ["--seed", str(2 ** 70)]),
 ])
 def test_other_scripts_numbers_out_of_range_are_flag_errors(script, flags, capsys):

@@ -1,9 +1,11 @@
-"""The prior over code grids: causality, the cached sampler against full forward passes, temperature, guidance, the
-drawn classes and the loss."""
+"""The prior over code grids: causality, the cached sampler against full forward passes, temperature, guidance,
+top-k and nucleus truncation, the drawn classes, the loss and the likelihood with the class summed out."""
+import math
+
 import pytest
 import torch
 
-from vqmnist.prior import CodePrior, PriorConfig
+from vqmnist.prior import CodePrior, PriorConfig, Truncation, marginal_nll_bits, prior_nll_bits
 
 CONFIGS = [
     PriorConfig(num_embeddings=16, grid_size=7, width=32, num_layers=2, num_heads=4),
@@ -87,10 +89,11 @@ def test_completing_a_prefix_keeps_it_and_decodes_the_rest_greedily_at_a_tiny_te
     assert torch.equal(completed, greedy)
 
 
-def first_code_frequencies(prior: CodePrior, label: int, temperature: float, guidance: float, seed: int):
+def first_code_frequencies(prior: CodePrior, label: int, temperature: float, guidance: float, seed: int,
+                           truncation: Truncation = Truncation()):
     """How often each code comes first in 4000 samples of class `label` (standard error below 0.008 each)."""
     classes = torch.full((4000,), label)
-    codes = prior.sample(classes, temperature, guidance, torch.Generator().manual_seed(seed))
+    codes = prior.sample(classes, temperature, guidance, torch.Generator().manual_seed(seed), truncation=truncation)
     return torch.bincount(codes[:, 0, 0], minlength=prior.config.num_embeddings).float() / len(classes)
 
 
@@ -170,3 +173,110 @@ def test_a_bf16_step_lowers_the_loss_as_a_float32_step_does():
     for first, last in losses.values():
         assert last < first - 0.5
     assert abs(losses[True][1] - losses[False][1]) < 0.1 * losses[False][1]
+
+
+def nucleus_by_brute_force(probabilities: list[float], top_p: float) -> set[int]:
+    """The smallest set of most likely codes whose probability reaches top_p, grown one code at a time."""
+    kept, mass = set(), 0.0
+    for code in sorted(range(len(probabilities)), key=lambda index: -probabilities[index]):
+        if mass >= top_p:
+            break
+        kept.add(code)
+        mass += probabilities[code]
+    return kept
+
+
+@pytest.mark.parametrize("top_p, kept", [(0.2, {2}), (0.49, {2}), (0.51, {2, 0}), (0.79, {2, 0}), (0.81, {2, 0, 3}),
+                                         (0.94, {2, 0, 3}), (0.96, {2, 0, 3, 1}), (1.0, {2, 0, 3, 1})])
+def test_nucleus_keeps_the_smallest_set_reaching_p_by_hand(top_p, kept):
+    # Probabilities 0.3, 0.05, 0.5, 0.15: by hand, most likely first, 0.5 | 0.8 | 0.95 | 1.0.
+    logits = torch.tensor([[0.3, 0.05, 0.5, 0.15]], dtype=torch.float64).log()
+    truncated = Truncation(top_p=top_p)(logits)
+    assert set(torch.isfinite(truncated[0]).nonzero()[:, 0].tolist()) == kept
+    torch.testing.assert_close(truncated[torch.isfinite(truncated)], logits[torch.isfinite(truncated)])
+
+
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.99])
+def test_nucleus_matches_brute_force_on_random_logits(top_p):
+    logits = torch.randn(20, 50, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2
+    truncated = Truncation(top_p=top_p)(logits)
+    for row, kept_row in zip(logits.softmax(-1), torch.isfinite(truncated)):
+        assert set(kept_row.nonzero()[:, 0].tolist()) == nucleus_by_brute_force(row.tolist(), top_p)
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 49])
+def test_top_k_keeps_the_k_largest_logits(top_k):
+    logits = torch.randn(20, 50, generator=torch.Generator().manual_seed(6))
+    truncated = Truncation(top_k=top_k)(logits)
+    for row, kept_row in zip(logits, torch.isfinite(truncated)):
+        assert set(kept_row.nonzero()[:, 0].tolist()) == set(sorted(range(50), key=lambda code: -row[code])[:top_k])
+
+
+@pytest.mark.parametrize("truncation", [Truncation(top_k=3), Truncation(top_p=0.6), Truncation(top_k=2, top_p=0.3)])
+@pytest.mark.parametrize("guidance", [0.0, 1.5])
+def test_sampled_codes_never_fall_outside_the_truncation(truncation, guidance):
+    config = CONFIGS[0]
+    prior = make_prior(config)
+    _, classes = random_inputs(config, 40)
+    temperature = 1.3
+    sampled = prior.sample(classes, temperature, guidance, torch.Generator().manual_seed(1), truncation=truncation)
+    # Brute force: full forward passes over the sampled grids give each position's guided logits, and so the codes
+    # the truncation allows there; every drawn code must be one of them.
+    no_class = torch.full_like(classes, config.num_classes)
+    conditional = torch.log_softmax(prior(sampled, classes), -1)
+    unconditional = torch.log_softmax(prior(sampled, no_class), -1)
+    guided = ((1 + guidance) * conditional - guidance * unconditional) / temperature  # (B, 49, K)
+    probabilities = guided.softmax(-1)
+    for grid, grid_probabilities in zip(sampled.flatten(1), probabilities):
+        for code, position_probabilities in zip(grid.tolist(), grid_probabilities):
+            allowed = set(sorted(range(config.num_embeddings), key=lambda c: -position_probabilities[c])[
+                :truncation.top_k or config.num_embeddings])
+            kept = {c: position_probabilities[c].item() for c in allowed}
+            total = sum(kept.values())
+            allowed = nucleus_by_brute_force([kept.get(c, 0.0) / total for c in range(config.num_embeddings)],
+                                             truncation.top_p) & allowed
+            assert code in allowed
+
+
+@pytest.mark.parametrize("truncation", [Truncation(top_k=2), Truncation(top_p=0.7)])
+def test_truncated_samples_follow_the_renormalised_kept_probabilities(truncation):
+    prior = make_prior(CONFIGS[1])
+    probabilities = torch.softmax(first_code_log_probabilities(prior, 1), -1)
+    kept = torch.zeros_like(probabilities, dtype=torch.bool)
+    if truncation.top_k:
+        kept[probabilities.topk(truncation.top_k).indices] = True
+    else:
+        kept[list(nucleus_by_brute_force(probabilities.tolist(), truncation.top_p))] = True
+    assert 1 < kept.sum() < len(kept)  # the truncation leaves something out, and keeps a choice
+    expected = torch.where(kept, probabilities, 0) / probabilities[kept].sum()
+    frequencies = first_code_frequencies(prior, 1, temperature=1.0, guidance=0.0, seed=4, truncation=truncation)
+    torch.testing.assert_close(frequencies, expected, atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(-1, 1.0), (0, 0.0), (0, 1.5), (2.5, 1.0)])
+def test_a_truncation_out_of_range_is_refused(top_k, top_p):
+    with pytest.raises(ValueError):
+        Truncation(top_k=top_k, top_p=top_p)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_the_marginal_nll_sums_the_class_out_by_brute_force(config):
+    prior = make_prior(config)
+    weights = torch.linspace(1, 2, config.num_classes)
+    prior.class_frequencies.copy_(weights / weights.sum())
+    codes, _ = random_inputs(config, 5)
+    # By hand: p(codes) = sum over c of p(c) prod over positions of p(code_t | c, codes before t).
+    expected = 0.0
+    for grid in codes:
+        likelihood = 0.0
+        for label in range(config.num_classes):
+            log_probabilities = torch.log_softmax(prior(grid[None], torch.tensor([label]))[0].double(), -1)
+            picked = log_probabilities[torch.arange(config.grid_size ** 2), grid.flatten()]
+            likelihood += prior.class_frequencies[label].item() * math.exp(picked.sum().item())
+        expected += -math.log2(likelihood) / config.grid_size ** 2 / len(codes)
+    assert marginal_nll_bits(prior, codes, batch_size=2) == pytest.approx(expected, rel=1e-5)
+    # Per grid, p(c) p(codes | c) <= p(codes) <= max over c of p(codes | c): bounds on the mean that any one class gives.
+    marginal = marginal_nll_bits(prior, codes)
+    for label in range(config.num_classes):
+        given = prior_nll_bits(prior, codes, torch.full((5,), label))
+        assert marginal <= given - math.log2(prior.class_frequencies[label].item()) / config.grid_size ** 2 + 1e-6

@@ -100,7 +100,7 @@ def test_stop_during_the_prior_keeps_the_autoencoder_and_resume_trains_the_prior
     assert torch.load("models/tiny/best.pt", weights_only=True)["prior"]["epoch"] == 1
 
 
-PRIOR_TWO_EPOCHS = ("--prior-epochs", "2", "--prior-dropout", "0.1")
+PRIOR_TWO_EPOCHS = ("--prior-epochs", "2", "--prior-dropout", "0.1", "--prior-distorted", "0.5")
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,45 @@ from torch import Tensor, nn
 
 from vqmnist.data import images_to_inputs
 from vqmnist.limits import MAX_CLASSES, MAX_CODE_LEVELS, MAX_CODES, MAX_DEPTH, MAX_GRID_SIDE, MAX_WIDTH
-from vqmnist.options import UNIT_INTERVAL, check_options, integer, option
+from vqmnist.options import UNIT_INTERVAL, check_options, integer, number, option
 
 # Sampling defaults of generate.py and evaluate.py, and of the samples TensorBoard shows; see CodePrior.sample.
 SAMPLING_TEMPERATURE = 1.0
 GUIDANCE = 0.75
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """Which codes a sample may draw at each position, after the guidance and the temperature: only the top_k most
+    likely, and only the nucleus, the smallest set of most likely codes whose probability reaches top_p
+    (generate.py's and evaluate.py's flags). The defaults keep every code."""
+
+    top_k: int = option(0, integer(0, MAX_CODES), "--top-k",
+                        "draw each code from the k most likely ones only; 0 keeps all")
+    top_p: float = option(1.0, number(0, 1, above_low=True), "--top-p",
+                          "nucleus sampling: draw each code from the smallest set of most likely codes whose "
+                          "probability reaches p; 1 keeps all")
+
+    def __post_init__(self):
+        check_options(self)
+
+    def describe(self) -> str:
+        """", top-k K, top-p P" for each setting that truncates, for the lines that say how samples were drawn."""
+        settings = (("top-k", self.top_k, 0), ("top-p", self.top_p, 1))
+        return "".join(f", {name} {value}" for name, value, keeps_all in settings if value != keeps_all)
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        """Logits (B, K) -> the same, -inf outside the codes that may be drawn; a tie at the k-th logit keeps both."""
+        if 0 < self.top_k < logits.shape[-1]:
+            kth_largest = logits.topk(self.top_k, dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+        if self.top_p < 1:
+            ordered, order = logits.sort(dim=-1, descending=True)  # (B, K) most likely first
+            probabilities = ordered.softmax(dim=-1)
+            # A code is left out once the codes before it already reach top_p; the most likely one always stays.
+            left_out = probabilities.cumsum(dim=-1) - probabilities >= self.top_p
+            logits = logits.masked_fill(left_out.scatter(-1, order, left_out), float("-inf"))
+        return logits
 
 
 def default_temperature(discrete: bool) -> float:
@@ -170,6 +204,11 @@ class CodePrior(nn.Module):
         logits = self(codes, classes)
         return F.cross_entropy(logits.float().flatten(0, 1), self.to_sequence(codes).flatten())
 
+    def log_likelihood(self, codes: Tensor, classes: Tensor) -> Tensor:
+        """log p(codes | class) of each grid, (B,) in nats: the sum over its 49 L codes."""
+        log_probabilities = torch.log_softmax(self(codes, classes).float(), dim=-1)  # (B, 49 L, K)
+        return log_probabilities.gather(-1, self.to_sequence(codes)[..., None])[..., 0].sum(dim=1)
+
     def draw_classes(self, count: int, generator: torch.Generator | None = None) -> Tensor:
         """count classes (count,) drawn from p(class), the training set's class frequencies."""
         drawn = torch.multinomial(self.class_frequencies.float().cpu(), count, replacement=True, generator=generator)
@@ -177,7 +216,8 @@ class CodePrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, classes: Tensor, temperature: float = 1.0, guidance: float = 0.0,
-               generator: torch.Generator | None = None, prefix: Tensor | None = None) -> Tensor:
+               generator: torch.Generator | None = None, prefix: Tensor | None = None,
+               truncation: Truncation = Truncation()) -> Tensor:
         """Classes (B,) -> code grids (B, 7, 7) or (B, L, 7, 7), all B at once in 49 L steps, each step reusing the
         keys and values of the earlier ones. With a prefix (B, P) of codes in the prior's order (`to_sequence`), the
         first P codes of each grid are the prefix's and only the rest are drawn, each given the class and all the
@@ -185,7 +225,8 @@ class CodePrior(nn.Module):
 
         Each code is drawn from softmax(logits / temperature), where with guidance w > 0 the logits are
         classifier-free guided: (1 + w) log p(code | class, ...) - w log p(code | ...), which favours codes
-        typical of the class over codes typical of any digit. A class of no_class samples without a class.
+        typical of the class over codes typical of any digit; `truncation` then leaves out the unlikely codes (top-k,
+        nucleus). A class of no_class samples without a class.
         """
         count = len(classes)
         guided = guidance > 0
@@ -205,7 +246,7 @@ class CodePrior(nn.Module):
                 if guided:
                     conditional, unconditional = logits[:count], logits[count:]
                     logits = conditional + guidance * (conditional - unconditional)
-                probabilities = torch.softmax(logits / temperature, dim=-1)
+                probabilities = torch.softmax(truncation(logits / temperature), dim=-1)
                 code = torch.multinomial(probabilities.cpu(), 1, generator=generator).to(classes.device)  # (B, 1)
             codes[:, position] = code[:, 0]
             if position + 1 < self.sequence_length:
@@ -232,3 +273,21 @@ def prior_nll_bits(prior: CodePrior, codes: Tensor, classes: Tensor, batch_size:
         total += prior.loss(batch_codes, batch_classes).double() * len(batch_codes)
     prior.train(was_training)
     return total.item() / len(codes) / math.log(2)
+
+
+@torch.no_grad()
+def marginal_nll_bits(prior: CodePrior, codes: Tensor, batch_size: int = 1000) -> float:
+    """Mean -log2 p(codes) of code grids (N, 7, 7) or (N, L, 7, 7), in bits per code, where p(codes) = sum over the
+    classes c of p(c) p(codes | c): the prior's own likelihood of a grid whose class it is not told, the one whose
+    samples are the unconditional ones (draw_classes, then sample)."""
+    was_training = prior.training
+    prior.eval()
+    log_class_frequencies = prior.class_frequencies.double().log()
+    total = torch.zeros((), dtype=torch.float64, device=codes.device)
+    for batch in codes.split(batch_size):
+        joint = torch.stack([prior.log_likelihood(batch, torch.full((len(batch),), label, device=batch.device)).double()
+                             + log_class_frequencies[label] for label in range(prior.config.num_classes)
+                             if log_class_frequencies[label] > -math.inf])  # (classes, B): log p(c) p(codes | c)
+        total -= torch.logsumexp(joint, dim=0).sum()
+    prior.train(was_training)
+    return total.item() / len(codes) / prior.sequence_length / math.log(2)

@@ -10,6 +10,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from vqmnist.checkpoints import (RunState, prior_entry, prior_training_checkpoint, save_checkpoint)
 from vqmnist.data import Splits
+from vqmnist.distortions import distort
 from vqmnist.loop import Validation
 from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, CodePrior, encode_images, prior_nll_bits
 
@@ -26,6 +27,7 @@ class PriorSettings:
     batch_size: int = DEFAULT_PRIOR_BATCH_SIZE
     lr: float = 4e-3  # peak AdamW learning rate, after a warm-up, decayed to 0 along a cosine
     class_dropout: float = 0.1  # fraction of grids shown without their class
+    distorted: float = 0.0  # fraction of each batch's grids encoded anew from randomly distorted digits
     seed: int = 0  # of the batch order
     amp: bool = False  # bf16 autocast for the transformer
     log_interval: int = 20
@@ -81,6 +83,7 @@ class PriorTask:
     schedule: torch.optim.lr_scheduler.LRScheduler
     shuffle_generator: torch.Generator
     codes: CodeSplits
+    train_images: Tensor  # uint8 (N, 28, 28) on the codes' device, whose distorted copies give new grids
     settings: PriorSettings
     autoencoder: nn.Module  # frozen: it decodes the samples TensorBoard shows
     best_checkpoint: dict  # best.pt's content, written back with the prior
@@ -106,10 +109,14 @@ class PriorTask:
         return order.to(self.codes.train_codes.device).split(self.settings.batch_size)[skip:]
 
     def step(self, indices: Tensor) -> dict[str, Tensor]:
-        classes = self.codes.train_labels[indices]
+        classes, codes = self.codes.train_labels[indices], self.codes.train_codes[indices]
+        distorted = round(self.settings.distorted * len(indices))  # the batch is shuffled: its first ones are random
+        if distorted:
+            new_codes = encode_images(self.autoencoder, distort(self.train_images[indices[:distorted]]), codes.device)
+            codes = torch.cat([new_codes, codes[distorted:]])  # (B, 7, 7): a distorted digit keeps its class
         dropped = torch.rand(len(classes), device=classes.device) < self.settings.class_dropout
-        loss = prior_step(self.prior, self.optimizer, self.codes.train_codes[indices],
-                          torch.where(dropped, self.prior.no_class, classes), self.settings.amp)
+        loss = prior_step(self.prior, self.optimizer, codes, torch.where(dropped, self.prior.no_class, classes),
+                          self.settings.amp)
         return {"loss": loss, "nll_bits": loss / math.log(2)}
 
     def validate(self, step: int) -> Validation:
