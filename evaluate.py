@@ -34,13 +34,15 @@ Samples (--samples N of each kind), judged by the project's MNIST classifier (tr
 - class entropy: entropy of the predicted classes' histogram over log 10 (1.0: every digit equally often);
 - as asked: for samples of a given class (an equal share of each digit), the fraction classified as that class;
 - Frechet distance between the classifier's penultimate features of the samples and of the whole test set.
-Five kinds are scored:
+Six kinds are scored:
 - prior, class given: an equal share of each digit asked for (generate.py --input random);
 - prior, unconditional: the prior draws each sample's class itself, then its codes (--unconditional);
 - prior, no class token: the codes sampled without a class and without guidance, at the same temperature: what
   the class-free half of the prior, which guidance contrasts with, makes on its own;
 - noise: the reference's noise images through the autoencoder (the baseline, --input noise);
-- real: N real test digits, whose Frechet distance is the floor for that N.
+- real: N real test digits, whose Frechet distance is the floor for that N;
+- real training digits: N digits of the training set, which the test set does not hold: what a sampler that drew
+  real digits would score, a floor independent of the test features, as samples are.
 A continuous bottleneck has one kind of its own instead of the prior's three: latents drawn from its own prior
 (the Gaussian VAE's N(0, I)) times --temperature, decoded (generate.py --input random), under "prior,
 unconditional".
@@ -73,6 +75,7 @@ SAMPLE_KINDS = {
     "prior_no_class": "prior, no class token",
     "noise": "noise (reference)",
     "real": "real test digits",
+    "real_training": "real training digits",
 }
 
 DEFAULT_IW_SAMPLES = 4  # each sample of z is one more pass of the decoder over the test set
@@ -112,7 +115,7 @@ def build_parser() -> ArgumentParser:
 
 
 @torch.no_grad()
-def sample_scores(args, model, prior, classifier, test_images, device) -> dict:
+def sample_scores(args, model, prior, classifier, test_images, training_images, device) -> dict:
     """The scores of each kind of sample; the prior's kinds are left out where there is no prior (None)."""
     count, frechet = args.samples, args.samples >= FRECHET_MIN_SAMPLES
     test_pixels = test_images.unsqueeze(1).to(device).float() / 255
@@ -136,6 +139,9 @@ def sample_scores(args, model, prior, classifier, test_images, device) -> dict:
     scores["noise"] = score_samples(classifier, model.to_pixels(model(noise).x_recon), test_features, None, frechet)
     real = torch.randperm(len(test_images), generator=generator)[:count]
     scores["real"] = score_samples(classifier, test_pixels[real.to(device)], test_features, None, frechet)
+    training = training_images[torch.randperm(len(training_images), generator=generator)[:count]]
+    scores["real_training"] = score_samples(classifier, training.unsqueeze(1).to(device).float() / 255, test_features,
+                                            None, frechet)
     return scores
 
 
@@ -259,7 +265,7 @@ def print_samples(args, samples: dict, discrete: bool) -> None:
         row = samples[kind]
         asked = f"{row['matches_class']:.1%}" if "matches_class" in row else "-"
         distance = "-" if row["frechet_distance"] is None else f"{row['frechet_distance']:.2f}"
-        floor = "  (the floor)" if kind == "real" else ""
+        floor = {"real": "  (the floor)", "real_training": "  (the floor, digits not in the test set)"}.get(kind, "")
         print(f"  {label:<20}  {row['recognisable']:>12.1%}  {row['class_entropy']:>13.3f}  {asked:>8}  "
               f"{distance:>16}{floor}")
     if args.samples < FRECHET_MIN_SAMPLES:
@@ -276,9 +282,10 @@ def main(args) -> None:
     classifier = load_classifier(args.classifier, device) if args.samples else None
     args.dataset = args.dataset or trained_dataset(checkpoint, args.model)
     test_images, test_labels = load_mnist(args.data_folder, train=False, dataset=args.dataset)
-    if args.samples > len(test_images):
+    training_images = load_mnist(args.data_folder, train=True, dataset=args.dataset)[0] if args.samples else None
+    if args.samples and args.samples > min(len(test_images), len(training_images)):
         raise UserError(f"--samples {args.samples} is more than the {len(test_images)} test digits it is compared "
-                        "with")
+                        f"with, or the {len(training_images)} training digits scored beside them")
     if args.iw_samples is not None and model.discrete:
         raise UserError(f"--iw-samples samples a continuous z, and {args.model}'s bottleneck "
                         f"({model.config.bottleneck}) gives codes, whose bound needs no samples: drop it")
@@ -312,7 +319,7 @@ def main(args) -> None:
     if args.samples:
         report["samples"] = {"count": args.samples, "temperature": args.temperature, "guidance": args.guidance,
                              "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
-                             **sample_scores(args, model, prior, classifier, test_images, device)}
+                             **sample_scores(args, model, prior, classifier, test_images, training_images, device)}
         if not args.json:
             print_samples(args, report["samples"], model.discrete)
     if args.json:

@@ -70,7 +70,7 @@ def test_train_generate_evaluate(tiny_mnist, tmp_path, monkeypatch, capsys):
     assert report["psnr"] == pytest.approx(10 * np.log10(1 / report["test_mse"]))
     assert 0 < report["codebook_usage"] <= 1 and 1 <= report["perplexity"] <= 16
     samples = report["samples"]
-    kinds = ("prior_conditional", "prior_unconditional", "prior_no_class", "noise", "real")
+    kinds = ("prior_conditional", "prior_unconditional", "prior_no_class", "noise", "real", "real_training")
     assert samples["count"] == 100 and set(kinds) <= set(samples)
     for kind in kinds:
         assert 0 <= samples[kind]["recognisable"] <= 1 and 0 <= samples[kind]["class_entropy"] <= 1 + 1e-9
@@ -198,7 +198,7 @@ def test_too_few_samples_give_no_frechet_distance_and_keep_every_other_score(cou
     capsys.readouterr()
     evaluate.main(evaluate.build_parser().parse_args([*flags, "--json"]))
     samples = json.loads(capsys.readouterr().out)["samples"]
-    for kind in ("prior_conditional", "prior_unconditional", "prior_no_class", "noise", "real"):
+    for kind in ("prior_conditional", "prior_unconditional", "prior_no_class", "noise", "real", "real_training"):
         assert samples[kind]["frechet_distance"] is None
         assert 0 <= samples[kind]["recognisable"] <= 1
     evaluate.main(evaluate.build_parser().parse_args(flags))

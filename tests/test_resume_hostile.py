@@ -201,6 +201,8 @@ PRIOR_LAST_EDITS = {
     "a batch size of 0": (lambda c: c["settings"].update(batch_size=0), "--prior-batch-size 0, which is refused"),
     "a NaN learning rate": (lambda c: c["settings"].update(lr=float("nan")), "--prior-lr nan, which is refused"),
     "amp as a string": (lambda c: c["settings"].update(amp="no"), "--amp 'no', which must be true or false"),
+    "a distorted fraction above 1": (lambda c: c["settings"].update(distorted=1.5),
+                                     "--prior-distorted 1.5, which is refused"),
     "a prior for another K": (lambda c: c["prior"]["config"].update(num_embeddings=32),
                               "its prior models 32 codes but the autoencoder's have 16"),
     "a prior for another grid": (lambda c: c["prior"]["config"].update(grid_size=5),
@@ -221,6 +223,15 @@ def test_a_prior_last_pt_edited_anywhere_is_refused_in_one_line(change, match, s
     edit(folder / "prior_last.pt", change)
     message = one_line_refusal(lambda: train_tiny(tiny_mnist, "--prior-epochs", "2", "--resume"), re.escape(match))
     assert message.startswith("models/tiny/prior_last.pt: ")
+
+
+def test_a_prior_last_pt_from_before_distorted_digits_resumes_as_it_trained(stopped_prior, tiny_mnist, tmp_path,
+                                                                             monkeypatch):
+    folder = copied(stopped_prior, tmp_path, monkeypatch)
+    edit(folder / "prior_last.pt", lambda checkpoint: checkpoint["settings"].pop("distorted"))
+    train_tiny(tiny_mnist, "--prior-epochs", "2", "--resume")
+    assert torch.load(folder / "prior_last.pt", weights_only=True)["settings"]["distorted"] == 0.0
+    assert torch.load(folder / "best.pt", weights_only=True)["prior"]["epoch"] in (1, 2)
 
 
 def set_frequencies(checkpoint: dict, values) -> None:

@@ -198,6 +198,9 @@ def load_prior_training(path: Path) -> dict | None:
             not all(key in checkpoint for key in PRIOR_TRAINING_KEYS):
         raise UserError(f"{path} is not a prior training checkpoint of this version: delete it and train the prior "
                         "again with --prior-only")
+    if isinstance(checkpoint["settings"], dict):
+        # Written before --prior-distorted: its prior trained on the training set's own grids alone.
+        checkpoint["settings"].setdefault("distorted", 0.0)
     return checkpoint
 
 
