@@ -275,7 +275,7 @@ def test_the_marginal_nll_sums_the_class_out_by_brute_force(config):
             likelihood += prior.class_frequencies[label].item() * math.exp(picked.sum().item())
         expected += -math.log2(likelihood) / config.grid_size ** 2 / len(codes)
     assert marginal_nll_bits(prior, codes, batch_size=2) == pytest.approx(expected, rel=1e-5)
-    # Per grid, p(c) p(codes | c) <= p(codes) <= max over c of p(codes | c): bounds on the mean that any one class gives.
+    # Per grid, p(c) p(codes | c) <= p(codes): so the mean is at most each class's NLL plus log2 1 / p(c) per image.
     marginal = marginal_nll_bits(prior, codes)
     for label in range(config.num_classes):
         given = prior_nll_bits(prior, codes, torch.full((5,), label))

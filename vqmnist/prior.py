@@ -284,10 +284,10 @@ def marginal_nll_bits(prior: CodePrior, codes: Tensor, batch_size: int = 1000) -
     prior.eval()
     log_class_frequencies = prior.class_frequencies.double().log()
     total = torch.zeros((), dtype=torch.float64, device=codes.device)
+    possible = [label for label in range(prior.config.num_classes) if log_class_frequencies[label] > -math.inf]
     for batch in codes.split(batch_size):
-        joint = torch.stack([prior.log_likelihood(batch, torch.full((len(batch),), label, device=batch.device)).double()
-                             + log_class_frequencies[label] for label in range(prior.config.num_classes)
-                             if log_class_frequencies[label] > -math.inf])  # (classes, B): log p(c) p(codes | c)
-        total -= torch.logsumexp(joint, dim=0).sum()
+        joint = torch.stack([prior.log_likelihood(batch, torch.full((len(batch),), label, device=batch.device))
+                             .double() + log_class_frequencies[label] for label in possible])  # (classes, B)
+        total -= torch.logsumexp(joint, dim=0).sum()  # -log sum over c of p(c) p(codes | c), each grid
     prior.train(was_training)
     return total.item() / len(codes) / prior.sequence_length / math.log(2)
