@@ -36,17 +36,21 @@ def numbers(text: str) -> list[float]:
     return [float(value) for value in text.split(",")]
 
 
+def integers(text: str) -> list[int]:
+    return [int(value) for value in text.split(",")]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Time prior sampling and score samples on the validation split.")
     parser.add_argument("--model", default="pretrained/vqvae_mnist.pt", help="checkpoint with a prior")
     parser.add_argument("--temperatures", type=numbers, default=[0.9, 1.0], help="comma-separated (default: 0.9,1.0)")
     parser.add_argument("--guidance", type=numbers, default=[0.5, 0.75, 1.0],
                         help="comma-separated guidance weights (default: 0.5,0.75,1.0)")
-    parser.add_argument("--top-k", type=lambda text: [int(v) for v in text.split(",")], default=[0],
+    parser.add_argument("--top-k", type=integers, default=[0],
                         help="comma-separated top-k truncations, 0 for none (default: 0)")
     parser.add_argument("--top-p", type=numbers, default=[1.0],
                         help="comma-separated nucleus truncations, 1 for none (default: 1.0)")
-    parser.add_argument("--seeds", type=lambda text: [int(v) for v in text.split(",")], default=[0, 1, 2],
+    parser.add_argument("--seeds", type=integers, default=[0, 1, 2],
                         help="comma-separated (default: 0,1,2)")
     parser.add_argument("--exact-mix", action="store_true",
                         help="also score unconditional samples whose classes come in p(class)'s exact proportions")
