@@ -14,9 +14,22 @@ import torch
 from torch import Tensor, nn
 
 from nearest_code import ESTIMATORS
-from vqmnist.code_statistics import code_counts
-from vqmnist.limits import MAX_CODES, MAX_LOSS_WEIGHT, MAX_WIDTH, StepCost
-from vqmnist.options import SharedOption, check_shared_names, integer, number, one_of
+from options import (MAX_CODES, MAX_LOSS_WEIGHT, MAX_WIDTH, SharedOption, StepCost, check_shared_names, integer, number,
+                     one_of)
+
+
+def perplexity_from_counts(counts: Tensor) -> Tensor:
+    """exp(H(p)) of the code distribution p = counts / counts.sum(): 1 if one code is used, K if all K equally."""
+    probabilities = counts.double() / counts.sum().clamp(min=1)
+    entropy = -torch.special.xlogy(probabilities, probabilities).sum()
+    return entropy.exp().float()
+
+
+def code_counts(indices: Tensor, num_embeddings: int) -> Tensor:
+    """How often each of the K codes appears among indices (any shape): (K,) int64, on their device."""
+    # index_add_ rather than bincount: on CUDA, bincount reads the largest index back to the host.
+    flat = indices.flatten()
+    return torch.zeros(num_embeddings, dtype=torch.long, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
 
 
 class BottleneckOutput(NamedTuple):

@@ -54,20 +54,21 @@ from dataclasses import asdict
 
 import torch
 
-from modules import LATENT_SIDE, load_model
-from vqmnist.bits_per_dim import continuous_bounds, decoder_bits, fit_log_scale
-from vqmnist.code_statistics import CODE_STATISTICS
-from vqmnist.checkpoints import trained_dataset
-from vqmnist.cli import (ArgumentParser, add_dataset_flag, add_device_flag, add_option_flags, integer, number,
-                         resolve_device, run_cli)
-from vqmnist.data import IMAGE_PIXELS, load_mnist, load_splits
-from vqmnist.errors import UserError
-from vqmnist.limits import (MAX_GUIDANCE, MAX_IW_SAMPLES, MAX_SAMPLES, MAX_SCORING_BATCH, MAX_SEED, MAX_TEMPERATURE,
-                            MIN_TEMPERATURE)
-from vqmnist.prior import (GUIDANCE, SAMPLING_TEMPERATURE, Truncation, default_temperature, encode_images,
-                           marginal_nll_bits, prior_nll_bits)
-from vqmnist.scores import (DEFAULT_CLASSIFIER, FRECHET_MIN_SAMPLES, classify, load_classifier, score_reconstructions,
-                    score_samples)
+from modules import LATENT_SIDE
+from pixel_distributions import IMAGE_PIXELS
+from prior import (GUIDANCE, SAMPLING_TEMPERATURE, Truncation, default_temperature, encode_images, marginal_nll_bits,
+                   prior_nll_bits)
+from vqmnist.checkpoints.format import trained_dataset
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.configuration.cli import (ArgumentParser, add_dataset_flag, add_device_flag, add_option_flags, integer,
+                                       number, resolve_device, run_cli)
+from vqmnist.configuration.errors import UserError
+from vqmnist.configuration.limits import (MAX_GUIDANCE, MAX_IW_SAMPLES, MAX_SAMPLES, MAX_SCORING_BATCH, MAX_SEED,
+                                          MAX_TEMPERATURE, MIN_TEMPERATURE)
+from vqmnist.io.data import load_mnist, load_splits
+from vqmnist.scores.bits_per_dim import continuous_bounds, decoder_bits, fit_log_scale
+from vqmnist.scores.reconstructions import CODE_STATISTICS, score_reconstructions
+from vqmnist.scores.samples import DEFAULT_CLASSIFIER, FRECHET_MIN_SAMPLES, classify, load_classifier, score_samples
 
 SAMPLE_KINDS = {
     "prior_conditional": "prior, class given",

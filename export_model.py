@@ -11,11 +11,11 @@ file's size and SHA-256.
 import hashlib
 from pathlib import Path
 
-from modules import load_model
-from vqmnist.checkpoints import exported, save_checkpoint
-from vqmnist.cli import ArgumentParser, run_cli
-from vqmnist.errors import UserError
-from vqmnist.files import write_failure
+from vqmnist.checkpoints.format import exported, save_checkpoint
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.configuration.cli import ArgumentParser, run_cli
+from vqmnist.configuration.errors import UserError
+from vqmnist.io.files import write_failure
 
 
 def build_parser() -> ArgumentParser:

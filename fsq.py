@@ -11,10 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bottleneck import Bottleneck, BottleneckOutput
-from vqmnist.code_statistics import code_counts, perplexity_from_counts
-from vqmnist.limits import MAX_CODES
-from vqmnist.options import Rule, check_options, option
+from bottleneck import Bottleneck, BottleneckOutput, code_counts, perplexity_from_counts
+from options import MAX_CODES, Rule, check_options, option
 
 
 def levels_list(text: str) -> tuple[int, ...]:

@@ -15,9 +15,8 @@ from torch import Tensor
 from torch.distributions import Normal
 
 from bottleneck import Bottleneck, BottleneckOutput, code_dim_of, code_dim_option
-from vqmnist.data import IMAGE_PIXELS
-from vqmnist.limits import MAX_LOSS_WEIGHT
-from vqmnist.options import check_options, number, option
+from options import MAX_LOSS_WEIGHT, check_options, number, option
+from pixel_distributions import IMAGE_PIXELS
 
 
 @dataclass

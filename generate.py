@@ -45,16 +45,19 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
-from modules import LATENT_SIDE, load_model
-from vqmnist.checkpoints import trained_dataset
-from vqmnist.cli import (ArgumentParser, add_dataset_flag, add_device_flag, add_option_flags, integer, number,
-                         plain_name, resolve_device, run_cli)
-from vqmnist.code_files import load_codes
-from vqmnist.data import images_to_inputs, load_mnist
-from vqmnist.errors import UserError
-from vqmnist.files import atomic_path, write_failure
-from vqmnist.limits import MAX_CODES, MAX_GUIDANCE, MAX_SEED, MAX_TEMPERATURE, MAX_WIDTH, MIN_TEMPERATURE
-from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, Truncation, default_temperature
+from modules import LATENT_SIDE
+from options import MAX_CODES, MAX_WIDTH
+from pixel_distributions import images_to_inputs
+from prior import GUIDANCE, SAMPLING_TEMPERATURE, Truncation, default_temperature
+from vqmnist.checkpoints.format import trained_dataset
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.configuration.cli import (ArgumentParser, add_dataset_flag, add_device_flag, add_option_flags, integer,
+                                       number, plain_name, resolve_device, run_cli)
+from vqmnist.configuration.errors import UserError
+from vqmnist.configuration.limits import MAX_GUIDANCE, MAX_SEED, MAX_TEMPERATURE, MIN_TEMPERATURE
+from vqmnist.io.code_files import load_codes
+from vqmnist.io.data import load_mnist
+from vqmnist.io.files import atomic_path, write_failure
 
 GRID_SIDE = 10
 DEFAULT_KEPT_ROWS = 3

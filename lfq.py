@@ -23,10 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bottleneck import Bottleneck, BottleneckOutput, beta_option
-from vqmnist.code_statistics import code_counts, perplexity_from_counts
-from vqmnist.limits import MAX_CODES, MAX_LOSS_WEIGHT, StepCost
-from vqmnist.options import check_options, integer, number, option
+from bottleneck import Bottleneck, BottleneckOutput, beta_option, code_counts, perplexity_from_counts
+from options import MAX_CODES, MAX_LOSS_WEIGHT, StepCost, check_options, integer, number, option
 
 MAX_LFQ_BITS = MAX_CODES.bit_length() - 1  # the most dimensions d whose 2^d codes stay within MAX_CODES
 

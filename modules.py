@@ -1,4 +1,4 @@
-"""The VQ-VAE for 28x28 MNIST digits: encoder, decoder, the registry of bottlenecks between them, and loading it.
+"""The VQ-VAE for 28x28 MNIST digits: encoder, decoder, and the registry of bottlenecks between them.
 
 Between encoder and decoder sits the config's `bottleneck`, one of BOTTLENECKS, all on the same 7x7 grid and all
 beside this file: "vq", the vector quantizer (the default, vector_quantizer.py), "rvq", a residual stack of them
@@ -20,7 +20,6 @@ distribution's mean. `VQVAE.reconstruction_loss`, `VQVAE.to_pixels` and `VQVAE.p
 difference from the scripts.
 """
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -31,18 +30,12 @@ from bottleneck import Bottleneck, BottleneckOutput, registry
 from fsq import FiniteScalarQuantizer
 from gaussian import GaussianBottleneck
 from lfq import LookupFreeQuantizer
+from options import MAX_DEPTH, MAX_WIDTH, check_options, integer, one_of, one_of_the_keys, option
+from pixel_distributions import (LEVELS, categorical_log_probs, categorical_mean, inputs_to_levels, mixture_channels,
+                                 mixture_log_probs, mixture_mean, one_logistic_log_probs, outputs_to_pixels)
 from residual_vq import ResidualVectorQuantizer
 from simvq import SimVQ
 from vector_quantizer import VectorQuantizer
-from vqmnist.checkpoint_checks import check_plain_values, check_weights
-from vqmnist.checkpoints import load_checkpoint, load_prior, no_prior
-from vqmnist.data import outputs_to_pixels
-from vqmnist.errors import UserError
-from vqmnist.limits import MAX_DEPTH, MAX_WIDTH, check_size
-from vqmnist.options import check_options, integer, one_of, one_of_the_keys, option
-from vqmnist.pixel_distributions import (LEVELS, categorical_log_probs, categorical_mean, inputs_to_levels,
-                                         mixture_channels, mixture_log_probs, mixture_mean, one_logistic_log_probs)
-from vqmnist.prior import CodePrior
 
 # The bottlenecks by name: vqvae.py's --bottleneck choices, and the name a checkpoint stores.
 BOTTLENECKS: dict[str, type[Bottleneck]] = registry({
@@ -247,50 +240,3 @@ class VQVAE(nn.Module):
     def decode_latents(self, z: Tensor) -> Tensor:
         """Latents z (B, D, 7, 7) (code vectors, or a continuous z) -> decoder outputs (B, 1, 28, 28)."""
         return self.decoder(self.from_code_space(z))
-
-
-class Loaded(NamedTuple):
-    """What a checkpoint holds, rebuilt: its autoencoder and its prior (None where it has none, or where not asked
-    for), in eval mode on the device, and the checkpoint itself."""
-
-    model: VQVAE
-    prior: CodePrior | None
-    checkpoint: dict
-    path: Path
-
-    def require_prior(self) -> CodePrior:
-        """The prior; one line saying how to train one where the checkpoint holds none."""
-        if self.prior is None:
-            raise no_prior(self.path)
-        return self.prior
-
-
-def load_model(path, device="cpu", with_prior: bool = True) -> Loaded:
-    """Rebuild the autoencoder and, with_prior, the prior from the configs stored in the checkpoint and load their
-    weights; a config this version cannot build, or weights that do not fit it as they are (check_weights), is one
-    line."""
-    path = Path(path)
-    checkpoint = load_checkpoint(path, device)
-    meta = stored_autoencoder(checkpoint, path)
-    check_weights(meta, checkpoint["model"], path)
-    model = VQVAE(meta.config)
-    model.load_state_dict(checkpoint["model"])
-    model = model.to(device).eval()
-    prior = load_prior(checkpoint, path, model, device) if with_prior and "prior" in checkpoint else None
-    return Loaded(model, prior, checkpoint, path)
-
-
-def stored_autoencoder(checkpoint: dict, path: Path) -> VQVAE:
-    """The autoencoder of the config a checkpoint stores, built on the meta device (nothing allocated, its config
-    as `.config`), no larger than this project builds; one line if it cannot be rebuilt."""
-    known = {field.name for field in fields(VQVAEConfig)}
-    config = checkpoint["config"]
-    check_plain_values(config, path, "model config")
-    if not config.keys() <= known:
-        raise UserError(f"{path} has a model config this version does not know: it holds "
-                        f"{', '.join(sorted(config.keys() - known))}")
-    try:
-        config = VQVAEConfig(**config)
-        return check_size(lambda: VQVAE(config), "the autoencoder")
-    except (ValueError, TypeError) as error:
-        raise UserError(f"{path} has a model config this version cannot build: {error}") from None

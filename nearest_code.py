@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vqmnist.limits import StepCost
+from options import StepCost
 
 ESTIMATORS = ("straight-through", "rotation")
 # Most values of the (rows, K) distance tensor of one chunk of the nearest-code search: 128 MB of fp32.

@@ -17,10 +17,10 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from vqmnist.code_statistics import CODE_STATISTICS
-from vqmnist.cli import ArgumentParser, run_cli
-from vqmnist.errors import UserError
-from vqmnist.files import atomic_path
+from vqmnist.configuration.cli import ArgumentParser, run_cli
+from vqmnist.configuration.errors import UserError
+from vqmnist.io.files import atomic_path
+from vqmnist.scores.reconstructions import CODE_STATISTICS
 
 AUTOENCODER_PANELS = [
     ("autoencoder: reconstruction loss (MSE in [-1, 1])", "step", True,

@@ -13,12 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bottleneck import Bottleneck, BottleneckOutput, code_dim_of
+from bottleneck import Bottleneck, BottleneckOutput, code_dim_of, perplexity_from_counts
 from nearest_code import pass_gradient
-from vector_quantizer import VectorQuantizer, VQConfig
-from vqmnist.code_statistics import perplexity_from_counts
-from vqmnist.limits import MAX_CODE_LEVELS, MAX_CODES, StepCost
-from vqmnist.options import integer, option
+from options import MAX_CODES, MAX_CODE_LEVELS, StepCost, integer, option
+from vector_quantizer import VQConfig, VectorQuantizer
 
 
 @dataclass

@@ -12,12 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bottleneck import (Bottleneck, BottleneckOutput, beta_option, code_dim_of, code_dim_option, estimator_option,
-                        num_embeddings_option)
+from bottleneck import (Bottleneck, BottleneckOutput, beta_option, code_counts, code_dim_of, code_dim_option,
+                        estimator_option, num_embeddings_option, perplexity_from_counts)
 from nearest_code import nearest_codes, pass_gradient, search_cost
-from vqmnist.code_statistics import code_counts, perplexity_from_counts
-from vqmnist.limits import StepCost
-from vqmnist.options import check_options
+from options import StepCost, check_options
 
 
 @dataclass

@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from vector_quantizer import VectorQuantizer
 from bottleneck import BottleneckOutput
+from vector_quantizer import VectorQuantizer
 
 
 def random_quantizer(num_embeddings: int, embedding_dim: int, beta: float = 0.25, seed: int = 0,

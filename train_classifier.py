@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vqmnist.cli import ArgumentParser, add_device_flag, integer, number, resolve_device, run_cli
-from vqmnist.data import images_to_inputs, load_mnist
-from vqmnist.files import check_writable, save_torch, write_failure
-from vqmnist.limits import MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SEED
-from vqmnist.scores import DigitClassifier, classifier_accuracy
+from pixel_distributions import images_to_inputs
+from vqmnist.configuration.cli import ArgumentParser, add_device_flag, integer, number, resolve_device, run_cli
+from vqmnist.configuration.limits import MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SEED
+from vqmnist.io.data import load_mnist
+from vqmnist.io.files import check_writable, save_torch, write_failure
+from vqmnist.scores.samples import DigitClassifier, classifier_accuracy
 
 OUTLIERS_PER_DIGIT = 4  # a batch of 128 digits also holds 32 textures
 OUTLIER_WEIGHT = 0.5

@@ -20,17 +20,14 @@ from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bottleneck import (Bottleneck, BottleneckOutput, beta_option, code_dim_of, code_dim_option, estimator_option,
-                        num_embeddings_option)
+from bottleneck import (Bottleneck, BottleneckOutput, beta_option, code_counts, code_dim_of, code_dim_option,
+                        estimator_option, num_embeddings_option, perplexity_from_counts)
 from nearest_code import nearest_codes, pass_gradient, search_cost
-from vqmnist.code_statistics import code_counts, perplexity_from_counts
-from vqmnist.limits import MAX_LOSS_WEIGHT, StepCost
-from vqmnist.options import SWITCH, UNIT_INTERVAL, check_options, number, one_of, option
-from vqmnist.processes import from_process_zero, sum_over_processes, world_size
-from vqmnist.stopping import StepInterrupted, stop_requested
+from options import MAX_LOSS_WEIGHT, SWITCH, UNIT_INTERVAL, StepCost, check_options, number, one_of, option
 
 CODEBOOK_UPDATES = ("ema", "loss")
 CODEBOOK_INITS = ("kmeans++", "random", "uniform")
@@ -60,6 +57,25 @@ class VQConfig:
         check_options(self)
 
 
+def world_size() -> int:
+    """The processes of the run: several under torchrun, whose codebooks must stay identical; else 1."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def sum_over_processes(tensor: Tensor) -> Tensor:
+    """The sum of tensor over all processes, in place: the global batch's counts and sums."""
+    if world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def from_process_zero(tensor: Tensor) -> Tensor:
+    """Process 0's value of tensor, in place, on every process: initial codes and restart candidates."""
+    if world_size() > 1:
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
 class Assignment(NamedTuple):
     indices: Tensor  # (N,) int64 the index of each row's nearest code
     vectors: Tensor  # (N, D) those codes' vectors, with the codebook's gradient (the codebook loss trains them)
@@ -73,8 +89,6 @@ def kmeans_plus_plus(points: Tensor, count: int) -> Tensor:
     centres[0] = points[torch.randint(len(points), (), device=points.device)]
     nearest = (points - centres[0]).pow(2).sum(1)  # (N,) squared distance to the nearest centre so far
     for i in range(1, count):
-        if i % 64 == 0 and world_size() == 1 and stop_requested():  # under torchrun every process must go on
-            raise StepInterrupted
         # The floor keeps the draw defined when every point already sits on a centre (N <= count, duplicates).
         chosen = torch.multinomial(nearest.clamp(min=1e-12), 1)
         centres[i] = points[chosen[0]]

@@ -35,26 +35,27 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
-from modules import BOTTLENECKS, VQVAE, load_model
-from training_flags import (build_parser, check_request, check_resumed, check_resumed_flags, load_prior_state,
-                            model_config, prior_config, prior_settings, resume_args, size_flags, training_settings)
-from vqmnist.autoencoder_training import AutoencoderTask, make_optimizer, make_schedule
-from vqmnist.checkpoints import (RunState, load_checkpoint, restore_training, restore_training_state, stored_prior,
-                                 trained_dataset)
-from vqmnist.checkpoint_checks import check_optimizer, check_place
-from vqmnist.cli import run_cli
-from vqmnist.data import Splits, load_splits, shard_size
-from vqmnist.errors import UserError, running_out_is_a_user_error
-from vqmnist.loop import LoopSettings, train_epochs
-from vqmnist.machine import keep_freed_memory, native_bf16
-from vqmnist.prior import CodePrior
-from vqmnist.prior_training import (PriorSettings, PriorTask, encode_splits, make_prior_optimizer,
-                                    make_prior_schedule, resumable)
-from vqmnist.processes import Processes, process_group
-from vqmnist.run_folder import hold_run_folder, make_folder, prepare_run_folders, run_folders
-from vqmnist.run_log import NoWriter, RunFigures
-from vqmnist.stopping import StopOnSignal
-from vqmnist.threads import ThreadChooser
+from modules import BOTTLENECKS, VQVAE
+from prior import CodePrior
+from vqmnist.checkpoints.checks import check_optimizer, check_place
+from vqmnist.checkpoints.format import (RunState, load_checkpoint, restore_training, restore_training_state,
+                                        stored_prior, trained_dataset)
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.configuration.cli import run_cli
+from vqmnist.configuration.errors import UserError, running_out_is_a_user_error
+from vqmnist.configuration.training_flags import (build_parser, check_request, check_resumed, check_resumed_flags,
+                                                  load_prior_state, model_config, prior_config, prior_settings,
+                                                  resume_args, size_flags, training_settings)
+from vqmnist.io.data import Splits, load_splits, shard_size
+from vqmnist.running.autoencoder_task import AutoencoderTask, make_optimizer, make_schedule
+from vqmnist.running.loop import LoopSettings, train_epochs
+from vqmnist.running.machine import ThreadChooser, keep_freed_memory, native_bf16
+from vqmnist.running.prior_task import (PriorSettings, PriorTask, encode_splits, make_prior_optimizer,
+                                        make_prior_schedule, resumable)
+from vqmnist.running.processes import Processes, process_group
+from vqmnist.running.run_folder import hold_run_folder, make_folder, prepare_run_folders, run_folders
+from vqmnist.running.run_log import NoWriter, RunFigures
+from vqmnist.running.stopping import StopOnSignal
 
 
 def resume_command(name: str) -> str:

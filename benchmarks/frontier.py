@@ -25,7 +25,7 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parent.parent
 
 from benchmarks.scripts import run_script
-from vqmnist.files import atomic_path, write_json
+from vqmnist.io.files import atomic_path, write_json
 
 
 class Preset(NamedTuple):

@@ -8,11 +8,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from vqmnist.data import epoch_batches
 from modules import VQVAE, VQVAEConfig
-from vqmnist.prior import CodePrior, PriorConfig
-from vqmnist.prior_training import make_prior_optimizer, prior_step
-from vqmnist.autoencoder_training import make_optimizer, training_step
+from prior import CodePrior, PriorConfig
+from vqmnist.io.data import epoch_batches
+from vqmnist.running.autoencoder_task import make_optimizer, training_step
+from vqmnist.running.prior_task import make_prior_optimizer, prior_step
 
 
 class Loop(NamedTuple):

@@ -13,10 +13,10 @@ import argparse
 
 import torch
 
-from modules import load_model
-from vqmnist.checkpoints import trained_dataset
-from vqmnist.data import load_mnist, load_splits
-from vqmnist.prior import encode_images, marginal_nll_bits, prior_nll_bits
+from prior import encode_images, marginal_nll_bits, prior_nll_bits
+from vqmnist.checkpoints.format import trained_dataset
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.io.data import load_mnist, load_splits
 
 
 def build_parser() -> argparse.ArgumentParser:

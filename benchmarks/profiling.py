@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.loops import Loop
-from vqmnist.prior import PriorConfig, attention
+from prior import PriorConfig, attention
 
 
 def print_profile(loop: Loop, steps: int, rows: int = 15) -> None:

@@ -23,11 +23,11 @@ import time
 
 import torch
 
-from modules import load_model
-from vqmnist.checkpoints import trained_dataset
-from vqmnist.data import load_mnist, split_train_validation
-from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, Truncation
-from vqmnist.scores import DEFAULT_CLASSIFIER, classify, load_classifier, score_samples
+from prior import GUIDANCE, SAMPLING_TEMPERATURE, Truncation
+from vqmnist.checkpoints.format import trained_dataset
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.io.data import load_mnist, split_train_validation
+from vqmnist.scores.samples import DEFAULT_CLASSIFIER, classify, load_classifier, score_samples
 
 SAMPLES = 1000
 

@@ -47,16 +47,14 @@ ROOT = Path(__file__).resolve().parent.parent
 import torch
 from torch.utils import flop_counter
 
-from benchmarks.loops import (Loop, ProjectSettings, autoencoder_plain, autoencoder_project, prior_plain,
-                              prior_project)
+from benchmarks.loops import Loop, ProjectSettings, autoencoder_plain, autoencoder_project, prior_plain, prior_project
 from benchmarks.profiling import print_attention, print_profile
 from benchmarks.scripts import run_script
-from vqmnist.data import load_mnist
-from vqmnist.prior import PriorConfig
-from vqmnist.prior_training import DEFAULT_PRIOR_BATCH_SIZE
-from vqmnist.run_log import read_run_figures
-from vqmnist.threads import ThreadChooser
-from vqmnist.machine import keep_freed_memory, native_bf16
+from prior import PriorConfig
+from vqmnist.io.data import load_mnist
+from vqmnist.running.machine import ThreadChooser, keep_freed_memory, native_bf16
+from vqmnist.running.prior_task import DEFAULT_PRIOR_BATCH_SIZE
+from vqmnist.running.run_log import read_run_figures
 
 TRAIN_IMAGES = 60_000  # the reference trains on the whole training set each epoch
 REFERENCE_TEST_MSE = 0.0069  # the reference repository's test MSE after its 10 epochs, as the brief measured it

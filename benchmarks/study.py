@@ -58,13 +58,13 @@ from torch.utils.tensorboard import SummaryWriter
 
 from benchmarks.scripts import run_script
 from modules import BOTTLENECKS
-from vqmnist.cli import ArgumentParser, integer, resolve_device, run_cli
-from vqmnist.data import DATASETS
-from vqmnist.errors import UserError
-from vqmnist.files import atomic_path, write_failure, write_json
-from vqmnist.limits import MAX_EPOCHS, MAX_SAMPLES, MAX_SEED
-from vqmnist.run_folder import hold_folder
-from vqmnist.scores import FRECHET_MIN_SAMPLES
+from vqmnist.configuration.cli import ArgumentParser, integer, resolve_device, run_cli
+from vqmnist.configuration.errors import UserError
+from vqmnist.configuration.limits import MAX_EPOCHS, MAX_SAMPLES, MAX_SEED
+from vqmnist.io.data import DATASETS
+from vqmnist.io.files import atomic_path, write_failure, write_json
+from vqmnist.running.run_folder import hold_folder
+from vqmnist.scores.samples import FRECHET_MIN_SAMPLES
 
 
 class Row(NamedTuple):

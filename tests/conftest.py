@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from helpers import write_tiny_mnist
-from vqmnist import data
+from vqmnist.io import data
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-import training_flags
+from vqmnist.configuration import training_flags
+from vqmnist.configuration.cli import run_cli
+from vqmnist.io import data
 import vqvae
-from vqmnist import data
-from vqmnist.cli import run_cli
 
 
 def main() -> None:

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import training_flags
-import vqvae
 from modules import BOTTLENECKS, VQVAEConfig
-from vqmnist import data
-from vqmnist.checkpoints import FORMAT_1_ARG_NAMES
+from vqmnist.checkpoints.format import FORMAT_1_ARG_NAMES
+from vqmnist.configuration import training_flags
+from vqmnist.io import data
+import vqvae
 
 NUM_TRAIN = 320
 NUM_TEST = 120  # generate.py needs 100 test digits for its grid

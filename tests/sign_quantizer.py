@@ -5,9 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bottleneck import Bottleneck, BottleneckOutput
-from vqmnist.code_statistics import code_counts, perplexity_from_counts
-from vqmnist.options import check_options, integer, number, option
+from bottleneck import Bottleneck, BottleneckOutput, code_counts, perplexity_from_counts
+from options import check_options, integer, number, option
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers import train_tiny
-from vqmnist.errors import RunStopped
+from vqmnist.configuration.errors import RunStopped
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +73,7 @@ def test_the_prior_loops_flops_are_those_of_its_products(loop):
     """FlopCounterMode's count against a hand count: each linear layer's weights meet every token three times
     (forward, and the two products of the backward), 2 FLOPs a multiply-add; attention adds its 49 x 49 products."""
     from benchmarks import loops
-    from vqmnist.prior import CodePrior, PriorConfig
+    from prior import CodePrior, PriorConfig
     speed, config = load_benchmark("speed"), PriorConfig()
     arguments = speed.build_parser().parse_args(["--steps", "1", "--warmup", "0", "--repeats", "1"])
     built = (loops.prior_plain(config, 4, torch.device("cpu")) if loop == "prior-plain"

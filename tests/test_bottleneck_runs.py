@@ -13,13 +13,14 @@ from PIL import Image
 import evaluate
 import export_model
 import generate
-import training_flags
-import vqvae
 from helpers import TINY_BOTTLENECKS, signal_on_call, tiny_run_in, train_tiny
-from modules import load_model
+from pixel_distributions import images_to_inputs
 from vector_quantizer import VectorQuantizer
-from vqmnist.data import images_to_inputs, load_mnist
-from vqmnist.errors import RunStopped, UserError
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.configuration import training_flags
+from vqmnist.configuration.errors import RunStopped, UserError
+from vqmnist.io.data import load_mnist
+import vqvae
 
 BOTTLENECKS = list(TINY_BOTTLENECKS)
 TWO_EPOCHS = ("--num-epochs", "2")

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from helpers import model_config
-from modules import VQVAE, VQVAEConfig
-from vector_quantizer import VectorQuantizer
-from vqmnist.data import IMAGE_PIXELS
 from fsq import FiniteScalarQuantizer
 from gaussian import GaussianBottleneck
+from helpers import model_config
+from modules import VQVAE, VQVAEConfig
+from pixel_distributions import IMAGE_PIXELS
+from vector_quantizer import VectorQuantizer
 
 LEVELS = [(8, 8, 8), (5, 3), (2,), (7, 6, 4)]
 

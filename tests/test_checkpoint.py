@@ -7,19 +7,12 @@ import pytest
 import torch
 
 from helpers import format_1, model_config
-from modules import VQVAE, load_model
-from vqmnist.checkpoints import (
-    FORMAT,
-    MODEL_KEYS,
-    TRAINING_KEYS,
-    RunState,
-    exported,
-    load_checkpoint,
-    save_checkpoint,
-    training_checkpoint,
-)
-from vqmnist.data import images_to_inputs
-from vqmnist.errors import UserError
+from modules import VQVAE
+from pixel_distributions import images_to_inputs
+from vqmnist.checkpoints.format import (FORMAT, MODEL_KEYS, TRAINING_KEYS, RunState, exported, load_checkpoint,
+                                        save_checkpoint, training_checkpoint)
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.configuration.errors import UserError
 
 
 def trained_model_and_optimizer():

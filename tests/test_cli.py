@@ -9,10 +9,10 @@ import torch
 
 import evaluate
 import generate
-import training_flags
+from vqmnist.configuration import training_flags
+from vqmnist.configuration.cli import run_cli
+from vqmnist.configuration.errors import RunStopped, UserError
 import vqvae
-from vqmnist.cli import run_cli
-from vqmnist.errors import RunStopped, UserError
 
 
 def test_digit_out_of_range_is_a_flag_error(capsys):

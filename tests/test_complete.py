@@ -6,9 +6,10 @@ import torch
 
 import generate
 from helpers import tiny_run_in
-from modules import load_model
-from vqmnist.data import images_to_inputs, load_mnist
-from vqmnist.errors import UserError
+from pixel_distributions import images_to_inputs
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.configuration.errors import UserError
+from vqmnist.io.data import load_mnist
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,14 @@ import torch
 
 import evaluate
 import generate
-import training_flags
-import vqvae
 from helpers import model_config, signal_on_call, train_tiny
-from modules import VQVAE, load_model
+from modules import VQVAE
 from testers import brute_force_nearest, random_inputs, random_quantizer
-from vqmnist.autoencoder_training import make_optimizer, training_step
-from vqmnist.errors import RunStopped, UserError
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.configuration import training_flags
+from vqmnist.configuration.errors import RunStopped, UserError
+from vqmnist.running.autoencoder_task import make_optimizer, training_step
+import vqvae
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 DEVICES = ["cpu", pytest.param("cuda", marks=[needs_cuda, pytest.mark.cuda])]

@@ -11,9 +11,9 @@ import torch
 import evaluate
 import generate
 from helpers import NUM_TEST, NUM_TRAIN, blob_images, train_tiny, write_tiny_mnist
-from vqmnist import data
-from vqmnist.data import epoch_batches
-from vqmnist.errors import UserError
+from vqmnist.configuration.errors import UserError
+from vqmnist.io import data
+from vqmnist.io.data import epoch_batches
 
 
 def test_loads_torchvision_layout_and_decompresses(tiny_mnist):

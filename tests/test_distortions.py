@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vqmnist.data import load_mnist
-from vqmnist.distortions import MAX_DEGREES, MAX_SCALE, MAX_SHIFT_PIXELS, distort
-from vqmnist.scores import DEFAULT_CLASSIFIER, classifier_accuracy, load_classifier
+from vqmnist.io.data import load_mnist
+from vqmnist.running.prior_task import MAX_DEGREES, MAX_SCALE, MAX_SHIFT_PIXELS, distort
+from vqmnist.scores.samples import DEFAULT_CLASSIFIER, classifier_accuracy, load_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ import torch
 
 import generate
 from helpers import TINY_PRIOR
-from vqmnist import data
+from vqmnist.io import data
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"

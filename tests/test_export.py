@@ -10,8 +10,8 @@ import evaluate
 import export_model
 import generate
 from helpers import fail_on_call, train_tiny
-from vqmnist.checkpoints import FORMAT
-from vqmnist.errors import UserError
+from vqmnist.checkpoints.format import FORMAT
+from vqmnist.configuration.errors import UserError
 
 
 def export(*flags):

@@ -12,13 +12,14 @@ import pytest
 import torch
 
 import generate
+import options
 from helpers import blob_images, tiny_run_in
-from modules import load_model
-from vqmnist import limits
-from vqmnist.checkpoints import save_checkpoint
-from vqmnist.code_files import load_codes
-from vqmnist.data import images_to_inputs
-from vqmnist.errors import UserError
+from pixel_distributions import images_to_inputs
+from vqmnist.checkpoints.format import save_checkpoint
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.configuration import limits
+from vqmnist.configuration.errors import UserError
+from vqmnist.io.code_files import load_codes
 
 K = 16  # the tiny run's codebook
 
@@ -313,8 +314,8 @@ def test_the_decode_hint_can_be_pasted_into_a_shell(tiny_model, tmp_path, monkey
     ("--temperature", str(limits.MAX_TEMPERATURE * 1.01)), ("--temperature", str(limits.MIN_TEMPERATURE * 0.99)),
     ("--guidance", "1e308"), ("--guidance", "-0.1"), ("--guidance", "nan"), ("--guidance", "inf"),
     ("--guidance", str(limits.MAX_GUIDANCE + 1)),
-    ("--hidden-size", "0"), ("--hidden-size", str(10 ** 9)), ("--k", "0"), ("--k", str(limits.MAX_CODES + 1)),
-    ("--top-k", "-1"), ("--top-k", str(limits.MAX_CODES + 1)),
+    ("--hidden-size", "0"), ("--hidden-size", str(10 ** 9)), ("--k", "0"), ("--k", str(options.MAX_CODES + 1)),
+    ("--top-k", "-1"), ("--top-k", str(options.MAX_CODES + 1)),
     ("--top-p", "0"), ("--top-p", "-0.5"), ("--top-p", "1.01"), ("--top-p", "nan"),
 ])
 def test_flags_out_of_range_are_one_line(flag, value, capsys):
@@ -326,8 +327,8 @@ def test_flags_out_of_range_are_one_line(flag, value, capsys):
 
 def test_flag_bounds_are_in_the_help_and_accepted():
     largest = {"--seed": limits.MAX_SEED, "--temperature": limits.MAX_TEMPERATURE,
-               "--guidance": limits.MAX_GUIDANCE, "--k": limits.MAX_CODES,
-               "--hidden-size": limits.MAX_WIDTH}
+               "--guidance": limits.MAX_GUIDANCE, "--k": options.MAX_CODES,
+               "--hidden-size": options.MAX_WIDTH}
     smallest = {"--seed": 0, "--temperature": limits.MIN_TEMPERATURE, "--guidance": 0, "--k": 1, "--hidden-size": 1}
     parser = generate.build_parser()
     helps = {action.option_strings[0]: action.help for action in parser._actions if action.option_strings}

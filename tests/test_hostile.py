@@ -13,14 +13,15 @@ import torch
 
 import evaluate
 import generate
-import train_classifier
-import training_flags
 from helpers import format_2, signal_on_call, tiny_run_in, train_tiny
-from modules import load_model
-from vqmnist import scores
-from vqmnist.checkpoints import load_checkpoint, load_prior, save_checkpoint
-from vqmnist.errors import RunStopped, UserError
-from vqmnist.limits import MAX_CODES, MAX_MODEL_VALUES
+from options import MAX_CODES
+import train_classifier
+from vqmnist.checkpoints.format import load_checkpoint, load_prior, save_checkpoint
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.configuration import training_flags
+from vqmnist.configuration.errors import RunStopped, UserError
+from vqmnist.configuration.limits import MAX_MODEL_VALUES
+from vqmnist.scores.samples import samples as scores
 
 ROOT = Path(__file__).resolve().parent.parent
 

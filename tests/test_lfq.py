@@ -7,11 +7,11 @@ import re
 import pytest
 import torch
 
-import training_flags
 from helpers import model_config
+from lfq import MAX_LFQ_BITS, LFQConfig, LookupFreeQuantizer
 from modules import VQVAE
 from vector_quantizer import VQConfig
-from lfq import MAX_LFQ_BITS, LFQConfig, LookupFreeQuantizer
+from vqmnist.configuration import training_flags
 
 
 def corners(bits: int) -> torch.Tensor:

@@ -9,16 +9,17 @@ import pytest
 import torch
 
 import evaluate
-import training_flags
 from helpers import blob_images, format_2, model_config, tiny_run_in, write_tiny_mnist
-from modules import VQVAE, load_model
-from vqmnist.bits_per_dim import continuous_bounds, decoder_bits, fit_log_scale
-from vqmnist import data
-from vqmnist.checkpoints import save_checkpoint
-from vqmnist.data import images_to_inputs, load_mnist
-from vqmnist.pixel_distributions import (LEVELS, categorical_log_probs, categorical_mean, mixture_log_probs,
-                                         mixture_mean, one_logistic_log_probs)
-from vqmnist.prior import encode_images, prior_nll_bits
+from modules import VQVAE
+from pixel_distributions import (LEVELS, categorical_log_probs, categorical_mean, images_to_inputs, mixture_log_probs,
+                                 mixture_mean, one_logistic_log_probs)
+from prior import encode_images, prior_nll_bits
+from vqmnist.checkpoints.format import save_checkpoint
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.configuration import training_flags
+from vqmnist.io import data
+from vqmnist.io.data import load_mnist
+from vqmnist.scores.bits_per_dim import continuous_bounds, decoder_bits, fit_log_scale
 
 ALL_LEVELS = torch.arange(LEVELS)
 

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks import study
 import evaluate
 import export_model
 import generate
-import modules
-import vqvae
-from benchmarks import study
 from helpers import TINY_PRIOR, signal_on_call, train_tiny, write_tiny_mnist
+import modules
 from sign_quantizer import SignQuantizer
-from vqmnist.errors import RunStopped
+from vqmnist.configuration.errors import RunStopped
+import vqvae
 
 
 @pytest.fixture

@@ -11,12 +11,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import evaluate
 import generate
-import training_flags
 from helpers import model_config, train_tiny
-from modules import BOTTLENECKS, VQVAE, VQVAEConfig, load_model
-from vqmnist.errors import UserError
-from vqmnist.prior import PriorConfig
-from vqmnist.scores import FRECHET_MIN_SAMPLES
+from modules import BOTTLENECKS, VQVAE, VQVAEConfig
+from prior import PriorConfig
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.configuration import training_flags
+from vqmnist.configuration.errors import UserError
+from vqmnist.scores.samples import FRECHET_MIN_SAMPLES
 
 TILE, PADDING = 28, 2  # make_grid's default padding
 

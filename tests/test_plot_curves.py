@@ -2,9 +2,9 @@
 import pytest
 from PIL import Image
 
-import plot_curves
 from helpers import train_tiny
-from vqmnist.errors import UserError
+import plot_curves
+from vqmnist.configuration.errors import UserError
 
 
 def plot(*flags):

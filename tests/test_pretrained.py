@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from modules import load_model
+from vqmnist.checkpoints.loading import load_model
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vqmnist.prior import CodePrior, PriorConfig, Truncation, marginal_nll_bits, prior_nll_bits
+from prior import CodePrior, PriorConfig, Truncation, marginal_nll_bits, prior_nll_bits
 
 CONFIGS = [
     PriorConfig(num_embeddings=16, grid_size=7, width=32, num_layers=2, num_heads=4),
@@ -157,7 +157,7 @@ def test_attention_is_torchs_causal_scaled_dot_product_attention(config):
 
 
 def test_a_bf16_step_lowers_the_loss_as_a_float32_step_does():
-    from vqmnist.prior_training import make_prior_optimizer, prior_step
+    from vqmnist.running.prior_task import make_prior_optimizer, prior_step
     config = CONFIGS[0]
     codes, classes = random_inputs(config, 32)
     losses = {}

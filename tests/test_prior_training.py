@@ -9,11 +9,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import generate
-import training_flags
-import vqvae
 from helpers import TINY_PRIOR, signal_on_call, tiny_run_in, train_tiny
-from vqmnist.errors import RunStopped, UserError
-from vqmnist.prior import CodePrior, PriorConfig
+from prior import CodePrior, PriorConfig
+from vqmnist.configuration import training_flags
+from vqmnist.configuration.errors import RunStopped, UserError
+import vqvae
 
 
 def generate_grid(model, *flags):

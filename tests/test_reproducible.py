@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import TINY_PRIOR, tiny_run_in, write_tiny_mnist
-from vqmnist import threads
+from vqmnist.running import machine as threads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,8 +85,8 @@ def test_the_thread_chooser_is_a_flag_that_follows_the_load(tmp_path, monkeypatc
 PRIOR_ONLY = """
 import json, sys
 from pathlib import Path
-from vqmnist import data
-import training_flags
+from vqmnist.io import data
+from vqmnist.configuration import training_flags
 import vqvae
 data.MNIST_MD5 = json.loads(Path(sys.argv[1]).read_text())
 vqvae.main(training_flags.build_parser().parse_args(sys.argv[2:]))

@@ -6,10 +6,12 @@ import torch
 
 import generate
 from helpers import model_config, tiny_run_in
-from modules import VQVAE, load_model
-from residual_vq import ResidualVectorQuantizer, ResidualVQConfig
-from vqmnist.data import images_to_inputs, load_mnist
-from vqmnist.prior import CodePrior, PriorConfig
+from modules import VQVAE
+from pixel_distributions import images_to_inputs
+from prior import CodePrior, PriorConfig
+from residual_vq import ResidualVQConfig, ResidualVectorQuantizer
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.io.data import load_mnist
 
 
 def quantizer(depth: int, codebook_update: str = "ema", beta: float = 0.25) -> ResidualVectorQuantizer:

@@ -4,11 +4,13 @@ prior is held against its autoencoder on every load, a run stopped between the a
 unbroken one does, a step too costly is refused before it starts, and files lost mid-run are said so."""
 import fcntl
 import math
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -18,18 +20,18 @@ import torch
 import evaluate
 import export_model
 import generate
-import vector_quantizer
-import training_flags
-import vqvae
 from helpers import assert_same_weights, fail_on_call, signal_on_call, tiny_run_in, train_tiny
-from modules import load_model
-from vqmnist import autoencoder_training, checkpoints, prior_training
-from vqmnist.checkpoint_checks import DAMAGED
-from vqmnist.checkpoints import save_checkpoint
-from vqmnist.errors import RunStopped, UserError
-from vqmnist.limits import StepCost
-from vqmnist.run_folder import hold_run_folder
-from vqmnist.stopping import StepInterrupted, StopOnSignal
+from options import StepCost
+import vector_quantizer
+from vqmnist.checkpoints.checks import DAMAGED
+from vqmnist.checkpoints.format import format as checkpoints, save_checkpoint
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.configuration import training_flags
+from vqmnist.configuration.errors import RunStopped, UserError
+from vqmnist.running import autoencoder_task as autoencoder_training, prior_task as prior_training
+from vqmnist.running.run_folder import hold_run_folder
+from vqmnist.running.stopping import StepInterrupted, StopOnSignal
+import vqvae
 
 ROOT = Path(__file__).resolve().parent.parent
 TWO_EPOCHS = ("--num-epochs", "2")  # 4 steps per epoch on the tiny data
@@ -417,13 +419,18 @@ def test_the_step_cost_is_the_hand_counted_one(bottleneck, config, positions, ex
     assert module.step_cost(positions) == expected
 
 
-def test_k_means_seeding_sees_a_stop_and_otherwise_seeds_every_code():
-    points = torch.randn(500, 3)
-    assert vector_quantizer.kmeans_plus_plus(points, 200).shape == (200, 3)
+def test_a_signal_abandons_a_step_only_where_the_loop_allows_it():
     with StopOnSignal() as stop:
-        stop.received = signal.SIGTERM
-        with pytest.raises(StepInterrupted):
-            vector_quantizer.kmeans_plus_plus(points, 200)
+        with stop.abandonable(False):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.received == signal.SIGTERM  # noted, the block ran to its end
+    with StopOnSignal() as stop:
+        with pytest.raises(StepInterrupted), stop.abandonable(True):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # not reached: the handler raises at the next bytecode
+        assert not stop.abandoning
+        with pytest.raises(StepInterrupted), stop.abandonable(True):  # a signal noted before the block
+            pass
 
 
 def test_a_stop_during_the_codebooks_seeding_abandons_the_first_step_and_says_nothing_was_saved(tiny_mnist, tmp_path,

@@ -20,14 +20,14 @@ from torch.utils.tensorboard import SummaryWriter
 
 import evaluate
 import generate
-import training_flags
-import vqvae
 from helpers import assert_same_weights, fail_on_call, format_1, format_2, signal_on_call, tiny_run_in, train_tiny
 from modules import BOTTLENECKS, VQVAE
-from vqmnist import autoencoder_training, stopping
-from vqmnist.checkpoints import FORMAT, load_checkpoint, save_checkpoint
-from vqmnist.cli import run_cli
-from vqmnist.errors import RunStopped, UserError
+from vqmnist.checkpoints.format import FORMAT, load_checkpoint, save_checkpoint
+from vqmnist.configuration import training_flags
+from vqmnist.configuration.cli import run_cli
+from vqmnist.configuration.errors import RunStopped, UserError
+from vqmnist.running import autoencoder_task as autoencoder_training, stopping
+import vqvae
 
 TWO_EPOCHS = ("--num-epochs", "2")  # 4 steps per epoch on the tiny data
 
@@ -225,7 +225,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_mnist, 
 
 SLOW_SAVE = textwrap.dedent("""
     import sys, time, torch
-    from vqmnist import checkpoints
+    from vqmnist.checkpoints.format import format as checkpoints
     real_save = torch.save
     def slow_save(obj, file):
         real_save(obj, file)

@@ -9,10 +9,11 @@ import torch
 import evaluate
 import generate
 from helpers import model_config, signal_on_call, train_tiny
-from modules import VQVAE, load_model
-from vector_quantizer import VectorQuantizer
-from vqmnist.errors import RunStopped
+from modules import VQVAE
 from nearest_code import pass_gradient, rotation_trick
+from vector_quantizer import VectorQuantizer
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.configuration.errors import RunStopped
 
 
 def as_grid(vectors: torch.Tensor) -> torch.Tensor:

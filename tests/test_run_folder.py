@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from helpers import train_tiny
-from vqmnist.errors import UserError
-from vqmnist.run_folder import hold_run_folder
+from vqmnist.configuration.errors import UserError
+from vqmnist.running.run_folder import hold_run_folder
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 HOLD = """
 import sys, time
 from pathlib import Path
-from vqmnist.run_folder import hold_run_folder
+from vqmnist.running.run_folder import hold_run_folder
 with hold_run_folder(Path(sys.argv[1])):
     print("holding", flush=True)
     time.sleep(120)

@@ -8,7 +8,8 @@ import torch
 
 from helpers import model_config
 from modules import VQVAE
-from vqmnist.scores import DigitClassifier, frechet_distance, score_reconstructions, score_samples
+from vqmnist.scores.reconstructions import score_reconstructions
+from vqmnist.scores.samples import DigitClassifier, frechet_distance, score_samples
 
 
 @pytest.mark.parametrize("decoder_output", ["tanh", "linear", "logits", "logistic", "categorical"])

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vector_quantizer import VQConfig
-from vqmnist.limits import MAX_CODES
 from nearest_code import ESTIMATORS
+from options import MAX_CODES
 from simvq import SimVQ, SimVQConfig
+from vector_quantizer import VQConfig
 
 K, D = 37, 6
 

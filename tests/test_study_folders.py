@@ -11,9 +11,9 @@ import torch
 
 from benchmarks import study
 from test_benchmarks import fake_scores, fake_scripts
-from vqmnist.cli import run_cli
-from vqmnist.errors import UserError
-from vqmnist.scores import DigitClassifier
+from vqmnist.configuration.cli import run_cli
+from vqmnist.configuration.errors import UserError
+from vqmnist.scores.samples import DigitClassifier
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_FIGURES = {"autoencoder": {"seconds": 5.0}, "prior": {"seconds": 7.0}}

@@ -2,8 +2,8 @@
 follows a neighbour who comes and goes, and that disabled it changes nothing."""
 import pytest
 
-from vqmnist import threads
-from vqmnist.threads import ThreadChooser, candidate_counts
+from vqmnist.running import machine as threads
+from vqmnist.running.machine import ThreadChooser, candidate_counts
 
 
 @pytest.mark.parametrize("cores, counts", [(1, [1]), (2, [2, 1]), (4, [4, 3, 2]), (16, [16, 15, 8])])

@@ -10,19 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-import vqvae
 from helpers import blob_images, model_config, train_tiny
 from modules import VQVAE
-from vqmnist.autoencoder_training import make_optimizer
-from vqmnist.data import images_to_inputs
-from vqmnist.machine import native_bf16
+from pixel_distributions import images_to_inputs
+from vqmnist.running.autoencoder_task import make_optimizer
+from vqmnist.running.machine import native_bf16
+import vqvae
 
 ROOT = Path(__file__).resolve().parent.parent
 
 FREE_HEAP_AFTER_A_FREE = """
 import ctypes, sys
 import torch
-from vqmnist import machine
+from vqmnist.running import machine
 
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
+from bottleneck import perplexity_from_counts
 import nearest_code
 from testers import ALL_CHECKS, brute_force_nearest, random_inputs, random_quantizer
-from vqmnist.code_statistics import perplexity_from_counts
 
 # (batch, D, H, W, K): MNIST's 7x7 grid, odd shapes, a single code, more codes than positions.
 SHAPES = [(2, 4, 3, 3, 16), (4, 40, 7, 7, 512), (1, 1, 1, 1, 1), (3, 8, 5, 2, 64)]

@@ -1,4 +1,5 @@
-"""The distributions over each pixel's 256 grey levels that a likelihood decoder outputs, as log-probabilities.
+"""Pixels and the model: images to the model's inputs in [-1, 1] and back, and the distributions over each pixel's 256
+grey levels that a likelihood decoder outputs, as log-probabilities.
 
 A pixel's 8-bit level k in 0..255 sits at x = 2 k / 255 - 1 in the model's [-1, 1] space, in a bin of half-width
 1 / 255. Two families, each with `log_probs(params, levels)` (log p of given levels, (B, C, H, W)) and
@@ -7,12 +8,13 @@ A pixel's 8-bit level k in 0..255 sits at x = 2 k / 255 - 1 in the model's [-1, 
   in its bin, the edge bins 0 and 255 taking the tails below and above, so the 256 probabilities sum to 1;
 - the 256-way categorical: a softmax over 256 logits per pixel.
 `one_logistic_log_probs` is one logistic of a given scale around any decoder's output: the fitted-scale likelihood
-that gives a decoder without a distribution of its own a bound (vqmnist/bits_per_dim.py).
+that gives a decoder without a distribution of its own a bound (vqmnist/scores/bits_per_dim.py).
 """
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+IMAGE_PIXELS = 28 * 28
 LEVELS = 256
 HALF_BIN = 1.0 / (LEVELS - 1)  # half a grey level's bin in [-1, 1]
 # log scales are kept where the bins' masses stay representable in float32: at exp(-7) a bin is 14 scales wide, at
@@ -22,6 +24,16 @@ MIN_LOG_SCALE, MAX_LOG_SCALE = -7.0, 7.0
 # just the same), and logits within +-MAX_LOGIT: so that no output, however wild, makes an infinite NLL.
 MAX_MEAN = 3.0
 MAX_LOGIT = 1e4
+
+
+def images_to_inputs(images: Tensor) -> Tensor:
+    """uint8 pixels (B, 28, 28) in [0, 255] -> model inputs (B, 1, 28, 28) in [-1, 1]."""
+    return images.unsqueeze(1).float().div(127.5).sub(1.0)
+
+
+def outputs_to_pixels(outputs: Tensor) -> Tensor:
+    """Outputs in [-1, 1] (clamped there if beyond) -> pixels in [0, 1]."""
+    return outputs.float().add(1.0).div(2.0).clamp(0.0, 1.0)
 
 
 def levels_to_inputs(levels: Tensor) -> Tensor:

@@ -1,24 +1,26 @@
 """vqvae.py's command line: its flags, made from the configs, and their checks, whether typed or read back by
 a --resume from the run's checkpoints."""
 import argparse
+from collections.abc import Iterable
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-from modules import BOTTLENECKS, VQVAE, VQVAEConfig, stored_autoencoder
-from vqmnist.autoencoder_training import TrainingSettings
-from vqmnist.checkpoints import TRAINING_KEYS, load_checkpoint, load_prior_training
-from vqmnist.checkpoint_checks import DAMAGED, MAX_STEP, check_count, check_place, check_weights
-from vqmnist.cli import (ArgumentParser, Arguments, add_device_flag, add_option_flags, integer, number, plain_name,
-                         unit_interval)
-from vqmnist.data import DATASETS
-from vqmnist.errors import UserError
-from vqmnist.limits import (MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SECONDS, MAX_SEED, MAX_STEPS_BETWEEN_LOGS,
-                            MAX_THREADS, MAX_VALIDATION, MAX_WORKERS, check_size, check_step_cost)
-from vqmnist.prior import CodePrior, PriorConfig
-from vqmnist.prior_training import DEFAULT_PRIOR_BATCH_SIZE, PriorSettings
-from vqmnist.run_folder import run_folders
-from vqmnist.stored_flags import as_typed, check_stored_flags
-from vqmnist.threads import DEFAULT_THREADS
+from modules import BOTTLENECKS, VQVAE, VQVAEConfig
+from prior import CodePrior, PriorConfig
+from vqmnist.checkpoints.checks import DAMAGED, MAX_STEP, check_count, check_place, check_weights
+from vqmnist.checkpoints.format import TRAINING_KEYS, load_checkpoint, load_prior_training
+from vqmnist.checkpoints.loading import stored_autoencoder
+from vqmnist.configuration.cli import (ArgumentParser, Arguments, add_device_flag, add_option_flags, integer, number,
+                                       plain_name, unit_interval)
+from vqmnist.configuration.errors import UserError, shown
+from vqmnist.configuration.limits import (MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SECONDS, MAX_SEED,
+                                          MAX_STEPS_BETWEEN_LOGS, MAX_THREADS, MAX_VALIDATION, MAX_WORKERS, check_size,
+                                          check_step_cost)
+from vqmnist.io.data import DATASETS
+from vqmnist.running.autoencoder_task import TrainingSettings
+from vqmnist.running.machine import DEFAULT_THREADS
+from vqmnist.running.prior_task import DEFAULT_PRIOR_BATCH_SIZE, PriorSettings
+from vqmnist.running.run_folder import run_folders
 
 DEFAULT_PRIOR_EPOCHS = PriorSettings.epochs
 # Flags that say how to run, not what is trained: a --resume takes them as given now. Every other flag shapes the
@@ -282,3 +284,47 @@ def load_prior_state(path: Path) -> dict | None:
     check_count(checkpoint["epoch"], path, "epoch", 0, settings["epochs"])
     check_count(checkpoint["step"], path, "step", 0, MAX_STEP)
     return checkpoint
+
+
+def as_typed(value) -> str:
+    """A flag's value as it is typed on the command line: 8,8,8 rather than (8, 8, 8)."""
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def flag_problem(action: argparse.Action, value) -> str | None:
+    """What is wrong with `value` as the value of the flag `action`, had it been typed; None if nothing is."""
+    if action.nargs == 0:  # --flag / --no-flag: a switch
+        return None if type(value) is bool else "must be true or false"
+    scalar = (int, float, str)
+    if type(value) not in scalar + (tuple, list) or (
+            type(value) in (tuple, list) and not all(type(item) in scalar for item in value)):
+        return f"is a {type(value).__name__}, which no flag takes"
+    try:
+        text = as_typed(value)
+        parsed = action.type(text) if action.type is not None else text
+    except (argparse.ArgumentTypeError, ValueError, TypeError) as error:
+        return f"is refused as the flag would be ({str(error)[:120]})"
+    if type(parsed) is not type(value) and not (type(value) is list and type(parsed) is tuple):
+        return f"is of type {type(value).__name__} where the flag gives {type(parsed).__name__}"
+    if (tuple(value) if type(value) is list else value) != parsed:
+        return "does not read back as itself"
+    if action.choices is not None and parsed not in action.choices:
+        return f"must be one of {', '.join(map(str, action.choices))}"
+    return None
+
+
+def check_stored_flags(parser: argparse.ArgumentParser, stored: dict, dests: Iterable[str], path: Path,
+                       where: str = "flags", names: dict[str, str] | None = None) -> None:
+    """Refuse, in one line naming the file and the flag, a value in `stored` (dest -> value; `names` maps a stored
+    name to its flag's dest where they differ) of one of `dests` that the flag would refuse if typed."""
+    actions = {action.dest: action for action in parser._actions if action.option_strings}
+    names = names or {}
+    for name in dests:
+        if name not in stored:
+            continue
+        action = actions[names.get(name, name)]
+        problem = flag_problem(action, stored[name])
+        if problem is not None:
+            raise UserError(f"{path}: its stored {where} give {action.option_strings[0]} {shown(stored[name])}, which "
+                            f"{problem}: the file was edited or damaged; use a checkpoint vqvae.py wrote, or start "
+                            "a new run with --overwrite")

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from vqmnist.cli import resolve_device
+from vqmnist.configuration.cli import resolve_device
 
 
 class Processes(NamedTuple):

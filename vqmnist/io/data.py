@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from vqmnist.errors import UserError
-from vqmnist.files import atomic_path
+from pixel_distributions import IMAGE_PIXELS
+from vqmnist.configuration.errors import UserError
+from vqmnist.io.files import atomic_path
 
 # MD5 of the four original MNIST files after gunzip (the .gz bytes differ between mirrors, the content does not).
 MNIST_MD5 = {
@@ -24,7 +25,6 @@ MNIST_MD5 = {
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
-IMAGE_PIXELS = 28 * 28
 NUM_CLASSES = 10  # the digits 0 to 9
 TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -222,16 +222,6 @@ def load_mnist(data_folder, train: bool, dataset: str = "mnist") -> tuple[Tensor
                             "and put the original file (or its .gz) back")
     dataset = datasets.MNIST(str(data_folder), train=train, download=False)
     return dataset.data, dataset.targets
-
-
-def images_to_inputs(images: Tensor) -> Tensor:
-    """uint8 pixels (B, 28, 28) in [0, 255] -> model inputs (B, 1, 28, 28) in [-1, 1]."""
-    return images.unsqueeze(1).float().div(127.5).sub(1.0)
-
-
-def outputs_to_pixels(outputs: Tensor) -> Tensor:
-    """Outputs in [-1, 1] (clamped there if beyond) -> pixels in [0, 1]."""
-    return outputs.float().add(1.0).div(2.0).clamp(0.0, 1.0)
 
 
 def split_train_validation(images: Tensor, val_size: int) -> tuple[Tensor, Tensor]:

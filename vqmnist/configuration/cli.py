@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from vqmnist import options
-from vqmnist.data import DATASETS
-from vqmnist.errors import RunStopped, UserError
-from vqmnist.options import Rule, option_fields, shown
+import options
+from options import Rule, option_fields, shown
+from vqmnist.configuration.errors import RunStopped, UserError
+from vqmnist.io.data import DATASETS
 
 
 class Arguments(argparse.Namespace):

@@ -17,8 +17,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from vqmnist.data import images_to_inputs
-from vqmnist.pixel_distributions import MAX_LOG_SCALE, MIN_LOG_SCALE, one_logistic_log_probs
+from pixel_distributions import MAX_LOG_SCALE, MIN_LOG_SCALE, images_to_inputs, one_logistic_log_probs
 
 LN2 = math.log(2.0)
 # fit_log_scale's search: a grid over the whole range, then ever finer ones, each one step of the last either side of

@@ -5,15 +5,18 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
-from vqmnist.checkpoints import (RunState, prior_entry, prior_training_checkpoint, save_checkpoint)
-from vqmnist.data import Splits
-from vqmnist.distortions import distort
-from vqmnist.loop import Validation
-from vqmnist.prior import GUIDANCE, SAMPLING_TEMPERATURE, CodePrior, encode_images, prior_nll_bits
+from prior import GUIDANCE, SAMPLING_TEMPERATURE, CodePrior, encode_images, prior_nll_bits
+from vqmnist.checkpoints.format import RunState, prior_entry, prior_training_checkpoint, save_checkpoint
+from vqmnist.io.data import Splits
+from vqmnist.running.loop import Validation
 
+MAX_DEGREES = 10.0  # rotation, either way
+MAX_SCALE = 0.1  # zoom in or out by up to 10%
+MAX_SHIFT_PIXELS = 2.0  # each way, of a 28-pixel image
 PRIOR_WARMUP_STEPS = 200
 DEFAULT_PRIOR_BATCH_SIZE = 128
 
@@ -153,3 +156,20 @@ def resumable(checkpoint: dict | None, best_checkpoint: dict) -> bool:
     """Whether a prior training checkpoint is one to go on with: unfinished, and on best.pt's autoencoder."""
     return (checkpoint is not None and checkpoint["autoencoder_step"] == best_checkpoint["step"]
             and checkpoint["epoch"] < checkpoint["settings"]["epochs"])
+
+
+def distort(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """uint8 images (B, H, W) -> the same images, each rotated, scaled and shifted by its own uniform random draw
+    within the bounds above, resampled bilinearly (what falls outside the image is black)."""
+    count, height, width = images.shape
+    draws = torch.rand(count, 4, generator=generator, device="cpu").to(images.device) * 2 - 1  # (B, 4) in [-1, 1)
+    angle = draws[:, 0] * math.radians(MAX_DEGREES)
+    scale = 1 + draws[:, 1] * MAX_SCALE
+    # affine_grid maps output to input coordinates in [-1, 1]: a shift of s pixels is 2 s / size.
+    shift = draws[:, 2:] * MAX_SHIFT_PIXELS * 2 / torch.tensor([width, height], device=images.device)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, [count, 1, height, width], align_corners=False)  # (B, H, W, 2)
+    resampled = F.grid_sample(images[:, None].float(), grid, mode="bilinear", padding_mode="zeros",
+                              align_corners=False)  # (B, 1, H, W)
+    return resampled[:, 0].round().clamp(0, 255).to(torch.uint8)

@@ -7,9 +7,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from vqmnist.data import images_to_inputs
-from vqmnist.errors import UserError
-from vqmnist.files import write_json
+from pixel_distributions import images_to_inputs
+from vqmnist.configuration.errors import UserError
+from vqmnist.io.files import write_json
 
 NUM_FIXED_IMAGES = 32  # validation digits whose reconstructions TensorBoard shows after every epoch
 

@@ -10,11 +10,11 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from vqmnist.checkpoints import RunState
-from vqmnist.errors import UserError
-from vqmnist.run_log import RunFigures, log_training
-from vqmnist.stopping import StepInterrupted, StopOnSignal
-from vqmnist.threads import ThreadChooser
+from vqmnist.checkpoints.format import RunState
+from vqmnist.configuration.errors import UserError
+from vqmnist.running.machine import ThreadChooser
+from vqmnist.running.run_log import RunFigures, log_training
+from vqmnist.running.stopping import StepInterrupted, StopOnSignal
 
 
 class Validation(NamedTuple):
@@ -81,7 +81,10 @@ def train_epochs(task: TrainingTask, state: RunState, settings: LoopSettings, st
                         unit="batch", leave=False, dynamic_ncols=True, disable=not settings.main_process)
         for batch in progress:
             try:
-                values = task.step(batch)
+                # A run's first step (a codebook's k-means++ seeding may take long) has nothing saved to lose: a
+                # signal abandons it at once. Under torchrun every process must finish it.
+                with stop.abandonable(state.step == 0 and settings.world_size == 1):
+                    values = task.step(batch)
             except StepInterrupted:
                 progress.close()
                 abandon_step(task, state, stop, writer, figures, saved=saved_step is not None)

@@ -6,7 +6,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import NamedTuple
 
-from vqmnist.errors import UserError
+from vqmnist.configuration.errors import UserError
 
 
 class RunFolders(NamedTuple):

@@ -6,13 +6,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
-from vqmnist.code_statistics import CODE_STATISTICS
-from vqmnist.checkpoints import RunState, save_checkpoint, training_checkpoint
-from vqmnist.data import epoch_batches, images_to_inputs
-from vqmnist.loop import Validation
-from vqmnist.processes import Processes
-from vqmnist.run_log import NUM_FIXED_IMAGES, NoWriter, decoder_nll_bits_per_dim, log_validation
-from vqmnist.scores import score_reconstructions
+from pixel_distributions import images_to_inputs
+from vqmnist.checkpoints.format import RunState, save_checkpoint, training_checkpoint
+from vqmnist.io.data import epoch_batches
+from vqmnist.running.loop import Validation
+from vqmnist.running.processes import Processes
+from vqmnist.running.run_log import NUM_FIXED_IMAGES, NoWriter, decoder_nll_bits_per_dim, log_validation
+from vqmnist.scores.reconstructions import CODE_STATISTICS, score_reconstructions
 
 VALIDATION_BATCH_SIZE = 1000
 

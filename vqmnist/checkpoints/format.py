@@ -8,7 +8,7 @@ Four kinds of file, all plain dicts read with torch.load(..., weights_only=True)
   PRIOR_TRAINING_KEYS, everything a --resume of the prior needs;
 - an exported model (export_model.py): MODEL_KEYS and "prior", without what only --resume needs.
 generate.py and evaluate.py read any but the prior's training checkpoint, since each holds MODEL_KEYS; modules.py
-rebuilds the autoencoder from one (`modules.load_model`).
+rebuilds the autoencoder from one (`vqmnist.checkpoints.loading.load_model`).
 """
 import math
 import pickle
@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from vqmnist.checkpoint_checks import DAMAGED, check_plain_values, check_weights
-from vqmnist.data import DATASETS, NUM_CLASSES
-from vqmnist.errors import UserError, shown
-from vqmnist.files import read_torch_quietly, save_torch
-from vqmnist.limits import check_size
-from vqmnist.prior import CodePrior, PriorConfig
+from prior import CodePrior, PriorConfig
+from vqmnist.checkpoints.checks import DAMAGED, check_plain_values, check_weights
+from vqmnist.configuration.errors import UserError, shown
+from vqmnist.configuration.limits import check_size
+from vqmnist.io.data import DATASETS, NUM_CLASSES
+from vqmnist.io.files import read_torch_quietly, save_torch
 
 # Format 1: the files of before this number existed, with the flags' older names in "args". Format 2: one flat
 # model config holding every bottleneck's fields, the bottleneck's weights under "quantizer.", "best_recon_loss".

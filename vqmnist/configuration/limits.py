@@ -1,25 +1,19 @@
 """The largest sizes and values a flag or a file may ask for: what a run on one machine can honour."""
 import os
 from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from options import StepCost
+
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes 64 bits
-MAX_CODES = 2 ** 17  # K: a codebook, FSQ's product of levels, the prior's vocabulary
 # Values (weights and buffers) an autoencoder or a prior from a flag or a file may hold: 256 MB of float32.
 MAX_MODEL_VALUES = 2 ** 26
-MAX_WIDTH = 2 ** 16  # channels, code dimensions, a transformer's width: each size of one layer
-MAX_DEPTH = 256  # residual blocks, transformer layers
-MAX_CODE_LEVELS = 8  # codes per position: a residual VQ's codebooks; the prior reads levels x positions codes
-MAX_GRID_SIDE = 28  # a code grid is never larger than the image
-MAX_CLASSES = 1000
 MAX_BATCH = 4096  # images or grids of one training step: more would not fit a laptop's memory at the default sizes
 MAX_SCORING_BATCH = 10_000  # images of one batch without gradients (scoring)
 MAX_VALIDATION = 59_999  # of MNIST's 60,000 training images, at least one is left to train on
 MAX_LEARNING_RATE = 10.0
-MAX_LOSS_WEIGHT = 1e6  # --beta, --kl-weight, --restart-threshold: far beyond any useful value, still finite
 MAX_EPOCHS = 100_000
 MAX_STEPS_BETWEEN_LOGS = 1_000_000
 MAX_SECONDS = 10 ** 8  # --time-limit: three years
@@ -35,13 +29,6 @@ MAX_GUIDANCE = 100.0
 # laptop CPU's work at worst. Larger settings are refused before the first step, which nothing could stop sooner.
 MAX_STEP_VALUES = 2 ** 27
 MAX_STEP_OPERATIONS = 10 ** 10
-
-
-class StepCost(NamedTuple):
-    """What one training step of a bottleneck costs, estimated from its shapes (Bottleneck.step_cost)."""
-
-    values: int  # of the largest tensor it makes
-    operations: int  # multiply-adds, its first step's initialisation included
 
 
 def check_step_cost(cost: StepCost, what: str) -> None:

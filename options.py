@@ -4,12 +4,30 @@ and a typed flag alike.
 A config dataclass (a bottleneck's, the autoencoder's, the prior's) makes each field with `option`, giving its rule
 (`Rule`: the kind of value and its bounds or choices) and, for one the command line sets, its flag and help.
 `check_options` holds every field of a config to its rule (ValueError naming the field), so a bad checkpoint fails in
-one line; `vqmnist.cli.add_option_flags` makes the flags from the same fields, so a typed flag is held to the same
+one line; `vqmnist.configuration.cli.add_option_flags` makes the flags from the same fields, so a typed flag is held to the same
 rule. A setting several configs share is a `SharedOption`, so that one flag sets all of them.
 """
 import math
 from dataclasses import Field, dataclass, field, fields
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, NamedTuple
+
+
+# The largest sizes a model's settings may ask for, so that a flag or a checkpoint cannot ask for more than one machine
+# builds; the run's own limits are vqmnist/configuration/limits.py.
+MAX_CODES = 2 ** 17  # K: a codebook, FSQ's product of levels, the prior's vocabulary
+MAX_WIDTH = 2 ** 16  # channels, code dimensions, a transformer's width: each size of one layer
+MAX_DEPTH = 256  # residual blocks, transformer layers
+MAX_CODE_LEVELS = 8  # codes per position: a residual VQ's codebooks; the prior reads levels x positions codes
+MAX_GRID_SIDE = 28  # a code grid is never larger than the image
+MAX_CLASSES = 1000
+MAX_LOSS_WEIGHT = 1e6  # --beta, --kl-weight, --restart-threshold: far beyond any useful value, still finite
+
+
+class StepCost(NamedTuple):
+    """What one training step of a bottleneck costs, estimated from its shapes (Bottleneck.step_cost)."""
+
+    values: int  # of the largest tensor it makes
+    operations: int  # multiply-adds, its first step's initialisation included
 
 
 @dataclass(frozen=True)

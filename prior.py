@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqmnist.data import images_to_inputs
-from vqmnist.limits import MAX_CLASSES, MAX_CODE_LEVELS, MAX_CODES, MAX_DEPTH, MAX_GRID_SIDE, MAX_WIDTH
-from vqmnist.options import UNIT_INTERVAL, check_options, integer, number, option
+from options import (MAX_CLASSES, MAX_CODES, MAX_CODE_LEVELS, MAX_DEPTH, MAX_GRID_SIDE, MAX_WIDTH, UNIT_INTERVAL,
+                     check_options, integer, number, option)
+from pixel_distributions import images_to_inputs
 
 # Sampling defaults of generate.py and evaluate.py, and of the samples TensorBoard shows; see CodePrior.sample.
 SAMPLING_TEMPERATURE = 1.0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vqmnist.errors import UserError, disk_full
+from vqmnist.configuration.errors import UserError, disk_full
 
 
 @contextlib.contextmanager

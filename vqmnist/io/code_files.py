@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vqmnist.errors import UserError
-from vqmnist.files import read_torch_quietly
+from vqmnist.configuration.errors import UserError
+from vqmnist.io.files import read_torch_quietly
 
 CODE_GRID_SIDE = 7  # a code grid is (7, 7): the latent grid of a 28x28 digit
 TORCH_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from vqmnist.errors import UserError, shown
-from vqmnist.limits import MAX_EPOCHS
+from vqmnist.configuration.errors import UserError, shown
+from vqmnist.configuration.limits import MAX_EPOCHS
 
 DAMAGED = "the file was edited or damaged; use a checkpoint vqvae.py wrote, or start a new run with --overwrite"
 # A CPU generator's state: torch.get_rng_state() and torch.Generator().get_state() are uint8 tensors of this shape.

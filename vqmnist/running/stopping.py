@@ -1,4 +1,5 @@
 """Stopping a run cleanly: Ctrl-C, SIGTERM or the --time-limit are noted; the loop saves and stops at its next step."""
+import contextlib
 import math
 import signal
 import time
@@ -7,21 +8,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from vqmnist.errors import RunStopped
-from vqmnist.processes import distributed
+from vqmnist.configuration.errors import RunStopped
+from vqmnist.running.processes import distributed
 
 
 class StepInterrupted(Exception):
-    """Raised from within a long training step (a codebook's k-means++ seeding) that saw a stop: the step is
-    abandoned, having changed nothing the run saves."""
-
-
-_ACTIVE: list["StopOnSignal"] = []  # the StopOnSignal blocks in force in this process, innermost last
-
-
-def stop_requested() -> bool:
-    """Whether the innermost StopOnSignal in force has noted a stop: for long work within one step to look at."""
-    return bool(_ACTIVE) and _ACTIVE[-1].requested()
+    """Raised by a signal within a step that may be abandoned (`StopOnSignal.abandonable`): the first step of a run,
+    which may seed a codebook for long and has nothing saved to lose."""
 
 
 class StopOnSignal:
@@ -32,19 +25,32 @@ class StopOnSignal:
         self.deadline = deadline
         self.received = None  # the signal, if one came
         self.timed_out = False
+        self.abandoning = False  # within a step a signal abandons at once
 
     def __enter__(self):
         self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        _ACTIVE.append(self)
         return self
 
     def handle(self, signum, frame):
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum)
+        if self.abandoning:
+            raise StepInterrupted
+
+    @contextlib.contextmanager
+    def abandonable(self, allowed: bool):
+        """Where allowed, a signal within the block (or one already noted) raises StepInterrupted at once instead of
+        waiting for the step's end; elsewhere the block runs as it would without this."""
+        if allowed and self.received is not None:
+            raise StepInterrupted
+        self.abandoning = allowed
+        try:
+            yield
+        finally:
+            self.abandoning = False
 
     def __exit__(self, *exc):
-        _ACTIVE.remove(self)
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 

@@ -1,0 +1,1 @@
+"""How good a model is: its reconstructions, its samples by the judge, and bits per dimension."""
