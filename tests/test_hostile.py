@@ -21,7 +21,7 @@ from vqmnist.checkpoints.loading import load_model
 from vqmnist.configuration import training_flags
 from vqmnist.configuration.errors import RunStopped, UserError
 from vqmnist.configuration.limits import MAX_MODEL_VALUES
-from vqmnist.scores.samples import samples as scores
+from vqmnist.scores import samples as scores
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,7 +24,8 @@ from helpers import assert_same_weights, fail_on_call, signal_on_call, tiny_run_
 from options import StepCost
 import vector_quantizer
 from vqmnist.checkpoints.checks import DAMAGED
-from vqmnist.checkpoints.format import format as checkpoints, save_checkpoint
+from vqmnist.checkpoints import format as checkpoints
+from vqmnist.checkpoints.format import save_checkpoint
 from vqmnist.checkpoints.loading import load_model
 from vqmnist.configuration import training_flags
 from vqmnist.configuration.errors import RunStopped, UserError

@@ -225,7 +225,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_mnist, 
 
 SLOW_SAVE = textwrap.dedent("""
     import sys, time, torch
-    from vqmnist.checkpoints.format import format as checkpoints
+    from vqmnist.checkpoints import format as checkpoints
     real_save = torch.save
     def slow_save(obj, file):
         real_save(obj, file)
