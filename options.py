@@ -122,10 +122,12 @@ SWITCH = Rule(bool)
 UNIT_INTERVAL = number(0, 1, below_high=True)
 
 
-def option(default, rule: Rule, flag: str | None = None, help: str | None = None, shared=None) -> Field:
+def option(default, rule: Rule, flag: str | None = None, help: str | None = None, shared=None,
+           dest: str | None = None) -> Field:
     """A config field with its rule and, where the command line sets it, its flag and help (the default is added
-    to the help). `shared` is the SharedOption that made it."""
-    return field(default=default, metadata={"rule": rule, "flag": flag, "help": help, "shared": shared})
+    to the help). `shared` is the SharedOption that made it; `dest` the flag's attribute on the parsed arguments,
+    where it is not the field's name (the prior's `epochs` is --prior-epochs, `prior_epochs`)."""
+    return field(default=default, metadata={"rule": rule, "flag": flag, "help": help, "shared": shared, "dest": dest})
 
 
 class SharedOption:
@@ -148,6 +150,19 @@ def shown(value) -> str:
 def option_fields(config_type) -> list[Field]:
     """The fields of a config made with `option`."""
     return [item for item in fields(config_type) if "rule" in item.metadata]
+
+
+def flag_dest(item: Field, prefix: str = "") -> str:
+    """The attribute of the parsed arguments that holds a field's flag: its `dest`, or prefix + its name."""
+    return item.metadata["dest"] or prefix + item.name
+
+
+def from_flags(config_type, args, prefix: str = "", **given):
+    """The config of the parsed arguments `args` (any object with the flags' attributes): each option field from
+    its flag's attribute where args has it, else its default; `given` sets fields by name outright."""
+    values = {item.name: getattr(args, flag_dest(item, prefix)) for item in option_fields(config_type)
+              if hasattr(args, flag_dest(item, prefix)) and item.name not in given}
+    return config_type(**values, **given)
 
 
 def check_options(config) -> None:

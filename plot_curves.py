@@ -29,7 +29,8 @@ AUTOENCODER_PANELS = [
 ]
 PRIOR_PANEL = ("prior: negative log-likelihood (bits per code)", "prior step", False,
                [("prior/train_nll_bits", "train"), ("prior/val_nll_bits", "validation, with the class"),
-                ("prior/val_nll_bits_unconditional", "validation, without")])
+                ("prior/val_nll_bits_no_class_token", "validation, with the no-class token"),
+                ("prior/val_nll_bits_unconditional", "validation, with the no-class token")])  # its tag before format 4
 # Validation curves that are not a bottleneck's health figure, or that its perplexity panel already says.
 NOT_HEALTH = {"mse_pixels", "ssim", *CODE_STATISTICS} - {"perplexity"}
 

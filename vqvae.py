@@ -26,32 +26,26 @@ import argparse
 import math
 import shlex
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
-from modules import BOTTLENECKS, VQVAE
-from prior import CodePrior
-from vqmnist.checkpoints.checks import check_optimizer, check_place
-from vqmnist.checkpoints.format import (RunState, load_checkpoint, restore_training, restore_training_state,
-                                        stored_prior, trained_dataset)
-from vqmnist.checkpoints.loading import load_model
+from modules import BOTTLENECKS
+from options import from_flags
+from vqmnist.checkpoints.format import RunState, load_checkpoint
 from vqmnist.configuration.cli import run_cli
 from vqmnist.configuration.errors import UserError, running_out_is_a_user_error
 from vqmnist.configuration.training_flags import (build_parser, check_request, check_resumed, check_resumed_flags,
-                                                  load_prior_state, model_config, prior_config, prior_settings,
-                                                  resume_args, size_flags, training_settings)
+                                                  load_prior_state, model_config, prior_config, resume_args,
+                                                  size_flags)
 from vqmnist.io.data import Splits, load_splits, shard_size
-from vqmnist.running.autoencoder_task import AutoencoderTask, make_optimizer, make_schedule
+from vqmnist.running.autoencoder_task import AutoencoderTask, TrainingSettings
 from vqmnist.running.loop import LoopSettings, train_epochs
 from vqmnist.running.machine import ThreadChooser, keep_freed_memory, native_bf16
-from vqmnist.running.prior_task import (PriorSettings, PriorTask, encode_splits, make_prior_optimizer,
-                                        make_prior_schedule, resumable)
+from vqmnist.running.prior_task import PriorSettings, PriorTask, resumable
 from vqmnist.running.processes import Processes, process_group
 from vqmnist.running.run_folder import hold_run_folder, make_folder, prepare_run_folders, run_folders
 from vqmnist.running.run_log import NoWriter, RunFigures
@@ -103,12 +97,12 @@ class RunPlan(NamedTuple):
     """What a run does, decided once from its flags and the files of models/NAME before anything trains."""
 
     args: argparse.Namespace  # the flags it trains with: a --resume's are its checkpoint's
-    splits: Splits | None  # the autoencoder's; None where the prior reads best.pt's own
-    autoencoder: bool  # the autoencoder trains
-    autoencoder_resumed: dict | None  # last.pt, where the autoencoder goes on from it
-    prior: bool  # the prior trains, on process 0, once the autoencoder is done
-    prior_resumed: dict | None  # prior_last.pt, where the prior goes on from it
-    note: str  # what a --resume found, when that is not plain
+    splits: Splits | None = None  # the autoencoder's; None where the prior reads best.pt's own
+    autoencoder: bool = False  # the autoencoder trains
+    autoencoder_resumed: dict | None = None  # last.pt, where the autoencoder goes on from it
+    prior: bool = False  # the prior trains, on process 0, once the autoencoder is done
+    prior_resumed: dict | None = None  # prior_last.pt, where the prior goes on from it
+    note: str = ""  # what a --resume found, when that is not plain
 
 
 def plan_run(args, processes: Processes, splits: Splits | None) -> RunPlan:
@@ -118,137 +112,40 @@ def plan_run(args, processes: Processes, splits: Splits | None) -> RunPlan:
     where it has none or another autoencoder's. Called with models/NAME held."""
     model_dir = run_folders(args.output_folder).model_dir
     last, best, prior_last = model_dir / "last.pt", model_dir / "best.pt", model_dir / "prior_last.pt"
-    wants_prior = bool(args.prior_epochs) and BOTTLENECKS[args.bottleneck].discrete and processes.rank == 0
     if args.prior_only:
-        return RunPlan(args, None, False, None, True, None, "")
-    if not args.resume:
-        return RunPlan(args, splits, True, None, wants_prior, None, "")
-    if not last.is_file():  # the prior alone trained here, with --prior-only
+        return RunPlan(args, prior=True)
+    if args.resume and not last.is_file():  # the prior alone trained here, with --prior-only
         if not best.is_file():
             raise missing_best(model_dir)
         resumed = load_prior_state(prior_last)
         if resumable(resumed, load_checkpoint(best)):
-            return RunPlan(args, None, False, None, True, resumed, "")
-        return RunPlan(args, None, False, None, False, None, f"{prior_last} already finished its prior epochs; "
-                                                             "nothing to do")
-    args, resumed = resume_args(args, build_parser())
-    check_resumed_flags(args, last)
+            return RunPlan(args, prior=True, prior_resumed=resumed)
+        return RunPlan(args, note=f"{prior_last} already finished its prior epochs; nothing to do")
+    resumed = None
+    if args.resume:
+        args, resumed = resume_args(args, build_parser())
+        check_resumed_flags(args, last)
+        splits = training_splits(args, processes.world_size)  # its --val-size is the checkpoint's
+        check_resumed(resumed, args)
     wants_prior = bool(args.prior_epochs) and BOTTLENECKS[args.bottleneck].discrete and processes.rank == 0
-    splits = training_splits(args, processes.world_size)  # its --val-size is the checkpoint's
-    check_resumed(resumed, args, math.ceil(shard_size(len(splits.train_images), processes.world_size)
-                                           / args.batch_size))
-    if resumed["epoch"] < args.num_epochs:
-        return RunPlan(args, splits, True, resumed, wants_prior, None, "")
+    if resumed is None or resumed["epoch"] < args.num_epochs:
+        return RunPlan(args, splits, autoencoder=True, autoencoder_resumed=resumed, prior=wants_prior)
     finished = f"{last} already finished its {args.num_epochs} epochs"
     if not wants_prior:
-        return RunPlan(args, splits, False, None, False, None, f"{finished}; nothing to do" if processes.rank == 0
-                       else "")
+        return RunPlan(args, splits, note=f"{finished}; nothing to do" if processes.rank == 0 else "")
     if not best.is_file():
         raise missing_best(model_dir)
     best_checkpoint, prior_resumed = load_checkpoint(best), load_prior_state(prior_last)
     if resumable(prior_resumed, best_checkpoint):
-        return RunPlan(args, splits, False, None, True, prior_resumed, "")
+        return RunPlan(args, splits, prior=True, prior_resumed=prior_resumed)
     if "prior" in best_checkpoint and prior_resumed is not None \
             and prior_resumed["autoencoder_step"] == best_checkpoint["step"]:
-        return RunPlan(args, splits, False, None, False, None,
-                       f"{finished} and its prior its {prior_resumed['settings']['epochs']}; nothing to do")
+        return RunPlan(args, splits, note=f"{finished} and its prior its {prior_resumed['settings']['epochs']}; "
+                                          "nothing to do")
     why = ("it has no prior yet" if "prior" not in best_checkpoint else
            f"{prior_last}, which says where its prior stood, is missing" if prior_resumed is None else
            f"{prior_last} is the prior of another autoencoder")
-    return RunPlan(args, splits, False, None, True, None, f"{finished}, but {why}: training its prior from its start")
-
-
-def set_up_autoencoder(args, processes: Processes, splits: Splits, resumed: dict | None,
-                       writer: SummaryWriter) -> tuple[AutoencoderTask, RunState]:
-    """The model (wrapped by DDP and torch.compile where asked), its optimizer and schedule as the autoencoder's
-    task, and where the run stands: at its start, or where the --resume checkpoint left it."""
-    rank, world_size, device = processes
-    model_dir = run_folders(args.output_folder).model_dir
-    settings = training_settings(args)
-    # The training set lives in memory as one uint8 tensor, on the training device unless workers read it.
-    train_images = splits.train_images.to(device if args.num_workers == 0 else "cpu")
-    torch.manual_seed(args.seed)
-    model = VQVAE(model_config(args)).to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # before DDP, which must see the final parameters
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed 28x28 shapes: let cuDNN pick its fastest kernels once
-    # DDP averages the gradients over the processes; the bottleneck keeps its own state in step itself.
-    forward = model
-    if world_size > 1:
-        forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    # The compiled module shares the plain one's parameters and buffers; checkpoints save the plain one.
-    forward = torch.compile(forward) if args.compile else forward
-    optimizer = make_optimizer(model, settings.lr)
-    steps_per_epoch = math.ceil(shard_size(len(train_images), world_size) / settings.batch_size)
-    schedule = make_schedule(optimizer, settings, steps_per_epoch)
-    shuffle_generator = torch.Generator().manual_seed(settings.seed)
-    state = RunState()
-    if resumed is not None:
-        check_optimizer(optimizer, resumed["optimizer"], model_dir / "last.pt")
-        state = restore_training(resumed, model, optimizer, schedule, device)
-        shuffle_generator.set_state(state.shuffle_rng)
-        if state.best_epoch and not (model_dir / "best.pt").is_file():
-            if rank == 0:
-                print(f"{model_dir / 'best.pt'} is missing, and with it epoch {state.best_epoch}'s autoencoder: "
-                      "best.pt will be the best of the epochs still to train")
-            state.best_score, state.best_epoch = math.inf, 0
-    task = AutoencoderTask(model=model, forward=forward, optimizer=optimizer, schedule=schedule,
-                           shuffle_generator=shuffle_generator, train_images=train_images,
-                           val_images=splits.val_images, settings=settings, processes=processes,
-                           steps_per_epoch=steps_per_epoch, model_dir=model_dir, flags=vars(args),
-                           resume_command=resume_command(args.output_folder), writer=writer)
-    return task, state
-
-
-def set_up_prior(args, device: torch.device, splits: Splits | None, resumed: dict | None,
-                 writer: SummaryWriter) -> tuple[PriorTask, RunState]:
-    """The prior of --prior-* (its number of codes and grid size the autoencoder's), its optimizer and schedule as
-    its task on the code grids of best.pt's autoencoder, and where it stands: at its start, or where `resumed`
-    (prior_last.pt, with its own settings and config) left it. `splits` are the autoencoder's own (its --val-size;
-    None: read as best.pt's flags say), so the prior is validated on grids it did not train on."""
-    model_dir = run_folders(args.output_folder).model_dir
-    best_path, last_path = model_dir / "best.pt", model_dir / "prior_last.pt"
-    # The checkpoint stays on the CPU, since it is written back with the new prior; the old one is not read.
-    autoencoder, _, best_checkpoint, _ = load_model(best_path, "cpu", with_prior=False)
-    autoencoder.to(device)
-    if not autoencoder.discrete:
-        raise UserError(f"{best_path} has a continuous bottleneck ({autoencoder.config.bottleneck}): it has no codes "
-                        "for a prior to model, and samples its latents from its own prior (python generate.py "
-                        "--input random)")
-    if splits is None:
-        splits = load_splits(args.data_folder, best_checkpoint["args"].get("val_size", args.val_size),
-                             trained_dataset(best_checkpoint, best_path))
-    codes = encode_splits(autoencoder, splits, device)
-    settings, config = prior_settings(args), prior_config(args)
-    if resumed is not None:
-        settings = PriorSettings(**resumed["settings"])  # checked as their flags by load_prior_state
-        config = stored_prior(resumed["prior"], last_path, autoencoder).config
-    else:
-        config = replace(config, num_embeddings=autoencoder.bottleneck.num_embeddings,
-                         levels=autoencoder.bottleneck.code_levels, grid_size=codes.train_codes.shape[-1])
-    steps_per_epoch = math.ceil(len(codes.train_codes) / settings.batch_size)
-    if resumed is not None:
-        check_place(resumed, last_path, settings.epochs, steps_per_epoch)
-    # The prior's first weights and draws come from its seed alone, not from wherever the autoencoder's training left
-    # the generators: a run stopped between the two then starts the prior exactly as the unbroken run did.
-    torch.manual_seed(settings.seed)
-    prior = CodePrior(config).to(device)
-    prior.class_frequencies.copy_(torch.bincount(codes.train_labels, minlength=config.num_classes)
-                                  / len(codes.train_labels))
-    optimizer = make_prior_optimizer(prior, settings.lr)
-    schedule = make_prior_schedule(optimizer, settings.epochs * steps_per_epoch)
-    task = PriorTask(prior, optimizer, schedule, torch.Generator().manual_seed(settings.seed), codes,
-                     splits.train_images.to(device), settings, autoencoder, best_checkpoint, best_path, last_path,
-                     resume_command(args.output_folder), writer)
-    state = RunState()
-    if resumed is not None:
-        check_optimizer(optimizer, resumed["optimizer"], last_path, "prior's optimizer state")
-        prior.load_state_dict(resumed["prior"]["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        state = restore_training_state(resumed["training"], resumed["epoch"], resumed["step"], schedule, device)
-        task.shuffle_generator.set_state(state.shuffle_rng)
-    return task, state
+    return RunPlan(args, splits, prior=True, note=f"{finished}, but {why}: training its prior from its start")
 
 
 def announce(task: AutoencoderTask, state: RunState, args) -> None:
@@ -292,54 +189,6 @@ def best_line(best: Path, best_epoch: int, last: Path) -> str:
             f"autoencoder (python generate.py --model {shlex.quote(str(last))} --input MNIST --filename recon)")
 
 
-def train_autoencoder(args, processes: Processes, plan: RunPlan, writer: SummaryWriter, figures: RunFigures,
-                      deadline: float) -> VQVAE:
-    """The autoencoder's epochs, from its start or from where the plan's last.pt left it."""
-    rank, world_size, device = processes
-    task, state = set_up_autoencoder(args, processes, plan.splits, plan.autoencoder_resumed, writer)
-    announce(task, state, args)
-    if plan.autoencoder_resumed is None:
-        figures.start("autoencoder")
-    started = time.perf_counter()
-    with StopOnSignal(deadline) as stop, running_out_is_a_user_error(
-            f"lower --batch-size (now {args.batch_size}), {size_flags(args.bottleneck)} and start again with "
-            "--overwrite", task.last_path, "--resume"):
-        train_epochs(task, state, LoopSettings(args.num_epochs, args.log_interval, device, rank == 0, world_size),
-                     stop, writer, figures, ThreadChooser.for_training(device, args.threads))
-    if world_size > 1:
-        dist.barrier()  # the others leave only once process 0 has written the last checkpoint
-    seconds = time.perf_counter() - started
-    figures.finished("autoencoder", seconds=seconds, best_epoch=state.best_epoch)
-    if rank == 0:
-        print(f"autoencoder trained in {seconds:.0f} s; "
-              f"{best_line(task.model_dir / 'best.pt', state.best_epoch, task.last_path)}")
-    return task.model
-
-
-def train_prior(args, device: torch.device, plan: RunPlan, writer: SummaryWriter, figures: RunFigures,
-                deadline: float) -> None:
-    """The prior's epochs on the codes of best.pt's autoencoder, from its start or from where the plan's
-    prior_last.pt left it; the best epoch's prior goes into best.pt."""
-    model_dir = run_folders(args.output_folder).model_dir
-    if not (model_dir / "best.pt").is_file():
-        raise missing_best(model_dir)
-    started = time.perf_counter()
-    with StopOnSignal(deadline) as stop, running_out_is_a_user_error(
-            f"lower --prior-batch-size (now {args.prior_batch_size})", model_dir / "prior_last.pt",
-            "--resume" if (model_dir / "last.pt").is_file() else "--prior-only"):
-        task, state = set_up_prior(args, device, plan.splits, plan.prior_resumed, writer)
-        if plan.prior_resumed is None:
-            task.last_path.unlink(missing_ok=True)  # an earlier prior's state, which this one replaces
-            figures.start("prior")
-        announce_prior(task, state, plan.prior_resumed is not None)
-        train_epochs(task, state, LoopSettings(task.settings.epochs, task.settings.log_interval, device), stop,
-                     writer, figures, ThreadChooser.for_training(device, args.threads))
-    seconds = time.perf_counter() - started
-    figures.finished("prior", seconds=seconds, best_epoch=state.best_epoch)
-    print(f"prior ({seconds:.0f} s, codes included) saved in {task.best_path}; next: python generate.py --model "
-          f"{shlex.quote(str(task.best_path))} --input random --filename samples")
-
-
 def main(args):
     """Train as the command line says: the plan's autoencoder, then its prior. Returns the trained autoencoder (None
     when it did not train)."""
@@ -374,9 +223,46 @@ def main(args):
             writer = SummaryWriter(log_dir, purge_step=purge_step) if rank == 0 else NoWriter()
             figures = RunFigures(model_dir, fresh=plan.autoencoder and plan.autoencoder_resumed is None,
                                  enabled=rank == 0)
-            model = train_autoencoder(args, processes, plan, writer, figures, deadline) if plan.autoencoder else None
+            threads = ThreadChooser.for_training(device, args.threads)
+            model = None
+            if plan.autoencoder:
+                task, state = AutoencoderTask.build(
+                    model_config(args), from_flags(TrainingSettings, args), processes, plan.splits, model_dir,
+                    flags=vars(args), resume_command=resume_command(args.output_folder), writer=writer,
+                    resumed=plan.autoencoder_resumed)
+                announce(task, state, args)
+                figures.start("autoencoder", resumed=plan.autoencoder_resumed is not None)
+                with StopOnSignal(deadline) as stop, running_out_is_a_user_error(
+                        f"lower --batch-size (now {args.batch_size}), {size_flags(args.bottleneck)} and start again "
+                        "with --overwrite", task.last_path, "--resume"):
+                    train_epochs(task, state, LoopSettings(args.num_epochs, args.log_interval, device, rank == 0,
+                                                           world_size), stop, writer, figures, threads)
+                if world_size > 1:
+                    dist.barrier()  # the others leave only once process 0 has written the last checkpoint
+                seconds = figures.finished("autoencoder", best_epoch=state.best_epoch)
+                if rank == 0:
+                    print(f"autoencoder trained in {seconds:.0f} s; "
+                          f"{best_line(model_dir / 'best.pt', state.best_epoch, task.last_path)}")
+                model = task.model
             if plan.prior:
-                train_prior(args, device, plan, writer, figures, deadline)
+                if not (model_dir / "best.pt").is_file():
+                    raise missing_best(model_dir)
+                figures.start("prior", resumed=plan.prior_resumed is not None)
+                with StopOnSignal(deadline) as stop, running_out_is_a_user_error(
+                        f"lower --prior-batch-size (now {args.prior_batch_size})", model_dir / "prior_last.pt",
+                        "--resume" if (model_dir / "last.pt").is_file() else "--prior-only"):
+                    task, state = PriorTask.build(
+                        from_flags(PriorSettings, args), prior_config(args), device, model_dir, plan.splits,
+                        args.data_folder, args.val_size, resume_command(args.output_folder), writer,
+                        resumed=plan.prior_resumed)
+                    if plan.prior_resumed is None:
+                        task.last_path.unlink(missing_ok=True)  # an earlier prior's state, which this one replaces
+                    announce_prior(task, state, plan.prior_resumed is not None)
+                    train_epochs(task, state, LoopSettings(task.settings.epochs, task.settings.log_interval, device),
+                                 stop, writer, figures, threads)
+                seconds = figures.finished("prior", best_epoch=state.best_epoch)
+                print(f"prior ({seconds:.0f} s, codes included) saved in {task.best_path}; next: python generate.py "
+                      f"--model {shlex.quote(str(task.best_path))} --input random --filename samples")
             writer.close()
     return model
 

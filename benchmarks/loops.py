@@ -62,7 +62,7 @@ def autoencoder_plain(data_folder: Path, batch_size: int, device: torch.device) 
 
 
 def autoencoder_project(images: Tensor, batch_size: int, device: torch.device, settings: ProjectSettings) -> Loop:
-    """vqvae.py's loop: the uint8 training set on the device, batches cut by index, autoencoder_training.training_step."""
+    """vqvae.py's loop: the uint8 training set on the device, batches cut by index, autoencoder_task.training_step."""
     images = images.to(device)
     torch.manual_seed(0)
     model = VQVAE(VQVAEConfig()).to(device)
@@ -143,7 +143,7 @@ def prior_plain(config: PriorConfig, batch_size: int, device: torch.device) -> L
 
 
 def prior_project(config: PriorConfig, batch_size: int, device: torch.device, amp: bool) -> Loop:
-    """vqvae.py's prior loop: prior.CodePrior and prior_training.prior_step."""
+    """vqvae.py's prior loop: prior.CodePrior and prior_task.prior_step."""
     torch.manual_seed(0)
     prior = CodePrior(config).to(device)
     optimizer = make_prior_optimizer(prior, lr=1e-3)

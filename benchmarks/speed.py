@@ -19,9 +19,9 @@ The loops (benchmarks/loops.py), each a fresh model of the default shape at its 
   Normalize) by a DataLoader, Adam, the loss read back with .item() every step;
 - autoencoder, project: vqvae.py's, the uint8 training set in memory, batches cut by index, bf16 autocast where
   the device computes bf16 in hardware (machine.native_bf16), channels-last, fused Adam, glibc keeping freed
-  memory (machine.keep_freed_memory), and autoencoder_training.training_step, which never waits for the device;
+  memory (machine.keep_freed_memory), and autoencoder_task.training_step, which never waits for the device;
 - prior, plain: the prior's size as nn.TransformerEncoder with a causal mask, AdamW, .item() every step, float32;
-- prior, project: vqvae.py's, prior.CodePrior and prior_training.prior_step (bf16 autocast as above).
+- prior, project: vqvae.py's, prior.CodePrior and prior_task.prior_step (bf16 autocast as above).
 Each is timed --repeats times over --steps steps after --warmup untimed ones, the plain loops first (the memory
 setting lasts for the process); the median counts. --beside-busy then times each project loop again while a
 process spins on one core, as another program on a shared laptop would.
@@ -53,7 +53,7 @@ from benchmarks.scripts import run_script
 from prior import PriorConfig
 from vqmnist.io.data import load_mnist
 from vqmnist.running.machine import ThreadChooser, keep_freed_memory, native_bf16
-from vqmnist.running.prior_task import DEFAULT_PRIOR_BATCH_SIZE
+from vqmnist.running.prior_task import PriorSettings
 from vqmnist.running.run_log import read_run_figures
 
 TRAIN_IMAGES = 60_000  # the reference trains on the whole training set each epoch
@@ -328,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Each training loop's speed and FLOP rate against the machine's.")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per autoencoder batch (default: 64)")
-    parser.add_argument("--prior-batch-size", type=int, default=DEFAULT_PRIOR_BATCH_SIZE,
-                        help=f"code grids per prior batch (default: {DEFAULT_PRIOR_BATCH_SIZE})")
+    parser.add_argument("--prior-batch-size", type=int, default=PriorSettings.batch_size,
+                        help=f"code grids per prior batch (default: {PriorSettings.batch_size})")
     parser.add_argument("--steps", type=int, default=200, help="timed steps per repeat (default: 200)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (default: 20)")
     parser.add_argument("--repeats", type=int, default=3, help="timings per loop; the median counts (default: 3)")

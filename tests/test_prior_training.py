@@ -36,7 +36,7 @@ def test_prior_is_trained_after_the_autoencoder_logged_and_stored_in_best(tiny_m
     events = EventAccumulator("logs/tiny", size_guidance={"images": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ("prior/train_nll_bits", "prior/val_nll_bits", "prior/val_nll_bits_unconditional"):
+    for tag in ("prior/train_nll_bits", "prior/val_nll_bits", "prior/val_nll_bits_no_class_token"):
         assert tag in tags["scalars"], tag
     assert "prior/samples" in tags["images"]
     # 256 training grids in batches of 64, a point per step (--log-interval 1).

@@ -23,13 +23,13 @@ import generate
 from helpers import assert_same_weights, fail_on_call, signal_on_call, tiny_run_in, train_tiny
 from options import StepCost
 import vector_quantizer
-from vqmnist.checkpoints.checks import DAMAGED
 from vqmnist.checkpoints import format as checkpoints
+from vqmnist.checkpoints.checks import DAMAGED
 from vqmnist.checkpoints.format import save_checkpoint
 from vqmnist.checkpoints.loading import load_model
 from vqmnist.configuration import training_flags
 from vqmnist.configuration.errors import RunStopped, UserError
-from vqmnist.running import autoencoder_task as autoencoder_training, prior_task as prior_training
+from vqmnist.running import autoencoder_task, prior_task
 from vqmnist.running.run_folder import hold_run_folder
 from vqmnist.running.stopping import StepInterrupted, StopOnSignal
 import vqvae
@@ -326,7 +326,7 @@ def test_a_run_that_dies_between_its_autoencoder_and_its_prior_resumes_to_the_un
     (tmp_path / "broken").mkdir()
     monkeypatch.chdir(tmp_path / "broken")
     with monkeypatch.context() as patch:  # the process dies while it encodes the codes, before prior_last.pt
-        fail_on_call(patch, prior_training, "encode_images", 1, RuntimeError("the machine went down"))
+        fail_on_call(patch, prior_task, "encode_images", 1, RuntimeError("the machine went down"))
         with pytest.raises(RuntimeError, match="went down"):
             train_tiny(tiny_mnist, bottleneck=bottleneck)
     assert not Path("models/tiny/prior_last.pt").exists()
@@ -371,7 +371,7 @@ def test_a_finished_run_whose_best_pt_is_gone_says_what_to_do_without_flags_it_l
 def test_a_run_whose_best_pt_is_deleted_while_it_trains_says_so_at_its_end(tiny_mnist, tmp_path, monkeypatch,
                                                                          capsys):
     monkeypatch.chdir(tmp_path)
-    original, calls = autoencoder_training.AutoencoderTask.validate, []
+    original, calls = autoencoder_task.AutoencoderTask.validate, []
 
     def validate(self, step):  # epoch 2 does no better than epoch 1, and best.pt goes while it trains
         calls.append(step)
@@ -381,7 +381,7 @@ def test_a_run_whose_best_pt_is_deleted_while_it_trains_says_so_at_its_end(tiny_
             return validation._replace(score=math.inf)
         return validation
 
-    monkeypatch.setattr(autoencoder_training.AutoencoderTask, "validate", validate)
+    monkeypatch.setattr(autoencoder_task.AutoencoderTask, "validate", validate)
     one_line_refusal(lambda: train_tiny(tiny_mnist, *TWO_EPOCHS),
                      "models/tiny/best.pt is missing, so the prior has no autoencoder to model: copy models/tiny/last.pt")
     assert "models/tiny/best.pt was deleted during the run, and no later epoch did better: models/tiny/last.pt " \
@@ -447,7 +447,7 @@ def test_a_stop_during_the_codebooks_seeding_abandons_the_first_step_and_says_no
 
 def test_running_out_of_memory_before_anything_was_saved_says_so(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    fail_on_call(monkeypatch, autoencoder_training, "training_step", 1, torch.OutOfMemoryError("CUDA out of memory."))
+    fail_on_call(monkeypatch, autoencoder_task, "training_step", 1, torch.OutOfMemoryError("CUDA out of memory."))
     message = one_line_refusal(lambda: train_tiny(tiny_mnist), "out of memory")
     assert "nothing was saved yet (models/tiny/last.pt was not written)" in message
     assert "keeps what was last saved" not in message

@@ -26,7 +26,7 @@ from vqmnist.checkpoints.format import FORMAT, load_checkpoint, save_checkpoint
 from vqmnist.configuration import training_flags
 from vqmnist.configuration.cli import run_cli
 from vqmnist.configuration.errors import RunStopped, UserError
-from vqmnist.running import autoencoder_task as autoencoder_training, stopping
+from vqmnist.running import autoencoder_task, stopping
 import vqvae
 
 TWO_EPOCHS = ("--num-epochs", "2")  # 4 steps per epoch on the tiny data
@@ -118,7 +118,7 @@ def test_time_limit_during_the_prior_keeps_the_autoencoder(tiny_mnist, tmp_path,
 def test_signal_during_validation_stops_after_the_epoch(uninterrupted, tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with monkeypatch.context() as patch:
-        signal_on_call(patch, autoencoder_training, "score_reconstructions", 1, signal.SIGTERM)
+        signal_on_call(patch, autoencoder_task, "score_reconstructions", 1, signal.SIGTERM)
         with pytest.raises(RunStopped, match="after epoch 1"):
             train_tiny(tiny_mnist, *TWO_EPOCHS)
     assert torch.load("models/tiny/last.pt", weights_only=True)["epoch"] == 1
@@ -286,7 +286,7 @@ CPU_OUT_OF_MEMORY = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAl
 
 def test_out_of_memory_in_a_step_is_one_line_naming_the_flag_and_keeps_last_pt(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    fail_on_call(monkeypatch, autoencoder_training, "training_step", 6, RuntimeError(CPU_OUT_OF_MEMORY))
+    fail_on_call(monkeypatch, autoencoder_task, "training_step", 6, RuntimeError(CPU_OUT_OF_MEMORY))
     with pytest.raises(UserError, match="out of memory while training .*lower --batch-size \\(now 64\\)") as error:
         train_tiny(tiny_mnist, *TWO_EPOCHS)
     assert "\n" not in str(error.value) and "models/tiny/last.pt keeps what was last saved" in str(error.value)
@@ -295,7 +295,7 @@ def test_out_of_memory_in_a_step_is_one_line_naming_the_flag_and_keeps_last_pt(t
 
 def test_a_run_that_fails_in_validation_keeps_the_epochs_training(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    fail_on_call(monkeypatch, autoencoder_training, "score_reconstructions", 1,
+    fail_on_call(monkeypatch, autoencoder_task, "score_reconstructions", 1,
                  torch.OutOfMemoryError("CUDA out of memory."))
     with pytest.raises(UserError, match="out of memory"):
         train_tiny(tiny_mnist, *TWO_EPOCHS)

@@ -7,8 +7,8 @@ Four kinds of file, all plain dicts read with torch.load(..., weights_only=True)
 - the prior's training checkpoint (models/NAME/prior_last.pt after every prior epoch or stop):
   PRIOR_TRAINING_KEYS, everything a --resume of the prior needs;
 - an exported model (export_model.py): MODEL_KEYS and "prior", without what only --resume needs.
-generate.py and evaluate.py read any but the prior's training checkpoint, since each holds MODEL_KEYS; modules.py
-rebuilds the autoencoder from one (`vqmnist.checkpoints.loading.load_model`).
+generate.py and evaluate.py read any but the prior's training checkpoint, since each holds MODEL_KEYS;
+`vqmnist.checkpoints.loading.load_model` rebuilds the model from one.
 """
 import math
 import pickle
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from prior import CodePrior, PriorConfig
-from vqmnist.checkpoints.checks import DAMAGED, check_plain_values, check_weights
+from vqmnist.checkpoints.checks import DAMAGED, check_optimizer, check_plain_values, check_weights
 from vqmnist.configuration.errors import UserError, shown
 from vqmnist.configuration.limits import check_size
 from vqmnist.io.data import DATASETS, NUM_CLASSES
@@ -28,11 +28,12 @@ from vqmnist.io.files import read_torch_quietly, save_torch
 
 # Format 1: the files of before this number existed, with the flags' older names in "args". Format 2: one flat
 # model config holding every bottleneck's fields, the bottleneck's weights under "quantizer.", "best_recon_loss".
-FORMAT = 3
+# Format 3: the prior's NLL given the no-class token stored as "val_nll_bits_unconditional".
+FORMAT = 4
 MODEL_KEYS = ("format", "config", "model", "epoch", "step", "val", "args")
 TRAINING_KEYS = MODEL_KEYS + ("optimizer", "training")
 EXPORT_KEYS = MODEL_KEYS + ("prior",)
-PRIOR_KEYS = ("config", "model", "epoch", "val_nll_bits", "val_nll_bits_unconditional")
+PRIOR_KEYS = ("config", "model", "epoch", "val_nll_bits", "val_nll_bits_no_class_token")
 PRIOR_TRAINING_KEYS = ("format", "prior", "optimizer", "training", "epoch", "step", "settings", "autoencoder_step")
 # Format 1 named these training flags after the flag instead of the config field they set.
 FORMAT_1_ARG_NAMES = {"k": "num_embeddings", "codebook": "codebook_update", "decay": "ema_decay",
@@ -94,17 +95,20 @@ def training_checkpoint(model: nn.Module, optimizer, schedule, state: RunState, 
             "training": training_state(state, schedule, device)}
 
 
-def restore_training(checkpoint: dict, model: nn.Module, optimizer, schedule, device: torch.device) -> RunState:
-    """Load a training checkpoint's whole state into the model, optimizer, schedule and generators."""
-    model.load_state_dict(checkpoint["model"])
+def restore_training(checkpoint: dict, weights: dict, module: nn.Module, optimizer, schedule, device: torch.device,
+                     path: Path, what: str = "optimizer state") -> RunState:
+    """Load a training checkpoint's whole state (last.pt's or prior_last.pt's): `weights` into the module, its
+    optimizer state (checked first, `what` naming it) into the optimizer, then the schedule and generators."""
+    check_optimizer(optimizer, checkpoint["optimizer"], path, what)
+    module.load_state_dict(weights)
     optimizer.load_state_dict(checkpoint["optimizer"])
     return restore_training_state(checkpoint["training"], checkpoint["epoch"], checkpoint["step"], schedule, device)
 
 
-def prior_entry(prior: CodePrior, epoch: int, val_nll_bits: float, val_nll_bits_unconditional: float) -> dict:
-    """The "prior" of best.pt (PRIOR_KEYS)."""
+def prior_entry(prior: CodePrior, epoch: int, val_nll_bits: float, val_nll_bits_no_class_token: float) -> dict:
+    """The "prior" of best.pt (PRIOR_KEYS): its validation NLL given the class, and given the no-class token."""
     return {"config": asdict(prior.config), "model": prior.state_dict(), "epoch": epoch,
-            "val_nll_bits": val_nll_bits, "val_nll_bits_unconditional": val_nll_bits_unconditional}
+            "val_nll_bits": val_nll_bits, "val_nll_bits_no_class_token": val_nll_bits_no_class_token}
 
 
 def prior_training_checkpoint(prior: CodePrior, optimizer, schedule, state: RunState, settings: dict,
@@ -147,6 +151,11 @@ def _upgrade(checkpoint: dict, path: Path) -> dict:
                                     else key): value for key, value in checkpoint["model"].items()}
         if isinstance(checkpoint.get("training"), dict) and "best_recon_loss" in checkpoint["training"]:
             checkpoint["training"]["best_score"] = checkpoint["training"].pop("best_recon_loss")
+    prior = checkpoint.get("prior")
+    if version <= 3 and isinstance(prior, dict) and "val_nll_bits_unconditional" in prior:
+        # Format 3 called the NLL given the no-class token "unconditional", the word evaluate.py keeps for the class
+        # summed out.
+        prior["val_nll_bits_no_class_token"] = prior.pop("val_nll_bits_unconditional")
     checkpoint["format"] = FORMAT
     return checkpoint
 
@@ -194,7 +203,8 @@ def load_prior_training(path: Path) -> dict | None:
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
         raise UserError(f"{path} is not a readable prior training checkpoint ({type(error).__name__}): delete it "
                         "and train the prior again with --prior-only") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT or \
+    # Format 3's prior training checkpoints hold what format 4's do.
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") not in (3, FORMAT) or \
             not all(key in checkpoint for key in PRIOR_TRAINING_KEYS):
         raise UserError(f"{path} is not a prior training checkpoint of this version: delete it and train the prior "
                         "again with --prior-only")

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 import options
-from options import Rule, option_fields, shown
+from options import Rule, flag_dest, option_fields, shown
 from vqmnist.configuration.errors import RunStopped, UserError
 from vqmnist.io.data import DATASETS
 
@@ -62,7 +62,7 @@ def run_cli(main, args: argparse.Namespace) -> None:
 
 
 def rule_type(rule: Rule):
-    """An argparse type holding a typed flag to `rule` (vqmnist.options), with its words when it breaks it."""
+    """An argparse type holding a typed flag to `rule` (options.Rule), with its words when it breaks it."""
     def parse(text: str):
         try:
             return rule.from_text(text)
@@ -86,8 +86,8 @@ unit_interval = rule_type(options.UNIT_INTERVAL)
 
 
 def add_option_flags(group, config_type, prefix: str = "", skip=()) -> list[str]:
-    """Add the flag of every field of config_type made with vqmnist.options.option that has one (and whose name is
-    not in skip): its dest prefix + the field's name, its type or choices from the field's rule, its help with the
+    """Add the flag of every field of config_type made with options.option that has one (and whose name is not in
+    skip): its dest the field's (options.flag_dest), its type or choices from the field's rule, its help with the
     default. Returns the dests added."""
     added = []
     for item in option_fields(config_type):
@@ -96,9 +96,9 @@ def add_option_flags(group, config_type, prefix: str = "", skip=()) -> list[str]
             continue
         kind = ({"action": argparse.BooleanOptionalAction} if rule.kind is bool else
                 {"choices": list(rule.choices)} if rule.choices is not None else {"type": rule_type(rule)})
-        group.add_argument(flag, dest=prefix + item.name, default=item.default,
+        group.add_argument(flag, dest=flag_dest(item, prefix), default=item.default,
                            help=f"{item.metadata['help']} (default: {shown(item.default)})", **kind)
-        added.append(prefix + item.name)
+        added.append(flag_dest(item, prefix))
     return added
 
 

@@ -6,8 +6,9 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from modules import BOTTLENECKS, VQVAE, VQVAEConfig
+from options import flag_dest, from_flags, option_fields
 from prior import CodePrior, PriorConfig
-from vqmnist.checkpoints.checks import DAMAGED, MAX_STEP, check_count, check_place, check_weights
+from vqmnist.checkpoints.checks import DAMAGED, MAX_STEP, check_count, check_weights
 from vqmnist.checkpoints.format import TRAINING_KEYS, load_checkpoint, load_prior_training
 from vqmnist.checkpoints.loading import stored_autoencoder
 from vqmnist.configuration.cli import (ArgumentParser, Arguments, add_device_flag, add_option_flags, integer, number,
@@ -19,18 +20,17 @@ from vqmnist.configuration.limits import (MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RA
 from vqmnist.io.data import DATASETS
 from vqmnist.running.autoencoder_task import TrainingSettings
 from vqmnist.running.machine import DEFAULT_THREADS
-from vqmnist.running.prior_task import DEFAULT_PRIOR_BATCH_SIZE, PriorSettings
+from vqmnist.running.prior_task import PriorSettings
 from vqmnist.running.run_folder import run_folders
 
-DEFAULT_PRIOR_EPOCHS = PriorSettings.epochs
 # Flags that say how to run, not what is trained: a --resume takes them as given now. Every other flag shapes the
 # result, so a --resume takes it from the checkpoint and refuses a different value.
 RUN_FLAGS = {"output_folder", "data_folder", "device", "num_workers", "log_interval", "overwrite", "amp", "compile",
              "channels_last", "threads", "time_limit", "resume", "prior_only"}
-# The flag that sets each PriorSettings field: prior_last.pt stores the settings, and a --resume checks them as these.
-PRIOR_SETTING_FLAGS = {"epochs": "prior_epochs", "batch_size": "prior_batch_size", "lr": "prior_lr",
-                       "class_dropout": "class_dropout", "distorted": "prior_distorted", "seed": "seed", "amp": "amp",
-                       "log_interval": "log_interval"}
+# The flag's dest of each PriorSettings field: prior_last.pt stores the settings, and a --resume checks them as these.
+PRIOR_SETTING_FLAGS = {item.name: flag_dest(item) for item in option_fields(PriorSettings)}
+# The settings the autoencoder's and the prior's flags share (--seed, --log-interval), declared with the former.
+SHARED_SETTINGS = {item.name for item in option_fields(PriorSettings) if item.metadata["shared"] is not None}
 
 
 def bottleneck_flags(name: str) -> set[str]:
@@ -48,36 +48,20 @@ def add_model_flags(parser: ArgumentParser) -> None:
 
 
 def add_prior_flags(parser: ArgumentParser) -> None:
-    """The prior's flags; a dest prior_FIELD sets the PriorConfig field FIELD (prior_config reads them)."""
+    """The prior's flags: its PriorSettings' (a dest as options.flag_dest says) and its PriorConfig's, each dest
+    prior_FIELD for the field FIELD (prior_config reads them)."""
     prior = parser.add_argument_group("prior over the codes (trained after the autoencoder, stored in best.pt)")
-    prior.add_argument("--prior-epochs", type=integer(0, MAX_EPOCHS), default=DEFAULT_PRIOR_EPOCHS,
-                       help="epochs of the prior on the codes of the best autoencoder; 0 skips it "
-                            f"(default: {DEFAULT_PRIOR_EPOCHS})")
     prior.add_argument("--prior-only", action="store_true",
                        help="train (or retrain) only the prior of the existing models/NAME/best.pt, replacing its "
                             "prior if it has one")
+    add_option_flags(prior, PriorSettings, skip={"batch_size", "lr", "class_dropout", "distorted", *SHARED_SETTINGS})
     add_option_flags(prior, PriorConfig, prefix="prior_")
-    prior.add_argument("--prior-batch-size", type=integer(1, MAX_BATCH), default=DEFAULT_PRIOR_BATCH_SIZE,
-                       help=f"code grids per batch of the prior, at most {MAX_BATCH} (default: "
-                            f"{DEFAULT_PRIOR_BATCH_SIZE})")
-    prior.add_argument("--prior-lr", type=number(0, MAX_LEARNING_RATE, above_low=True), default=PriorSettings.lr,
-                       help="peak AdamW learning rate of the prior, after a warm-up, decayed to 0 along a cosine "
-                            f"(default: {PriorSettings.lr})")
-    prior.add_argument("--class-dropout", type=unit_interval, default=PriorSettings.class_dropout,
-                       help="fraction of training grids shown to the prior without their class, so that it also "
-                            f"samples unconditionally (default: {PriorSettings.class_dropout})")
-    prior.add_argument("--prior-distorted", type=unit_interval, default=PriorSettings.distorted,
-                       help="fraction of each batch of the prior whose code grids are encoded anew from its digits "
-                            "randomly rotated, scaled and shifted a little, so that it sees more than the training "
-                            f"set's grids (default: {PriorSettings.distorted})")
+    add_option_flags(prior, PriorSettings, skip={"epochs", *SHARED_SETTINGS})
 
 
 def add_run_flags(parser: ArgumentParser) -> None:
-    """How to run (RUN_FLAGS): they may change on a --resume."""
-    parser.add_argument("--num-workers", type=integer(0, MAX_WORKERS), default=0,
-                        help="DataLoader worker processes; the data is already in memory (default: 0)")
-    parser.add_argument("--log-interval", type=integer(1, MAX_STEPS_BETWEEN_LOGS), default=20,
-                        help="steps between TensorBoard points and progress-bar updates (default: 20)")
+    """How to run (RUN_FLAGS): they may change on a --resume; --num-workers and --log-interval, also among them, are
+    the autoencoder's settings' (add_training_flags)."""
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the checkpoints of an earlier run with the same --output-folder")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -118,41 +102,19 @@ def build_parser() -> ArgumentParser:
     add_device_flag(parser, "train on")
     add_model_flags(parser)
     add_prior_flags(parser)
-    parser.add_argument("--batch-size", type=integer(1, MAX_BATCH), default=64,
-                        help=f"images per batch, at most {MAX_BATCH} (default: 64)")
-    parser.add_argument("--num-epochs", type=integer(1, MAX_EPOCHS), default=8, help="epochs to train (default: 8)")
-    parser.add_argument("--lr", type=number(0, MAX_LEARNING_RATE, above_low=True), default=2e-3,
-                        help="Adam learning rate (default: 2e-3)")
-    parser.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
-                        help="cosine: decay the learning rate to 0 over the run's steps (default: cosine)")
-    parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
-                        help="seed of the weights and the batch order (default: 0)")
-    parser.add_argument("--val-size", type=integer(1, MAX_VALIDATION), default=5000,
-                        help="last training images held out for validation (default: 5000)")
+    add_option_flags(parser, TrainingSettings)
     add_run_flags(parser)
     return parser
 
 
 def model_config(args) -> VQVAEConfig:
     """The model's shape from its flags: the autoencoder's fields, and the chosen bottleneck's Config."""
-    bottleneck_config = BOTTLENECKS[args.bottleneck].Config(**{name: getattr(args, name)
-                                                               for name in bottleneck_flags(args.bottleneck)})
-    return VQVAEConfig(**{field.name: getattr(args, field.name) for field in fields(VQVAEConfig)
-                          if hasattr(args, field.name)}, bottleneck_config=bottleneck_config)
+    return from_flags(VQVAEConfig, args, bottleneck_config=from_flags(BOTTLENECKS[args.bottleneck].Config, args))
 
 
 def prior_config(args) -> PriorConfig:
-    """The prior's shape from its flags; train_prior sets its number of codes and grid size from the autoencoder."""
-    return PriorConfig(**{field.name: getattr(args, f"prior_{field.name}") for field in fields(PriorConfig)
-                          if hasattr(args, f"prior_{field.name}")})
-
-
-def training_settings(args) -> TrainingSettings:
-    return TrainingSettings(**{field.name: getattr(args, field.name) for field in fields(TrainingSettings)})
-
-
-def prior_settings(args) -> PriorSettings:
-    return PriorSettings(**{field: getattr(args, dest) for field, dest in PRIOR_SETTING_FLAGS.items()})
+    """The prior's shape from its flags; its task sets its number of codes and grid size from the autoencoder."""
+    return from_flags(PriorConfig, args, prefix="prior_")
 
 
 def size_flags(name: str) -> str:
@@ -258,16 +220,15 @@ def check_resumed_flags(args, path: Path) -> None:
         raise UserError(f"{path}: its stored flags are refused ({error}): {DAMAGED}") from None
 
 
-def check_resumed(checkpoint: dict, args, steps_per_epoch: int) -> None:
-    """Refuse a last.pt whose model config is not the one its flags make, whose weights do not fit it as they are,
-    or whose place in the run does not hold together (checkpoint_checks), before anything is built from it."""
+def check_resumed(checkpoint: dict, args) -> None:
+    """Refuse a last.pt whose model config is not the one its flags make, or whose weights do not fit it as they
+    are, before anything is built from it (its place in the run is checked by the task it resumes)."""
     path = run_folders(args.output_folder).model_dir / "last.pt"
     stored, config = stored_autoencoder(checkpoint, path), model_config(args)
     if stored.config != config:
         differ = [name for name in asdict(config) if asdict(config)[name] != asdict(stored.config)[name]]
         raise UserError(f"{path}: its model config and its stored flags disagree on {', '.join(differ)}: {DAMAGED}")
     check_weights(stored, checkpoint["model"], path)
-    check_place(checkpoint, path, args.num_epochs, steps_per_epoch)
 
 
 def load_prior_state(path: Path) -> dict | None:

@@ -1,14 +1,22 @@
 """The autoencoder's side of the training loop: its settings, its optimizer step, and its task of batches of digits."""
-from dataclasses import dataclass
+import functools
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
+from modules import VQVAE, VQVAEConfig
+from options import SWITCH, SharedOption, check_options, integer, number, one_of, option
 from pixel_distributions import images_to_inputs
-from vqmnist.checkpoints.format import RunState, save_checkpoint, training_checkpoint
-from vqmnist.io.data import epoch_batches
+from vqmnist.checkpoints.checks import check_place
+from vqmnist.checkpoints.format import RunState, restore_training, save_checkpoint, training_checkpoint
+from vqmnist.configuration.limits import (MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SEED, MAX_STEPS_BETWEEN_LOGS,
+                                          MAX_VALIDATION, MAX_WORKERS)
+from vqmnist.io.data import Splits, epoch_batches, shard_size
 from vqmnist.running.loop import Validation
 from vqmnist.running.processes import Processes
 from vqmnist.running.run_log import NUM_FIXED_IMAGES, NoWriter, decoder_nll_bits_per_dim, log_validation
@@ -17,18 +25,34 @@ from vqmnist.scores.reconstructions import CODE_STATISTICS, score_reconstruction
 VALIDATION_BATCH_SIZE = 1000
 
 
+# Set by one flag each for both tasks: the prior's settings hold them too.
+seed_option = SharedOption("seed", 0, integer(0, MAX_SEED), "--seed", "seed of the weights and the batch order")
+log_interval_option = SharedOption("log_interval", 20, integer(1, MAX_STEPS_BETWEEN_LOGS), "--log-interval",
+                                   "steps between TensorBoard points and progress-bar updates")
+
+
 @dataclass
 class TrainingSettings:
-    """How the autoencoder trains: vqvae.py's flags beside the model's shape."""
+    """How the autoencoder trains: vqvae.py's flags beside the model's shape, each declared here with its rule; the
+    three without a flag of their own are set from --amp, --compile and --channels-last, which say how to run."""
 
-    batch_size: int = 64
-    num_epochs: int = 8
-    lr: float = 2e-3
-    lr_schedule: str = "cosine"  # "cosine": decay the learning rate to 0 over the run's steps; or "constant"
-    seed: int = 0  # of the weights and the batch order
-    amp: bool = False  # bf16 autocast for the encoder and decoder
-    num_workers: int = 0  # DataLoader worker processes
-    log_interval: int = 20
+    batch_size: int = option(64, integer(1, MAX_BATCH), "--batch-size", f"images per batch, at most {MAX_BATCH}")
+    num_epochs: int = option(8, integer(1, MAX_EPOCHS), "--num-epochs", "epochs to train")
+    lr: float = option(2e-3, number(0, MAX_LEARNING_RATE, above_low=True), "--lr", "Adam learning rate")
+    lr_schedule: str = option("cosine", one_of("cosine", "constant"), "--lr-schedule",
+                              "cosine: decay the learning rate to 0 over the run's steps")
+    seed: int = seed_option()
+    val_size: int = option(5000, integer(1, MAX_VALIDATION), "--val-size",
+                           "last training images held out for validation")
+    num_workers: int = option(0, integer(0, MAX_WORKERS), "--num-workers",
+                              "DataLoader worker processes; the data is already in memory")
+    log_interval: int = log_interval_option()
+    amp: bool = option(False, SWITCH)  # bf16 autocast for the encoder and decoder
+    compile: bool = option(False, SWITCH)  # torch.compile the model
+    channels_last: bool = option(True, SWITCH)  # activations in channels-last memory format
+
+    def __post_init__(self):
+        check_options(self)
 
 
 def make_optimizer(model: nn.Module, lr: float, fused: bool = True) -> torch.optim.Adam:
@@ -81,9 +105,9 @@ def health_line(figures: dict[str, float], num_embeddings: int | None) -> str:
 class AutoencoderTask:
     """The autoencoder as train_epochs trains it (loop.TrainingTask): batches of this process's shard of the
     training digits, validated by the reconstruction loss of the validation digits; last.pt after every epoch and
-    stop, best.pt at the best epoch."""
+    stop, best.pt at the best epoch. `build` makes it, at the run's start or where a last.pt left it."""
 
-    model: nn.Module
+    model: VQVAE
     forward: nn.Module  # the model as trained: wrapped by DDP and torch.compile where asked
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
@@ -97,11 +121,58 @@ class AutoencoderTask:
     flags: dict  # the command line's flags, stored in the checkpoints for --resume
     resume_command: str
     writer: SummaryWriter | NoWriter
+    # One optimizer step on a batch: training_step of this model and optimizer, called by the loop directly.
+    step: functools.partial = field(init=False, repr=False)
     part = "autoencoder"
     label = "epoch"
     tag_prefix = "train/"
     divergence_advice = ("a learning rate or a loss weight (such as --beta) too large for the model is the usual "
                          "cause: start again with a lower --lr or --beta")
+
+    def __post_init__(self):
+        self.step = functools.partial(training_step, self.model, self.optimizer, amp=self.settings.amp,
+                                      forward=self.forward)
+
+    @classmethod
+    def build(cls, config: VQVAEConfig, settings: TrainingSettings, processes: Processes, splits: Splits,
+              model_dir: Path, flags: dict, resume_command: str, writer: SummaryWriter | NoWriter,
+              resumed: dict | None = None) -> tuple["AutoencoderTask", RunState]:
+        """The model (wrapped by DDP and torch.compile where asked), its optimizer and schedule, and where the run
+        stands: at its start, or where `resumed` (last.pt, its flags already checked) left it."""
+        rank, world_size, device = processes
+        # The training set lives in memory as one uint8 tensor, on the training device unless workers read it.
+        train_images = splits.train_images.to(device if settings.num_workers == 0 else "cpu")
+        torch.manual_seed(settings.seed)
+        model = VQVAE(config).to(device)
+        if settings.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # before DDP, which must see the final parameters
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed 28x28 shapes: let cuDNN pick its fastest kernels once
+        # DDP averages the gradients over the processes; the bottleneck keeps its own state in step itself.
+        forward = model
+        if world_size > 1:
+            forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        # The compiled module shares the plain one's parameters and buffers; checkpoints save the plain one.
+        forward = torch.compile(forward) if settings.compile else forward
+        optimizer = make_optimizer(model, settings.lr)
+        steps_per_epoch = math.ceil(shard_size(len(train_images), world_size) / settings.batch_size)
+        schedule = make_schedule(optimizer, settings, steps_per_epoch)
+        task = cls(model=model, forward=forward, optimizer=optimizer, schedule=schedule,
+                   shuffle_generator=torch.Generator().manual_seed(settings.seed), train_images=train_images,
+                   val_images=splits.val_images, settings=settings, processes=processes,
+                   steps_per_epoch=steps_per_epoch, model_dir=model_dir, flags=flags, resume_command=resume_command,
+                   writer=writer)
+        if resumed is None:
+            return task, RunState()
+        check_place(resumed, task.last_path, settings.num_epochs, steps_per_epoch)
+        state = restore_training(resumed, resumed["model"], model, optimizer, schedule, device, task.last_path)
+        task.shuffle_generator.set_state(state.shuffle_rng)
+        if state.best_epoch and not (model_dir / "best.pt").is_file():
+            if rank == 0:
+                print(f"{model_dir / 'best.pt'} is missing, and with it epoch {state.best_epoch}'s autoencoder: "
+                      "best.pt will be the best of the epochs still to train")
+            state.best_score, state.best_epoch = math.inf, 0
+        return task, state
 
     @property
     def module(self) -> nn.Module:
@@ -112,13 +183,10 @@ class AutoencoderTask:
         return self.model_dir / "last.pt"
 
     def batches(self, skip: int):
-        rank, world_size, _ = self.processes
-        return epoch_batches(self.train_images, self.settings.batch_size, self.shuffle_generator,
-                             self.settings.num_workers, skip=skip, shard=rank, num_shards=world_size)
-
-    def step(self, batch: Tensor) -> dict[str, Tensor]:
-        return training_step(self.model, self.optimizer, batch.to(self.processes.device, non_blocking=True),
-                             amp=self.settings.amp, forward=self.forward)
+        rank, world_size, device = self.processes
+        return (batch.to(device, non_blocking=True) for batch in epoch_batches(
+            self.train_images, self.settings.batch_size, self.shuffle_generator, self.settings.num_workers,
+            skip=skip, shard=rank, num_shards=world_size))
 
     def validate(self, step: int) -> Validation:
         device = self.processes.device

@@ -26,7 +26,7 @@ class Validation(NamedTuple):
 
 
 class TrainingTask(Protocol):
-    """What train_epochs trains: autoencoder_training.AutoencoderTask or prior_training.PriorTask."""
+    """What train_epochs trains: autoencoder_task.AutoencoderTask or prior_task.PriorTask."""
 
     part: str  # "autoencoder" or "prior": its entry in run.json and its epoch-time curve
     label: str  # its word for an epoch in the progress bar and the epoch line

@@ -1,6 +1,6 @@
 """The prior's side of the training loop: the task whose batches are the frozen autoencoder's code grids."""
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -9,31 +9,50 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
-from prior import GUIDANCE, SAMPLING_TEMPERATURE, CodePrior, encode_images, prior_nll_bits
-from vqmnist.checkpoints.format import RunState, prior_entry, prior_training_checkpoint, save_checkpoint
-from vqmnist.io.data import Splits
+from options import SWITCH, UNIT_INTERVAL, check_options, integer, number, option
+from prior import GUIDANCE, SAMPLING_TEMPERATURE, CodePrior, PriorConfig, encode_images, prior_nll_bits
+from vqmnist.checkpoints.checks import check_place
+from vqmnist.checkpoints.format import (RunState, prior_entry, prior_training_checkpoint, restore_training,
+                                        save_checkpoint, stored_prior, trained_dataset)
+from vqmnist.checkpoints.loading import load_model
+from vqmnist.configuration.errors import UserError
+from vqmnist.configuration.limits import MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE
+from vqmnist.io.data import Splits, load_splits
+from vqmnist.running.autoencoder_task import log_interval_option, seed_option
 from vqmnist.running.loop import Validation
 
 MAX_DEGREES = 10.0  # rotation, either way
 MAX_SCALE = 0.1  # zoom in or out by up to 10%
 MAX_SHIFT_PIXELS = 2.0  # each way, of a 28-pixel image
 PRIOR_WARMUP_STEPS = 200
-DEFAULT_PRIOR_BATCH_SIZE = 128
 
 
 @dataclass
 class PriorSettings:
-    """How the prior trains (vqvae.py's --prior-* flags); stored in its training checkpoint, which a --resume
-    continues with them."""
+    """How the prior trains: vqvae.py's --prior-* flags (and --seed, --log-interval, which the autoencoder's settings
+    share), each declared here with its rule; stored in its training checkpoint, which a --resume continues with
+    them. `amp` is set from --amp, which says how to run."""
 
-    epochs: int = 5
-    batch_size: int = DEFAULT_PRIOR_BATCH_SIZE
-    lr: float = 4e-3  # peak AdamW learning rate, after a warm-up, decayed to 0 along a cosine
-    class_dropout: float = 0.1  # fraction of grids shown without their class
-    distorted: float = 0.0  # fraction of each batch's grids encoded anew from randomly distorted digits
-    seed: int = 0  # of the batch order
-    amp: bool = False  # bf16 autocast for the transformer
-    log_interval: int = 20
+    epochs: int = option(5, integer(0, MAX_EPOCHS), "--prior-epochs",
+                         "epochs of the prior on the codes of the best autoencoder; 0 skips it", dest="prior_epochs")
+    batch_size: int = option(128, integer(1, MAX_BATCH), "--prior-batch-size",
+                             f"code grids per batch of the prior, at most {MAX_BATCH}", dest="prior_batch_size")
+    lr: float = option(4e-3, number(0, MAX_LEARNING_RATE, above_low=True), "--prior-lr",
+                       "peak AdamW learning rate of the prior, after a warm-up, decayed to 0 along a cosine",
+                       dest="prior_lr")
+    class_dropout: float = option(0.1, UNIT_INTERVAL, "--class-dropout",
+                                  "fraction of training grids shown to the prior without their class, so that it "
+                                  "also samples unconditionally")
+    distorted: float = option(0.0, UNIT_INTERVAL, "--prior-distorted",
+                              "fraction of each batch of the prior whose code grids are encoded anew from its digits "
+                              "randomly rotated, scaled and shifted a little, so that it sees more than the training "
+                              "set's grids", dest="prior_distorted")
+    seed: int = seed_option()  # of the prior's weights and batch order
+    amp: bool = option(False, SWITCH)  # bf16 autocast for the transformer
+    log_interval: int = log_interval_option()
+
+    def __post_init__(self):
+        check_options(self)
 
 
 class CodeSplits(NamedTuple):
@@ -75,11 +94,11 @@ def prior_step(prior: CodePrior, optimizer: torch.optim.Optimizer, codes: Tensor
     return loss.detach()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PriorTask:
     """The prior as train_epochs trains it (loop.TrainingTask): batches of code grids, validated by its NLL of the
     validation grids; last_path is prior_last.pt, and the best epoch's prior goes into best.pt beside the autoencoder
-    whose codes it models."""
+    whose codes it models. `build` makes it, at its start or where a prior_last.pt left it."""
 
     prior: CodePrior
     optimizer: torch.optim.Optimizer
@@ -88,6 +107,7 @@ class PriorTask:
     codes: CodeSplits
     train_images: Tensor  # uint8 (N, 28, 28) on the codes' device, whose distorted copies give new grids
     settings: PriorSettings
+    steps_per_epoch: int
     autoencoder: nn.Module  # frozen: it decodes the samples TensorBoard shows
     best_checkpoint: dict  # best.pt's content, written back with the prior
     best_path: Path
@@ -99,13 +119,58 @@ class PriorTask:
     tag_prefix = "prior/train_"
     divergence_advice = "try a lower --prior-lr"
 
+    @classmethod
+    def build(cls, settings: PriorSettings, config: PriorConfig, device: torch.device, model_dir: Path,
+              splits: Splits | None, data_folder: str, val_size: int, resume_command: str,
+              writer: SummaryWriter,
+              resumed: dict | None = None) -> tuple["PriorTask", RunState]:
+        """The prior of `config` (its number of codes and grid size set from the autoencoder's), its optimizer and
+        schedule, on the code grids of best.pt's autoencoder, and where it stands: at its start, or where `resumed`
+        (prior_last.pt, whose own settings and config it keeps) left it. `splits` are the autoencoder's own (None:
+        read from data_folder with best.pt's --val-size, or val_size where it has none), so the prior is validated on grids it did not train on."""
+        best_path, last_path = model_dir / "best.pt", model_dir / "prior_last.pt"
+        # The checkpoint stays on the CPU, since it is written back with the new prior; the old one is not read.
+        autoencoder, _, best_checkpoint, _ = load_model(best_path, "cpu", with_prior=False)
+        autoencoder.to(device)
+        if not autoencoder.discrete:
+            raise UserError(f"{best_path} has a continuous bottleneck ({autoencoder.config.bottleneck}): it has no "
+                            "codes for a prior to model, and samples its latents from its own prior (python "
+                            "generate.py --input random)")
+        if splits is None:
+            splits = load_splits(data_folder, best_checkpoint["args"].get("val_size", val_size),
+                                 trained_dataset(best_checkpoint, best_path))
+        codes = encode_splits(autoencoder, splits, device)
+        if resumed is not None:
+            settings = PriorSettings(**resumed["settings"])  # checked as their flags by load_prior_state
+            config = stored_prior(resumed["prior"], last_path, autoencoder).config
+        else:
+            config = replace(config, num_embeddings=autoencoder.bottleneck.num_embeddings,
+                             levels=autoencoder.bottleneck.code_levels, grid_size=codes.train_codes.shape[-1])
+        steps_per_epoch = math.ceil(len(codes.train_codes) / settings.batch_size)
+        # The prior's first weights and draws come from its seed alone, not from wherever the autoencoder's training
+        # left the generators: a run stopped between the two then starts the prior exactly as the unbroken run did.
+        torch.manual_seed(settings.seed)
+        prior = CodePrior(config).to(device)
+        prior.class_frequencies.copy_(torch.bincount(codes.train_labels, minlength=config.num_classes)
+                                      / len(codes.train_labels))
+        optimizer = make_prior_optimizer(prior, settings.lr)
+        schedule = make_prior_schedule(optimizer, settings.epochs * steps_per_epoch)
+        task = cls(prior=prior, optimizer=optimizer, schedule=schedule,
+                   shuffle_generator=torch.Generator().manual_seed(settings.seed), codes=codes,
+                   train_images=splits.train_images.to(device), settings=settings, steps_per_epoch=steps_per_epoch,
+                   autoencoder=autoencoder, best_checkpoint=best_checkpoint, best_path=best_path,
+                   last_path=last_path, resume_command=resume_command, writer=writer)
+        if resumed is None:
+            return task, RunState()
+        check_place(resumed, last_path, settings.epochs, steps_per_epoch)
+        state = restore_training(resumed, resumed["prior"]["model"], prior, optimizer, schedule, device, last_path,
+                                 "prior's optimizer state")
+        task.shuffle_generator.set_state(state.shuffle_rng)
+        return task, state
+
     @property
     def module(self) -> nn.Module:
         return self.prior
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.codes.train_codes) / self.settings.batch_size)
 
     def batches(self, skip: int):
         order = torch.randperm(len(self.codes.train_codes), generator=self.shuffle_generator)
@@ -123,23 +188,24 @@ class PriorTask:
         return {"loss": loss, "nll_bits": loss / math.log(2)}
 
     def validate(self, step: int) -> Validation:
-        """The validation NLL in bits per code with and without the class, logged with a grid of samples."""
+        """The validation NLL in bits per code given the class and given the no-class token (the class-free half
+        that guidance and unconditional sampling read), logged with a grid of samples."""
         # Imported here: torchvision's import loads its model zoo, which --help and a flag error need
         # not wait for.
         from torchvision.utils import make_grid
 
         prior, codes = self.prior, self.codes
         val_nll = prior_nll_bits(prior, codes.val_codes, codes.val_labels)
-        unconditional_nll = prior_nll_bits(prior, codes.val_codes, torch.full_like(codes.val_labels, prior.no_class))
+        no_class_nll = prior_nll_bits(prior, codes.val_codes, torch.full_like(codes.val_labels, prior.no_class))
         self.writer.add_scalar("prior/val_nll_bits", val_nll, step)
-        self.writer.add_scalar("prior/val_nll_bits_unconditional", unconditional_nll, step)
+        self.writer.add_scalar("prior/val_nll_bits_no_class_token", no_class_nll, step)
         prior.eval()
         sample_classes = torch.arange(10, device=codes.val_labels.device).repeat_interleave(10)
         samples = self.autoencoder.to_pixels(self.autoencoder.decode(
             prior.sample(sample_classes, SAMPLING_TEMPERATURE, GUIDANCE)))
         self.writer.add_image("prior/samples", make_grid(samples, nrow=10), step)
-        return Validation(val_nll, {"val_nll_bits": val_nll, "val_nll_bits_unconditional": unconditional_nll},
-                          f"val NLL {val_nll:.3f} bits/code with the class, {unconditional_nll:.3f} without")
+        return Validation(val_nll, {"val_nll_bits": val_nll, "val_nll_bits_no_class_token": no_class_nll},
+                          f"val NLL {val_nll:.3f} bits/code with the class, {no_class_nll:.3f} without")
 
     def save(self, state: RunState, validation: Validation | None, best: bool) -> None:
         device = self.codes.train_codes.device
@@ -148,7 +214,7 @@ class PriorTask:
             device))
         if best:
             self.best_checkpoint["prior"] = prior_entry(self.prior, state.epoch, validation.figures["val_nll_bits"],
-                                                        validation.figures["val_nll_bits_unconditional"])
+                                                        validation.figures["val_nll_bits_no_class_token"])
             save_checkpoint(self.best_path, self.best_checkpoint)
 
 

@@ -1,6 +1,7 @@
 """What a run reports as it trains: TensorBoard curves, reconstructions, and its figures in models/NAME/run.json."""
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -87,7 +88,7 @@ class RunFigures:
     to read instead of the printed lines:
     {"autoencoder": {"epochs": [{"epoch", "step", "recon_loss", "mse", "psnr", "ssim", the bottleneck's loss terms
     (loss_NAME) and health figures (codes_used, perplexity, restarts, kl_bits, ...), "seconds"}, ...], "seconds",
-    "best_epoch"}, "prior": {"epochs": [{"epoch", "step", "val_nll_bits", "val_nll_bits_unconditional", "seconds"},
+    "best_epoch"}, "prior": {"epochs": [{"epoch", "step", "val_nll_bits", "val_nll_bits_no_class_token", "seconds"},
     ...], "seconds", "best_epoch"}, "stopped": {"cause", "where", "step"}}.
     "seconds" of a part is the time its last process took (a resumed run counts from its resume). Only process 0
     writes (enabled)."""
@@ -97,11 +98,15 @@ class RunFigures:
         self.enabled = enabled
         self.figures = read_run_figures(model_dir) if enabled and not fresh else {}
         self.figures.pop("stopped", None)
+        self.started: dict[str, float] = {}
 
-    def start(self, part: str) -> None:
-        """A part ("autoencoder" or "prior") trains from its start: its earlier figures go."""
-        self.figures[part] = {"epochs": []}
-        self._write()
+    def start(self, part: str, resumed: bool) -> None:
+        """A part ("autoencoder" or "prior") starts training now, its clock with it; from its start (not resumed),
+        its earlier figures go."""
+        self.started[part] = time.perf_counter()
+        if not resumed:
+            self.figures[part] = {"epochs": []}
+            self._write()
 
     def epoch(self, part: str, **figures) -> None:
         """The figures of one epoch of a part; an epoch trained again (after a resume) replaces its entry."""
@@ -109,9 +114,12 @@ class RunFigures:
         entry["epochs"] = [row for row in entry["epochs"] if row["epoch"] != figures["epoch"]] + [figures]
         self._write()
 
-    def finished(self, part: str, **figures) -> None:
-        self.figures.setdefault(part, {"epochs": []}).update(figures)
+    def finished(self, part: str, **figures) -> float:
+        """A part is done: its seconds since `start` and `figures` noted; returns the seconds."""
+        seconds = time.perf_counter() - self.started[part]
+        self.figures.setdefault(part, {"epochs": []}).update(seconds=seconds, **figures)
         self._write()
+        return seconds
 
     def stopped(self, **figures) -> None:
         self.figures["stopped"] = figures
