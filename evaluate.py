@@ -58,7 +58,7 @@ from modules import LATENT_SIDE
 from pixel_distributions import IMAGE_PIXELS
 from prior import (GUIDANCE, SAMPLING_TEMPERATURE, Truncation, default_temperature, encode_images, marginal_nll_bits,
                    prior_nll_bits)
-from vqmnist.checkpoints.format import trained_dataset
+from vqmnist.checkpoints.format import trained_dataset, trained_val_size
 from vqmnist.checkpoints.loading import load_model
 from vqmnist.configuration.cli import (ArgumentParser, add_dataset_flag, add_device_flag, add_option_flags, integer,
                                        number, resolve_device, run_cli)
@@ -66,6 +66,7 @@ from vqmnist.configuration.errors import UserError
 from vqmnist.configuration.limits import (MAX_GUIDANCE, MAX_IW_SAMPLES, MAX_SAMPLES, MAX_SCORING_BATCH, MAX_SEED,
                                           MAX_TEMPERATURE, MIN_TEMPERATURE)
 from vqmnist.io.data import load_mnist, load_splits
+from vqmnist.running.autoencoder_task import TrainingSettings
 from vqmnist.scores.bits_per_dim import continuous_bounds, decoder_bits, fit_log_scale
 from vqmnist.scores.reconstructions import CODE_STATISTICS, score_reconstructions
 from vqmnist.scores.samples import DEFAULT_CLASSIFIER, FRECHET_MIN_SAMPLES, classify, load_classifier, score_samples
@@ -80,7 +81,6 @@ SAMPLE_KINDS = {
 }
 
 DEFAULT_IW_SAMPLES = 4  # each sample of z is one more pass of the decoder over the test set
-DEFAULT_VAL_SIZE = 5000  # vqvae.py's, for a checkpoint that does not store its own
 # The fitted scale is one number: 1,000 validation digits (784,000 pixels) pin it down, at a fifth of the cost.
 FIT_IMAGES = 1000
 DECODERS = {"logistic": "its own discretised logistic mixture", "categorical": "its own 256-way categorical"}
@@ -199,12 +199,8 @@ def rates(model, prior, scores, test_images, test_labels, args, device) -> dict:
 def validation_images(args, checkpoint: dict):
     """The first FIT_IMAGES of the run's own validation digits: the last --val-size of the training set, as vqvae.py
     split them."""
-    stored = checkpoint["args"].get("val_size", DEFAULT_VAL_SIZE) if isinstance(checkpoint["args"], dict) \
-        else DEFAULT_VAL_SIZE
-    if type(stored) is not int:
-        raise UserError(f"{args.model} stores a --val-size of {stored!r}, not a whole number: its checkpoint is "
-                        "damaged; use another")
-    return load_splits(args.data_folder, stored, args.dataset).val_images[:FIT_IMAGES]
+    val_size = trained_val_size(checkpoint, args.model, TrainingSettings.val_size)
+    return load_splits(args.data_folder, val_size, args.dataset).val_images[:FIT_IMAGES]
 
 
 def bits_per_dim(args, model, rate: dict, checkpoint: dict, test_images, device) -> dict:

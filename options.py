@@ -1,11 +1,12 @@
 """Settings declared once: a config field with its flag, help, default and rule, the rule checking a stored value
-and a typed flag alike.
+and a typed flag alike; and the largest sizes a model may ask for.
 
-A config dataclass (a bottleneck's, the autoencoder's, the prior's) makes each field with `option`, giving its rule
-(`Rule`: the kind of value and its bounds or choices) and, for one the command line sets, its flag and help.
-`check_options` holds every field of a config to its rule (ValueError naming the field), so a bad checkpoint fails in
-one line; `vqmnist.configuration.cli.add_option_flags` makes the flags from the same fields, so a typed flag is held to the same
-rule. A setting several configs share is a `SharedOption`, so that one flag sets all of them.
+A config dataclass (a bottleneck's, the autoencoder's, the prior's, and the settings each trains with) makes each
+field with `option`, giving its rule (`Rule`: the kind of value and its bounds or choices) and, for one the command
+line sets, its flag and help. `check_options` holds every field of a config to its rule (ValueError naming the
+field), so a bad checkpoint fails in one line; `vqmnist.configuration.cli.add_option_flags` makes the flags from the
+same fields, so a typed flag is held to the same rule, and `from_flags` reads a config back from the parsed flags. A
+setting several configs share is a `SharedOption`, so that one flag sets all of them.
 """
 import math
 from dataclasses import Field, dataclass, field, fields

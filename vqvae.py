@@ -41,7 +41,7 @@ from vqmnist.configuration.errors import UserError, running_out_is_a_user_error
 from vqmnist.configuration.training_flags import (build_parser, check_request, check_resumed, check_resumed_flags,
                                                   load_prior_state, model_config, prior_config, resume_args,
                                                   size_flags)
-from vqmnist.io.data import Splits, load_splits, shard_size
+from vqmnist.io.data import Splits, load_splits, shard_size, steps_per_epoch
 from vqmnist.running.autoencoder_task import AutoencoderTask, TrainingSettings
 from vqmnist.running.loop import LoopSettings, train_epochs
 from vqmnist.running.machine import ThreadChooser, keep_freed_memory, native_bf16
@@ -126,7 +126,8 @@ def plan_run(args, processes: Processes, splits: Splits | None) -> RunPlan:
         args, resumed = resume_args(args, build_parser())
         check_resumed_flags(args, last)
         splits = training_splits(args, processes.world_size)  # its --val-size is the checkpoint's
-        check_resumed(resumed, args)
+        epoch_steps = steps_per_epoch(len(splits.train_images), args.batch_size, processes.world_size)
+        check_resumed(resumed, args, epoch_steps)
     wants_prior = bool(args.prior_epochs) and BOTTLENECKS[args.bottleneck].discrete and processes.rank == 0
     if resumed is None or resumed["epoch"] < args.num_epochs:
         return RunPlan(args, splits, autoencoder=True, autoencoder_resumed=resumed, prior=wants_prior)

@@ -14,9 +14,10 @@ import argparse
 import torch
 
 from prior import encode_images, marginal_nll_bits, prior_nll_bits
-from vqmnist.checkpoints.format import trained_dataset
+from vqmnist.checkpoints.format import trained_dataset, trained_val_size
 from vqmnist.checkpoints.loading import load_model
 from vqmnist.io.data import load_mnist, load_splits
+from vqmnist.running.autoencoder_task import TrainingSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +35,8 @@ def main(args) -> None:
     loaded = load_model(args.model, device)
     model, prior = loaded.model, loaded.require_prior()
     dataset = trained_dataset(loaded.checkpoint, args.model)
-    splits = load_splits(args.data_folder, loaded.checkpoint["args"].get("val_size", 5000), dataset)
+    splits = load_splits(args.data_folder, trained_val_size(loaded.checkpoint, args.model, TrainingSettings.val_size),
+                         dataset)
     test_images, test_labels = load_mnist(args.data_folder, train=False, dataset=dataset)
     codes_per_image = prior.sequence_length
     print(f"{args.model}: the prior's NLL in bits per image ({codes_per_image} codes)")

@@ -24,9 +24,10 @@ import time
 import torch
 
 from prior import GUIDANCE, SAMPLING_TEMPERATURE, Truncation
-from vqmnist.checkpoints.format import trained_dataset
+from vqmnist.checkpoints.format import trained_dataset, trained_val_size
 from vqmnist.checkpoints.loading import load_model
 from vqmnist.io.data import load_mnist, split_train_validation
+from vqmnist.running.autoencoder_task import TrainingSettings
 from vqmnist.scores.samples import DEFAULT_CLASSIFIER, classify, load_classifier, score_samples
 
 SAMPLES = 1000
@@ -119,7 +120,8 @@ def main(args) -> None:
           "threads")
 
     images, _ = load_mnist(args.data_folder, train=True, dataset=trained_dataset(loaded.checkpoint, args.model))
-    _, validation = split_train_validation(images, loaded.checkpoint["args"].get("val_size", 5000))
+    _, validation = split_train_validation(images, trained_val_size(loaded.checkpoint, args.model,
+                                                                         TrainingSettings.val_size))
     classifier = load_classifier(DEFAULT_CLASSIFIER, "cpu")
     validation_pixels = validation.unsqueeze(1).float() / 255
     _, reference = classify(classifier, validation_pixels)

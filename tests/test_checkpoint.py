@@ -2,6 +2,7 @@
 format 1 read in the current format, and loud refusal of files that are not checkpoints."""
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +10,9 @@ import torch
 from helpers import format_1, model_config
 from modules import VQVAE
 from pixel_distributions import images_to_inputs
-from vqmnist.checkpoints.format import (FORMAT, MODEL_KEYS, TRAINING_KEYS, RunState, exported, load_checkpoint,
-                                        save_checkpoint, training_checkpoint)
+from vqmnist.checkpoints.format import (FORMAT, MODEL_KEYS, PRIOR_KEYS, PRIOR_TRAINING_KEYS, TRAINING_KEYS, RunState,
+                                        exported, load_checkpoint, load_prior_training, save_checkpoint,
+                                        training_checkpoint)
 from vqmnist.checkpoints.loading import load_model
 from vqmnist.configuration.errors import UserError
 
@@ -165,6 +167,32 @@ def test_a_format_1_checkpoint_loads_with_the_current_names(tmp_path):
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(x).x_recon, loaded(x).x_recon)
+
+
+def test_a_format_3_prior_names_its_no_class_token_nll_as_format_4_does(tmp_path):
+    model, optimizer, _ = trained_model_and_optimizer()
+    old = {**make_checkpoint(model, optimizer, epoch=2, step=8), "format": 3,
+           "prior": {"val_nll_bits": 5.5, "val_nll_bits_unconditional": 5.9}}
+    save_checkpoint(tmp_path / "old.pt", old)
+    upgraded = load_checkpoint(tmp_path / "old.pt")
+    assert upgraded["format"] == FORMAT == 4
+    assert upgraded["prior"] == {"val_nll_bits": 5.5, "val_nll_bits_no_class_token": 5.9}
+
+
+@pytest.mark.parametrize("version, readable", [(3, True), (FORMAT, True), (2, False), (FORMAT + 1, False)])
+def test_a_prior_training_checkpoint_of_format_3_or_4_is_read_and_of_others_refused(version, readable, tmp_path):
+    stored = {key: 0 for key in PRIOR_TRAINING_KEYS} | {"format": version, "settings": {"epochs": 1}}
+    save_checkpoint(tmp_path / "prior_last.pt", stored)
+    if readable:
+        assert load_prior_training(tmp_path / "prior_last.pt")["format"] == version
+    else:
+        with pytest.raises(UserError, match="not a prior training checkpoint of this version"):
+            load_prior_training(tmp_path / "prior_last.pt")
+
+
+def test_the_pretrained_models_prior_holds_the_current_keys():
+    checkpoint = load_checkpoint(Path(__file__).resolve().parent.parent / "pretrained" / "vqvae_mnist.pt")
+    assert set(checkpoint["prior"]) == set(PRIOR_KEYS)
 
 
 def test_non_finite_weights_are_refused_naming_the_file(tmp_path):

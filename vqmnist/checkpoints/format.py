@@ -193,6 +193,15 @@ def trained_dataset(checkpoint: dict, path) -> str:
     return stored
 
 
+def trained_val_size(checkpoint: dict, path, default: int) -> int:
+    """The --val-size the checkpoint's run held out (its validation split), `default` (vqvae.py's) for a run from
+    before the flag; one line for a stored value that is not a whole number."""
+    stored = checkpoint["args"].get("val_size", default) if isinstance(checkpoint["args"], dict) else default
+    if type(stored) is not int:
+        raise UserError(f"{path} stores a --val-size of {shown(stored)}, not a whole number: {DAMAGED}")
+    return stored
+
+
 def load_prior_training(path: Path) -> dict | None:
     """The prior's training checkpoint at path (PRIOR_TRAINING_KEYS), or None where there is none; one that cannot
     be read, or of another format, is refused in one line."""

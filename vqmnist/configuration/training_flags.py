@@ -8,7 +8,7 @@ from pathlib import Path
 from modules import BOTTLENECKS, VQVAE, VQVAEConfig
 from options import flag_dest, from_flags, option_fields
 from prior import CodePrior, PriorConfig
-from vqmnist.checkpoints.checks import DAMAGED, MAX_STEP, check_count, check_weights
+from vqmnist.checkpoints.checks import DAMAGED, MAX_STEP, check_count, check_place, check_weights
 from vqmnist.checkpoints.format import TRAINING_KEYS, load_checkpoint, load_prior_training
 from vqmnist.checkpoints.loading import stored_autoencoder
 from vqmnist.configuration.cli import (ArgumentParser, Arguments, add_device_flag, add_option_flags, integer, number,
@@ -220,15 +220,17 @@ def check_resumed_flags(args, path: Path) -> None:
         raise UserError(f"{path}: its stored flags are refused ({error}): {DAMAGED}") from None
 
 
-def check_resumed(checkpoint: dict, args) -> None:
-    """Refuse a last.pt whose model config is not the one its flags make, or whose weights do not fit it as they
-    are, before anything is built from it (its place in the run is checked by the task it resumes)."""
+def check_resumed(checkpoint: dict, args, epoch_steps: int) -> None:
+    """Refuse a last.pt whose model config is not the one its flags make, whose weights do not fit it as they are,
+    or whose place in the run (its epoch of `epoch_steps` steps) does not hold together, before anything is built
+    from it."""
     path = run_folders(args.output_folder).model_dir / "last.pt"
     stored, config = stored_autoencoder(checkpoint, path), model_config(args)
     if stored.config != config:
         differ = [name for name in asdict(config) if asdict(config)[name] != asdict(stored.config)[name]]
         raise UserError(f"{path}: its model config and its stored flags disagree on {', '.join(differ)}: {DAMAGED}")
     check_weights(stored, checkpoint["model"], path)
+    check_place(checkpoint, path, args.num_epochs, epoch_steps)
 
 
 def load_prior_state(path: Path) -> dict | None:

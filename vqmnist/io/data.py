@@ -4,6 +4,7 @@ import contextlib
 import gzip
 import hashlib
 import io
+import math
 import struct
 import sys
 import zlib
@@ -235,6 +236,11 @@ def split_train_validation(images: Tensor, val_size: int) -> tuple[Tensor, Tenso
 def shard_size(count: int, num_shards: int) -> int:
     """Images per process and epoch: every process gets as many, so they all take the same number of steps."""
     return count // num_shards
+
+
+def steps_per_epoch(count: int, batch_size: int, num_shards: int = 1) -> int:
+    """Optimizer steps of one process in an epoch over `count` images (or code grids), the last batch short."""
+    return math.ceil(shard_size(count, num_shards) / batch_size)
 
 
 def epoch_batches(images: Tensor, batch_size: int, generator: torch.Generator, num_workers: int,

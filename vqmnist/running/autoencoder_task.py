@@ -12,11 +12,10 @@ from torch.utils.tensorboard import SummaryWriter
 from modules import VQVAE, VQVAEConfig
 from options import SWITCH, SharedOption, check_options, integer, number, one_of, option
 from pixel_distributions import images_to_inputs
-from vqmnist.checkpoints.checks import check_place
 from vqmnist.checkpoints.format import RunState, restore_training, save_checkpoint, training_checkpoint
 from vqmnist.configuration.limits import (MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SEED, MAX_STEPS_BETWEEN_LOGS,
                                           MAX_VALIDATION, MAX_WORKERS)
-from vqmnist.io.data import Splits, epoch_batches, shard_size
+from vqmnist.io.data import Splits, epoch_batches, steps_per_epoch
 from vqmnist.running.loop import Validation
 from vqmnist.running.processes import Processes
 from vqmnist.running.run_log import NUM_FIXED_IMAGES, NoWriter, decoder_nll_bits_per_dim, log_validation
@@ -138,7 +137,7 @@ class AutoencoderTask:
               model_dir: Path, flags: dict, resume_command: str, writer: SummaryWriter | NoWriter,
               resumed: dict | None = None) -> tuple["AutoencoderTask", RunState]:
         """The model (wrapped by DDP and torch.compile where asked), its optimizer and schedule, and where the run
-        stands: at its start, or where `resumed` (last.pt, its flags already checked) left it."""
+        stands: at its start, or where `resumed` (last.pt, its flags, weights and place already checked) left it."""
         rank, world_size, device = processes
         # The training set lives in memory as one uint8 tensor, on the training device unless workers read it.
         train_images = splits.train_images.to(device if settings.num_workers == 0 else "cpu")
@@ -155,16 +154,15 @@ class AutoencoderTask:
         # The compiled module shares the plain one's parameters and buffers; checkpoints save the plain one.
         forward = torch.compile(forward) if settings.compile else forward
         optimizer = make_optimizer(model, settings.lr)
-        steps_per_epoch = math.ceil(shard_size(len(train_images), world_size) / settings.batch_size)
-        schedule = make_schedule(optimizer, settings, steps_per_epoch)
+        epoch_steps = steps_per_epoch(len(train_images), settings.batch_size, world_size)
+        schedule = make_schedule(optimizer, settings, epoch_steps)
         task = cls(model=model, forward=forward, optimizer=optimizer, schedule=schedule,
                    shuffle_generator=torch.Generator().manual_seed(settings.seed), train_images=train_images,
                    val_images=splits.val_images, settings=settings, processes=processes,
-                   steps_per_epoch=steps_per_epoch, model_dir=model_dir, flags=flags, resume_command=resume_command,
+                   steps_per_epoch=epoch_steps, model_dir=model_dir, flags=flags, resume_command=resume_command,
                    writer=writer)
         if resumed is None:
             return task, RunState()
-        check_place(resumed, task.last_path, settings.num_epochs, steps_per_epoch)
         state = restore_training(resumed, resumed["model"], model, optimizer, schedule, device, task.last_path)
         task.shuffle_generator.set_state(state.shuffle_rng)
         if state.best_epoch and not (model_dir / "best.pt").is_file():

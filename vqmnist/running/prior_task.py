@@ -17,7 +17,7 @@ from vqmnist.checkpoints.format import (RunState, prior_entry, prior_training_ch
 from vqmnist.checkpoints.loading import load_model
 from vqmnist.configuration.errors import UserError
 from vqmnist.configuration.limits import MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE
-from vqmnist.io.data import Splits, load_splits
+from vqmnist.io.data import Splits, load_splits, steps_per_epoch
 from vqmnist.running.autoencoder_task import log_interval_option, seed_option
 from vqmnist.running.loop import Validation
 
@@ -137,7 +137,7 @@ class PriorTask:
                             "codes for a prior to model, and samples its latents from its own prior (python "
                             "generate.py --input random)")
         if splits is None:
-            splits = load_splits(data_folder, best_checkpoint["args"].get("val_size", val_size),
+            splits = load_splits(data_folder, trained_val_size(best_checkpoint, best_path, val_size),
                                  trained_dataset(best_checkpoint, best_path))
         codes = encode_splits(autoencoder, splits, device)
         if resumed is not None:
@@ -146,7 +146,7 @@ class PriorTask:
         else:
             config = replace(config, num_embeddings=autoencoder.bottleneck.num_embeddings,
                              levels=autoencoder.bottleneck.code_levels, grid_size=codes.train_codes.shape[-1])
-        steps_per_epoch = math.ceil(len(codes.train_codes) / settings.batch_size)
+        epoch_steps = steps_per_epoch(len(codes.train_codes), settings.batch_size)
         # The prior's first weights and draws come from its seed alone, not from wherever the autoencoder's training
         # left the generators: a run stopped between the two then starts the prior exactly as the unbroken run did.
         torch.manual_seed(settings.seed)
@@ -154,15 +154,15 @@ class PriorTask:
         prior.class_frequencies.copy_(torch.bincount(codes.train_labels, minlength=config.num_classes)
                                       / len(codes.train_labels))
         optimizer = make_prior_optimizer(prior, settings.lr)
-        schedule = make_prior_schedule(optimizer, settings.epochs * steps_per_epoch)
+        schedule = make_prior_schedule(optimizer, settings.epochs * epoch_steps)
         task = cls(prior=prior, optimizer=optimizer, schedule=schedule,
                    shuffle_generator=torch.Generator().manual_seed(settings.seed), codes=codes,
-                   train_images=splits.train_images.to(device), settings=settings, steps_per_epoch=steps_per_epoch,
+                   train_images=splits.train_images.to(device), settings=settings, steps_per_epoch=epoch_steps,
                    autoencoder=autoencoder, best_checkpoint=best_checkpoint, best_path=best_path,
                    last_path=last_path, resume_command=resume_command, writer=writer)
         if resumed is None:
             return task, RunState()
-        check_place(resumed, last_path, settings.epochs, steps_per_epoch)
+        check_place(resumed, last_path, settings.epochs, epoch_steps)
         state = restore_training(resumed, resumed["prior"]["model"], prior, optimizer, schedule, device, last_path,
                                  "prior's optimizer state")
         task.shuffle_generator.set_state(state.shuffle_rng)
