@@ -10,7 +10,7 @@ import torch
 import evaluate
 import generate
 from vqmnist.configuration import training_flags
-from vqmnist.configuration.cli import run_cli
+from vqmnist.configuration.cli import ArgumentParser, refuse_inapplicable, run_cli
 from vqmnist.configuration.errors import RunStopped, UserError
 import vqvae
 
@@ -79,3 +79,25 @@ def test_output_names_stay_inside_the_output_folders(script, flag, name, capsys)
     with pytest.raises(SystemExit) as exit_info:
         script.build_parser().parse_args([flag, name])
     assert exit_info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("typed, message", [
+    ([], None),
+    (["--top-k", "3"], "--top-k does not apply with --input MNIST, which draws no samples: drop it"),
+    (["--top-k", "3", "--guidance", "0"], "--guidance and --top-k do not apply with --input MNIST, which draws no "
+                                          "samples: drop them"),
+])
+def test_a_typed_flag_that_cannot_apply_is_refused_naming_it_and_an_untyped_one_passes(typed, message):
+    parser = ArgumentParser()
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--guidance", type=float, default=0.75)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args([*typed, "--seed", "3"])
+    if message is None:
+        refuse_inapplicable(args, ["top_k", "guidance"], "with --input MNIST, which draws no samples",
+                            parser.flag_names())
+        return
+    with pytest.raises(UserError) as refused:
+        refuse_inapplicable(args, ["top_k", "guidance"], "with --input MNIST, which draws no samples",
+                            parser.flag_names())
+    assert str(refused.value) == message

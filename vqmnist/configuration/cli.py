@@ -43,6 +43,18 @@ class ArgumentParser(argparse.ArgumentParser):
         return {action.dest: action.option_strings[0] for action in self._actions if action.option_strings}
 
 
+def refuse_inapplicable(args, dests, why: str, flag_names: dict[str, str] | None = None) -> None:
+    """The one rule for a flag that cannot apply: refuse, in one line naming the flags and `why` ("with --input
+    MNIST, which draws no samples"), those of `dests` the user typed. `args` are Arguments (a plain Namespace knows
+    no typed flags and passes); `flag_names` is the parser's flag_names() where a dest is not its flag's spelling."""
+    typed = sorted(set(dests) & getattr(args, "typed", set()))
+    if typed:
+        names = [(flag_names or {}).get(dest, "--" + dest.replace("_", "-")) for dest in typed]
+        one = len(names) == 1
+        raise UserError(f"{' and '.join(names)} {'does' if one else 'do'} not apply {why}: drop "
+                        f"{'it' if one else 'them'}")
+
+
 def run_cli(main, args: argparse.Namespace) -> None:
     """Run a script's main(args), turning a UserError or Ctrl-C into one line on stderr and an exit status."""
     prog = Path(sys.argv[0]).name
