@@ -40,7 +40,8 @@ from vqmnist.configuration.cli import run_cli
 from vqmnist.configuration.errors import UserError, running_out_is_a_user_error
 from vqmnist.configuration.training_flags import (build_parser, check_request, check_resumed, check_resumed_flags,
                                                   load_prior_state, model_config, prior_config, resume_args,
-                                                  size_flags)
+                                                  resume_command, size_flags,
+                                                  with_the_runs_data_folder)
 from vqmnist.io.data import Splits, load_splits, shard_size, steps_per_epoch
 from vqmnist.running.autoencoder_task import AutoencoderTask, TrainingSettings
 from vqmnist.running.loop import LoopSettings, train_epochs
@@ -50,10 +51,6 @@ from vqmnist.running.processes import Processes, process_group
 from vqmnist.running.run_folder import hold_run_folder, make_folder, prepare_run_folders, run_folders
 from vqmnist.running.run_log import NoWriter, RunFigures
 from vqmnist.running.stopping import StopOnSignal
-
-
-def resume_command(name: str) -> str:
-    return f"python vqvae.py --output-folder {shlex.quote(name)} --resume"
 
 
 def missing_best(model_dir: Path) -> UserError:
@@ -112,13 +109,15 @@ def plan_run(args, processes: Processes, splits: Splits | None) -> RunPlan:
     where it has none or another autoencoder's. Called with models/NAME held."""
     model_dir = run_folders(args.output_folder).model_dir
     last, best, prior_last = model_dir / "last.pt", model_dir / "best.pt", model_dir / "prior_last.pt"
-    if args.prior_only:
-        return RunPlan(args, prior=True)
-    if args.resume and not last.is_file():  # the prior alone trained here, with --prior-only
+    if args.prior_only or args.resume and not last.is_file():  # the latter: the prior alone trained here
         if not best.is_file():
             raise missing_best(model_dir)
+        best_checkpoint = load_checkpoint(best)
+        args = with_the_runs_data_folder(args, best_checkpoint, best)
+        if args.prior_only:
+            return RunPlan(args, prior=True)
         resumed = load_prior_state(prior_last)
-        if resumable(resumed, load_checkpoint(best)):
+        if resumable(resumed, best_checkpoint):
             return RunPlan(args, prior=True, prior_resumed=resumed)
         return RunPlan(args, note=f"{prior_last} already finished its prior epochs; nothing to do")
     resumed = None
@@ -211,6 +210,8 @@ def main(args):
                 dist.barrier()  # the others read last.pt only once process 0 holds the folder
             plan = plan_run(args, processes, splits)
             args = plan.args
+            if args.threads:  # a --resume's may be the stopped run's
+                torch.set_num_threads(args.threads)
             if plan.note:
                 print(plan.note)
             if not (plan.autoencoder or plan.prior):
@@ -229,13 +230,13 @@ def main(args):
             if plan.autoencoder:
                 task, state = AutoencoderTask.build(
                     model_config(args), from_flags(TrainingSettings, args), processes, plan.splits, model_dir,
-                    flags=vars(args), resume_command=resume_command(args.output_folder), writer=writer,
+                    flags=vars(args), resume_command=resume_command(args), writer=writer,
                     resumed=plan.autoencoder_resumed)
                 announce(task, state, args)
                 figures.start("autoencoder", resumed=plan.autoencoder_resumed is not None)
                 with StopOnSignal(deadline) as stop, running_out_is_a_user_error(
                         f"lower --batch-size (now {args.batch_size}), {size_flags(args.bottleneck)} and start again "
-                        "with --overwrite", task.last_path, "--resume"):
+                        "with --overwrite", task.last_path, resume_command(args)):
                     train_epochs(task, state, LoopSettings(args.num_epochs, args.log_interval, device, rank == 0,
                                                            world_size), stop, writer, figures, threads)
                 if world_size > 1:
@@ -254,7 +255,7 @@ def main(args):
                         "--resume" if (model_dir / "last.pt").is_file() else "--prior-only"):
                     task, state = PriorTask.build(
                         from_flags(PriorSettings, args), prior_config(args), device, model_dir, plan.splits,
-                        args.data_folder, args.val_size, resume_command(args.output_folder), writer,
+                        args.data_folder, args.val_size, resume_command(args), writer,
                         resumed=plan.prior_resumed)
                     if plan.prior_resumed is None:
                         task.last_path.unlink(missing_ok=True)  # an earlier prior's state, which this one replaces

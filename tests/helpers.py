@@ -64,11 +64,17 @@ TINY_BOTTLENECKS = {"vq": ("--k", "16"), "fsq": ("--bottleneck", "fsq", "--fsq-l
 
 
 def train_tiny(data_folder, *extra, bottleneck: str | None = "vq"):
-    """The tiny run with flags `extra`, and the tiny flags of a bottleneck of TINY_BOTTLENECKS (none for None)."""
+    """The tiny run with flags `extra`, and the tiny flags of a bottleneck of TINY_BOTTLENECKS (none for None): only
+    those that apply, as vqvae.py refuses a typed flag that cannot (the autoencoder's with --prior-only, the prior's
+    where it trains none)."""
+    pairs = set(zip(extra, extra[1:]))
+    prior_only = "--prior-only" in extra
+    no_prior = bottleneck == "gaussian" or ("--bottleneck", "gaussian") in pairs or ("--prior-epochs", "0") in pairs
+    autoencoder = () if prior_only else ("--num-epochs", "1", "--val-size", "64", "--batch-size", "64",
+                                         "--hidden-size", "8", *TINY_BOTTLENECKS.get(bottleneck, ()))
     args = training_flags.build_parser().parse_args([
-        "--data-folder", str(data_folder), "--num-epochs", "1", "--val-size", "64", "--batch-size", "64",
-        "--hidden-size", "8", *TINY_BOTTLENECKS.get(bottleneck, ()), "--log-interval", "1", "--output-folder", "tiny",
-        *TINY_PRIOR, *extra])
+        "--data-folder", str(data_folder), *autoencoder, "--log-interval", "1", "--output-folder", "tiny",
+        *(() if no_prior else TINY_PRIOR), *extra])
     vqvae.main(args)
 
 

@@ -1,6 +1,7 @@
 """vqvae.py's command line: its flags, made from the configs, and their checks, whether typed or read back by
 a --resume from the run's checkpoints."""
 import argparse
+import shlex
 from collections.abc import Iterable
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -12,11 +13,9 @@ from vqmnist.checkpoints.checks import DAMAGED, MAX_STEP, check_count, check_pla
 from vqmnist.checkpoints.format import TRAINING_KEYS, load_checkpoint, load_prior_training
 from vqmnist.checkpoints.loading import stored_autoencoder
 from vqmnist.configuration.cli import (ArgumentParser, Arguments, add_device_flag, add_option_flags, integer, number,
-                                       plain_name, unit_interval)
+                                       plain_name, refuse_inapplicable)
 from vqmnist.configuration.errors import UserError, shown
-from vqmnist.configuration.limits import (MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_SECONDS, MAX_SEED,
-                                          MAX_STEPS_BETWEEN_LOGS, MAX_THREADS, MAX_VALIDATION, MAX_WORKERS, check_size,
-                                          check_step_cost)
+from vqmnist.configuration.limits import MAX_SECONDS, MAX_THREADS, check_size, check_step_cost
 from vqmnist.io.data import DATASETS
 from vqmnist.running.autoencoder_task import TrainingSettings
 from vqmnist.running.machine import DEFAULT_THREADS
@@ -27,6 +26,12 @@ from vqmnist.running.run_folder import run_folders
 # result, so a --resume takes it from the checkpoint and refuses a different value.
 RUN_FLAGS = {"output_folder", "data_folder", "device", "num_workers", "log_interval", "overwrite", "amp", "compile",
              "channels_last", "threads", "time_limit", "resume", "prior_only"}
+# Run flags a --resume takes from the checkpoint where they are not typed again: where the data is, and those that
+# change the sums (the thread count splits them differently, bf16, compiled kernels and the memory format round
+# differently), so that the printed resume command ends where the unbroken run would.
+KEPT_RUN_FLAGS = ("data_folder", "threads", "amp", "compile", "channels_last")
+# Run flags whose change on a --resume changes the result: a --resume that changes one says so.
+RESULT_RUN_FLAGS = ("device", "threads", "amp", "compile", "channels_last")
 # The flag's dest of each PriorSettings field: prior_last.pt stores the settings, and a --resume checks them as these.
 PRIOR_SETTING_FLAGS = {item.name: flag_dest(item) for item in option_fields(PriorSettings)}
 # The settings the autoencoder's and the prior's flags share (--seed, --log-interval), declared with the former.
@@ -166,21 +171,48 @@ def check_flags(args) -> None:
 
 
 def check_request(args) -> None:
-    """Refuse flags that contradict each other or their bottleneck, before anything is read or made. A resumed run's
-    own flags are its checkpoint's, checked once read (check_resumed_flags)."""
+    """Refuse flags that contradict each other or their bottleneck, or that cannot apply, before anything is read or
+    made. A resumed run's own flags are its checkpoint's, checked once read (check_resumed_flags)."""
     if args.resume and args.overwrite:
         raise UserError("--resume continues a run and --overwrite replaces it: pass only one")
     if args.prior_only and (args.resume or args.overwrite):
         raise UserError("--prior-only trains only the prior of an existing run: drop --resume and --overwrite")
     if args.prior_only and args.prior_epochs == 0:
         raise UserError("--prior-only with --prior-epochs 0 has nothing to do: give --prior-epochs N")
+    flag_names = build_parser().flag_names()
+    if args.prior_only:
+        refuse_inapplicable(args, autoencoder_flags(), "with --prior-only, which trains a prior for best.pt's "
+                            "autoencoder as it is, on the data it trained on", flag_names)
     if not args.resume:
+        prior_flags = prior_training_flags()
+        if not BOTTLENECKS[args.bottleneck].discrete:
+            refuse_inapplicable(args, prior_flags, f"to --bottleneck {args.bottleneck}, which has no codes for a "
+                                "prior", flag_names)
+        if args.prior_epochs == 0:
+            refuse_inapplicable(args, prior_flags, "with --prior-epochs 0, which trains no prior", flag_names)
         if isinstance(args, Arguments):
             check_stray(args, args.typed, f"--bottleneck {args.bottleneck}")
             if "mixture_components" in args.typed and args.decoder_output != "logistic":
                 raise UserError(f"--mixture-components is the logistic decoder's, not --decoder-output "
                                 f"{args.decoder_output}'s: drop it, or give --decoder-output logistic")
         check_flags(args)
+
+
+def autoencoder_flags() -> set[str]:
+    """The dests of the flags that shape or train the autoencoder alone: its model's and bottlenecks', how it trains
+    (but --seed, --log-interval and --amp, which the prior's training shares) and the data set it reads."""
+    return ({flag_dest(item) for item in option_fields(VQVAEConfig)}
+            | {flag_dest(item) for bottleneck in BOTTLENECKS.values() for item in option_fields(bottleneck.Config)}
+            | {flag_dest(item) for item in option_fields(TrainingSettings) if item.metadata["flag"] is not None
+               and item.name not in SHARED_SETTINGS}
+            | {"dataset", "compile", "channels_last"})
+
+
+def prior_training_flags() -> set[str]:
+    """The dests of the prior's own flags (--prior-epochs aside): its shape's and how it trains."""
+    return ({flag_dest(item, "prior_") for item in option_fields(PriorConfig) if item.metadata["flag"] is not None}
+            | {flag_dest(item) for item in option_fields(PriorSettings) if item.metadata["flag"] is not None
+               and item.name not in SHARED_SETTINGS and item.name != "epochs"})
 
 
 def resume_args(args, parser: ArgumentParser) -> tuple[argparse.Namespace, dict]:
@@ -209,7 +241,45 @@ def resume_args(args, parser: ArgumentParser) -> tuple[argparse.Namespace, dict]
             flag = flag_names[name]
             raise UserError(f"--resume continues {path} with its own {flag} {as_typed(kept)}: drop {flag} "
                             f"{as_typed(given)}, or start a new run")
-    return argparse.Namespace(**{**vars(args), **result_flags}), checkpoint
+    return argparse.Namespace(**{**vars(args), **result_flags, **kept_run_flags(args, saved, typed, path)}), checkpoint
+
+
+def kept_run_flags(args, saved: dict, typed: set[str], path: Path, names=KEPT_RUN_FLAGS) -> dict:
+    """The run flags of `names` that a --resume takes from the stopped run's stored flags `saved` (those not typed
+    now, and stored: a checkpoint from before a flag lacks it), each checked as if typed; one line says where a flag
+    typed now (RESULT_RUN_FLAGS) differs from the stored run's, since the result will then differ from the unbroken
+    run's."""
+    parser = build_parser()
+    stored = [name for name in names if name not in typed and name in saved]
+    check_stored_flags(parser, saved, stored, path)
+    changed = [name for name in RESULT_RUN_FLAGS
+               if name in typed and name in saved and getattr(args, name) != saved[name]]
+    if changed:
+        flag_names = parser.flag_names()
+        print(f"note: {', '.join(f'{flag_names[name]} {as_typed(getattr(args, name))}' for name in changed)} "
+              f"differ{'s' if len(changed) == 1 else ''} from the stopped run's "
+              f"({', '.join(f'{flag_names[name]} {as_typed(saved[name])}' for name in changed)}): the weights will "
+              "not be those the unbroken run would have ended with")
+    return {name: saved[name] for name in stored}
+
+
+def with_the_runs_data_folder(args, checkpoint: dict, path: Path):
+    """args, with the data folder of the run that wrote `checkpoint` (best.pt, whose prior trains now) where
+    --data-folder is not typed: its digits are where that run found them."""
+    typed = getattr(args, "typed", set())
+    saved = checkpoint["args"] if isinstance(checkpoint["args"], dict) else {}
+    kept = kept_run_flags(args, saved, typed, path, names=("data_folder",))
+    return argparse.Namespace(**{**vars(args), **kept})
+
+
+def resume_command(args) -> str:
+    """The command that continues this run where it stops: its folder and --resume, and the run flags a --resume
+    would not take from the checkpoint that differ from their defaults (the device); those it takes (KEPT_RUN_FLAGS)
+    it finds in the checkpoint."""
+    parser, words = build_parser(), ["python", "vqvae.py", "--output-folder", args.output_folder, "--resume"]
+    if args.device != parser.get_default("device"):
+        words += ["--device", args.device]
+    return shlex.join(words)
 
 
 def check_resumed_flags(args, path: Path) -> None:

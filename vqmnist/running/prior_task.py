@@ -13,7 +13,7 @@ from options import SWITCH, UNIT_INTERVAL, check_options, integer, number, optio
 from prior import GUIDANCE, SAMPLING_TEMPERATURE, CodePrior, PriorConfig, encode_images, prior_nll_bits
 from vqmnist.checkpoints.checks import check_place
 from vqmnist.checkpoints.format import (RunState, prior_entry, prior_training_checkpoint, restore_training,
-                                        save_checkpoint, stored_prior, trained_dataset)
+                                        save_checkpoint, stored_prior, trained_dataset, trained_val_size)
 from vqmnist.checkpoints.loading import load_model
 from vqmnist.configuration.errors import UserError
 from vqmnist.configuration.limits import MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE
