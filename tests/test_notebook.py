@@ -29,7 +29,7 @@ def run_tour(folder: Path, model: str | None = None) -> str:
     notebook.cells.insert(parameters + 1, nbformat.v4.new_code_cell(
         f"REPOSITORY_ROOT = {str(ROOT)!r}\nDATA_FOLDER = {str(folder / 'data')!r}\nSAMPLES = 70\n"
         f"SHOW_TENSORBOARD = False\nEXTRA_FLAGS = {tiny!r}\n" + (f"MODEL = {model!r}\n" if model else "") +
-        f"import sys\nsys.path.insert(0, REPOSITORY_ROOT)\nfrom vqmnist import data\n"
+        f"import sys\nsys.path.insert(0, REPOSITORY_ROOT)\nfrom vqmnist.io import data\n"
         f"data.MNIST_MD5 = {json.dumps(checksums)}"))
     started = time.perf_counter()
     NotebookClient(notebook, timeout=BUDGET_SECONDS, kernel_name="python3",
