@@ -225,7 +225,6 @@ def main(args):
             writer = SummaryWriter(log_dir, purge_step=purge_step) if rank == 0 else NoWriter()
             figures = RunFigures(model_dir, fresh=plan.autoencoder and plan.autoencoder_resumed is None,
                                  enabled=rank == 0)
-            threads = ThreadChooser.for_training(device, args.threads)
             model = None
             if plan.autoencoder:
                 task, state = AutoencoderTask.build(
@@ -237,8 +236,9 @@ def main(args):
                 with StopOnSignal(deadline) as stop, running_out_is_a_user_error(
                         f"lower --batch-size (now {args.batch_size}), {size_flags(args.bottleneck)} and start again "
                         "with --overwrite", task.last_path, resume_command(args)):
-                    train_epochs(task, state, LoopSettings(args.num_epochs, args.log_interval, device, rank == 0,
-                                                           world_size), stop, writer, figures, threads)
+                    loop = LoopSettings(args.num_epochs, args.log_interval, device, rank == 0, world_size)
+                    train_epochs(task, state, loop, stop, writer, figures,
+                                 ThreadChooser.for_training(device, args.threads))
                 if world_size > 1:
                     dist.barrier()  # the others leave only once process 0 has written the last checkpoint
                 seconds = figures.finished("autoencoder", best_epoch=state.best_epoch)
@@ -260,8 +260,9 @@ def main(args):
                     if plan.prior_resumed is None:
                         task.last_path.unlink(missing_ok=True)  # an earlier prior's state, which this one replaces
                     announce_prior(task, state, plan.prior_resumed is not None)
-                    train_epochs(task, state, LoopSettings(task.settings.epochs, task.settings.log_interval, device),
-                                 stop, writer, figures, threads)
+                    loop = LoopSettings(task.settings.epochs, task.settings.log_interval, device)
+                    train_epochs(task, state, loop, stop, writer, figures,
+                                 ThreadChooser.for_training(device, args.threads))
                 seconds = figures.finished("prior", best_epoch=state.best_epoch)
                 print(f"prior ({seconds:.0f} s, codes included) saved in {task.best_path}; next: python generate.py "
                       f"--model {shlex.quote(str(task.best_path))} --input random --filename samples")
