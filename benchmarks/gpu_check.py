@@ -21,15 +21,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # --quick's run: 128 training images (two steps), a tiny model and prior, on the committed MNIST files.
-QUICK_RUN = ["--num-epochs", "1", "--prior-epochs", "1", "--val-size", "59872", "--hidden-size", "8", "--k", "16",
-             "--prior-width", "16", "--prior-layers", "1", "--prior-heads", "2"]
+QUICK_AUTOENCODER = ["--num-epochs", "1", "--val-size", "59872", "--hidden-size", "8", "--k", "16"]
+QUICK_PRIOR = ["--prior-epochs", "1", "--prior-width", "16", "--prior-layers", "1", "--prior-heads", "2"]
 
 
 def steps(args, out_dir: Path) -> list[tuple[str, list[str], Path]]:
     """(what, command, the folder it runs in) of each step, in order: the tests and the speed table run in the
     repository, the runs in out_dir, where their models/ and logs/ go."""
     python, device, data = sys.executable, ["--device", args.device], ["--data-folder", str(ROOT / "data")]
-    run = QUICK_RUN if args.quick else []
+    autoencoder, prior = (QUICK_AUTOENCODER, QUICK_PRIOR) if args.quick else ([], [])
     versions = ("import torch; print('torch', torch.__version__, '| CUDA', torch.version.cuda, '| GPU', "
                 "torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')")
     return [
@@ -42,14 +42,15 @@ def steps(args, out_dir: Path) -> list[tuple[str, list[str], Path]]:
                                         *(["--steps", "2", "--warmup", "1", "--repeats", "1",
                                            "--prior-batch-size", "8"] if args.quick else [])], ROOT),
         ("a timed default run: the autoencoder, then the prior",
-         [python, str(ROOT / "vqvae.py"), *device, *data, *run, "--output-folder", "gpu_check", "--overwrite"],
+         [python, str(ROOT / "vqvae.py"), *device, *data, *autoencoder, *prior, "--output-folder", "gpu_check",
+          "--overwrite"],
          out_dir),
         ("its scorecard", [python, str(ROOT / "evaluate.py"), *device, *data, "--model", "models/gpu_check/best.pt",
                            *(["--samples", "65"] if args.quick else [])], out_dir),
         ("one epoch under torchrun, in a process group (nccl on CUDA)",
          [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", str(ROOT / "vqvae.py"),
-          *device, *data, *(run or ["--num-epochs", "1"]), "--prior-epochs", "0", "--output-folder", "gpu_check_ddp",
-          "--overwrite"], out_dir),
+          *device, *data, *(autoencoder or ["--num-epochs", "1"]), "--prior-epochs", "0", "--output-folder",
+          "gpu_check_ddp", "--overwrite"], out_dir),
     ]
 
 

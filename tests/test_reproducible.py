@@ -103,8 +103,7 @@ def test_a_prior_only_run_in_a_new_process_gives_the_same_prior(tmp_path, monkey
     for name in ("first", "second"):
         (folder / "models" / name).mkdir()
         shutil.copy(folder / "models" / "tiny" / "best.pt", folder / "models" / name / "best.pt")
-        flags = ["--data-folder", str(folder / "data"), "--output-folder", name, "--prior-only", *TINY_PRIOR,
-                 "--val-size", "64"]
+        flags = ["--data-folder", str(folder / "data"), "--output-folder", name, "--prior-only", *TINY_PRIOR]
         result = subprocess.run([sys.executable, "-c", PRIOR_ONLY, str(checksums), *flags],
                                 cwd=folder, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-2000:]

@@ -329,7 +329,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
     assert exit_info.value.code == 2
     last_line = capsys.readouterr().err.splitlines()[-1]  # after the progress bars
     assert last_line == ("vqvae.py: error: no space left on the device holding models/tiny: free space, then "
-                         "--resume; models/tiny/last.pt keeps what was last saved")
+                         "python vqvae.py --output-folder tiny --resume; models/tiny/last.pt keeps what was last saved")
     assert load_checkpoint("models/tiny/last.pt")["epoch"] == 1
     assert not list(Path("models/tiny").glob(".*.tmp-*")), "the temporary file was left behind"
 
@@ -338,7 +338,8 @@ def test_a_full_disk_under_tensorboard_is_one_line(tiny_mnist, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     full = OSError(errno.ENOSPC, "No space left on device", "logs/tiny/events.out.tfevents.1")
     fail_on_call(monkeypatch, SummaryWriter, "add_scalar", 10, full)
-    with pytest.raises(UserError, match="^no space left on the device holding logs/tiny: free space, then --resume"):
+    with pytest.raises(UserError, match="^no space left on the device holding logs/tiny: free space, then python "
+                                        "vqvae.py --output-folder tiny --resume"):
         train_tiny(tiny_mnist, *TWO_EPOCHS)
 
 
