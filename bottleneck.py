@@ -72,11 +72,19 @@ class Bottleneck(nn.Module, abc.ABC):
     num_embeddings: int
 
     @classmethod
-    @abc.abstractmethod
     def dims(cls, config, hidden_size: int) -> tuple[int, int]:
         """(input_dim, code_dim) of the bottleneck `config` would build behind an encoder of hidden_size channels.
         The autoencoder builds its projection into code space before the bottleneck, so that the weights are drawn
-        in the order of the layers."""
+        in the order of the layers.
+
+        By default (D, D) for a Config with a code_dim field, D as `code_dim_of` says: a bottleneck that reads and
+        gives D channels. One whose widths come otherwise (FSQ's levels, LFQ's bits, a Gaussian's mean and
+        log-variance a dimension) overrides it."""
+        if not hasattr(config, "code_dim"):
+            raise TypeError(f"{cls.__name__}.Config has no code_dim field, from which the default dims are read: "
+                            f"give {cls.__name__} its own dims")
+        code_dim = code_dim_of(config, hidden_size)
+        return code_dim, code_dim
 
     @classmethod
     @abc.abstractmethod

@@ -56,8 +56,7 @@ import torch
 
 from modules import LATENT_SIDE
 from pixel_distributions import IMAGE_PIXELS
-from prior import (GUIDANCE, SAMPLING_TEMPERATURE, Truncation, default_temperature, encode_images, marginal_nll_bits,
-                   prior_nll_bits)
+from prior import GUIDANCE, SAMPLING_TEMPERATURE, Truncation, encode_images, marginal_nll_bits, prior_nll_bits
 from vqmnist.checkpoints.format import trained_dataset, trained_val_size
 from vqmnist.checkpoints.loading import load_model
 from vqmnist.configuration.cli import (ArgumentParser, add_dataset_flag, add_device_flag, add_option_flags, integer,
@@ -102,9 +101,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--iw-samples", type=integer(1, MAX_IW_SAMPLES), default=None,
                         help=f"a continuous bottleneck's samples of z for its importance-weighted bound, at most "
                              f"{MAX_IW_SAMPLES:,} (default: {DEFAULT_IW_SAMPLES})")
-    parser.add_argument("--temperature", type=number(MIN_TEMPERATURE, MAX_TEMPERATURE), default=None,
-                        help=f"of the prior's samples, or a continuous bottleneck's latents' standard deviation "
-                             f"(default: {SAMPLING_TEMPERATURE} for a prior over codes, 1 for continuous latents)")
+    parser.add_argument("--temperature", type=number(MIN_TEMPERATURE, MAX_TEMPERATURE),
+                        default=SAMPLING_TEMPERATURE,
+                        help="divides the prior's logits, or scales a continuous bottleneck's latents' standard "
+                             f"deviation, of the samples scored; 1 changes neither (default: {SAMPLING_TEMPERATURE})")
     parser.add_argument("--guidance", type=number(0, MAX_GUIDANCE), default=GUIDANCE,
                         help=f"classifier-free guidance weight of the prior's samples (default: {GUIDANCE})")
     add_option_flags(parser, Truncation)
@@ -273,8 +273,6 @@ def print_samples(args, samples: dict, discrete: bool) -> None:
 def main(args) -> None:
     device = resolve_device(args.device)
     model, prior, checkpoint, _ = load_model(args.model, device)
-    if args.temperature is None:
-        args.temperature = default_temperature(model.discrete)
     # The judge is read before anything is scored: a bad --classifier costs no work.
     classifier = load_classifier(args.classifier, device) if args.samples else None
     args.dataset = args.dataset or trained_dataset(checkpoint, args.model)

@@ -51,7 +51,7 @@ class FiniteScalarQuantizer(Bottleneck):
     def __init__(self, levels: tuple[int, ...]):
         super().__init__()
         self.num_embeddings = math.prod(levels)
-        self.input_dim = self.code_dim = self.embedding_dim = len(levels)
+        self.input_dim = self.code_dim = len(levels)
         # Each dimension's constants, shaped (1, d, 1, 1) against z (B, d, H, W). Not persistent: they follow from
         # the levels, which the checkpoint's config stores.
         per_dim = torch.tensor(levels, dtype=torch.float32).view(1, -1, 1, 1)

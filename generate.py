@@ -48,7 +48,7 @@ from torchvision.utils import make_grid, save_image
 from modules import LATENT_SIDE
 from options import MAX_CODES, MAX_WIDTH
 from pixel_distributions import images_to_inputs
-from prior import GUIDANCE, SAMPLING_TEMPERATURE, Truncation, default_temperature
+from prior import GUIDANCE, SAMPLING_TEMPERATURE, Truncation
 from vqmnist.checkpoints.format import trained_dataset
 from vqmnist.checkpoints.loading import load_model
 from vqmnist.configuration.cli import (ArgumentParser, add_dataset_flag, add_device_flag, add_option_flags, integer,
@@ -89,11 +89,11 @@ def build_parser() -> ArgumentParser:
                         help="name of the PNG written to generatedImages/ (default: the --input value)")
     parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
                         help=f"picks the test digits, the samples or the noise, 0 to {MAX_SEED:,} (default: 0)")
-    parser.add_argument("--temperature", type=number(MIN_TEMPERATURE, MAX_TEMPERATURE), default=None,
+    parser.add_argument("--temperature", type=number(MIN_TEMPERATURE, MAX_TEMPERATURE),
+                        default=SAMPLING_TEMPERATURE,
                         help="--input random: divides the prior's logits, or scales a continuous bottleneck's "
                              f"latents' standard deviation, {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}; lower gives "
-                             f"cleaner, less varied digits (default: {SAMPLING_TEMPERATURE} for a prior over codes, 1 "
-                             "for continuous latents)")
+                             f"cleaner, less varied digits; 1 changes neither (default: {SAMPLING_TEMPERATURE})")
     parser.add_argument("--guidance", type=number(0, MAX_GUIDANCE), default=GUIDANCE,
                         help=f"--input random: classifier-free guidance weight, 0 to {MAX_GUIDANCE:g}; higher gives "
                              "digits more typical of their class, 0 samples the prior as trained (default: "
@@ -112,8 +112,8 @@ def build_parser() -> ArgumentParser:
                         help="--input codes: a .pt or .npy file of code grids (N, 7, 7), (N, L, 7, 7) for a residual "
                              "VQ, to decode (default: none)")
     parser.add_argument("--save-codes", default=None, metavar="FILE",
-                        help="also write the grid's 100 code grids (100, 7, 7) to FILE, .pt or .npy (default: not "
-                             "written)")
+                        help="also write the grid's 100 code grids (100, 7, 7), (100, L, 7, 7) for a residual VQ, to "
+                             "FILE, .pt or .npy (default: not written)")
     parser.add_argument("--data-folder", default="data",
                         help="MNIST folder, for --input MNIST (default: data)")
     add_dataset_flag(parser)
@@ -189,7 +189,7 @@ def check_targets(targets: dict[Path, str], args) -> None:
 
 class Picture(NamedTuple):
     pixels: torch.Tensor  # (N, 1, 28, 28) in [0, 1]
-    codes: torch.Tensor | None  # (N, 7, 7) the code grids behind them; None for a continuous bottleneck
+    codes: torch.Tensor | None  # (N, 7, 7) or (N, L, 7, 7) the code grids behind them; None for a continuous bottleneck
     what: str  # for the line that says what was written
     inputs: torch.Tensor | None = None  # (N, 1, 28, 28) in [0, 1]: the test digits reconstructed, for NAME_input.png
 
@@ -301,8 +301,6 @@ def main(args) -> None:
     model = loaded.model
     check_architecture(model, args)
     check_flags(args, model)
-    if args.temperature is None:
-        args.temperature = default_temperature(model.discrete)
     args.dataset = args.dataset or trained_dataset(loaded.checkpoint, args.model)
     path = output_path(args.filename or args.input)
     targets = {path: "--filename"}

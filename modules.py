@@ -175,13 +175,13 @@ class VQVAE(nn.Module):
 
     def forward(self, x: Tensor) -> VQVAEOutput:
         z_e = self.to_code_space(self.encoder(x))  # x (B, 1, 28, 28) -> (B, hidden, 7, 7) -> z_e (B, D, 7, 7)
-        quantized = self.bottleneck(z_e)  # z_q (B, D, 7, 7), codes (B, 7, 7) or None
+        quantized = self.bottleneck(z_e)  # z_q (B, D, 7, 7), codes (B, 7, 7) or (B, L, 7, 7), or None
         return VQVAEOutput(self.decoder(self.from_code_space(quantized.z_q)), quantized)
 
     @staticmethod
     def bottleneck_loss(quantized: BottleneckOutput) -> Tensor:
-        """The bottleneck's part of the training loss: the sum of its loss terms (the VQ's codebook and commitment
-        losses, where with EMA the codebook loss has no gradient and adds a constant; a Gaussian's weighted KL)."""
+        """The bottleneck's part of the training loss: the sum of its loss terms (the VQ's commitment loss, and its
+        codebook loss where the codebook learns by loss; a Gaussian's weighted KL)."""
         return sum((term.float() for term in quantized.losses.values()), torch.zeros(()))
 
     @property
@@ -223,12 +223,14 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        """Images (B, 1, 28, 28) in [-1, 1] -> codes (B, 7, 7); a discrete bottleneck only."""
+        """Images (B, 1, 28, 28) in [-1, 1] -> codes (B, 7, 7), or (B, L, 7, 7) with L = code_levels > 1 codes a
+        position (a residual VQ's levels); a discrete bottleneck only."""
         return self.bottleneck(self.to_code_space(self.encoder(x))).codes
 
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
-        """Codes (B, 7, 7) -> decoder outputs (B, 1, 28, 28); `to_pixels` turns them into pixels."""
+        """Codes (B, 7, 7) or (B, L, 7, 7) -> decoder outputs (B, decoder_channels, 28, 28); `to_pixels` turns them
+        into pixels."""
         return self.decode_latents(self.bottleneck.embed(codes))
 
     @torch.no_grad()
@@ -238,5 +240,5 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def decode_latents(self, z: Tensor) -> Tensor:
-        """Latents z (B, D, 7, 7) (code vectors, or a continuous z) -> decoder outputs (B, 1, 28, 28)."""
+        """Latents z (B, D, 7, 7) (code vectors, or a continuous z) -> decoder outputs (B, decoder_channels, 28, 28)."""
         return self.decoder(self.from_code_space(z))

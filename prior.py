@@ -15,7 +15,9 @@ from options import (MAX_CLASSES, MAX_CODES, MAX_CODE_LEVELS, MAX_DEPTH, MAX_GRI
                      check_options, integer, number, option)
 from pixel_distributions import images_to_inputs
 
-# Sampling defaults of generate.py and evaluate.py, and of the samples TensorBoard shows; see CodePrior.sample.
+# Sampling defaults of generate.py and evaluate.py, and of the samples TensorBoard shows; see CodePrior.sample. The
+# temperature 1, for codes and continuous latents alike, changes nothing: the prior's (guided) logits are used as they
+# are, and a continuous bottleneck's latents are drawn from its own prior as it was trained (the Gaussian's N(0, I)).
 SAMPLING_TEMPERATURE = 1.0
 GUIDANCE = 0.75
 
@@ -54,16 +56,11 @@ class Truncation:
         return logits
 
 
-def default_temperature(discrete: bool) -> float:
-    """generate.py's and evaluate.py's --temperature when none is given: SAMPLING_TEMPERATURE for the prior over
-    codes, 1 for a Gaussian VAE, whose latents are then drawn from N(0, I) as it was trained."""
-    return SAMPLING_TEMPERATURE if discrete else 1.0
-
-
 @dataclass
 class PriorConfig:
-    """The shape of the prior over code grids: all that is needed to rebuild it from a checkpoint. The first four
-    fields follow from the autoencoder; the others are set by vqvae.py's --prior-* flags (dest prior_FIELD)."""
+    """The shape of the prior over code grids: all that is needed to rebuild it from a checkpoint. The first three
+    fields are the autoencoder's, set from its bottleneck and code grids where the prior's task is built; num_classes
+    keeps its default, MNIST's ten digits; the others are set by vqvae.py's --prior-* flags (dest prior_FIELD)."""
 
     num_embeddings: int = option(512, integer(1, MAX_CODES))  # K, the autoencoder's number of codes (of each level)
     grid_size: int = option(7, integer(1, MAX_GRID_SIDE))  # the code grid is grid_size x grid_size, in raster order

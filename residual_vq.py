@@ -37,23 +37,20 @@ class ResidualVQConfig(VQConfig):
 
 class ResidualVectorQuantizer(Bottleneck):
     """The residual VQ bottleneck. z_e (B, D, H, W) -> BottleneckOutput with codes (B, L, H, W), level l's indices
-    into its own K codes; the loss terms "codebook" (each level's against the residual it quantised, summed) and
-    "commitment" (beta times z_e's against the sum of its codes); the "perplexity" of the L * K codes."""
+    into its own K codes; the loss terms "codebook" (each level's against the residual it quantised, summed; with
+    codebook_update "loss" only, as the VQ's) and "commitment" (beta times z_e's against the sum of its codes); the
+    "perplexity" of the L * K codes."""
 
     Config = ResidualVQConfig
 
-    def __init__(self, config: ResidualVQConfig, embedding_dim: int):
+    def __init__(self, config: ResidualVQConfig, code_dim: int):
         super().__init__()
         self.num_embeddings, self.code_levels = config.num_embeddings, config.depth
-        self.input_dim = self.code_dim = embedding_dim
+        self.input_dim = self.code_dim = code_dim
         self.beta, self.estimator = config.beta, config.estimator
+        self.codebook_update = config.codebook_update
         # Each level the VQ of the same settings; its estimator is unused, since the gradient passes the sum below.
-        self.levels = nn.ModuleList(VectorQuantizer.from_config(config, embedding_dim) for _ in range(config.depth))
-
-    @classmethod
-    def dims(cls, config: ResidualVQConfig, hidden_size: int) -> tuple[int, int]:
-        code_dim = code_dim_of(config, hidden_size)
-        return code_dim, code_dim
+        self.levels = nn.ModuleList(VectorQuantizer.from_config(config, code_dim) for _ in range(config.depth))
 
     @classmethod
     def from_config(cls, config: ResidualVQConfig, hidden_size: int) -> "ResidualVectorQuantizer":
@@ -79,11 +76,14 @@ class ResidualVectorQuantizer(Bottleneck):
         # The codebooks' own computations (init, search, updates) take no gradient and run in fp32.
         residual = flat.detach().float()
         quantized = torch.zeros_like(residual)
+        # EMA codebooks are not the optimizer's: their codebook loss would train nothing, only add to the loss logged.
+        trained_by_loss = self.codebook_update == "loss"
         codebook_loss = torch.zeros((), device=z_e.device)
         indices, counts = [], []
         for level in self.levels:
             assignment = level.assign(residual)  # vectors (B*H*W, D), with the codebook's gradient
-            codebook_loss = codebook_loss + F.mse_loss(assignment.vectors, residual)
+            if trained_by_loss:
+                codebook_loss = codebook_loss + F.mse_loss(assignment.vectors, residual)
             residual = residual - assignment.vectors.detach()
             quantized = quantized + assignment.vectors
             indices.append(assignment.indices)
@@ -95,6 +95,7 @@ class ResidualVectorQuantizer(Bottleneck):
         z_q = pass_gradient(z_e, z_q, self.estimator) if self.training else vectors.detach().contiguous()
         # L x (B*H*W,) -> (L, B, H, W) -> codes (B, L, H, W)
         codes = torch.stack(indices).view(self.code_levels, batch, height, width).transpose(0, 1).contiguous()
-        return BottleneckOutput(z_q=z_q, codes=codes,
-                                losses={"codebook": codebook_loss, "commitment": commitment_loss},
+        losses = {"codebook": codebook_loss} if trained_by_loss else {}
+        losses["commitment"] = commitment_loss
+        return BottleneckOutput(z_q=z_q, codes=codes, losses=losses,
                                 figures={"perplexity": perplexity_from_counts(torch.cat(counts))})

@@ -51,11 +51,6 @@ class SimVQ(Bottleneck):
         self.projection = nn.Linear(code_dim, code_dim)  # W, with a bias as in the authors' code
 
     @classmethod
-    def dims(cls, config: SimVQConfig, hidden_size: int) -> tuple[int, int]:
-        code_dim = code_dim_of(config, hidden_size)
-        return code_dim, code_dim
-
-    @classmethod
     def from_config(cls, config: SimVQConfig, hidden_size: int) -> "SimVQ":
         return cls(config.num_embeddings, code_dim_of(config, hidden_size), config.beta, config.estimator)
 

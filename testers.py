@@ -1,8 +1,12 @@
-"""Reusable checks of a vector quantizer, each computing the expected answer independently of the quantizer.
+"""Reusable checks of a codebook vector quantizer, each computing the expected answer independently of the quantizer.
 
-Call them on any module with the interface of `vector_quantizer.VectorQuantizer` (an `embedding` of K codes and
-a forward pass returning a `bottleneck.BottleneckOutput`); each raises AssertionError on a fault. tests/
-applies them to the project's quantizer; the tests below show that each check catches the fault it is written for.
+They check a module with the interface of `vector_quantizer.VectorQuantizer`, not the whole Bottleneck interface:
+a learned codebook in `embedding` (an nn.Embedding of its K codes), `codebook()` (those codes as the search uses
+them), `beta`, and a forward pass returning a `bottleneck.BottleneckOutput` with codes (B, H, W) and the loss terms
+"commitment" and, where the codebook learns by loss, "codebook". FSQ, LFQ, SimVQ and the residual VQ have no such
+`embedding` and have their own tests (tests/test_bottleneck_contract.py holds every registered bottleneck to what
+the interface promises). Each check raises AssertionError on a fault. tests/test_vector_quantizer.py applies them to
+the project's VQ; the tests below show that each check catches the fault it is written for.
 """
 import contextlib
 import math
@@ -13,14 +17,26 @@ import torch
 from bottleneck import BottleneckOutput
 from vector_quantizer import VectorQuantizer
 
+# The reference quantizer's settings where they differ from VectorQuantizer's defaults (VQConfig's): the codebook
+# loss, a tiny uniform start, use counts of decay 0.99, no restarts. The tests build it unless they say otherwise.
+REFERENCE_SETTINGS = {"codebook_update": "loss", "ema_decay": 0.99, "codebook_init": "uniform",
+                      "restart_threshold": 0.0}
 
-def random_quantizer(num_embeddings: int, embedding_dim: int, beta: float = 0.25, seed: int = 0,
+
+def reference_quantizer(num_embeddings: int, code_dim: int, beta: float = 0.25, **options) -> VectorQuantizer:
+    """A VectorQuantizer of K = num_embeddings codes of D = code_dim with REFERENCE_SETTINGS, `options`
+    (VectorQuantizer's keywords) overriding them."""
+    return VectorQuantizer(num_embeddings, code_dim, beta, **{**REFERENCE_SETTINGS, **options})
+
+
+def random_quantizer(num_embeddings: int, code_dim: int, beta: float = 0.25, seed: int = 0,
                      **options) -> VectorQuantizer:
-    """A quantizer (options as VectorQuantizer's) whose codes are spread like its inputs will be, so nearest codes
-    are well separated; already initialised, so a training-mode call does not replace them from its input."""
+    """A reference quantizer (options as reference_quantizer's) whose codes are spread like its inputs will be, so
+    nearest codes are well separated; already initialised, so a training-mode call does not replace them from its
+    input."""
     torch.manual_seed(seed)
-    quantizer = VectorQuantizer(num_embeddings, embedding_dim, beta, **options)
-    quantizer.set_codebook(torch.randn(num_embeddings, embedding_dim), count=1.0)
+    quantizer = reference_quantizer(num_embeddings, code_dim, beta, **options)
+    quantizer.set_codebook(torch.randn(num_embeddings, code_dim), count=1.0)
     return quantizer
 
 
@@ -35,9 +51,9 @@ def evaluating(quantizer):
         quantizer.train(was_training)
 
 
-def random_inputs(batch: int, embedding_dim: int, height: int, width: int, seed: int = 1) -> torch.Tensor:
+def random_inputs(batch: int, code_dim: int, height: int, width: int, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, embedding_dim, height, width, generator=generator)
+    return torch.randn(batch, code_dim, height, width, generator=generator)
 
 
 def brute_force_nearest(z_e: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +65,8 @@ def brute_force_nearest(z_e: torch.Tensor, codebook: torch.Tensor) -> tuple[torc
 
 
 def check_nearest_codes(quantizer, z_e: torch.Tensor) -> None:
-    """Every position gets its nearest code, and z_q holds exactly that code's vector."""
+    """Every position gets its nearest code of `codebook()` to z_e (B, D, H, W), and z_q holds exactly that code's
+    vector."""
     # The codebook as the forward pass sees it: in training mode the pass itself may update it afterwards.
     codebook = quantizer.codebook().detach().clone()
     with torch.no_grad():
@@ -66,7 +83,8 @@ def check_nearest_codes(quantizer, z_e: torch.Tensor) -> None:
 
 
 def check_straight_through(quantizer, z_e: torch.Tensor) -> None:
-    """A gradient arriving at z_q reaches z_e unchanged (straight-through estimator)."""
+    """A gradient arriving at z_q reaches z_e (B, D, H, W) unchanged (the straight-through estimator, not the
+    rotation trick)."""
     z_e = z_e.clone().requires_grad_(True)
     output = quantizer(z_e)
     upstream = torch.randn_like(output.z_q)
@@ -76,16 +94,17 @@ def check_straight_through(quantizer, z_e: torch.Tensor) -> None:
 
 
 def check_codebook_gradient(quantizer, z_e: torch.Tensor) -> None:
-    """A codebook trained by loss gets the codebook-loss gradient, 2 (e_k - z_e) / numel summed over its positions,
-    and no gradient from anything computed from z_q (the reconstruction); an EMA codebook gets no gradient at all."""
+    """The codebook `embedding.weight`, trained by loss, gets the "codebook" loss term's gradient, 2 (e_k - z_e) /
+    numel summed over its positions, and no gradient from anything computed from z_q (the reconstruction); an EMA
+    codebook (requires_grad False) gets no gradient at all, and no "codebook" loss term, which would train nothing."""
     z_e = z_e.clone().requires_grad_(True)
     codebook = quantizer.embedding.weight
     codebook.grad = None
     before = codebook.detach().clone()
     output = quantizer(z_e)
     if not codebook.requires_grad:
-        loss = ((output.z_q * torch.randn_like(output.z_q)).sum() + output.losses["codebook"]
-                + output.losses["commitment"])
+        assert "codebook" not in output.losses, "an EMA codebook has a codebook loss, which trains nothing"
+        loss = (output.z_q * torch.randn_like(output.z_q)).sum() + sum(output.losses.values())
         loss.backward()
         assert codebook.grad is None, "a gradient reached the EMA codebook"
         return
@@ -103,7 +122,8 @@ def check_codebook_gradient(quantizer, z_e: torch.Tensor) -> None:
 
 
 def check_commitment_loss(quantizer, z_e: torch.Tensor) -> None:
-    """commitment_loss = beta * mean ||z_e - e||^2, and its gradient reaches z_e but not the codebook."""
+    """The "commitment" loss term is beta * mean ||z_e - e||^2, and its gradient reaches z_e but not the codebook
+    `embedding.weight`."""
     z_e = z_e.clone().requires_grad_(True)
     codebook = quantizer.embedding.weight
     codebook.grad = None
@@ -119,8 +139,9 @@ def check_commitment_loss(quantizer, z_e: torch.Tensor) -> None:
 
 
 def check_perplexity(quantizer, z_e: torch.Tensor) -> None:
-    """Perplexity is exp(entropy) of the batch's code histogram: in [1, K], K when each code is hit equally
-    often, 1 when one code takes all, exp(H(3/4, 1/4)) when one code is hit three times as often as another."""
+    """The figure "perplexity" is exp(entropy) of the batch's code histogram: in [1, K] (K the rows of `embedding`),
+    K when each code is hit equally often, 1 when one code takes all, exp(H(3/4, 1/4)) when one code is hit three
+    times as often as another; the histograms are made by feeding in `codebook()`'s own codes."""
     num_embeddings = quantizer.embedding.weight.shape[0]
     with torch.no_grad(), evaluating(quantizer):
         perplexity = quantizer(z_e).figures["perplexity"].item()
@@ -182,9 +203,9 @@ class DistinctCodesPerplexityQuantizer(VectorQuantizer):
         return output._replace(figures={"perplexity": torch.tensor(float(output.codes.unique().numel()))})
 
 
-def faulty(cls, num_embeddings=16, embedding_dim=4):
-    quantizer = random_quantizer(num_embeddings, embedding_dim)
-    broken = cls(num_embeddings, embedding_dim, quantizer.beta)
+def faulty(cls, num_embeddings=16, code_dim=4):
+    quantizer = random_quantizer(num_embeddings, code_dim)
+    broken = cls(num_embeddings, code_dim, quantizer.beta, **REFERENCE_SETTINGS)
     broken.load_state_dict(quantizer.state_dict())
     return broken
 

@@ -57,6 +57,10 @@ class VQConfig:
         check_options(self)
 
 
+# The settings of a VectorQuantizer built without them: VQConfig's defaults, those `--bottleneck vq` trains with.
+DEFAULTS = VQConfig()
+
+
 def world_size() -> int:
     """The processes of the run: several under torchrun, whose codebooks must stay identical; else 1."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -98,19 +102,22 @@ def kmeans_plus_plus(points: Tensor, count: int) -> Tensor:
 
 class VectorQuantizer(Bottleneck):
     """The VQ bottleneck (`--bottleneck vq`, the default). z_e (B, D, H, W) -> BottleneckOutput with codes (B, H, W),
-    the loss terms "codebook" and "commitment", the batch's "perplexity"; `epoch_figures` gives the "restarts"."""
+    the loss terms "codebook" (with codebook_update "loss" only: an EMA codebook learns from no loss) and
+    "commitment", the batch's "perplexity"; `epoch_figures` gives the "restarts"."""
 
     Config = VQConfig
     nonnegative_buffers = ("cluster_size",)  # moving averages of counts: checked on every load
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, beta: float, codebook_update: str = "loss",
-                 ema_decay: float = 0.99, epsilon: float = 1e-5, codebook_init: str = "uniform",
-                 restart_threshold: float = 0.0, cosine: bool = False, estimator: str = "straight-through"):
-        """K = num_embeddings codes of D = embedding_dim; the other settings are VQConfig's fields of the same names
-        (checked there), with the reference's choices as defaults; epsilon is the EMA's Laplace smoothing."""
+    def __init__(self, num_embeddings: int, code_dim: int, beta: float = DEFAULTS.beta,
+                 codebook_update: str = DEFAULTS.codebook_update, ema_decay: float = DEFAULTS.ema_decay,
+                 epsilon: float = 1e-5, codebook_init: str = DEFAULTS.codebook_init,
+                 restart_threshold: float = DEFAULTS.restart_threshold, cosine: bool = DEFAULTS.cosine,
+                 estimator: str = DEFAULTS.estimator):
+        """K = num_embeddings codes of D = code_dim; the other settings are VQConfig's fields of the same names
+        (checked there), with its defaults; epsilon is the EMA's Laplace smoothing."""
         super().__init__()
         self.num_embeddings = num_embeddings
-        self.input_dim = self.code_dim = self.embedding_dim = embedding_dim
+        self.input_dim = self.code_dim = code_dim
         self.beta = beta
         self.codebook_update = codebook_update
         self.decay = ema_decay
@@ -119,14 +126,14 @@ class VectorQuantizer(Bottleneck):
         self.restart_threshold = restart_threshold
         self.cosine = cosine
         self.estimator = estimator
-        self.embedding = nn.Embedding(num_embeddings, embedding_dim)
+        self.embedding = nn.Embedding(num_embeddings, code_dim)
         self.embedding.weight.data.uniform_(-1.0 / num_embeddings, 1.0 / num_embeddings)
         # With EMA the codebook is set from the moving averages below, never by the optimizer.
         self.embedding.weight.requires_grad_(codebook_update == "loss")
         # Buffers, so they live in the checkpoint and a resumed run continues them.
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("cluster_size", torch.zeros(num_embeddings))  # EMA of each code's count per batch
-        self.register_buffer("embed_sum", torch.zeros(num_embeddings, embedding_dim))  # EMA of its vectors' sum
+        self.register_buffer("embed_sum", torch.zeros(num_embeddings, code_dim))  # EMA of its vectors' sum
         # Codes restarted since the training loop last read and reset it; not persistent, so that checkpoints of
         # before it existed still load.
         self.register_buffer("restarts", torch.zeros((), dtype=torch.long), persistent=False)
@@ -136,14 +143,9 @@ class VectorQuantizer(Bottleneck):
             lambda module, _: setattr(module, "needs_init", not bool(module.initialized)))
 
     @classmethod
-    def dims(cls, config: VQConfig, hidden_size: int) -> tuple[int, int]:
-        code_dim = code_dim_of(config, hidden_size)
-        return code_dim, code_dim
-
-    @classmethod
     def from_config(cls, config: VQConfig, hidden_size: int) -> "VectorQuantizer":
         settings = {item.name: getattr(config, item.name) for item in fields(VQConfig) if item.name != "code_dim"}
-        return cls(embedding_dim=code_dim_of(config, hidden_size), **settings)
+        return cls(code_dim=code_dim_of(config, hidden_size), **settings)
 
     def step_cost(self, positions: int) -> StepCost:
         """The nearest-code search; k-means++ seeding, on the first step, costs as much again (K passes over the
@@ -244,11 +246,11 @@ class VectorQuantizer(Bottleneck):
         # vectors (B*H*W, D) -> code vectors (B, D, H, W), fp32
         vectors = assignment.vectors.view(batch, height, width, dim).permute(0, 3, 1, 2).contiguous()
         z_q = vectors.to(z_e.dtype)
-        codebook_loss = F.mse_loss(z_q, z_e.detach())
-        commitment_loss = self.beta * F.mse_loss(z_e, z_q.detach())
+        # An EMA codebook is not the optimizer's: its codebook loss would train nothing, only add to the loss logged.
+        losses = {"codebook": F.mse_loss(z_q, z_e.detach())} if self.codebook_update == "loss" else {}
+        losses["commitment"] = self.beta * F.mse_loss(z_e, z_q.detach())
         # In training, the straight-through estimator or the rotation trick; in eval, the codes' vectors themselves,
         # which the sum z_e + (z_q - z_e) would round away from (in bf16, visibly).
         z_q = pass_gradient(z_e, z_q, self.estimator) if self.training else vectors.detach()
-        return BottleneckOutput(z_q=z_q, codes=assignment.indices.view(batch, height, width),
-                                losses={"codebook": codebook_loss, "commitment": commitment_loss},
+        return BottleneckOutput(z_q=z_q, codes=assignment.indices.view(batch, height, width), losses=losses,
                                 figures={"perplexity": perplexity_from_counts(assignment.counts)})

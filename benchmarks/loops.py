@@ -49,8 +49,7 @@ def autoencoder_plain(data_folder: Path, batch_size: int, device: torch.device) 
             for x, _ in loader:
                 x = x.to(device)
                 x_recon, quantized = model(x)
-                loss = (nn.functional.mse_loss(x_recon, x) + quantized.losses["codebook"]
-                        + quantized.losses["commitment"])
+                loss = nn.functional.mse_loss(x_recon, x) + model.bottleneck_loss(quantized)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

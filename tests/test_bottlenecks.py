@@ -1,16 +1,19 @@
 """FSQ and the Gaussian bottleneck against answers computed another way: the nearest grid point by brute force, the
-KL by torch.distributions, the reparameterised samples' moments; and the config they are built from."""
+KL by torch.distributions, the reparameterised samples' moments; the config they are built from; and the interface's
+default widths."""
 import math
 import re
+from dataclasses import dataclass
 
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
+from bottleneck import Bottleneck
 from fsq import FiniteScalarQuantizer
 from gaussian import GaussianBottleneck
 from helpers import model_config
-from modules import VQVAE, VQVAEConfig
+from modules import BOTTLENECKS, VQVAE, VQVAEConfig
 from pixel_distributions import IMAGE_PIXELS
 from vector_quantizer import VectorQuantizer
 
@@ -138,14 +141,49 @@ def test_a_config_that_cannot_be_built_names_its_field(bottleneck, field, value,
             model_config(bottleneck, **{field: value})
 
 
-def test_a_bottleneck_without_its_dims_or_constructor_cannot_be_made():
-    """dims and from_config are the interface's abstract methods: a new bottleneck missing them fails when it is
-    made, not later inside the autoencoder."""
-    from bottleneck import Bottleneck
-
+def test_a_bottleneck_without_its_constructor_cannot_be_made():
+    """from_config is the interface's abstract method: a new bottleneck missing it fails when it is made, not later
+    inside the autoencoder."""
     class Incomplete(Bottleneck):
         def forward(self, z_e):
             return z_e
 
-    with pytest.raises(TypeError, match="dims, from_config"):
+    with pytest.raises(TypeError, match="abstract method from_config"):
         Incomplete()
+
+
+@dataclass
+class WidthConfig:
+    code_dim: int = 4
+
+
+@dataclass
+class LevelsConfig:
+    levels: int = 3
+
+
+@pytest.mark.parametrize("code_dim, expected", [(4, 4), (0, 8)])
+def test_the_default_dims_read_and_give_the_configs_code_dim(code_dim, expected):
+    """Without its own dims a bottleneck reads and gives D channels, D its Config's code_dim or, for 0, the encoder's
+    hidden size; the registered bottlenecks that keep the default are built exactly so wide. A Config without
+    code_dim is told to give its own dims."""
+    class Plain(Bottleneck):
+        Config = WidthConfig
+
+        @classmethod
+        def from_config(cls, config, hidden_size):
+            return cls()
+
+    class Levelled(Plain):
+        Config = LevelsConfig
+
+    assert Plain.dims(WidthConfig(code_dim), hidden_size=8) == (expected, expected)
+    with pytest.raises(TypeError, match="give Levelled its own dims"):
+        Levelled.dims(LevelsConfig(), hidden_size=8)
+    for name in ("vq", "rvq", "simvq"):
+        config = model_config(name, hidden_size=8, code_dim=code_dim, num_embeddings=8)
+        model = VQVAE(config)
+        assert BOTTLENECKS[name].dims(config.bottleneck_config, 8) == (expected, expected), name
+        assert (model.bottleneck.input_dim, model.bottleneck.code_dim) == (expected, expected), name
+        z_e = model.to_code_space(torch.zeros(1, 8, 7, 7))
+        assert z_e.shape[1] == expected and model.from_code_space(model.bottleneck(z_e).z_q).shape[1] == 8, name

@@ -24,7 +24,7 @@ def trained_model_and_optimizer():
     x = images_to_inputs(torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8))
     for _ in range(2):
         x_recon, quantized = model(x)
-        loss = (x_recon - x).pow(2).mean() + quantized.losses["codebook"] + quantized.losses["commitment"]
+        loss = (x_recon - x).pow(2).mean() + model.bottleneck_loss(quantized)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

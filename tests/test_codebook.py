@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from testers import brute_force_nearest, random_inputs, random_quantizer
+from testers import brute_force_nearest, random_inputs, random_quantizer, reference_quantizer
 from vector_quantizer import VectorQuantizer, kmeans_plus_plus
 
 
@@ -27,7 +27,8 @@ def is_row_of(vector: torch.Tensor, matrix: torch.Tensor) -> bool:
     (0.5, 2.25 / 8.75, 65.25 / 7.0),
 ])
 def test_ema_update_matches_hand_computation(epsilon, expected_code_0, expected_code_1):
-    quantizer = VectorQuantizer(2, 2, beta=0.25, codebook_update="ema", ema_decay=0.5, epsilon=epsilon)
+    quantizer = VectorQuantizer(2, 2, beta=0.25, codebook_update="ema", ema_decay=0.5, epsilon=epsilon,
+                                restart_threshold=0.0)
     quantizer.set_codebook(torch.tensor([[0.0, 0.0], [10.0, 10.0]]), count=2.0)
     output = quantizer(rows((1, 0), (0, 1), (9, 9)))
 
@@ -70,7 +71,7 @@ def test_dead_code_restarts_onto_an_encoder_output(codebook_update):
 
 def test_no_restart_with_threshold_zero():
     codes = torch.tensor([[0.0, 0.0], [100.0, 0.0]])
-    quantizer = VectorQuantizer(2, 2, beta=0.25, ema_decay=0.5, restart_threshold=0.0)
+    quantizer = VectorQuantizer(2, 2, beta=0.25, codebook_update="loss", ema_decay=0.5, restart_threshold=0.0)
     quantizer.set_codebook(codes, count=4.0)
     quantizer(random_inputs(1, 2, 4, 8) * 0.1)
     assert torch.equal(quantizer.embedding.weight.detach()[1], codes[1])
@@ -79,7 +80,7 @@ def test_no_restart_with_threshold_zero():
 @pytest.mark.parametrize("init", ["kmeans++", "random"])
 def test_codebook_is_initialised_from_the_first_batch(init):
     torch.manual_seed(0)
-    quantizer = VectorQuantizer(16, 3, beta=0.25, codebook_init=init)
+    quantizer = reference_quantizer(16, 3, codebook_init=init)
     z_e = random_inputs(2, 3, 5, 5) * 5 + 3  # far from the uniform init in [-1/16, 1/16]
     quantizer.eval()(z_e)
     assert not quantizer.initialized, "an eval-mode pass initialised the codebook"
@@ -99,7 +100,7 @@ def test_codebook_is_initialised_from_the_first_batch(init):
 
 
 def test_uniform_init_keeps_the_reference_codes():
-    quantizer = VectorQuantizer(16, 3, beta=0.25, codebook_init="uniform")
+    quantizer = reference_quantizer(16, 3)
     before = quantizer.embedding.weight.detach().clone()
     quantizer(random_inputs(2, 3, 5, 5) * 5)
     assert torch.equal(quantizer.embedding.weight.detach(), before)
@@ -107,9 +108,9 @@ def test_uniform_init_keeps_the_reference_codes():
 
 
 def test_initialisation_survives_a_checkpoint():
-    quantizer = VectorQuantizer(16, 3, beta=0.25, codebook_init="kmeans++")
+    quantizer = reference_quantizer(16, 3, codebook_init="kmeans++")
     quantizer(random_inputs(2, 3, 5, 5))
-    restored = VectorQuantizer(16, 3, beta=0.25, codebook_init="kmeans++")
+    restored = reference_quantizer(16, 3, codebook_init="kmeans++")
     restored.load_state_dict(quantizer.state_dict())
     assert not restored.needs_init
     restored(random_inputs(2, 3, 5, 5, seed=9))

@@ -75,7 +75,8 @@ def update_on_half_batch(rank: int, store_path: str, flat: torch.Tensor, codes: 
     from vector_quantizer import VectorQuantizer
 
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
-    quantizer = VectorQuantizer(len(codes), codes.shape[1], 0.25, codebook_update="ema", ema_decay=0.9)
+    quantizer = VectorQuantizer(len(codes), codes.shape[1], 0.25, codebook_update="ema", ema_decay=0.9,
+                                restart_threshold=0.0)
     quantizer.set_codebook(codes, count=1.0)
     half = flat.view(2, -1, *flat.shape[1:])[rank]  # (B/2, D, H, W)
     quantizer(half)
@@ -92,7 +93,7 @@ def test_the_codebook_update_of_two_half_batches_is_that_of_the_whole_batch(tmp_
     codes = torch.randn(6, 4, generator=generator)
     torch.multiprocessing.spawn(update_on_half_batch, nprocs=2,
                                 args=(str(tmp_path / "store"), z_e, codes, str(tmp_path)))
-    whole = VectorQuantizer(6, 4, 0.25, codebook_update="ema", ema_decay=0.9)
+    whole = VectorQuantizer(6, 4, 0.25, codebook_update="ema", ema_decay=0.9, restart_threshold=0.0)
     whole.set_codebook(codes, count=1.0)
     whole(z_e)
     for rank in (0, 1):

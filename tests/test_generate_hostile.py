@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+import evaluate
 import generate
 import options
+from gaussian import GaussianBottleneck
 from helpers import blob_images, tiny_run_in
 from pixel_distributions import images_to_inputs
 from vqmnist.checkpoints.format import save_checkpoint
@@ -337,6 +339,18 @@ def test_flag_bounds_are_in_the_help_and_accepted():
             assert vars(parser.parse_args([flag, str(value)]))[flag[2:].replace("-", "_")] == value
         bound = f"{largest[flag]:,}" if isinstance(largest[flag], int) else f"{largest[flag]:g}"
         assert f"{smallest[flag]:g} to {bound}" in helps[flag] and "(default: " in helps[flag], flag
+
+
+def test_the_default_temperature_is_one_for_codes_and_continuous_latents_alike():
+    """generate.py's and evaluate.py's --temperature defaults to 1 whatever the bottleneck, as their help says; at 1 a
+    Gaussian's latents are the N(0, I) draws it was trained with."""
+    for script in (generate, evaluate):
+        parser = script.build_parser()
+        helps = {action.option_strings[0]: action.help for action in parser._actions if action.option_strings}
+        assert parser.parse_args([]).temperature == 1.0, script.__name__
+        assert helps["--temperature"].endswith("1 changes neither (default: 1.0)"), script.__name__
+    draws = GaussianBottleneck(4).sample_latents((3, 7, 7), 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, torch.randn(3, 4, 7, 7, generator=torch.Generator().manual_seed(0)))
 
 
 def test_sampling_at_the_flag_bounds_gives_a_picture(tiny_model, tmp_path, monkeypatch):

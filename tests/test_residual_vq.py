@@ -68,6 +68,22 @@ def test_the_codebook_loss_is_each_levels_against_its_residual_and_reaches_every
     assert all(level.embedding.weight.grad.abs().sum() > 0 for level in rvq.levels)
 
 
+@pytest.mark.parametrize("codebook_update", ["ema", "loss"])
+def test_every_loss_term_reaches_the_encoder_output_or_a_trained_parameter(codebook_update):
+    """Under EMA no level's codebook is the optimizer's, so a codebook loss would train nothing and only add a constant
+    to the loss logged and checked: there is none. With the codebook loss there is, and it reaches the codebooks."""
+    rvq = quantizer(2, codebook_update=codebook_update)
+    rvq.train()(torch.randn(4, 3, 5, 5))  # the first training batch places the codebooks
+    z_e = torch.randn(2, 3, 5, 5, requires_grad=True)
+    output = rvq(z_e)
+    assert set(output.losses) == ({"codebook", "commitment"} if codebook_update == "loss" else {"commitment"})
+    trained = [z_e, *(parameter for parameter in rvq.parameters() if parameter.requires_grad)]
+    for name, term in output.losses.items():
+        assert term.requires_grad, f"the {name} loss has no gradient"
+        gradients = torch.autograd.grad(term, trained, allow_unused=True, retain_graph=True)
+        assert any(gradient is not None and gradient.any() for gradient in gradients), f"the {name} loss trains nothing"
+
+
 def test_counts_keep_each_levels_codes_apart():
     rvq = quantizer(2)
     codes = torch.tensor([[[[1]], [[1]]], [[[7]], [[0]]]])  # (2, L=2, 1, 1): code 1 on both levels, then 7 and 0

@@ -11,7 +11,7 @@ import generate
 from helpers import model_config, signal_on_call, train_tiny
 from modules import VQVAE
 from nearest_code import pass_gradient, rotation_trick
-from vector_quantizer import VectorQuantizer
+from testers import reference_quantizer
 from vqmnist.checkpoints.loading import load_model
 from vqmnist.configuration.errors import RunStopped
 
@@ -68,7 +68,7 @@ def test_the_value_is_the_code_even_for_opposite_and_zero_vectors():
 
 def test_the_vq_with_the_rotation_trick_gives_its_code_and_the_rotated_gradient():
     torch.manual_seed(0)
-    quantizer = VectorQuantizer(8, 4, beta=0.25, estimator="rotation").train()
+    quantizer = reference_quantizer(8, 4, estimator="rotation").train()
     z_e = torch.randn(2, 4, 3, 3, requires_grad=True)
     upstream = torch.randn(2, 4, 3, 3)
     output = quantizer(z_e)
