@@ -56,7 +56,8 @@ class PriorSettings:
 
 
 class CodeSplits(NamedTuple):
-    """The training and validation splits as code grids (N, 7, 7) of the frozen autoencoder, with their labels."""
+    """The training and validation splits as code grids (N, 7, 7), or (N, L, 7, 7), of the frozen autoencoder, with
+    their labels."""
 
     train_codes: Tensor
     train_labels: Tensor
@@ -83,8 +84,9 @@ def encode_splits(autoencoder: nn.Module, splits: Splits, device: torch.device) 
 
 def prior_step(prior: CodePrior, optimizer: torch.optim.Optimizer, codes: Tensor, classes: Tensor,
                amp: bool) -> Tensor:
-    """One optimizer step on code grids (B, 7, 7) given classes (B,); returns the detached loss, nats per code,
-    without waiting for the device. `amp` runs the transformer under bf16 autocast; the loss is taken in fp32."""
+    """One optimizer step on code grids (B, 7, 7) or (B, L, 7, 7) given classes (B,); returns the detached loss, nats
+    per code, without waiting for the device. `amp` runs the transformer under bf16 autocast; the loss is taken in
+    fp32."""
     with torch.autocast(device_type=codes.device.type, dtype=torch.bfloat16, enabled=amp):
         loss = prior.loss(codes, classes)
     optimizer.zero_grad(set_to_none=True)
@@ -127,7 +129,8 @@ class PriorTask:
         """The prior of `config` (its number of codes and grid size set from the autoencoder's), its optimizer and
         schedule, on the code grids of best.pt's autoencoder, and where it stands: at its start, or where `resumed`
         (prior_last.pt, whose own settings and config it keeps) left it. `splits` are the autoencoder's own (None:
-        read from data_folder with best.pt's --val-size, or val_size where it has none), so the prior is validated on grids it did not train on."""
+        read from data_folder with best.pt's --val-size, or val_size where it has none), so the prior is validated
+        on grids it did not train on."""
         best_path, last_path = model_dir / "best.pt", model_dir / "prior_last.pt"
         # The checkpoint stays on the CPU, since it is written back with the new prior; the old one is not read.
         autoencoder, _, best_checkpoint, _ = load_model(best_path, "cpu", with_prior=False)
@@ -181,7 +184,7 @@ class PriorTask:
         distorted = round(self.settings.distorted * len(indices))  # the batch is shuffled: its first ones are random
         if distorted:
             new_codes = encode_images(self.autoencoder, distort(self.train_images[indices[:distorted]]), codes.device)
-            codes = torch.cat([new_codes, codes[distorted:]])  # (B, 7, 7): a distorted digit keeps its class
+            codes = torch.cat([new_codes, codes[distorted:]])  # a distorted digit keeps its class
         dropped = torch.rand(len(classes), device=classes.device) < self.settings.class_dropout
         loss = prior_step(self.prior, self.optimizer, codes, torch.where(dropped, self.prior.no_class, classes),
                           self.settings.amp)
