@@ -27,7 +27,8 @@ digits, each named for what it is (vqmnist/bits_per_dim.py), with where the bits
 - a continuous bottleneck: the negative ELBO (its reconstruction term and its KL) and the importance-weighted bound
   with --iw-samples samples of z;
 - a decoder that gives no distribution over the 256 grey levels (tanh, linear, logits): the bounds of a discretised
-  logistic around its output, whose one scale is fitted on 1,000 of the run's validation digits (labelled so).
+  logistic around its output, whose one scale is fitted on the first 1,000 of the run's validation digits, or all of
+  them where it held out fewer (the count is printed, and the scale as used: held to the logistic's range).
 
 Samples (--samples N of each kind), judged by the project's MNIST classifier (train_classifier.py):
 - recognisable: the fraction classified with confidence >= 0.9;
@@ -46,25 +47,34 @@ Six kinds are scored:
 A continuous bottleneck has one kind of its own instead of the prior's three: latents drawn from its own prior
 (the Gaussian VAE's N(0, I)) times --temperature, decoded (generate.py --input random), under "prior,
 unconditional".
+
+Every check comes before the first score: the flags together and with the model (a flag that cannot apply, such as
+--temperature with --samples 0, is refused in one line), the judge, and every split the scores read (the test set,
+the training set where samples or the fitted scale need it, the run's validation split). Running out of memory is one
+line saying which flag to lower.
 """
+import contextlib
 import json
 import math
 import os
 from dataclasses import asdict
+from pathlib import Path
+from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
 from modules import LATENT_SIDE
-from pixel_distributions import IMAGE_PIXELS
+from pixel_distributions import IMAGE_PIXELS, MAX_LOG_SCALE, MIN_LOG_SCALE
 from prior import GUIDANCE, SAMPLING_TEMPERATURE, Truncation, encode_images, marginal_nll_bits, prior_nll_bits
 from vqmnist.checkpoints.format import trained_dataset, trained_val_size
 from vqmnist.checkpoints.loading import load_model
 from vqmnist.configuration.cli import (ArgumentParser, add_dataset_flag, add_device_flag, add_option_flags, integer,
-                                       number, resolve_device, run_cli)
-from vqmnist.configuration.errors import UserError
+                                       number, refuse_inapplicable, resolve_device, run_cli)
+from vqmnist.configuration.errors import UserError, out_of_memory
 from vqmnist.configuration.limits import (MAX_GUIDANCE, MAX_IW_SAMPLES, MAX_SAMPLES, MAX_SCORING_BATCH, MAX_SEED,
                                           MAX_TEMPERATURE, MIN_TEMPERATURE)
-from vqmnist.io.data import load_mnist, load_splits
+from vqmnist.io.data import KNOWN_DATASETS, TEST_FILES, TRAIN_FILES, found, load_mnist, split_train_validation
 from vqmnist.running.autoencoder_task import TrainingSettings
 from vqmnist.scores.bits_per_dim import continuous_bounds, decoder_bits, fit_log_scale
 from vqmnist.scores.reconstructions import CODE_STATISTICS, score_reconstructions
@@ -83,6 +93,7 @@ DEFAULT_IW_SAMPLES = 4  # each sample of z is one more pass of the decoder over 
 # The fitted scale is one number: 1,000 validation digits (784,000 pixels) pin it down, at a fifth of the cost.
 FIT_IMAGES = 1000
 DECODERS = {"logistic": "its own discretised logistic mixture", "categorical": "its own 256-way categorical"}
+SAMPLER_FLAGS = ("temperature", "guidance", "top_k", "top_p")  # how the prior's samples are drawn
 
 
 def build_parser() -> ArgumentParser:
@@ -146,9 +157,16 @@ def sample_scores(args, model, prior, classifier, test_images, training_images, 
     return scores
 
 
+def dataset_name(args) -> str:
+    """The data set the scores are of, as a message names it: MNIST, a known data set's title, or one's own files."""
+    if args.dataset == "own":
+        return f"own data in {args.data_folder}"
+    return KNOWN_DATASETS[args.dataset].title if args.dataset in KNOWN_DATASETS else "MNIST"
+
+
 def print_reconstructions(args, report: dict, count: int) -> None:
-    print(f"{args.model} (epoch {report['epoch']}, bottleneck {report['bottleneck']}), MNIST test set, {count:,} "
-          "images")
+    test_set = f"test set of {dataset_name(args)}" if args.dataset == "own" else f"{dataset_name(args)} test set"
+    print(f"{args.model} (epoch {report['epoch']}, bottleneck {report['bottleneck']}), {test_set}, {count:,} images")
     print(f"  test MSE ([0,1] pixels)  {report['test_mse']:.5f}")
     print(f"  PSNR                     {report['psnr']:.2f} dB")
     print(f"  SSIM                     {report['ssim']:.4f}")
@@ -196,18 +214,93 @@ def rates(model, prior, scores, test_images, test_labels, args, device) -> dict:
             "rate_bound_bits": bound, "code_positions": positions}
 
 
-def validation_images(args, checkpoint: dict):
-    """The first FIT_IMAGES of the run's own validation digits: the last --val-size of the training set, as vqvae.py
-    split them."""
+def check_flags(args, model, prior) -> None:
+    """Refuse, in one line each (refuse_inapplicable), the typed flags that cannot apply: those of the samples with
+    --samples 0, the prior's sampler where no prior samples are drawn, --iw-samples where there is no continuous z."""
+    if not args.samples:
+        refuse_inapplicable(args, (*SAMPLER_FLAGS, "classifier"), "with --samples 0, which scores no samples")
+        if model.discrete:
+            refuse_inapplicable(args, ("seed",), f"with --samples 0 to {args.model}, whose bottleneck "
+                                                 f"({model.config.bottleneck}) gives codes: nothing is drawn at random")
+    bottleneck = f"{args.model}'s bottleneck ({model.config.bottleneck})"
+    if not model.discrete:
+        refuse_inapplicable(args, ("guidance", "top_k", "top_p"),
+                            f"to {bottleneck}, which is continuous: its samples are latents from its own prior, "
+                            "which knows no classes to guide to and draws no codes to truncate")
+    elif prior is None:
+        refuse_inapplicable(args, SAMPLER_FLAGS, f"to {args.model}, which holds no prior: no prior samples are drawn")
+    if model.discrete:
+        refuse_inapplicable(args, ("iw_samples",), f"to {bottleneck}, which gives codes: --iw-samples samples a "
+                                                   "continuous z, and the bound of codes needs no samples")
+
+
+def check_own_files(args, checkpoint: dict, train: bool) -> None:
+    """With --dataset own and no --data-folder typed, refuse a default folder that lacks the files, naming the flag
+    (and the folder the run read them from) rather than the folder the user never chose."""
+    if args.dataset != "own" or "data_folder" in getattr(args, "typed", set()):
+        return
+    names = (*TEST_FILES, *(TRAIN_FILES if train else ()))
+    missing = [name for name in names if found([Path(args.data_folder)], name, ("", ".gz")) is None]
+    if missing:
+        stored = checkpoint["args"].get("data_folder") if isinstance(checkpoint["args"], dict) else None
+        hint = f" (its run read them from {stored})" if isinstance(stored, str) and stored != args.data_folder else ""
+        raise UserError(f"--dataset own reads {args.model}'s digits from --data-folder, which was not given, and the "
+                        f"default folder {args.data_folder} lacks {', '.join(missing)} (or their .gz): pass "
+                        f"--data-folder with the folder of its own files{hint}")
+
+
+class Digits(NamedTuple):
+    """Every split the scores read, read and checked before the first score."""
+
+    test_images: Tensor  # (N, 28, 28) uint8
+    test_labels: Tensor
+    training_images: Tensor | None  # the training set, for the real training digits' scores; None if not needed
+    fit_images: Tensor | None  # the validation digits the decoder's scale is fitted on; None for a likelihood decoder
+    val_size: int | None  # of the run's validation split, which fit_images come first of
+
+
+def read_digits(args, model, checkpoint: dict) -> Digits:
+    """The test set; the training set where samples are scored or a decoder's scale is fitted; the first FIT_IMAGES
+    of the run's own validation digits (the last --val-size of the training set, as vqvae.py split them), or all of
+    them where it held out fewer, for that fit."""
+    fit = not model.likelihood
+    check_own_files(args, checkpoint, train=fit or bool(args.samples))
+    test_images, test_labels = load_mnist(args.data_folder, train=False, dataset=args.dataset)
+    training_images = load_mnist(args.data_folder, train=True, dataset=args.dataset)[0] \
+        if fit or args.samples else None
+    if not fit:
+        return Digits(test_images, test_labels, training_images, None, None)
     val_size = trained_val_size(checkpoint, args.model, TrainingSettings.val_size)
-    return load_splits(args.data_folder, val_size, args.dataset).val_images[:FIT_IMAGES]
+    if not 0 < val_size < len(training_images):
+        raise UserError(f"{args.model}'s {model.config.decoder_output} decoder gets its scale fitted on the run's "
+                        f"validation digits, the last {val_size:,} of its training set (vqvae.py --val-size "
+                        f"{val_size}), but the training set of {dataset_name(args)} holds {len(training_images):,}: "
+                        "pass the --data-folder and --dataset it trained on")
+    validation = split_train_validation(training_images, val_size)[1]
+    return Digits(test_images, test_labels, training_images, validation[:FIT_IMAGES], val_size)
 
 
-def bits_per_dim(args, model, rate: dict, checkpoint: dict, test_images, device) -> dict:
+@contextlib.contextmanager
+def memory_is_a_user_error(advice: str):
+    """Within the block, running out of memory (on the GPU or the CPU) becomes one line with `advice`."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        if out_of_memory(error):
+            raise UserError(f"out of memory while scoring ({type(error).__name__}): {advice}") from None
+        raise
+
+
+def bits_per_dim(args, model, rate: dict, digits: Digits, device) -> dict:
     """The likelihood bounds and their parts in bits per dimension (see the module docstring), by name."""
-    log_scale = None if model.likelihood else fit_log_scale(model, validation_images(args, checkpoint),
-                                                             args.batch_size, device)
-    report = {"decoder": model.config.decoder_output, "fitted_log_scale": log_scale}
+    test_images = digits.test_images
+    log_scale = None
+    if digits.fit_images is not None:  # as used: the logistic holds its log scale to its range
+        log_scale = min(max(fit_log_scale(model, digits.fit_images, args.batch_size, device), MIN_LOG_SCALE),
+                        MAX_LOG_SCALE)
+    report = {"decoder": model.config.decoder_output, "fitted_log_scale": log_scale,
+              "fit_images": None if digits.fit_images is None else len(digits.fit_images),
+              "validation_images": digits.val_size}
     if model.discrete:
         pixels = decoder_bits(model, test_images, args.batch_size, device, log_scale).mean().item()
         report["pixels_given_codes"] = pixels / IMAGE_PIXELS
@@ -225,9 +318,11 @@ def bits_per_dim(args, model, rate: dict, checkpoint: dict, test_images, device)
 
 
 def print_bits_per_dim(args, bits: dict) -> None:
+    fitted, held_out = bits["fit_images"], bits["validation_images"]
     decoder = DECODERS.get(bits["decoder"]) or (
         f"a discretised logistic of scale exp({bits['fitted_log_scale']:.3f}) around its {bits['decoder']} output, "
-        f"fitted on {FIT_IMAGES:,} of the run's validation digits")
+        f"fitted on " + (f"all {fitted:,} of the run's validation digits" if fitted == held_out
+                         else f"the first {fitted:,} of the run's {held_out:,} validation digits"))
     print(f"  likelihood, bits/dim (upper bounds on -log2 p(x) / 784 of the 8-bit digits; decoder: {decoder})")
     if "pixels_given_codes" in bits:
         print(f"    pixels given the codes   {bits['pixels_given_codes']:.4f}")
@@ -242,16 +337,16 @@ def print_bits_per_dim(args, bits: dict) -> None:
           flush=True)
 
 
-def print_samples(args, samples: dict, discrete: bool) -> None:
+def print_samples(args, samples: dict, discrete: bool, default_judge: bool) -> None:
     truncation = Truncation(args.top_k, args.top_p).describe()
     sampled = (f"prior temperature {args.temperature}, guidance {args.guidance}{truncation}"
                if "prior_conditional" in samples
                else f"latents from the bottleneck's prior x temperature {args.temperature}")
     print(f"samples: {args.samples} of each kind, {sampled}, seed {args.seed}, judged by "
           f"{os.path.relpath(args.classifier)}")
-    if args.dataset != "mnist" and os.path.samefile(args.classifier, DEFAULT_CLASSIFIER):
-        print(f"  (the judge classifies MNIST digits: on {args.dataset}, its recognisable and as-asked figures say "
-              "little; the Frechet distance to the real test images and their floor still compare)")
+    if args.dataset != "mnist" and default_judge:
+        print(f"  (the judge classifies MNIST digits: on {dataset_name(args)}, its recognisable and as-asked figures "
+              "say little; the Frechet distance to the real test images and their floor still compare)")
     print(f"  {'':<20}  recognisable  class entropy  as asked  Frechet distance")
     absent = ("the checkpoint has no prior" if discrete
               else "none: a continuous bottleneck's prior knows no classes")
@@ -271,21 +366,26 @@ def print_samples(args, samples: dict, discrete: bool) -> None:
 
 
 def main(args) -> None:
+    # Every check first: the flags, the judge, the data; then the scores, none of which can be refused.
     device = resolve_device(args.device)
     model, prior, checkpoint, _ = load_model(args.model, device)
+    check_flags(args, model, prior)
+    args.iw_samples = args.iw_samples or DEFAULT_IW_SAMPLES
+    args.dataset = args.dataset or trained_dataset(checkpoint, args.model)
     # The judge is read before anything is scored: a bad --classifier costs no work.
     classifier = load_classifier(args.classifier, device) if args.samples else None
-    args.dataset = args.dataset or trained_dataset(checkpoint, args.model)
-    test_images, test_labels = load_mnist(args.data_folder, train=False, dataset=args.dataset)
-    training_images = load_mnist(args.data_folder, train=True, dataset=args.dataset)[0] if args.samples else None
+    default_judge = bool(args.samples) and DEFAULT_CLASSIFIER.is_file() and \
+        os.path.samefile(args.classifier, DEFAULT_CLASSIFIER)
+    digits = read_digits(args, model, checkpoint)
+    test_images, test_labels, training_images = digits.test_images, digits.test_labels, digits.training_images
     if args.samples and args.samples > min(len(test_images), len(training_images)):
         raise UserError(f"--samples {args.samples} is more than the {len(test_images)} test digits it is compared "
                         f"with, or the {len(training_images)} training digits scored beside them")
-    if args.iw_samples is not None and model.discrete:
-        raise UserError(f"--iw-samples samples a continuous z, and {args.model}'s bottleneck "
-                        f"({model.config.bottleneck}) gives codes, whose bound needs no samples: drop it")
-    args.iw_samples = args.iw_samples or DEFAULT_IW_SAMPLES
-    scores = score_reconstructions(model, test_images, args.batch_size, device, per_image_8bit=True)
+    smaller_batch = (f"pass a smaller --batch-size than {args.batch_size:,}" if args.batch_size > 1
+                     else "free memory" + (", or use --device cpu" if device.type == "cuda" else ""))
+    with memory_is_a_user_error(smaller_batch):
+        scores = score_reconstructions(model, test_images, args.batch_size, device, per_image_8bit=True)
+        rate = rates(model, prior, scores, test_images, test_labels, args, device)
     if not all(math.isfinite(value) for value in (scores.mse, scores.psnr, *scores.figures.values())):
         raise UserError(f"{args.model} reconstructs the test set with non-finite scores (MSE {scores.mse}, PSNR "
                         f"{scores.psnr}): its model is broken; use another checkpoint")
@@ -303,20 +403,23 @@ def main(args) -> None:
         "num_embeddings": model.bottleneck.num_embeddings if model.discrete else None,
         "code_levels": model.bottleneck.code_levels if model.discrete else None,
         "epoch": checkpoint["epoch"],
-        **rates(model, prior, scores, test_images, test_labels, args, device),
+        **rate,
         "config": asdict(model.config),
     }
     if not args.json:  # printed before the samples are scored, so that nothing computed is lost
         print_reconstructions(args, report, len(test_images))
-    report["bits_per_dim"] = bits_per_dim(args, model, report, checkpoint, test_images, device)
+    with memory_is_a_user_error(smaller_batch):
+        report["bits_per_dim"] = bits_per_dim(args, model, report, digits, device)
     if not args.json:
         print_bits_per_dim(args, report["bits_per_dim"])
     if args.samples:
+        # Each kind's samples are drawn, decoded and judged at once: their count, not --batch-size, is the batch.
+        with memory_is_a_user_error(f"pass fewer --samples than {args.samples:,}, which are drawn and decoded at once"):
+            sampled = sample_scores(args, model, prior, classifier, test_images, training_images, device)
         report["samples"] = {"count": args.samples, "temperature": args.temperature, "guidance": args.guidance,
-                             "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
-                             **sample_scores(args, model, prior, classifier, test_images, training_images, device)}
+                             "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, **sampled}
         if not args.json:
-            print_samples(args, report["samples"], model.discrete)
+            print_samples(args, report["samples"], model.discrete, default_judge)
     if args.json:
         print(json.dumps(report))
 

@@ -22,15 +22,19 @@ of its code grid kept, the rest drawn by the prior, given the digit's class (or,
 --input noise decodes what the autoencoder makes of standard-normal noise images, as the reference repository's
 "random" does; it is kept for comparison.
 --save-codes FILE (.pt or .npy) also writes the (100, 7, 7) code grids behind the picture: the test digits' codes,
-the sampled ones, those of the noise. --input codes --codes FILE decodes a file of grids (N, 7, 7), the first 100
-of them, so codes edited by hand or by another model can be seen. A residual VQ of L levels has L codes a position:
-its grids are (N, L, 7, 7), in both directions. If writing any of the grid, NAME_input.png and
-the --save-codes file fails, none is replaced: each goes to a temporary file first, renamed into place once all are
-whole.
+the sampled ones, those of the noise; a FILE that exists is replaced only with --overwrite. --input codes --codes FILE
+decodes a file of grids (N, 7, 7), the first 100 of them, so codes edited by hand or by another model can be seen.
+A grid of fewer images than 100 (a test set or a code file that holds fewer) says so in the line that names it.
+A residual VQ of L levels has L codes a position: its grids are (N, L, 7, 7), in both directions. If writing any of
+the grid, NAME_input.png and the --save-codes file fails, none is replaced: each goes to a temporary file first,
+renamed into place once all are whole.
 A continuous bottleneck, such as the Gaussian VAE (vqvae.py --bottleneck gaussian), has no codes: its --input random
 decodes latents from its own prior (the Gaussian's z ~ N(0, I)), times
 --temperature.
 The architecture comes from the checkpoint; --hidden-size and --k, if given, are only checked against it.
+Every check comes before the first image is made: the flags together and with the model (a flag that cannot apply,
+such as --temperature with --input MNIST, is refused in one line), the prior, the files to write, the digits or codes
+to read.
 """
 import argparse
 import contextlib
@@ -52,17 +56,18 @@ from prior import GUIDANCE, SAMPLING_TEMPERATURE, Truncation
 from vqmnist.checkpoints.format import trained_dataset
 from vqmnist.checkpoints.loading import load_model
 from vqmnist.configuration.cli import (ArgumentParser, add_dataset_flag, add_device_flag, add_option_flags, integer,
-                                       number, plain_name, resolve_device, run_cli)
+                                       number, plain_name, refuse_inapplicable, resolve_device, run_cli)
 from vqmnist.configuration.errors import UserError
 from vqmnist.configuration.limits import MAX_GUIDANCE, MAX_SEED, MAX_TEMPERATURE, MIN_TEMPERATURE
 from vqmnist.io.code_files import load_codes
-from vqmnist.io.data import load_mnist
+from vqmnist.io.data import TEST_FILES, found, load_mnist
 from vqmnist.io.files import atomic_path, write_failure
 
 GRID_SIDE = 10
 DEFAULT_KEPT_ROWS = 3
 CODE_FILE_SUFFIXES = (".pt", ".npy")
 OUTPUT_FOLDER = Path("generatedImages")
+SAMPLER_FLAGS = ("temperature", "guidance", "top_k", "top_p")  # how --input random and complete draw from the prior
 
 
 def grid_name(text: str) -> str:
@@ -114,6 +119,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--save-codes", default=None, metavar="FILE",
                         help="also write the grid's 100 code grids (100, 7, 7), (100, L, 7, 7) for a residual VQ, to "
                              "FILE, .pt or .npy (default: not written)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the --save-codes FILE if it exists (default: refuse); the grid in "
+                             f"{OUTPUT_FOLDER}/ is replaced either way")
     parser.add_argument("--data-folder", default="data",
                         help="MNIST folder, for --input MNIST (default: data)")
     add_dataset_flag(parser)
@@ -127,6 +135,9 @@ def build_parser() -> ArgumentParser:
 
 
 def check_architecture(model, args) -> None:
+    if not model.discrete:
+        refuse_inapplicable(args, ("k",), f"to {args.model}, whose bottleneck ({model.config.bottleneck}) is "
+                                          "continuous: it has no codes to count")
     for flag, expected, actual in (("--hidden-size", args.hidden_size, model.config.hidden_size),
                                    ("--k", args.k, getattr(model.bottleneck, "num_embeddings", None))):
         if expected is not None and expected != actual:
@@ -145,27 +156,49 @@ def output_path(filename: str) -> Path:
 
 
 def check_flags(args, model) -> None:
-    """Refuse flags that do not fit together, or that this model cannot follow."""
-    if args.input != "random" and args.digit is not None:
-        raise UserError("--digit and --unconditional choose prior samples: use them with --input random")
-    if args.input not in ("random", "complete") and args.unconditional:
-        raise UserError("--digit and --unconditional choose prior samples: use them with --input random (or "
-                        "--unconditional with --input complete)")
-    if args.input != "complete" and args.keep_rows is not None:
-        raise UserError("--keep-rows says how much of each digit the prior completes: use it with --input complete")
+    """Refuse flags that do not fit together, or that this model cannot follow: a typed flag that cannot apply, by
+    the one rule (refuse_inapplicable), in one line naming why."""
+    mode = f"with --input {args.input}"
+    if args.input not in ("random", "complete"):
+        refuse_inapplicable(args, ("digit", "unconditional"), f"{mode}, which draws no prior samples (--digit and "
+                            "--unconditional choose them: use them with --input random, or --unconditional with "
+                            "--input complete)")
+        refuse_inapplicable(args, SAMPLER_FLAGS, f"{mode}, which draws nothing from the prior (the sampler's flags "
+                                                 "set how --input random and complete draw)")
+    if args.input == "complete":
+        refuse_inapplicable(args, ("digit",), f"{mode}, which completes a test digit of each class (use it with "
+                                              "--input random)")
+        if args.unconditional:
+            refuse_inapplicable(args, ("guidance",), f"{mode} --unconditional, which completes the digits without "
+                                                     "their classes: there is no class to guide them to")
+    if args.input != "complete":
+        refuse_inapplicable(args, ("keep_rows",), f"{mode} (it says how much of each digit the prior completes: use "
+                                                  "it with --input complete)")
+    if args.input != "codes":
+        refuse_inapplicable(args, ("codes",), f"{mode} (it names the grids that --input codes decodes)")
+    elif args.codes is None:
+        raise UserError("--input codes decodes the grids of --codes FILE: give --codes")
+    else:
+        refuse_inapplicable(args, ("seed",), f"{mode}, which decodes the grids of --codes as they are: nothing is "
+                                             "picked or drawn at random")
     if args.digit is not None and args.unconditional:
         raise UserError("--digit D asks for one class and --unconditional for none: pass only one")
-    if (args.input == "codes") != (args.codes is not None):
-        raise UserError("--input codes decodes the grids of --codes FILE: give both, or neither")
+    if args.save_codes is None:
+        refuse_inapplicable(args, ("overwrite",), f"without --save-codes: it lets --save-codes replace a file (the "
+                                                  f"grid in {OUTPUT_FOLDER}/ is replaced either way)")
     for path in (args.codes, args.save_codes):
         if path is not None and Path(path).suffix.lower() not in CODE_FILE_SUFFIXES:
             raise UserError(f"{path}: a code file ends in .pt or .npy")
-    continuous = f"{args.model} has a continuous bottleneck ({model.config.bottleneck})"
-    if not model.discrete and (args.input in ("codes", "complete") or args.save_codes is not None):
-        raise UserError(f"{continuous}: it has no code grids to save, decode or complete; use --input random or "
-                        "MNIST without --save-codes or --codes")
-    if not model.discrete and (args.digit is not None or args.unconditional):
-        raise UserError(f"{continuous}, whose prior knows no classes: drop --digit and --unconditional")
+    if model.discrete:
+        return
+    continuous = f"to {args.model}, which has a continuous bottleneck ({model.config.bottleneck})"
+    if args.input in ("codes", "complete"):
+        raise UserError(f"{args.model} has a continuous bottleneck ({model.config.bottleneck}): it has no code grids "
+                        f"to decode or complete; use --input random, MNIST or noise")
+    refuse_inapplicable(args, ("save_codes",), f"{continuous}: it has no code grids to save")
+    refuse_inapplicable(args, ("digit", "unconditional"), f"{continuous}, whose prior knows no classes")
+    refuse_inapplicable(args, ("guidance", "top_k", "top_p"), f"{continuous}: its samples are latents from its own "
+                        "prior, which knows no classes to guide to and draws no codes to truncate")
 
 
 def check_targets(targets: dict[Path, str], args) -> None:
@@ -185,6 +218,29 @@ def check_targets(targets: dict[Path, str], args) -> None:
     if codes_path.exists() and os.path.samefile(codes_path, args.model):
         raise UserError(f"--save-codes {args.save_codes} is the --model checkpoint: saving codes there would replace "
                         "it; pick another file")
+    if codes_path.exists() and not args.overwrite:
+        raise UserError(f"{args.save_codes} already exists: pass --overwrite to replace it, or choose another "
+                        "--save-codes")
+
+
+def read_test_set(args, checkpoint: dict):
+    """The test images and labels --input MNIST and complete draw from. With --dataset own and no --data-folder
+    typed, a default folder that lacks the files is refused naming the flag (and the folder the run read them
+    from), not the folder the user never chose; --input complete needs a test digit of each class."""
+    if args.dataset == "own" and "data_folder" not in getattr(args, "typed", set()):
+        missing = [name for name in TEST_FILES if found([Path(args.data_folder)], name, ("", ".gz")) is None]
+        if missing:
+            stored = checkpoint["args"].get("data_folder") if isinstance(checkpoint["args"], dict) else None
+            hint = f" (its run read them from {stored})" if isinstance(stored, str) and stored != args.data_folder \
+                else ""
+            raise UserError(f"--dataset own reads the test digits from --data-folder, which was not given, and the "
+                            f"default folder {args.data_folder} lacks {', '.join(missing)} (or their .gz): pass "
+                            f"--data-folder with the folder of the model's own files{hint}")
+    test_images, test_labels = load_mnist(args.data_folder, train=False, dataset=args.dataset)
+    if args.input == "complete" and len(set(test_labels.tolist())) < GRID_SIDE:
+        raise UserError(f"the test set in {args.data_folder} lacks some of the ten digits: --input complete shows one "
+                        "of each")
+    return test_images, test_labels
 
 
 class Picture(NamedTuple):
@@ -198,25 +254,27 @@ def input_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}_input.png")
 
 
-def test_digits(args, model, generator, path: Path, device) -> Picture:
-    """Reconstructions of GRID_SIDE^2 test digits picked by the seed, and the digits themselves for NAME_input.png."""
-    test_images, _ = load_mnist(args.data_folder, train=False, dataset=args.dataset)
+def test_digits(args, model, test_images, generator, path: Path, device) -> Picture:
+    """Reconstructions of GRID_SIDE^2 test digits picked by the seed (all of them, said so, where the test set holds
+    fewer), and the digits themselves for NAME_input.png."""
     chosen = test_images[torch.randperm(len(test_images), generator=generator)[:GRID_SIDE ** 2]].to(device)
     x_recon, quantized = model(images_to_inputs(chosen))
+    what = "reconstructions" if len(chosen) == GRID_SIDE ** 2 else (
+        f"reconstructions of all {len(chosen)} test digits in {args.data_folder}, fewer than the grid's "
+        f"{GRID_SIDE ** 2}")
     return Picture(model.to_pixels(x_recon), quantized.codes,
-                   f"reconstructions; {input_path(path)} holds the test digits they come from",
+                   f"{what}; {input_path(path)} holds the test digits they come from",
                    chosen.unsqueeze(1).float() / 255)
 
 
-def samples(args, loaded, generator, device) -> Picture:
-    """Prior samples: row i of digit i, all of --digit, or of classes the prior draws; for a continuous bottleneck,
-    latents from its own prior."""
-    count, model = GRID_SIDE ** 2, loaded.model
+def samples(args, model, prior, generator, device) -> Picture:
+    """Prior samples: row i of digit i, all of --digit, or of classes the prior draws; for a continuous bottleneck
+    (prior None), latents from its own prior."""
+    count = GRID_SIDE ** 2
     if not model.discrete:
         latents = model.sample_latents(count, args.temperature, generator).to(device)
         return Picture(model.to_pixels(model.decode_latents(latents)), None,
                        f"{model.config.bottleneck} samples, latents from its prior x temperature {args.temperature}")
-    prior = loaded.require_prior()
     if args.unconditional:
         classes, what = prior.draw_classes(count, generator), "unconditional prior samples"
     elif args.digit is not None:
@@ -233,15 +291,11 @@ def samples(args, loaded, generator, device) -> Picture:
                    f"code grids took {seconds:.2f} s to sample")
 
 
-def completions(args, loaded, generator, device) -> Picture:
+def completions(args, model, prior, test_set, generator, device) -> Picture:
     """Row i: a test digit of class i picked by the seed, then nine completions by the prior of its code grid's top
     --keep-rows rows, given the digit's class (or, --unconditional, without it)."""
-    model, prior = loaded.model, loaded.require_prior()
-    test_images, test_labels = load_mnist(args.data_folder, train=False, dataset=args.dataset)
+    test_images, test_labels = test_set
     order = torch.randperm(len(test_images), generator=generator)
-    if len(set(test_labels.tolist())) < GRID_SIDE:
-        raise UserError(f"the test set in {args.data_folder} lacks some of the ten digits: --input complete shows one "
-                        "of each")
     picks = torch.stack([order[test_labels[order] == digit][0] for digit in range(GRID_SIDE)])  # (10,)
     originals = test_images[picks].to(device)
     codes = model.encode(images_to_inputs(originals))  # (10, 7, 7), or (10, L, 7, 7)
@@ -296,12 +350,14 @@ def write_outputs(outputs: dict[Path, Callable[[BinaryIO], None]]) -> None:
 
 @torch.no_grad()
 def main(args) -> None:
+    # Every check first: the flags, the prior, the files to write, the digits or codes to read; then the picture.
     device = resolve_device(args.device)
     loaded = load_model(args.model, device)
     model = loaded.model
     check_architecture(model, args)
     check_flags(args, model)
     args.dataset = args.dataset or trained_dataset(loaded.checkpoint, args.model)
+    prior = loaded.require_prior() if model.discrete and args.input in ("random", "complete") else None
     path = output_path(args.filename or args.input)
     targets = {path: "--filename"}
     if args.input == "MNIST":
@@ -309,17 +365,20 @@ def main(args) -> None:
     if args.save_codes is not None:
         targets[Path(args.save_codes)] = "--save-codes"
     check_targets(targets, args)
+    test_set = read_test_set(args, loaded.checkpoint) if args.input in ("MNIST", "complete") else None
+    codes = load_codes(args.codes, model.bottleneck.num_embeddings, GRID_SIDE ** 2,
+                       model.bottleneck.code_levels).to(device) if args.input == "codes" else None
     generator = torch.Generator().manual_seed(args.seed)
     if args.input == "MNIST":
-        picture = test_digits(args, model, generator, path, device)
+        picture = test_digits(args, model, test_set[0], generator, path, device)
     elif args.input == "random":
-        picture = samples(args, loaded, generator, device)
+        picture = samples(args, model, prior, generator, device)
     elif args.input == "complete":
-        picture = completions(args, loaded, generator, device)
+        picture = completions(args, model, prior, test_set, generator, device)
     elif args.input == "codes":
-        codes = load_codes(args.codes, model.bottleneck.num_embeddings, GRID_SIDE ** 2,
-                           model.bottleneck.code_levels).to(device)
-        picture = Picture(model.to_pixels(model.decode(codes)), codes, f"the {len(codes)} code grids of {args.codes}")
+        which = (f"the first {len(codes)}" if len(codes) == GRID_SIDE ** 2
+                 else f"all {len(codes)}, fewer than the grid's {GRID_SIDE ** 2},")
+        picture = Picture(model.to_pixels(model.decode(codes)), codes, f"{which} code grids of {args.codes}")
     else:
         noise = torch.randn(GRID_SIDE ** 2, model.config.in_channels, 28, 28, generator=generator).to(device)
         x_recon, quantized = model(noise)

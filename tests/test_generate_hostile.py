@@ -209,7 +209,7 @@ def test_a_failed_write_leaves_no_new_or_replaced_file(suffix, writer, error, me
     monkeypatch.chdir(tmp_path)
     Path("out").mkdir()
     flags = ["--model", str(varied_model), "--input", "MNIST", "--data-folder", str(tiny_mnist), "--filename", "recon",
-             "--save-codes", f"out/codes{suffix}"]
+             "--save-codes", f"out/codes{suffix}", "--overwrite"]  # each run after the first replaces the codes
     outputs = [Path("generatedImages/recon.png"), Path("generatedImages/recon_input.png"), Path(f"out/codes{suffix}")]
 
     def failing_run():
@@ -235,7 +235,8 @@ def test_a_failed_write_leaves_no_new_or_replaced_file(suffix, writer, error, me
 
 def test_a_failed_rename_of_the_codes_replaces_no_picture(tiny_model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    flags = ["--model", str(tiny_model), "--input", "noise", "--filename", "noise", "--save-codes", "codes.npy"]
+    flags = ["--model", str(tiny_model), "--input", "noise", "--filename", "noise", "--save-codes", "codes.npy",
+             "--overwrite"]
     run_generate(*flags)
     before = Path("generatedImages/noise.png").read_bytes()
     replace = os.replace
