@@ -1,23 +1,26 @@
 """Reconstruction quality of vqvae.py on the MNIST test set: the default run over several seeds, and an ablation.
 
-Usage (from the repository root; `python -m benchmarks.quality` is the same):
-    python benchmarks/quality.py                      # default flags, seeds 0 1 2: 10 epochs, then 1 epoch
-    python benchmarks/quality.py --seeds 0 --epochs 10
-    python benchmarks/quality.py --ablation           # each quantizer option changed alone, 3 epochs, seed 0
+Usage (from the repository root):
+    python -m benchmarks.quality                      # default flags, seeds 0 1 2: 10 epochs, then 1 epoch
+    python -m benchmarks.quality --seeds 0 --epochs 10
+    python -m benchmarks.quality --ablation           # each quantizer option changed alone, 3 epochs, seed 0
 
 Each run is `python vqvae.py --prior-epochs 0` in a subprocess, as a user runs it but without the prior, which does
 not change the autoencoder (checkpoints in models/quality/...),
-then `python evaluate.py --json` on its best.pt. Prints one Markdown table, ready for README.md.
+then `python evaluate.py --json --samples 0` on its best.pt. Prints one Markdown table, ready for README.md. Every
+flag and the device are checked before anything trains.
 """
-import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.flags import check_once
+from benchmarks.scripts import run_script
+from vqmnist.configuration.cli import (ArgumentParser, add_device_flag, integer, refuse_inapplicable, resolve_device,
+                                       run_cli)
+from vqmnist.configuration.errors import UserError
+from vqmnist.configuration.limits import MAX_EPOCHS, MAX_SEED
 
 # (name, flags added to the defaults): each row changes one thing from the default configuration.
 ABLATION = [
@@ -33,20 +36,19 @@ ABLATION = [
 ]
 
 
-def run(command: list[str]) -> str:
-    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"quality.py: `{' '.join(command)}` failed:\n{result.stderr[-2000:]}")
-    return result.stdout
-
-
 def train_and_evaluate(name: str, flags: list[str], device: str) -> dict:
     started = time.perf_counter()
-    run(["vqvae.py", "--output-folder", f"quality/{name}", "--overwrite", "--device", device, "--prior-epochs", "0",
-         *flags])
+    run_script(["vqvae.py", "--output-folder", f"quality/{name}", "--overwrite", "--device", device, "--prior-epochs",
+                "0", *flags], show_progress=False)
     seconds = time.perf_counter() - started
-    scores = json.loads(run(["evaluate.py", "--model", f"models/quality/{name}/best.pt", "--device", device,
-                             "--json"]))
+    command = ["evaluate.py", "--model", f"models/quality/{name}/best.pt", "--device", device, "--samples", "0",
+               "--json"]
+    try:
+        scores = json.loads(run_script(command, show_progress=False))
+    except ValueError:
+        scores = None
+    if not isinstance(scores, dict):
+        raise UserError(f"`python {' '.join(command)}` printed no scores: run it yourself to see what it prints")
     scores["seconds"] = seconds
     print(f"  {name}: test MSE {scores['test_mse']:.5f}, usage {scores['codebook_usage']:.1%}, "
           f"perplexity {scores['perplexity']:.0f}, {seconds:.0f} s", file=sys.stderr, flush=True)
@@ -86,26 +88,39 @@ def ablation_table(num_epochs: int, seed: int, device: str) -> list[str]:
     return lines
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Test-set quality of vqvae.py's default run over seeds, or an "
-                                                 "ablation of its quantizer options.")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to run (default: 0 1 2)")
-    parser.add_argument("--epochs", type=int, nargs="+", default=[10, 1],
-                        help="--num-epochs of the seed runs, one table block each (default: 10 1)")
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Test-set quality of vqvae.py's default run over seeds, or an ablation of its "
+                                        "quantizer options.")
+    parser.add_argument("--seeds", type=integer(0, MAX_SEED), nargs="+", default=[0, 1, 2],
+                        help=f"seeds to run, each 0 to {MAX_SEED:,} and once; --ablation takes one (default: 0 1 2, "
+                             "and 0 with --ablation)")
+    parser.add_argument("--epochs", type=integer(1, MAX_EPOCHS), nargs="+", default=[10, 1],
+                        help=f"--num-epochs of the seed runs, one table block each, 1 to {MAX_EPOCHS:,} (default: "
+                             "10 1)")
     parser.add_argument("--ablation", action="store_true",
-                        help="instead: change each quantizer option alone, on the first seed")
-    parser.add_argument("--ablation-epochs", type=int, default=3, help="epochs of each ablation run (default: 3)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to train on (default: cpu)")
+                        help="instead: change each quantizer option alone, on one seed")
+    parser.add_argument("--ablation-epochs", type=integer(1, MAX_EPOCHS), default=3,
+                        help=f"epochs of each ablation run, 1 to {MAX_EPOCHS:,} (default: 3)")
+    add_device_flag(parser, "train on")
     return parser
 
 
 def main(args) -> None:
+    # Every flag and the device checked before anything trains.
+    resolve_device(args.device)
+    check_once(args.seeds, " ".join(map(str, args.seeds)), "--seeds")
+    check_once(args.epochs, " ".join(map(str, args.epochs)), "--epochs")
     if args.ablation:
+        refuse_inapplicable(args, ["epochs"], "with --ablation, whose runs train --ablation-epochs")
+        if "seeds" in getattr(args, "typed", set()) and len(args.seeds) > 1:
+            raise UserError(f"--ablation trains each option on one seed, not the {len(args.seeds)} of --seeds "
+                            f"{' '.join(map(str, args.seeds))}: give one")
         lines = ablation_table(args.ablation_epochs, args.seeds[0], args.device)
     else:
+        refuse_inapplicable(args, ["ablation_epochs"], "without --ablation, which alone trains them")
         lines = seeds_table(args.seeds, args.epochs, args.device)
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    run_cli(main, build_parser().parse_args())

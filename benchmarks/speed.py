@@ -1,14 +1,14 @@
 """Training speed against the machine's own limit: each loop's images or tokens per second and FLOP rate, the
 plain PyTorch loop of the same model beside it, and what fraction of this machine's matrix-product rate it reaches.
 
-Usage (from the repository root; `python -m benchmarks.speed` is the same):
-    python benchmarks/speed.py                        # CPU: the matrix-product limits and the four loops' table
-    python benchmarks/speed.py --beside-busy          # also each project loop beside one busy single-threaded process
-    python benchmarks/speed.py --ablation             # each speed setting of the autoencoder's loop alone
-    python benchmarks/speed.py --profile prior-project --steps 20   # where a loop's time goes (torch.profiler)
-    python benchmarks/speed.py --time-to-quality      # test MSE of the default run stopped at the plain loop's epoch
-    python benchmarks/speed.py --full                 # also time a whole default `python vqvae.py` run (with its prior)
-    python benchmarks/speed.py --device cuda          # GPU; --no-amp, --compile, ... change the autoencoder's loop
+Usage (from the repository root):
+    python -m benchmarks.speed                        # CPU: the matrix-product limits and the four loops' table
+    python -m benchmarks.speed --beside-busy          # also each project loop beside one busy single-threaded process
+    python -m benchmarks.speed --ablation             # each speed setting of the autoencoder's loop alone
+    python -m benchmarks.speed --profile prior-project --steps 20   # where a loop's time goes (torch.profiler)
+    python -m benchmarks.speed --time-to-quality      # test MSE of the default run stopped at the plain loop's epoch
+    python -m benchmarks.speed --full                 # also time a whole default `python vqvae.py` run (with its prior)
+    python -m benchmarks.speed --device cuda          # GPU; --no-amp, --compile, ... change the autoencoder's loop
 
 The limit: the median GFLOP/s of --repeats products of two 2048 x 2048 matrices, in float32 and in bf16. A loop's
 FLOPs per step are counted by torch.utils.flop_counter.FlopCounterMode over one step (matrix products and
@@ -29,7 +29,11 @@ process spins on one core, as another program on a shared laptop would.
 --time-to-quality: the reference needs 10 of the plain loop's epochs, so a tenth of its time is one plain-loop
 epoch. It runs the default `python vqvae.py --time-limit T` in a subprocess, with T that epoch's time less the
 seconds Python needs to start, then `python evaluate.py --samples 0` on the last.pt it stopped with. Where it
-stopped, and how long each part of a full run took, come from the run's models/NAME/run.json.
+stopped, and how long each part of a full run took, come from the run's models/NAME/run.json. The runs read
+--data-folder, as the loops do.
+
+Every flag, the device and the data are checked before anything is timed; a flag that cannot apply to what runs
+(--beside-busy with one --loop, a loop's setting with --ablation, which sets them itself) is refused.
 """
 import argparse
 import contextlib
@@ -51,6 +55,10 @@ from benchmarks.loops import Loop, ProjectSettings, autoencoder_plain, autoencod
 from benchmarks.profiling import print_attention, print_profile
 from benchmarks.scripts import run_script
 from prior import PriorConfig
+from vqmnist.configuration.cli import (ArgumentParser, add_device_flag, integer, refuse_inapplicable, resolve_device,
+                                       run_cli)
+from vqmnist.configuration.errors import UserError
+from vqmnist.configuration.limits import MAX_BATCH, MAX_THREADS
 from vqmnist.io.data import load_mnist
 from vqmnist.running.machine import ThreadChooser, keep_freed_memory, native_bf16
 from vqmnist.running.prior_task import PriorSettings
@@ -60,6 +68,8 @@ TRAIN_IMAGES = 60_000  # the reference trains on the whole training set each epo
 REFERENCE_TEST_MSE = 0.0069  # the reference repository's test MSE after its 10 epochs, as the brief measured it
 MATMUL_SIZE = 2048
 LOOPS = ["autoencoder-plain", "prior-plain", "autoencoder-project", "prior-project"]  # the plain ones first
+MAX_STEPS = 1_000_000  # timed or untimed steps of one loop: days of the slowest one
+MAX_REPEATS = 1000
 
 # (name, flags of this script): each row changes one setting of the project's loop, in a fresh process.
 ABLATION = [
@@ -165,7 +175,7 @@ def ablation(args) -> None:
     """Each row in its own process, since keep_freed_memory cannot be undone within one."""
     common = ["-m", "benchmarks.speed", "--device", args.device, "--batch-size", str(args.batch_size), "--steps",
               str(args.steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--data-folder",
-              args.data_folder]
+              data_folder(args)]
     output = run_script(common + ["--loop", "autoencoder-plain"], show_progress=False)
     plain = float(re.search(r"autoencoder-plain: ([\d.]+)", output).group(1))
     print(f"device {args.device}, default model, batch {args.batch_size}, median of {args.repeats} x {args.steps} "
@@ -192,8 +202,14 @@ def part_seconds(model_dir) -> tuple[float, float]:
     return figures["autoencoder"]["seconds"], figures["prior"]["seconds"]
 
 
-def full_run(device: str) -> None:
-    command = ["vqvae.py", "--output-folder", "speed/full", "--overwrite", "--device", device]
+def data_folder(args) -> str:
+    """--data-folder as the scripts run in the repository root find it."""
+    return str(Path(args.data_folder).resolve())
+
+
+def full_run(args) -> None:
+    command = ["vqvae.py", "--output-folder", "speed/full", "--overwrite", "--device", args.device, "--data-folder",
+               data_folder(args)]
     started = time.perf_counter()
     run_script(command)  # a long run: its progress bars show
     seconds = time.perf_counter() - started
@@ -202,19 +218,23 @@ def full_run(device: str) -> None:
           f"and the prior {prior:.0f} s (as vqvae.py records them in run.json)")
 
 
-def time_to_quality(plain_speed: float, device: str) -> None:
+def time_to_quality(plain_speed: float, args) -> None:
     budget = TRAIN_IMAGES / plain_speed  # a tenth of the plain loop's 10 epochs
+    device = args.device
     started = time.perf_counter()
     run_script(["-c", "import vqvae"], show_progress=False)
     startup = time.perf_counter() - started  # Python and the imports, before vqvae.py's clock starts
+    if budget - startup < 0.1:
+        raise UserError(f"the plain loop's epoch ({budget:.1f} s) is over before Python has started vqvae.py "
+                        f"({startup:.1f} s): no run fits it, so --time-to-quality has nothing to measure")
     command = ["vqvae.py", "--output-folder", "speed/time_to_quality", "--overwrite", "--device", device,
-               "--time-limit", f"{budget - startup:.1f}"]
+               "--data-folder", data_folder(args), "--time-limit", f"{budget - startup:.1f}"]
     started = time.perf_counter()
     run_script(command, show_progress=False)  # a stop at the time limit exits with status 0
     seconds = time.perf_counter() - started
     where = stopped_at_limit(ROOT / "models" / "speed" / "time_to_quality")
     if where is None:
-        sys.exit(f"speed.py: `{' '.join(command)}` finished before its time limit")
+        raise UserError(f"`{' '.join(command)}` finished before its time limit, so nothing was stopped at it")
     scores = json.loads(run_script(["evaluate.py", "--model", "models/speed/time_to_quality/last.pt", "--device",
                                     device, "--samples", "0", "--json"], show_progress=False))
     verdict = "reached" if scores["test_mse"] <= REFERENCE_TEST_MSE and seconds <= budget else "NOT reached"
@@ -226,7 +246,12 @@ def time_to_quality(plain_speed: float, device: str) -> None:
 def build_loop(name: str, images: torch.Tensor, args, device: torch.device) -> Loop:
     prior_config = PriorConfig()
     if name == "autoencoder-plain":
-        return autoencoder_plain(Path(args.data_folder), args.batch_size, device)
+        try:
+            return autoencoder_plain(Path(args.data_folder), args.batch_size, device)
+        except RuntimeError as error:  # torchvision's: the unpacked files are not in DATA/MNIST/raw
+            raise UserError(f"torchvision's MNIST, which the plain loop reads, cannot read "
+                            f"{Path(args.data_folder) / 'MNIST' / 'raw'} ({error}): let the checked files be unpacked "
+                            "there (a writable --data-folder)") from None
     if name == "autoencoder-project":
         settings = ProjectSettings(args.amp, args.channels_last, args.fused_adam, args.compile)
         return autoencoder_project(images, args.batch_size, device, settings)
@@ -285,8 +310,40 @@ def beside_busy(results: dict[str, Measured], args, device: torch.device) -> Non
               f"{alone.steps_per_second / chosen:.2f}x |", flush=True)
 
 
+def check_flags(args) -> None:
+    """Refuse, before anything is timed, flags that cannot apply to what this run does."""
+    if args.ablation:
+        refuse_inapplicable(args, ["loop", "profile", "beside_busy", "time_to_quality", "full", "prior_batch_size",
+                                   "amp", "compile", "channels_last", "fused_adam", "keep_freed_memory", "threads"],
+                            "with --ablation, which times the autoencoder's loops alone and sets each row's settings "
+                            "itself")
+        return
+    if args.profile:
+        refuse_inapplicable(args, ["loop", "beside_busy", "time_to_quality", "full", "warmup", "repeats"],
+                            "with --profile, which profiles --steps steps of one loop after 5 untimed ones")
+    elif args.loop != "all":
+        refuse_inapplicable(args, ["beside_busy", "time_to_quality", "full"],
+                            f"with --loop {args.loop}, which times that loop alone, without the table of all "
+                            "four")
+    running = [args.profile] if args.profile else LOOPS if args.loop == "all" else [args.loop]
+    what = f"to the loop{'s' * (len(running) > 1)} {' and '.join(running)}"
+    if not any(name.startswith("autoencoder") for name in running):
+        refuse_inapplicable(args, ["batch_size"], what)
+    if not any(name.startswith("prior") for name in running):
+        refuse_inapplicable(args, ["prior_batch_size"], what)
+    if "autoencoder-project" not in running:
+        refuse_inapplicable(args, ["compile", "channels_last", "fused_adam"], f"{what}, only to the autoencoder's "
+                            "project loop")
+    if not any(name.endswith("project") for name in running):
+        refuse_inapplicable(args, ["amp", "keep_freed_memory"], f"{what}, only to the project's loops")
+
+
 def main(args) -> None:
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
+    check_flags(args)
+    images, _ = load_mnist(args.data_folder, train=True)  # also checks the files and unpacks them
+    # torchvision's MNIST (the plain loop) wants the test files unpacked beside the training ones.
+    load_mnist(args.data_folder, train=False)
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
@@ -296,7 +353,6 @@ def main(args) -> None:
     if args.ablation:
         ablation(args)
         return
-    images, _ = load_mnist(args.data_folder, train=True)  # also checks and decompresses the files
     if args.profile:
         if args.keep_freed_memory and "project" in args.profile:
             keep_freed_memory()
@@ -319,21 +375,26 @@ def main(args) -> None:
     if args.beside_busy:
         beside_busy(results, args, device)
     if args.time_to_quality:
-        time_to_quality(results["autoencoder-plain"].items_per_second, args.device)
+        time_to_quality(results["autoencoder-plain"].items_per_second, args)
     if args.full:
-        full_run(args.device)
+        full_run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Each training loop's speed and FLOP rate against the machine's.")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device (default: cpu)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per autoencoder batch (default: 64)")
-    parser.add_argument("--prior-batch-size", type=int, default=PriorSettings.batch_size,
-                        help=f"code grids per prior batch (default: {PriorSettings.batch_size})")
-    parser.add_argument("--steps", type=int, default=200, help="timed steps per repeat (default: 200)")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (default: 20)")
-    parser.add_argument("--repeats", type=int, default=3, help="timings per loop; the median counts (default: 3)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0: PyTorch's choice (default: 0)")
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Each training loop's speed and FLOP rate against the machine's.")
+    add_device_flag(parser)
+    parser.add_argument("--batch-size", type=integer(1, MAX_BATCH), default=64,
+                        help=f"images per autoencoder batch, 1 to {MAX_BATCH:,} (default: 64)")
+    parser.add_argument("--prior-batch-size", type=integer(1, MAX_BATCH), default=PriorSettings.batch_size,
+                        help=f"code grids per prior batch, 1 to {MAX_BATCH:,} (default: {PriorSettings.batch_size})")
+    parser.add_argument("--steps", type=integer(1, MAX_STEPS), default=200,
+                        help=f"timed steps per repeat, 1 to {MAX_STEPS:,} (default: 200)")
+    parser.add_argument("--warmup", type=integer(0, MAX_STEPS), default=20,
+                        help=f"untimed steps first, 0 to {MAX_STEPS:,} (default: 20)")
+    parser.add_argument("--repeats", type=integer(1, MAX_REPEATS), default=3,
+                        help=f"timings per loop, 1 to {MAX_REPEATS:,}; the median counts (default: 3)")
+    parser.add_argument("--threads", type=integer(0, MAX_THREADS), default=0,
+                        help=f"CPU threads, 1 to {MAX_THREADS}; 0: PyTorch's choice (default: 0)")
     parser.add_argument("--data-folder", default="data", help="MNIST folder (default: data)")
     parser.add_argument("--loop", choices=["all", *LOOPS], default="all",
                         help="time one loop and print its speed alone, or all and the table (default: all)")
@@ -362,4 +423,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    run_cli(main, build_parser().parse_args())

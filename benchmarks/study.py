@@ -1,14 +1,14 @@
 """What K, D, the bottleneck and the quantizer do: train the runs of a named study, score each with evaluate.py, and
 write a Markdown table and a distortion-rate plot (for the likelihood study, bits per dimension against the rate).
 
-Usage (from the repository root; `python -m benchmarks.study` is the same):
-    python benchmarks/study.py --study k             # K in 16, 64, 256, 512, 1024 (VQ, all else default)
-    python benchmarks/study.py --study d             # D in 2, 4, 8, 16, 32, 64
-    python benchmarks/study.py --study bottleneck    # reference VQ, default VQ, FSQ, Gaussian VAE at 3 KL weights
-    python benchmarks/study.py --study quantizers    # VQs, rotation trick, SimVQ, LFQ, residual VQ, FSQ: 512 codes
-    python benchmarks/study.py --study all --epochs 3 --prior-epochs 2 --out-dir docs/images
-    python benchmarks/study.py --study bottleneck --bottlenecks vq,fsq,mine   # any registered ones, at defaults
-    python benchmarks/study.py --study likelihood    # bits/dim: Gaussian VAE and VQ over capacity, the quantizers
+Usage (from the repository root):
+    python -m benchmarks.study --study k             # K in 16, 64, 256, 512, 1024 (VQ, all else default)
+    python -m benchmarks.study --study d             # D in 2, 4, 8, 16, 32, 64
+    python -m benchmarks.study --study bottleneck    # reference VQ, default VQ, FSQ, Gaussian VAE at 3 KL weights
+    python -m benchmarks.study --study quantizers    # VQs, rotation trick, SimVQ, LFQ, residual VQ, FSQ: 512 codes
+    python -m benchmarks.study --study all --epochs 3 --prior-epochs 2 --out-dir docs/images
+    python -m benchmarks.study --study bottleneck --bottlenecks vq,fsq,mine   # any registered ones, at defaults
+    python -m benchmarks.study --study likelihood    # bits/dim: Gaussian VAE and VQ over capacity, the quantizers
 
 Each row is `python vqvae.py` in a subprocess, as a user runs it, with --num-epochs --epochs, --prior-epochs and
 --seed, kept in models/study/NAME; then `python evaluate.py --json` on its best.pt, whose scores are kept in
@@ -22,10 +22,13 @@ recognisable fraction and Frechet distance (the prior's class drawn by itself, o
 seconds of training (autoencoder and prior, from its run.json). --bottlenecks makes the bottleneck study's rows
 from the command line: one a registered bottleneck, at its defaults (vq: the default row), so that a new one is a
 row without an edit here. --data-folder and --dataset go to every run and score; --train-flags adds vqvae.py flags
-to every run (and its folder's name then ends in a digest of them). The table goes to OUT_DIR/study_NAME.md and
-stdout, the plot of test MSE against the rate to OUT_DIR/study_NAME.png. Each scored run also goes to TensorBoard's
-hparams dashboard, its flags beside its scores, in its own logs/study/NAME folder: `tensorboard --logdir logs/study`
-sets the rows side by side.
+to every run (and its folder's name then ends in a digest of them), but none the study sets itself (the folder,
+--num-epochs, --prior-epochs, --seed, --device, the data, --resume or --overwrite, --time-limit, --prior-only, and any
+flag a row of the study sets, as its label says): such a flag, or one with which vqvae.py would refuse a row, is
+refused in one line before anything trains, as a bad flag, a --device cuda without CUDA and an --out-dir that cannot
+take the tables are. The table goes to OUT_DIR/study_NAME.md and stdout, the plot of test MSE against the rate to
+OUT_DIR/study_NAME.png. Each scored run also goes to TensorBoard's hparams dashboard, its flags beside its scores, in
+its own logs/study/NAME folder: `tensorboard --logdir logs/study` sets the rows side by side.
 
 The likelihood study's rows all have a likelihood decoder (--decoder-output logistic, and one categorical), and its
 own table: each row's bounds in bits per dimension from evaluate.py (the learned prior's without and with the class
@@ -56,8 +59,10 @@ import matplotlib.pyplot as plt
 
 from torch.utils.tensorboard import SummaryWriter
 
+from benchmarks.flags import check_out_dir
 from benchmarks.scripts import run_script
 from modules import BOTTLENECKS
+from vqmnist.configuration import training_flags
 from vqmnist.configuration.cli import ArgumentParser, integer, resolve_device, run_cli
 from vqmnist.configuration.errors import UserError
 from vqmnist.configuration.limits import MAX_EPOCHS, MAX_SAMPLES, MAX_SEED
@@ -252,9 +257,7 @@ def train_and_score(row: Row, args) -> dict:
         run_script(["vqvae.py", "--output-folder", folder, "--device", args.device, "--data-folder",
                     args.data_folder, "--resume"])
     else:
-        run_script(["vqvae.py", "--output-folder", folder, "--overwrite", "--device", args.device, "--num-epochs",
-                    str(args.epochs), "--prior-epochs", str(args.prior_epochs), "--seed", str(args.seed), *data,
-                    *args.train_flags, *row.flags])
+        run_script(["vqvae.py", *row_command(row, args, folder)])
     seconds = part_seconds(model_dir, f"models/{folder}")
     command = ["evaluate.py", "--model", str(model_dir / "best.pt"), "--device", args.device, "--samples",
                str(args.samples), *data, "--json"]
@@ -386,17 +389,72 @@ def hold_study_folder(folder: Path):
                                               "it ends, then run this one")
 
 
-def prepare_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out-dir {out_dir} is a file, not a folder: give a folder for the tables and plots")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"  # an existing folder may still refuse the tables at the end of the study
-        probe.touch()
-        probe.unlink()
-    except OSError as error:
-        raise UserError(f"--out-dir {out_dir}: cannot write to it ({error.strerror}): give a folder that can be "
-                        "written to") from None
+# What the study gives every row's vqvae.py itself, by dest, and why --train-flags may not: each run's folder name,
+# table and plot say these values, so a --train-flags that changed one would train a run they misname.
+STUDY_SETS = {
+    "output_folder": "the study names each row's folder itself, models/study/NAME",
+    "overwrite": "the study starts each row anew, or resumes it, itself",
+    "resume": "the study starts each row anew, or resumes it, itself",
+    "prior_only": "the study trains each row's autoencoder, then its prior",
+    "time_limit": "the study trains each row for its --epochs and --prior-epochs in full, as its folder's name says",
+    "num_epochs": "the study sets it from its own --epochs, which each row's folder names",
+    "prior_epochs": "the study sets it from its own --prior-epochs, which each row's folder names",
+    "seed": "the study sets it from its own --seed, which each row's folder names",
+    "device": "the study sets it from its own --device",
+    "data_folder": "the study sets it from its own --data-folder",
+    "dataset": "the study sets it from its own --dataset",
+}
+
+
+def vqvae_arguments(words: list[str]):
+    """vqvae.py's flags `words` read by its own parser (abbreviations and --flag=value as vqvae.py reads them), as
+    Arguments that know the flags typed; a flag vqvae.py would refuse, or --help, is a UserError naming
+    --train-flags."""
+    parser = training_flags.build_parser()
+
+    def refuse(message: str):
+        raise UserError(f"--train-flags: vqvae.py would refuse them: {message}")
+
+    def help_asked(*args, **kwargs):
+        raise UserError("--train-flags: --help is not a flag to train with: run `python vqvae.py --help` to see "
+                        "vqvae.py's flags")
+
+    parser.error, parser.print_help, parser.exit = refuse, help_asked, help_asked
+    return parser.parse_args(words)
+
+
+def row_command(row: Row, args, folder: str | None = None) -> list[str]:
+    """vqvae.py's flags for a row trained from its start: the study's own, then --train-flags, then the row's."""
+    return ["--output-folder", folder or run_folder(row, args), "--overwrite", "--device", args.device,
+            "--num-epochs", str(args.epochs), "--prior-epochs", str(args.prior_epochs), "--seed", str(args.seed),
+            "--data-folder", args.data_folder, "--dataset", args.dataset, *args.train_flags, *row.flags]
+
+
+def check_train_flags(args) -> None:
+    """Refuse, before any row trains, --train-flags that name a flag the study sets itself (STUDY_SETS, and the
+    flags of the rows of the studies run, which each row's label names), or with which vqvae.py would refuse a row's
+    command: one line naming the flag, or the row."""
+    if not args.train_flags:  # the rows' own flags alone: vqvae.py takes each
+        return
+    names = [args.study] if args.study != "all" else list(STUDIES)
+    rows = list(dict.fromkeys(row for name in names for row in study_rows(name, args)))  # a shared row once
+    typed = vqvae_arguments(args.train_flags).typed
+    setting = {}  # dest: the first row that sets it
+    for row in rows:
+        for dest in vqvae_arguments(list(row.flags)).typed:
+            setting.setdefault(dest, row)
+    flag_names = training_flags.build_parser().flag_names()
+    for dest in sorted(typed):
+        why = STUDY_SETS.get(dest)
+        if why is None and dest in setting:
+            why = f"the rows of --study {args.study} set it themselves, as their labels say ({setting[dest].label})"
+        if why is not None:
+            raise UserError(f"--train-flags {flag_names[dest]}: {why}: drop it")
+    for row in rows:
+        try:
+            training_flags.check_request(vqvae_arguments(row_command(row, args)))
+        except UserError as error:
+            raise UserError(f"--train-flags: vqvae.py would refuse the row {row.label!r} with them: {error}") from None
 
 
 def main(args) -> None:
@@ -404,7 +462,8 @@ def main(args) -> None:
     if args.bottlenecks and args.study not in ("bottleneck", "all"):
         raise UserError(f"--bottlenecks makes the rows of --study bottleneck, not of --study {args.study}: drop it, "
                         "or give --study bottleneck")
-    prepare_out_dir(args.out_dir)
+    check_train_flags(args)
+    check_out_dir(args.out_dir)
     started = time.perf_counter()
     with hold_study_folder(ROOT / "models" / "study"):
         for name in STUDIES if args.study == "all" else [args.study]:
