@@ -357,7 +357,8 @@ def main(args) -> None:
     check_architecture(model, args)
     check_flags(args, model)
     args.dataset = args.dataset or trained_dataset(loaded.checkpoint, args.model)
-    prior = loaded.require_prior() if model.discrete and args.input in ("random", "complete") else None
+    prior = (loaded.require_prior(instead=", or use --input noise")
+             if model.discrete and args.input in ("random", "complete") else None)
     path = output_path(args.filename or args.input)
     targets = {path: "--filename"}
     if args.input == "MNIST":

@@ -275,9 +275,10 @@ def stored_prior(stored, path: Path, autoencoder: nn.Module, keys=("config", "mo
     return meta
 
 
-def no_prior(path: Path) -> UserError:
-    """The line for a checkpoint that holds no prior, with how to give it one."""
-    return UserError(f"{path} holds no prior over the codes: {prior_hint(path)}, or use --input noise")
+def no_prior(path: Path, instead: str = "") -> UserError:
+    """The line for a checkpoint that holds no prior, with how to give it one, and `instead` (", or ...": what the
+    script can do without one)."""
+    return UserError(f"{path} holds no prior over the codes: {prior_hint(path)}{instead}")
 
 
 def load_prior(checkpoint: dict, path, autoencoder: nn.Module, device="cpu") -> CodePrior:

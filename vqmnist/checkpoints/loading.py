@@ -21,10 +21,11 @@ class Loaded(NamedTuple):
     checkpoint: dict
     path: Path
 
-    def require_prior(self) -> CodePrior:
-        """The prior; one line saying how to train one where the checkpoint holds none."""
+    def require_prior(self, instead: str = "") -> CodePrior:
+        """The prior; one line saying how to train one where the checkpoint holds none (and `instead`, what the
+        script can do without it)."""
         if self.prior is None:
-            raise no_prior(self.path)
+            raise no_prior(self.path, instead)
         return self.prior
 
 
