@@ -1,5 +1,8 @@
 """What the interface promises of every registered bottleneck, checked on each: under bf16 autocast, in eval mode, the
 z_q it gives is exactly embed(codes), so a decoded code grid is the picture its reconstruction was."""
+import copy
+import functools
+
 import pytest
 import torch
 
@@ -8,12 +11,20 @@ from modules import BOTTLENECKS, VQVAE, VQVAEConfig
 DISCRETE = [name for name, bottleneck in BOTTLENECKS.items() if bottleneck.discrete]
 
 
-def trained_a_step(name: str) -> VQVAE:
-    """The default model of bottleneck `name` after one training forward pass (which sets up a k-means++ codebook)."""
+@functools.cache
+def first_step(name: str) -> VQVAE:
+    """trained_a_step's model, made once for the fp32 and the autocast case: a k-means++ codebook of the default K
+    takes seconds on a CPU."""
     torch.manual_seed(0)
     model = VQVAE(VQVAEConfig(bottleneck=name, hidden_size=16))
     model(torch.rand(64, 1, 28, 28) * 2 - 1)
     return model.eval()
+
+
+def trained_a_step(name: str) -> VQVAE:
+    """The default model of bottleneck `name` after one training forward pass (which sets up a k-means++ codebook),
+    a copy of its own for each test."""
+    return copy.deepcopy(first_step(name))
 
 
 def test_every_registered_bottleneck_is_checked_here():

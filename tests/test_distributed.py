@@ -6,10 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import generate
-from helpers import TINY_PRIOR
+from helpers import TINY_PRIOR, write_tiny_mnist
 from vqmnist.io import data
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -28,31 +29,43 @@ def torchrun(tmp_path, data_folder, *flags, stop_at_step=0):
     return subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
 
 
-def test_two_processes_share_one_codebook_and_write_one_usable_checkpoint(tiny_mnist, tmp_path, monkeypatch):
-    result = torchrun(tmp_path, tiny_mnist, "--num-epochs", "2")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The two-process run of two epochs, on tiny MNIST files of its own: (its folder, its CompletedProcess). Run
+    once: one test checks what it wrote, the other resumes a stopped run to its weights."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data, "MNIST_MD5", write_tiny_mnist(folder / "data" / "MNIST" / "raw"))
+        return folder, torchrun(folder, folder / "data", "--num-epochs", "2")
+
+
+def test_two_processes_share_one_codebook_and_write_one_usable_checkpoint(uninterrupted, tiny_mnist, tmp_path,
+                                                                          monkeypatch):
+    folder, result = uninterrupted
     assert result.returncode == 0, result.stderr[-2000:]
-    codebooks = [torch.load(tmp_path / f"codebook{rank}.pt") for rank in (0, 1)]
+    codebooks = [torch.load(folder / f"codebook{rank}.pt") for rank in (0, 1)]
     assert torch.equal(codebooks[0], codebooks[1]), "the processes' codebooks differ"
     assert result.stdout.count("training on cpu x 2 processes") == 1, "more than process 0 printed"
 
-    checkpoint = torch.load(tmp_path / "models" / "ddp" / "last.pt", weights_only=True)
+    checkpoint = torch.load(folder / "models" / "ddp" / "last.pt", weights_only=True)
     # 256 training images: 128 per process, 4 batches of 32 per epoch.
     assert checkpoint["epoch"] == 2 and checkpoint["step"] == 8
     assert torch.equal(checkpoint["model"]["bottleneck.embedding.weight"], codebooks[0])
-    assert "prior" in torch.load(tmp_path / "models" / "ddp" / "best.pt", weights_only=True)
+    assert "prior" in torch.load(folder / "models" / "ddp" / "best.pt", weights_only=True)
 
     monkeypatch.chdir(tmp_path)
     for mode in ("MNIST", "random"):
         generate.main(generate.build_parser().parse_args(
-            ["--model", "models/ddp/best.pt", "--input", mode, "--data-folder", str(tiny_mnist)]))
+            ["--model", str(folder / "models" / "ddp" / "best.pt"), "--input", mode, "--data-folder",
+             str(tiny_mnist)]))
         assert (tmp_path / "generatedImages" / f"{mode}.png").is_file()
 
 
-def test_sigterm_stops_both_processes_and_resume_under_torchrun_matches_an_uninterrupted_run(tiny_mnist, tmp_path):
-    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
-    for folder in (uninterrupted, interrupted):
-        folder.mkdir()
-    assert torchrun(uninterrupted, tiny_mnist, "--num-epochs", "2").returncode == 0
+def test_sigterm_stops_both_processes_and_resume_under_torchrun_matches_an_uninterrupted_run(uninterrupted,
+                                                                                             tiny_mnist, tmp_path):
+    (uninterrupted, result), interrupted = uninterrupted, tmp_path / "interrupted"
+    interrupted.mkdir()
+    assert result.returncode == 0, result.stderr[-2000:]
 
     stopped = torchrun(interrupted, tiny_mnist, "--num-epochs", "2", stop_at_step=3)
     assert stopped.returncode != 0

@@ -2,6 +2,7 @@
 and evaluate.py exactly as the checkpoint does."""
 import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 import evaluate
 import export_model
 import generate
-from helpers import fail_on_call, train_tiny
+from helpers import fail_on_call, tiny_run_in, train_tiny
 from vqmnist.checkpoints.format import FORMAT
 from vqmnist.configuration.errors import UserError
 
@@ -18,9 +19,21 @@ def export(*flags):
     export_model.main(export_model.build_parser().parse_args(list(flags)))
 
 
-def test_export_drops_the_training_state_and_scores_like_the_checkpoint(tiny_mnist, tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The default tiny run's models/tiny (its autoencoder and prior), trained once for the module."""
+    return tiny_run_in(tmp_path_factory.mktemp("tiny_run")) / "models" / "tiny"
+
+
+def copy_of(tiny_run, folder):
+    """The shared tiny run's checkpoints copied into folder/models/tiny, as training there would leave them."""
+    shutil.copytree(tiny_run, folder / "models" / "tiny")
+
+
+def test_export_drops_the_training_state_and_scores_like_the_checkpoint(tiny_run, tiny_mnist, tmp_path, monkeypatch,
+                                                                        capsys):
     monkeypatch.chdir(tmp_path)
-    train_tiny(tiny_mnist)
+    copy_of(tiny_run, tmp_path)
     export("--model", "models/tiny/best.pt", "--output", "shared/tiny.pt")
     printed = capsys.readouterr().out
     assert hashlib.sha256((tmp_path / "shared" / "tiny.pt").read_bytes()).hexdigest() in printed
@@ -44,9 +57,9 @@ def test_export_drops_the_training_state_and_scores_like_the_checkpoint(tiny_mni
     assert (tmp_path / "generatedImages" / "random.png").is_file()
 
 
-def test_export_does_not_replace_a_file_unless_asked(tiny_mnist, tmp_path, monkeypatch):
+def test_export_does_not_replace_a_file_unless_asked(tiny_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train_tiny(tiny_mnist)
+    copy_of(tiny_run, tmp_path)
     (tmp_path / "mine.pt").write_bytes(b"something of the user's")
     with pytest.raises(UserError, match="--overwrite"):
         export("--model", "models/tiny/best.pt", "--output", "mine.pt")
@@ -59,9 +72,9 @@ def test_export_does_not_replace_a_file_unless_asked(tiny_mnist, tmp_path, monke
     (["--model", "models/tiny/best.pt", "--output", "models/tiny/best.pt"], "must differ"),
     (["--model", "models/tiny/missing.pt", "--output", "out.pt"], "no checkpoint"),
 ])
-def test_export_errors(flags, message, tiny_mnist, tmp_path, monkeypatch):
+def test_export_errors(flags, message, tiny_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train_tiny(tiny_mnist)
+    copy_of(tiny_run, tmp_path)
     with pytest.raises(UserError, match=message):
         export(*flags)
 
@@ -76,9 +89,9 @@ def test_export_without_a_prior_needs_to_be_asked_for(tiny_mnist, tmp_path, monk
     assert "prior" not in torch.load("out.pt", weights_only=True)
 
 
-def test_a_full_disk_during_the_export_is_one_line_and_leaves_no_file(tiny_mnist, tmp_path, monkeypatch):
+def test_a_full_disk_during_the_export_is_one_line_and_leaves_no_file(tiny_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train_tiny(tiny_mnist)
+    copy_of(tiny_run, tmp_path)
     fail_on_call(monkeypatch, torch, "save", 1, RuntimeError("[enforce fail at inline_container.cc:672] . unexpected "
                                                              "pos 2368 vs 2256"))
     with pytest.raises(UserError, match="^no space left on the device holding shared: free space, then export again$"):

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import evaluate
 import generate
-from helpers import model_config, train_tiny
+from helpers import model_config, tiny_run_in, train_tiny
 from modules import BOTTLENECKS, VQVAE, VQVAEConfig
 from prior import PriorConfig
 from vqmnist.checkpoints.loading import load_model
@@ -33,17 +33,23 @@ def assert_grid_of_tiles(path):
     assert sum(tile.any() for tile in tiles) >= 90, "most tiles are blank"
 
 
-def test_train_generate_evaluate(tiny_mnist, tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The folder of the default tiny run (one epoch, then its prior), trained once for the tests that only read it
+    (each writes its pictures in a folder of its own)."""
+    return tiny_run_in(tmp_path_factory.mktemp("tiny_run"))
+
+
+def test_train_generate_evaluate(tiny_run, tiny_mnist, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    train_tiny(tiny_mnist)
     for name in ("best.pt", "last.pt"):
-        assert (tmp_path / "models" / "tiny" / name).is_file()
-    checkpoint = torch.load(tmp_path / "models" / "tiny" / "last.pt", weights_only=True)
+        assert (tiny_run / "models" / "tiny" / name).is_file()
+    checkpoint = torch.load(tiny_run / "models" / "tiny" / "last.pt", weights_only=True)
     config = checkpoint["config"]
     assert config["hidden_size"] == 8 and config["bottleneck_config"]["num_embeddings"] == 16
     assert checkpoint["epoch"] == 1 and checkpoint["step"] == 4  # 256 training images in batches of 64
 
-    events = EventAccumulator(str(tmp_path / "logs" / "tiny"), size_guidance={"images": 0, "histograms": 0})
+    events = EventAccumulator(str(tiny_run / "logs" / "tiny"), size_guidance={"images": 0, "histograms": 0})
     events.Reload()
     tags = events.Tags()
     for tag in ("train/loss", "train/loss_reconstruction", "train/loss_commitment", "train/perplexity",
@@ -54,7 +60,7 @@ def test_train_generate_evaluate(tiny_mnist, tmp_path, monkeypatch, capsys):
     assert len(events.Scalars("train/loss")) == 4
     assert "val/code_usage" in tags["histograms"] and "val/reconstructions" in tags["images"]
 
-    model = str(tmp_path / "models" / "tiny" / "best.pt")
+    model = str(tiny_run / "models" / "tiny" / "best.pt")
     generate.main(generate.build_parser().parse_args(
         ["--model", model, "--input", "MNIST", "--filename", "recon", "--data-folder", str(tiny_mnist)]))
     for extra in (["--input", "random"], ["--input", "random", "--digit", "3"], ["--input", "random",
@@ -99,10 +105,9 @@ def test_run_json_holds_the_figures_of_each_epoch(tiny_mnist, tmp_path, monkeypa
     assert "stopped" not in figures
 
 
-def test_generate_checks_architecture_flags_against_the_checkpoint(tiny_mnist, tmp_path, monkeypatch):
+def test_generate_checks_architecture_flags_against_the_checkpoint(tiny_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train_tiny(tiny_mnist)
-    model = str(tmp_path / "models" / "tiny" / "best.pt")
+    model = str(tiny_run / "models" / "tiny" / "best.pt")
     generate.main(generate.build_parser().parse_args(["--model", model, "--input", "random", "--hidden-size", "8"]))
     with pytest.raises(UserError, match="--hidden-size 8, not 40"):
         generate.main(generate.build_parser().parse_args(["--model", model, "--hidden-size", "40"]))
@@ -135,11 +140,10 @@ def test_grid_file_names(filename, expected, tmp_path, monkeypatch):
     assert generate.output_path(filename) == generate.OUTPUT_FOLDER / expected
 
 
-def test_worker_processes_do_not_change_the_result(tiny_mnist, tmp_path, monkeypatch):
+def test_worker_processes_do_not_change_the_result(tiny_run, tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train_tiny(tiny_mnist)
-    without_workers = torch.load(tmp_path / "models" / "tiny" / "last.pt", weights_only=True)["model"]
-    train_tiny(tiny_mnist, "--num-workers", "2", "--overwrite")
+    without_workers = torch.load(tiny_run / "models" / "tiny" / "last.pt", weights_only=True)["model"]
+    train_tiny(tiny_mnist, "--num-workers", "2")
     with_workers = torch.load(tmp_path / "models" / "tiny" / "last.pt", weights_only=True)["model"]
     for name, tensor in without_workers.items():
         assert torch.equal(tensor, with_workers[name]), name
@@ -193,11 +197,11 @@ def test_each_config_field_has_one_flag_that_sets_it():
 
 
 @pytest.mark.parametrize("count", [1, 2])
-def test_too_few_samples_give_no_frechet_distance_and_keep_every_other_score(count, tiny_mnist, tmp_path, monkeypatch,
-                                                                            capsys):
+def test_too_few_samples_give_no_frechet_distance_and_keep_every_other_score(count, tiny_run, tiny_mnist, tmp_path,
+                                                                            monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    train_tiny(tiny_mnist)
-    flags = ["--model", "models/tiny/best.pt", "--data-folder", str(tiny_mnist), "--samples", str(count)]
+    flags = ["--model", str(tiny_run / "models" / "tiny" / "best.pt"), "--data-folder", str(tiny_mnist), "--samples",
+             str(count)]
     capsys.readouterr()
     evaluate.main(evaluate.build_parser().parse_args([*flags, "--json"]))
     samples = json.loads(capsys.readouterr().out)["samples"]

@@ -20,9 +20,15 @@ def generate_grid(model, *flags):
     generate.main(generate.build_parser().parse_args(["--model", str(model), *flags]))
 
 
-def test_prior_is_trained_after_the_autoencoder_logged_and_stored_in_best(tiny_mnist, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    train_tiny(tiny_mnist)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The folder of the default tiny run (the autoencoder, then its prior), trained once for the tests that only
+    read it."""
+    return tiny_run_in(tmp_path_factory.mktemp("tiny_run"))
+
+
+def test_prior_is_trained_after_the_autoencoder_logged_and_stored_in_best(tiny_run, monkeypatch):
+    monkeypatch.chdir(tiny_run)
     best = torch.load("models/tiny/best.pt", weights_only=True)
     prior = best["prior"]
     assert prior["config"]["num_embeddings"] == 16 and prior["config"]["width"] == 16
@@ -146,11 +152,10 @@ def test_a_resume_after_the_prior_finished_has_nothing_to_do(tiny_mnist, tmp_pat
     (["--input", "noise", "--unconditional"], "with --input random"),
     (["--input", "random", "--digit", "3", "--unconditional"], "only one"),
 ])
-def test_generate_sample_flag_errors(flags, message, tiny_mnist, tmp_path, monkeypatch):
+def test_generate_sample_flag_errors(flags, message, tiny_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train_tiny(tiny_mnist)
     with pytest.raises(UserError, match=message):
-        generate_grid("models/tiny/best.pt", *flags)
+        generate_grid(tiny_run / "models" / "tiny" / "best.pt", *flags)
 
 
 def test_prior_learns_a_code_pattern_per_class_and_samples_them():
