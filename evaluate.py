@@ -58,7 +58,6 @@ import json
 import math
 import os
 from dataclasses import asdict
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -74,7 +73,8 @@ from vqmnist.configuration.cli import (ArgumentParser, add_dataset_flag, add_dev
 from vqmnist.configuration.errors import UserError, out_of_memory
 from vqmnist.configuration.limits import (MAX_GUIDANCE, MAX_IW_SAMPLES, MAX_SAMPLES, MAX_SCORING_BATCH, MAX_SEED,
                                           MAX_TEMPERATURE, MIN_TEMPERATURE)
-from vqmnist.io.data import KNOWN_DATASETS, TEST_FILES, TRAIN_FILES, found, load_mnist, split_train_validation
+from vqmnist.io.data import (KNOWN_DATASETS, TEST_FILES, TRAIN_FILES, check_default_own_folder, load_mnist,
+                             split_train_validation)
 from vqmnist.running.autoencoder_task import TrainingSettings
 from vqmnist.scores.bits_per_dim import continuous_bounds, decoder_bits, fit_log_scale
 from vqmnist.scores.reconstructions import CODE_STATISTICS, score_reconstructions
@@ -235,18 +235,12 @@ def check_flags(args, model, prior) -> None:
 
 
 def check_own_files(args, checkpoint: dict, train: bool) -> None:
-    """With --dataset own and no --data-folder typed, refuse a default folder that lacks the files, naming the flag
-    (and the folder the run read them from) rather than the folder the user never chose."""
-    if args.dataset != "own" or "data_folder" in getattr(args, "typed", set()):
-        return
-    names = (*TEST_FILES, *(TRAIN_FILES if train else ()))
-    missing = [name for name in names if found([Path(args.data_folder)], name, ("", ".gz")) is None]
-    if missing:
+    """With --dataset own and no --data-folder typed, refuse a default folder that lacks the test files (and the
+    training files where `train`), naming the flag."""
+    if args.dataset == "own":
         stored = checkpoint["args"].get("data_folder") if isinstance(checkpoint["args"], dict) else None
-        hint = f" (its run read them from {stored})" if isinstance(stored, str) and stored != args.data_folder else ""
-        raise UserError(f"--dataset own reads {args.model}'s digits from --data-folder, which was not given, and the "
-                        f"default folder {args.data_folder} lacks {', '.join(missing)} (or their .gz): pass "
-                        f"--data-folder with the folder of its own files{hint}")
+        check_default_own_folder(args.data_folder, "data_folder" in getattr(args, "typed", set()),
+                                 (*TEST_FILES, *(TRAIN_FILES if train else ())), f"{args.model}'s digits", stored)
 
 
 class Digits(NamedTuple):

@@ -60,7 +60,7 @@ from vqmnist.configuration.cli import (ArgumentParser, add_dataset_flag, add_dev
 from vqmnist.configuration.errors import UserError
 from vqmnist.configuration.limits import MAX_GUIDANCE, MAX_SEED, MAX_TEMPERATURE, MIN_TEMPERATURE
 from vqmnist.io.code_files import load_codes
-from vqmnist.io.data import TEST_FILES, found, load_mnist
+from vqmnist.io.data import TEST_FILES, check_default_own_folder, load_mnist
 from vqmnist.io.files import atomic_path, write_failure
 
 GRID_SIDE = 10
@@ -227,15 +227,10 @@ def read_test_set(args, checkpoint: dict):
     """The test images and labels --input MNIST and complete draw from. With --dataset own and no --data-folder
     typed, a default folder that lacks the files is refused naming the flag (and the folder the run read them
     from), not the folder the user never chose; --input complete needs a test digit of each class."""
-    if args.dataset == "own" and "data_folder" not in getattr(args, "typed", set()):
-        missing = [name for name in TEST_FILES if found([Path(args.data_folder)], name, ("", ".gz")) is None]
-        if missing:
-            stored = checkpoint["args"].get("data_folder") if isinstance(checkpoint["args"], dict) else None
-            hint = f" (its run read them from {stored})" if isinstance(stored, str) and stored != args.data_folder \
-                else ""
-            raise UserError(f"--dataset own reads the test digits from --data-folder, which was not given, and the "
-                            f"default folder {args.data_folder} lacks {', '.join(missing)} (or their .gz): pass "
-                            f"--data-folder with the folder of the model's own files{hint}")
+    if args.dataset == "own":
+        stored = checkpoint["args"].get("data_folder") if isinstance(checkpoint["args"], dict) else None
+        check_default_own_folder(args.data_folder, "data_folder" in getattr(args, "typed", set()), TEST_FILES,
+                                 "the test digits", stored)
     test_images, test_labels = load_mnist(args.data_folder, train=False, dataset=args.dataset)
     if args.input == "complete" and len(set(test_labels.tolist())) < GRID_SIDE:
         raise UserError(f"the test set in {args.data_folder} lacks some of the ten digits: --input complete shows one "

@@ -394,6 +394,21 @@ def load_own(data_folder: Path, train: bool) -> tuple[Tensor, Tensor]:
     return read_pair(*paths)
 
 
+def check_default_own_folder(data_folder, typed: bool, names, whose: str, stored_folder) -> None:
+    """For --dataset own read from a --data-folder the user did not type (`typed` False): refuse a default folder
+    that lacks any of `names` (or its .gz), naming the flag, and the folder the run read them from (`stored_folder`,
+    the checkpoint's), rather than the folder the user never chose. `whose` says whose digits they are."""
+    if typed:
+        return
+    missing = [name for name in names if found([Path(data_folder)], name, ("", ".gz")) is None]
+    if missing:
+        hint = (f" (its run read them from {stored_folder})"
+                if isinstance(stored_folder, str) and stored_folder != str(data_folder) else "")
+        raise UserError(f"--dataset own reads {whose} from --data-folder, which was not given, and the default folder "
+                        f"{data_folder} lacks {', '.join(missing)} (or their .gz): pass --data-folder with the folder "
+                        f"of the model's own files{hint}")
+
+
 def mnist_candidates(data_folder: Path, name: str) -> list[Path]:
     """Where an MNIST file is looked for, in order: unpacked in DATA/MNIST/raw (torchvision's layout, and where the
     checked .gz is unpacked to), its .gz there or in DATA, unpacked in DATA."""
