@@ -78,6 +78,17 @@ def train_tiny(data_folder, *extra, bottleneck: str | None = "vq"):
     vqvae.main(args)
 
 
+def assert_every_loss_term_trains(losses: dict, module: torch.nn.Module, z_e: torch.Tensor, update: str) -> None:
+    """A VQ's loss terms: a codebook term only where the codebook learns by it (`update` "loss"), and each term's
+    gradient reaches z_e or a trainable parameter of module, so none only adds a constant to the loss."""
+    assert set(losses) == ({"codebook", "commitment"} if update == "loss" else {"commitment"})
+    trained = [z_e, *(parameter for parameter in module.parameters() if parameter.requires_grad)]
+    for name, term in losses.items():
+        assert term.requires_grad, f"the {name} loss has no gradient"
+        gradients = torch.autograd.grad(term, trained, allow_unused=True, retain_graph=True)
+        assert any(gradient is not None and gradient.any() for gradient in gradients), f"the {name} loss trains nothing"
+
+
 def assert_same_weights(expected: dict, actual: dict) -> None:
     """The same weights (state dicts) to the bit: the default flags fix the thread count, so a resumed run repeats
     every sum."""
