@@ -241,15 +241,16 @@ def resume_args(args, parser: ArgumentParser) -> tuple[argparse.Namespace, dict]
             flag = flag_names[name]
             raise UserError(f"--resume continues {path} with its own {flag} {as_typed(kept)}: drop {flag} "
                             f"{as_typed(given)}, or start a new run")
-    return argparse.Namespace(**{**vars(args), **result_flags, **kept_run_flags(args, saved, typed, path)}), checkpoint
+    kept = kept_run_flags(args, saved, typed, path, parser)
+    return argparse.Namespace(**{**vars(args), **result_flags, **kept}), checkpoint
 
 
-def kept_run_flags(args, saved: dict, typed: set[str], path: Path, names=KEPT_RUN_FLAGS) -> dict:
+def kept_run_flags(args, saved: dict, typed: set[str], path: Path, parser: ArgumentParser,
+                   names=KEPT_RUN_FLAGS) -> dict:
     """The run flags of `names` that a --resume takes from the stopped run's stored flags `saved` (those not typed
     now, and stored: a checkpoint from before a flag lacks it), each checked as if typed; one line says where a flag
     typed now (RESULT_RUN_FLAGS) differs from the stored run's, since the result will then differ from the unbroken
-    run's."""
-    parser = build_parser()
+    run's. `parser` is vqvae.py's, whose checks the stored values pass."""
     stored = [name for name in names if name not in typed and name in saved]
     check_stored_flags(parser, saved, stored, path)
     changed = [name for name in RESULT_RUN_FLAGS
@@ -268,7 +269,7 @@ def with_the_runs_data_folder(args, checkpoint: dict, path: Path):
     --data-folder is not typed: its digits are where that run found them."""
     typed = getattr(args, "typed", set())
     saved = checkpoint["args"] if isinstance(checkpoint["args"], dict) else {}
-    kept = kept_run_flags(args, saved, typed, path, names=("data_folder",))
+    kept = kept_run_flags(args, saved, typed, path, build_parser(), names=("data_folder",))
     return argparse.Namespace(**{**vars(args), **kept})
 
 
